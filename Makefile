@@ -1,0 +1,29 @@
+# Set-up and checks. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stormfold-installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, so the package's torch range is already satisfied by the CPU build
+	$(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stormfold demo --out demo_output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_output build dist src/*.egg-info

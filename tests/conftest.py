@@ -1,0 +1,38 @@
+"""Shared fixtures: the third-party data folder and CLI runner."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep the test suite predictable on small CI machines.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STORMFOLD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real third-party data (../shared/data); tests skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"third-party data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def run_cli(capsys):
+    """Run the stormfold CLI in-process; returns (exit_code, stdout, stderr)."""
+    from stormfold.cli import main
+
+    def _run(*argv: str):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _run
