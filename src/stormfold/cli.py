@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -86,9 +87,92 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'movie.tif'}, {out / 'truth.csv'}, {out / 'simulation.yaml'}")
 
 
+# --------------------------------------------------------------------------- evaluate
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="compare localizations with the ground truth")
+    p.add_argument("--truth", type=Path, required=True,
+                   help="ground-truth table (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--locs", type=Path, required=True,
+                   help="localization table (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--tolerance", type=_float_list, default=[50.0, 100.0, 250.0],
+                   metavar="NM[,NM...]", help="matching radii in nm (default 50,100,250)")
+    p.add_argument("--matching", choices=["hungarian", "greedy"], default="hungarian",
+                   help="optimal assignment (default) or DECODE-style greedy")
+    p.add_argument("--border-nm", type=float, default=0.0,
+                   help="exclude points closer than this to the image edge (challenge: 450)")
+    p.add_argument("--fov-nm", type=_float_list, default=None, metavar="W,H",
+                   help="field of view in nm for --border-nm (default: from simulation.yaml "
+                        "next to the truth file)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="also write the metrics and parameters to this JSON file")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from stormfold.evaluate import evaluate, format_table
+    from stormfold.evaluate.report import (SIMULATION_YAML, evaluation_report,
+                                           fov_from_simulation_yaml, report_json)
+    from stormfold.io.atomic import same_file, write_text
+    from stormfold.io.tables import read_table
+
+    for label, path in (("truth", args.truth), ("localization", args.locs)):
+        if not path.is_file():
+            raise UserError(f"{label} file not found: {path}")
+    if args.json is not None and any(same_file(args.json, p) for p in (args.truth, args.locs)):
+        raise UserError(f"--json {args.json} would overwrite an input file")
+    fov = args.fov_nm
+    if fov is not None and len(fov) != 2:
+        raise UserError(f"--fov-nm expects two numbers W,H in nm, got {len(fov)}")
+    if fov is None and args.border_nm > 0:
+        sim_yaml = args.truth.parent / SIMULATION_YAML
+        fov = fov_from_simulation_yaml(sim_yaml)
+        if fov is None:
+            raise UserError(f"--border-nm needs the field of view: give --fov-nm W,H "
+                            f"(no {sim_yaml} found)")
+    truth = read_table(args.truth)
+    locs = read_table(args.locs)
+    metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
+                       border_nm=args.border_nm, fov_nm=fov)
+    print(format_table(metrics))
+    if args.json is not None:
+        report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
+                                   args.matching, args.border_nm, fov)
+        write_text(args.json, report_json(report))
+        print(f"wrote {args.json}")
+
+
+# --------------------------------------------------------------------------- convert
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert localizations between ThunderSTORM CSV "
+                                       "and Picasso HDF5")
+    p.add_argument("input", type=Path, metavar="IN",
+                   help="localization table (.csv ThunderSTORM or .hdf5/.h5 Picasso)")
+    p.add_argument("output", type=Path, metavar="OUT",
+                   help="output table; the format follows the extension")
+    p.add_argument("--pixel-size", type=_positive_float, default=None, metavar="NM",
+                   help="camera pixel size in nm (needed for Picasso output unless a "
+                        "simulation.yaml/run.yaml next to the CSV gives it; overrides a "
+                        "Picasso input's YAML)")
+    p.add_argument("--width", type=_positive_int, default=None, metavar="PX",
+                   help="image width in pixels for Picasso output")
+    p.add_argument("--height", type=_positive_int, default=None, metavar="PX",
+                   help="image height in pixels for Picasso output")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from stormfold.io.tables import convert_table
+
+    table = convert_table(args.input, args.output, pixel_size_nm=args.pixel_size,
+                          width_px=args.width, height_px=args.height)
+    print(f"wrote {args.output} ({len(table)} localizations)")
+
+
 # --------------------------------------------------------------------------- main
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_simulate,
+    _add_evaluate,
+    _add_convert,
 ]
 
 
@@ -107,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stormfold`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: (
+        f"stormfold {args.command}: warning: {message}\n")
     try:
         args.func(args)
     except UserError as exc:

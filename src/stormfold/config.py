@@ -95,7 +95,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
-        raise UserError(f"unknown configuration key {prefix}{unknown[0]!r} "
+        raise UserError(f"unknown configuration key '{prefix}{unknown[0]}' "
                         f"(valid keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():

@@ -1,0 +1,226 @@
+"""Read, write and convert localization tables, choosing the format by extension.
+
+``.csv`` is ThunderSTORM CSV (:mod:`stormfold.io.thunderstorm`); ``.hdf5`` and ``.h5``
+are Picasso HDF5 (:mod:`stormfold.io.picasso`). Picasso files store positions in
+camera pixels, so writing one needs the pixel size and the image size.
+
+Where CSV → HDF5 conversion finds that geometry when it is not given
+(:func:`geometry_near`): a ``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
+(written by ``stormfold simulate`` / ``stormfold localize``). The first occurrence, at
+any nesting depth, of these keys is used:
+
+* ``pixel_size_nm`` — camera pixel size (nm);
+* ``n_rows`` and ``n_cols``, or ``shape`` (``[rows, cols]`` or ``[frames, rows, cols]``)
+  — image size in pixels;
+* ``n_frames`` — movie length.
+
+Without a pixel size the conversion is refused (asking for ``--pixel-size``); without
+an image size, width and height default to ``ceil(max coordinate / pixel size)``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import yaml
+
+from stormfold.errors import UserError
+from stormfold.io.atomic import same_file
+from stormfold.io.movie import check_pixel_size
+from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
+from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
+from stormfold.table import n_frames_of, validate_table
+
+FORMATS = {".csv": "thunderstorm", ".hdf5": "picasso", ".h5": "picasso"}
+#: Files next to a CSV that may describe its camera geometry, in order.
+GEOMETRY_FILES = ("simulation.yaml", "run.yaml")
+_GEOMETRY_KEYS = ("pixel_size_nm", "n_rows", "n_cols", "shape", "n_frames")
+
+
+def table_format(path: str | Path) -> str:
+    """``"thunderstorm"`` or ``"picasso"`` from the extension, else :class:`UserError`."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(f"{path}: unknown localization table format {suffix or '(none)'!r} "
+                        f"(use .csv for ThunderSTORM or .hdf5/.h5 for Picasso)")
+    return FORMATS[suffix]
+
+
+def read_table(path: str | Path, pixel_size_nm: float | None = None) -> pd.DataFrame:
+    """Read a localization table (nm, 0-based frames) from ThunderSTORM CSV or Picasso HDF5.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv``, ``.hdf5`` or ``.h5`` file.
+    pixel_size_nm : float, optional
+        Camera pixel size (nm) for Picasso files; overrides their YAML sidecar.
+        Ignored for CSV (already in nm).
+    """
+    if table_format(path) == "picasso":
+        return read_picasso_hdf5(path, pixel_size_nm)[0]
+    return read_thunderstorm_csv(path)
+
+
+def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | None = None,
+                width_px: int | None = None, height_px: int | None = None,
+                n_frames: int | None = None) -> Path:
+    """Write a localization table as ThunderSTORM CSV or Picasso HDF5 (atomically).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv``, ``.hdf5`` or ``.h5`` file.
+    table : pandas.DataFrame
+        Localization table (nm, 0-based frames).
+    pixel_size_nm : float, optional
+        Camera pixel size (nm); required for Picasso.
+    width_px, height_px : int, optional
+        Image size in pixels for Picasso (default ``ceil(max x / px)``,
+        ``ceil(max y / px)``).
+    n_frames : int, optional
+        Movie length for Picasso (default: last frame + 1).
+
+    Callers that write next to their inputs should refuse ``path`` when
+    :func:`stormfold.io.atomic.same_file` says it is an input.
+    """
+    path = Path(path)
+    if table_format(path) == "thunderstorm":
+        return write_thunderstorm_csv(path, table)
+    if pixel_size_nm is None:
+        raise UserError(f"{path}: writing Picasso HDF5 needs the camera pixel size: "
+                        f"pass --pixel-size NM")
+    px = check_pixel_size(pixel_size_nm, str(path))
+    table = validate_table(table)
+    default_w, default_h = default_image_size(table, px)
+    return write_picasso_hdf5(path, table, px,
+                              default_w if width_px is None else width_px,
+                              default_h if height_px is None else height_px,
+                              n_frames=n_frames)
+
+
+def default_image_size(table: pd.DataFrame, pixel_size_nm: float) -> tuple[int, int]:
+    """``(width_px, height_px)`` just covering every localization (at least 1 x 1)."""
+    if not len(table):
+        return 1, 1
+    width = math.ceil(float(table["x_nm"].max()) / pixel_size_nm)
+    height = math.ceil(float(table["y_nm"].max()) / pixel_size_nm)
+    return max(width, 1), max(height, 1)
+
+
+def geometry_near(path: str | Path) -> dict:
+    """Camera geometry from a ``simulation.yaml`` / ``run.yaml`` next to ``path``.
+
+    Returns
+    -------
+    dict
+        Any of ``pixel_size_nm``, ``height_px``, ``width_px``, ``n_frames`` and
+        ``source`` (the YAML file) found in the first of :data:`GEOMETRY_FILES` that
+        holds a pixel size; empty when none does. See the module docstring for keys.
+    """
+    folder = Path(path).parent
+    for name in GEOMETRY_FILES:
+        candidate = folder / name
+        if not candidate.is_file():
+            continue
+        try:
+            document = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{candidate}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+        found = _find_keys(document, _GEOMETRY_KEYS, {})
+        if "pixel_size_nm" not in found:
+            continue
+        return _geometry(found, candidate)
+    return {}
+
+
+def _find_keys(node: Any, keys: tuple[str, ...], found: dict) -> dict:
+    """First occurrence of each key, depth-first through mappings and lists."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in keys and key not in found and not isinstance(value, Mapping):
+                found[key] = value
+        for value in node.values():
+            _find_keys(value, keys, found)
+    elif isinstance(node, list):
+        for value in node:
+            _find_keys(value, keys, found)
+    return found
+
+
+def _geometry(found: dict, source: Path) -> dict:
+    geometry: dict[str, Any] = {"pixel_size_nm": check_pixel_size(found["pixel_size_nm"],
+                                                                   str(source)),
+                                "source": source}
+    rows, cols = found.get("n_rows"), found.get("n_cols")
+    shape = found.get("shape")
+    if (rows is None or cols is None) and isinstance(shape, list) and len(shape) in (2, 3):
+        rows, cols = shape[-2], shape[-1]
+    sizes = (("height_px", rows), ("width_px", cols), ("n_frames", found.get("n_frames")))
+    for key, value in sizes:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            geometry[key] = value
+    return geometry
+
+
+def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
+                  width_px: int | None = None, height_px: int | None = None) -> pd.DataFrame:
+    """Convert a localization table between ThunderSTORM CSV and Picasso HDF5.
+
+    Parameters
+    ----------
+    src, dst : str or Path
+        Input and output files; the formats follow the extensions.
+    pixel_size_nm : float, optional
+        Camera pixel size (nm). For a Picasso input it overrides the sidecar; for
+        CSV → HDF5 it is needed unless a ``simulation.yaml``/``run.yaml`` next to the
+        CSV gives it (see the module docstring).
+    width_px, height_px : int, optional
+        Image size for a Picasso output (default: from the Picasso input or the
+        YAML next to the CSV, else just covering the localizations).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table that was written.
+
+    Raises
+    ------
+    UserError
+        Unknown extension, ``dst`` is ``src``, unreadable input, pixel size unknown.
+        Nothing is written then.
+    """
+    src, dst = Path(src), Path(dst)
+    in_format, out_format = table_format(src), table_format(dst)
+    if same_file(src, dst):
+        raise UserError(f"output {dst} is the input file: choose another output name")
+    geometry: dict[str, Any] = {}
+    if in_format == "picasso":
+        table, info = read_picasso_hdf5(src, pixel_size_nm)
+        geometry = {k: info[k] for k in ("pixel_size_nm", "width_px", "height_px", "n_frames")
+                    if info.get(k) is not None}
+    else:
+        table = read_thunderstorm_csv(src)
+        if out_format == "picasso" and (pixel_size_nm is None or width_px is None
+                                        or height_px is None):
+            geometry = geometry_near(src)
+            if pixel_size_nm is not None and not math.isclose(
+                    geometry.get("pixel_size_nm", pixel_size_nm), pixel_size_nm):
+                geometry = {}  # image size in another pixel size does not apply
+    px = pixel_size_nm if pixel_size_nm is not None else geometry.get("pixel_size_nm")
+    if out_format == "thunderstorm":
+        write_thunderstorm_csv(dst, table)
+        return table
+    if px is None:
+        raise UserError(f"{src}: pixel size unknown (no {' or '.join(GEOMETRY_FILES)} with "
+                        f"pixel_size_nm next to it): pass --pixel-size NM")
+    n_frames = geometry.get("n_frames")
+    if n_frames is not None and n_frames < n_frames_of(table):
+        n_frames = None
+    write_table(dst, table, px,
+                width_px if width_px is not None else geometry.get("width_px"),
+                height_px if height_px is not None else geometry.get("height_px"),
+                n_frames=n_frames)
+    return table

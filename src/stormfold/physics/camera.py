@@ -1,0 +1,112 @@
+"""The camera: photons → ADU (with noise) and ADU → photons, in one object.
+
+The chain (SPEC §2): photo-electrons ``e ~ Poisson(QE·photons + spurious)``; electron
+multiplication ``Gamma(e, gain)`` when the EM gain exceeds 1 (excess-noise factor 2);
+read noise ``Normal(0, readout_e)`` electrons; ``ADU = e / e_per_adu + baseline``; round and
+clip to the 16-bit range.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from stormfold.errors import UserError
+
+ADU_MAX = 65535
+
+
+@dataclass
+class Camera:
+    """Camera parameters and its forward / backward model.
+
+    Attributes
+    ----------
+    qe : float
+        Quantum efficiency (photo-electrons per photon), 0 < qe ≤ 1.
+    spurious_charge : float
+        Clock-induced charge, electrons per pixel and frame (before EM gain).
+    em_gain : float
+        Electron-multiplying gain (1 = no EM register, e.g. sCMOS).
+    readout_e : float
+        Read-out noise standard deviation in electrons (after EM gain, i.e. at the amplifier).
+    e_per_adu : float
+        Electrons per ADU (conversion factor / sensitivity).
+    baseline_adu : float
+        Offset added by the camera, ADU.
+    shot_noise : {"poisson", "normal", "none"}
+        Photon-counting noise. ``"normal"`` draws ``round(Normal(m, √m))`` as the
+        ZeroCostDL4Mic simulator does; ``"none"`` gives the expected value (no read noise
+        either) — for tests and noise-free references.
+    """
+
+    qe: float = 1.0
+    spurious_charge: float = 0.0
+    em_gain: float = 1.0
+    readout_e: float = 0.0
+    e_per_adu: float = 1.0
+    baseline_adu: float = 0.0
+    shot_noise: Literal["poisson", "normal", "none"] = "poisson"
+
+    def validate(self) -> None:
+        if not 0.0 < self.qe <= 1.0:
+            raise UserError(f"camera.qe must be in (0, 1], got {self.qe}")
+        if self.spurious_charge < 0:
+            raise UserError(f"camera.spurious_charge must be ≥ 0, got {self.spurious_charge}")
+        if self.em_gain < 1.0:
+            raise UserError(f"camera.em_gain must be ≥ 1 (1 = no EM gain), got {self.em_gain}")
+        if self.readout_e < 0:
+            raise UserError(f"camera.readout_e must be ≥ 0, got {self.readout_e}")
+        if not self.e_per_adu > 0:
+            raise UserError(f"camera.e_per_adu must be > 0, got {self.e_per_adu}")
+
+    # ------------------------------------------------------------------ forward
+    def mean_electrons(self, photons: np.ndarray) -> np.ndarray:
+        """Expected photo-electrons per pixel (before EM gain)."""
+        return self.qe * np.asarray(photons, dtype=np.float64) + self.spurious_charge
+
+    def mean_adu(self, photons: np.ndarray) -> np.ndarray:
+        """Expected ADU for expected photons per pixel (no rounding, no clipping)."""
+        return self.mean_electrons(photons) * self.em_gain / self.e_per_adu + self.baseline_adu
+
+    def forward(self, photons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Noisy uint16 ADU frame(s) from expected photons per pixel."""
+        if self.shot_noise == "none":
+            return np.clip(np.rint(self.mean_adu(photons)), 0, ADU_MAX).astype(np.uint16)
+        mean_e = self.mean_electrons(photons)
+        if self.shot_noise == "poisson":
+            electrons = rng.poisson(mean_e).astype(np.float64)
+        else:
+            electrons = np.maximum(np.rint(rng.normal(mean_e, np.sqrt(mean_e))), 0.0)
+        if self.em_gain > 1.0:
+            # Gamma with shape 0 is 0: pixels without electrons stay dark.
+            electrons = rng.gamma(electrons, self.em_gain)
+        if self.readout_e > 0:
+            electrons += rng.normal(0.0, self.readout_e, size=electrons.shape)
+        adu = electrons / self.e_per_adu + self.baseline_adu
+        return np.clip(np.rint(adu), 0, ADU_MAX).astype(np.uint16)
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, adu: np.ndarray) -> np.ndarray:
+        """Photons per pixel from ADU: (ADU − baseline)·e_per_adu / EM gain / QE (float32)."""
+        adu = np.asarray(adu, dtype=np.float32)
+        scale = np.float32(self.e_per_adu / self.em_gain / self.qe)
+        return (adu - np.float32(self.baseline_adu)) * scale
+
+    # ------------------------------------------------------------------ theory
+    def adu_variance(self, photons: np.ndarray) -> np.ndarray:
+        """Theoretical ADU variance for expected photons per pixel (before rounding).
+
+        Poisson: var(e) = m; EM gain multiplies by 2·gain² (excess-noise factor 2);
+        read noise adds readout_e²; rounding to integers adds 1/12 ADU².
+        """
+        m = self.mean_electrons(photons)
+        excess = 2.0 if self.em_gain > 1.0 else 1.0
+        var_e = excess * self.em_gain ** 2 * m + self.readout_e ** 2
+        return var_e / self.e_per_adu ** 2 + 1.0 / 12.0
+
+    @property
+    def photons_per_adu(self) -> float:
+        """Photons represented by one ADU above baseline (mean gain)."""
+        return self.e_per_adu / (self.em_gain * self.qe)

@@ -1,0 +1,290 @@
+"""Localization tables: ThunderSTORM CSV, Picasso HDF5, format dispatch, conversion, CLI."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stormfold.errors import UserError
+from stormfold.io import (convert_table, read_picasso_hdf5, read_table, read_thunderstorm_csv,
+                          write_picasso_hdf5, write_table, write_thunderstorm_csv)
+from stormfold.io.thunderstorm import column_to_header, header_to_column
+from stormfold.table import make_table
+
+CANONICAL_HEADER = ('"id","frame","x [nm]","y [nm]","sigma [nm]","intensity [photon]",'
+                    '"offset [photon]","bkgstd [photon]","uncertainty [nm]"')
+
+
+def _table(n=50, seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    return make_table(rng.integers(0, 20, n), rng.uniform(0, 6400, n), rng.uniform(0, 6400, n),
+                      photons=rng.uniform(500, 3000, n), sigma_nm=rng.uniform(90, 130, n),
+                      bg=rng.uniform(0, 50, n), uncertainty_nm=rng.uniform(5, 30, n), **extra)
+
+
+def _float32_atol(px, table):
+    """Largest rounding error of a position stored as float32 pixels, in nm."""
+    biggest = max(table["x_nm"].max(), table["y_nm"].max()) / px
+    return px * float(np.spacing(np.float32(biggest)))
+
+
+def _picasso_warning():
+    return pytest.warns(UserWarning, match="different pixel sizes")
+
+
+# --------------------------------------------------------------------------- ThunderSTORM
+def test_csv_round_trip_is_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    table = _table(confidence=rng.random(50), bkgstd_photon=rng.random(50),
+                   z_nm=rng.normal(0, 300, 50), chi2=rng.random(50))
+    write_thunderstorm_csv(tmp_path / "a.csv", table)
+    back = read_thunderstorm_csv(tmp_path / "a.csv")
+    expected = table.copy()
+    expected.insert(0, "id", np.arange(1, 51))  # ids 1..N when the table has none
+    pd.testing.assert_frame_equal(back[expected.columns], expected)
+    header = (tmp_path / "a.csv").read_text().splitlines()[0]
+    assert header == ('"id","frame","x [nm]","y [nm]","sigma [nm]","intensity [photon]",'
+                      '"offset [photon]","bkgstd [photon]","uncertainty [nm]",'
+                      '"confidence [a.u.]","z [nm]","chi2"')
+    write_thunderstorm_csv(tmp_path / "b.csv", back)
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
+
+
+def test_csv_frames_are_one_based_in_the_file(tmp_path):
+    write_thunderstorm_csv(tmp_path / "t.csv", make_table([0, 4], [1.5, 2.0], [3.0, 4.25]))
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines == ['"id","frame","x [nm]","y [nm]"', "1,1,1.5,3.0", "2,5,2.0,4.25"]
+
+
+def test_header_names_are_reversible():
+    for header in ("bkgstd [photon]", "uncertainty_z [nm]", "foo [a.u.]", "chi2", "odd name!",
+                   "x [px]", "weird [furlong]"):
+        assert column_to_header(header_to_column(header)) == header
+    assert header_to_column("bkgstd [photon]") == "bkgstd_photon"
+    assert header_to_column("uncertainty_xy [nm]") == "uncertainty_nm"
+
+
+def test_real_ground_truth_csv(shared_data, tmp_path):
+    path = shared_data / "deepstorm-demo1-train" / "positions_demo1.csv"
+    table = read_thunderstorm_csv(path)
+    assert len(table) == 4956
+    assert (table["frame"].min(), table["frame"].max()) == (0, 19)
+    assert table["frame"].dtype == np.int64 and table["bg"].dtype == np.float64
+    assert list(table.columns) == ["id", "frame", "x_nm", "y_nm", "sigma_nm", "photons", "bg",
+                                   "bkgstd_photon"]
+    assert table.loc[0, "x_nm"] == 67.843 and table.loc[0, "sigma_nm"] == 111.28713
+    write_thunderstorm_csv(tmp_path / "copy.csv", table)
+    pd.testing.assert_frame_equal(read_thunderstorm_csv(tmp_path / "copy.csv"), table)
+    original_header = path.read_text().splitlines()[0]
+    assert (tmp_path / "copy.csv").read_text().splitlines()[0] == original_header
+
+
+def test_csv_subset_and_aliases(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text('"frame","x [nm]","y [nm]","uncertainty_xy [nm]"\n3,10,20,7\n1,5,6,8\n')
+    table = read_thunderstorm_csv(path)
+    assert list(table.columns) == ["frame", "x_nm", "y_nm", "uncertainty_nm"]
+    assert table["frame"].tolist() == [2, 0]
+    assert table["uncertainty_nm"].dtype == np.float64
+
+
+def test_csv_header_only_gives_empty_table(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_text(CANONICAL_HEADER + "\n")
+    table = read_thunderstorm_csv(path)
+    assert len(table) == 0 and table["frame"].dtype == np.int64
+    write_thunderstorm_csv(tmp_path / "e2.csv", table)
+    assert (tmp_path / "e2.csv").read_text().strip() == CANONICAL_HEADER
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('"frame","y [nm]"\n1,2\n', '"x [nm]"'),
+    ('"x [nm]","y [nm]"\n1,2\n', '"frame"'),
+    ('"frame","x [px]","y [px]"\n1,2,3\n', "not in nm"),
+    ('"frame","x [nm]","y [nm]"\n0,2,3\n', "1-based"),
+    ('"frame","x [nm]","y [nm]"\n1,abc,3\n', "non-numeric"),
+    ('"frame","x [nm]","y [nm]","intensity [photon]"\n1,2,3,lots\n', "intensity [photon]"),
+    ("", "not a readable CSV"),
+])
+def test_bad_csv(tmp_path, content, needle):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(UserError) as info:
+        read_thunderstorm_csv(path)
+    assert needle in str(info.value) and "bad.csv" in str(info.value)
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(UserError, match="not found.*none.csv"):
+        read_thunderstorm_csv(tmp_path / "none.csv")
+
+
+# --------------------------------------------------------------------------- Picasso
+def test_picasso_pixel_convention_by_hand(tmp_path):
+    table = make_table([0, 3], [250.0, 50.0], [50.0, 1049.0], sigma_nm=[120.0, 100.0],
+                       uncertainty_nm=[10.0, 20.0])
+    path = tmp_path / "hand.hdf5"
+    write_picasso_hdf5(path, table, 100.0, width_px=16, height_px=12, n_frames=5)
+    with h5py.File(path) as fh:
+        locs = fh["locs"][()]
+    assert locs.dtype["frame"] == np.uint32 and locs.dtype["x"] == np.float32
+    # x = 250 nm is 2.5 pixels from the corner: the centre of pixel 2, Picasso's x = 2.0
+    assert locs["x"].tolist() == [2.0, 0.0]
+    assert locs["y"].tolist() == pytest.approx([0.0, 9.99])
+    assert locs["sx"].tolist() == locs["sy"].tolist() == pytest.approx([1.2, 1.0])
+    assert locs["lpx"].tolist() == pytest.approx([0.1, 0.2])
+    assert locs["photons"].tolist() == [0.0, 0.0] and locs["bg"].tolist() == [0.0, 0.0]
+    assert locs["frame"].tolist() == [0, 3]
+    sidecar = yaml.safe_load((tmp_path / "hand.yaml").read_text())
+    assert sidecar["Width"] == 16 and sidecar["Height"] == 12 and sidecar["Frames"] == 5
+    assert sidecar["Pixelsize"] == 100 and sidecar["Generated by"].startswith("stormfold ")
+    back, info = read_picasso_hdf5(path)
+    assert info["pixel_size_nm"] == 100.0 and info["width_px"] == 16
+    assert back["x_nm"].tolist() == [250.0, 50.0]
+
+
+def test_picasso_round_trip(tmp_path):
+    rng = np.random.default_rng(2)
+    table = _table(confidence=rng.random(50), id=np.arange(7, 57), detections=np.ones(50, int))
+    path = tmp_path / "r.hdf5"
+    write_picasso_hdf5(path, table, 160.0, 40, 40, info={"Note": "test"})
+    back, info = read_picasso_hdf5(path)
+    assert info["extra_fields"] == ["confidence", "id", "detections"]
+    assert yaml.safe_load((tmp_path / "r.yaml").read_text())["Note"] == "test"
+    assert back["frame"].tolist() == table["frame"].tolist()
+    assert back["id"].tolist() == table["id"].tolist() and back["id"].dtype == np.int64
+    atol = _float32_atol(160.0, table)
+    for column in ("x_nm", "y_nm"):
+        np.testing.assert_allclose(back[column], table[column], rtol=0, atol=atol)
+    for column in ("photons", "sigma_nm", "bg", "uncertainty_nm", "confidence"):
+        np.testing.assert_allclose(back[column], table[column], rtol=1e-6)
+
+
+def test_real_picasso_file(shared_data, tmp_path):
+    path = shared_data / "picasso-testdata" / "testdata_locs.hdf5"
+    with _picasso_warning():  # Camera.Pixelsize 160 (simulation) vs Localize's 130
+        table, info = read_picasso_hdf5(path)
+    assert len(table) == 564
+    assert info["pixel_size_nm"] == 160.0 and info["n_frames"] == 1000
+    assert info["extra_fields"] == ["net_gradient", "likelihood", "iterations"]
+    with h5py.File(path) as fh:
+        raw = fh["locs"][0]
+    x_px = float(raw["x"])
+    assert x_px == pytest.approx(5.618027, abs=1e-6)
+    assert table.loc[0, "x_nm"] == pytest.approx((5.618027 + 0.5) * 160.0, abs=1e-3)
+    assert table.loc[0, "x_nm"] == (x_px + 0.5) * 160.0
+    assert table.loc[0, "sigma_nm"] == pytest.approx(float(raw["sx"]) * 160.0)
+    assert table.loc[0, "frame"] == int(raw["frame"]) == 11
+    # write it back: the fields Picasso wrote survive, positions to float32 precision
+    write_picasso_hdf5(tmp_path / "copy.hdf5", table, 160.0, 32, 32, n_frames=1000)
+    copy, _ = read_picasso_hdf5(tmp_path / "copy.hdf5")
+    np.testing.assert_allclose(copy["x_nm"], table["x_nm"], rtol=0,
+                               atol=_float32_atol(160.0, table))
+    assert copy["iterations"].tolist() == table["iterations"].tolist()
+    assert read_picasso_hdf5(path, pixel_size_nm=100.0)[1]["pixel_size_nm"] == 100.0
+
+
+def test_picasso_bad_inputs(tmp_path):
+    text = tmp_path / "text.hdf5"
+    text.write_text("nope")
+    with pytest.raises(UserError, match=r"text\.hdf5: not an HDF5 file"):
+        read_picasso_hdf5(text)
+    other = tmp_path / "other.hdf5"
+    with h5py.File(other, "w") as fh:
+        fh["data"] = np.zeros(3)
+    with pytest.raises(UserError, match=r"other\.hdf5: no /locs"):
+        read_picasso_hdf5(other)
+    lonely = tmp_path / "lonely.hdf5"
+    with h5py.File(lonely, "w") as fh:
+        fh["locs"] = np.zeros(2, dtype=[("frame", "u4"), ("x", "f4"), ("y", "f4")])
+    with pytest.raises(UserError, match=r"lonely\.hdf5: pixel size unknown.*--pixel-size"):
+        read_picasso_hdf5(lonely)
+    assert len(read_picasso_hdf5(lonely, pixel_size_nm=100)[0]) == 2
+    noxy = tmp_path / "noxy.hdf5"
+    with h5py.File(noxy, "w") as fh:
+        fh["locs"] = np.zeros(2, dtype=[("frame", "u4"), ("x", "f4")])
+    with pytest.raises(UserError, match=r"noxy\.hdf5.*lacks field\(s\) y"):
+        read_picasso_hdf5(noxy, pixel_size_nm=100)
+
+
+# --------------------------------------------------------------------------- dispatch
+def test_read_write_table_by_extension(tmp_path):
+    table = _table()
+    write_table(tmp_path / "t.csv", table)
+    write_table(tmp_path / "t.h5", table, pixel_size_nm=100.0)
+    assert len(read_table(tmp_path / "t.csv")) == len(read_table(tmp_path / "t.h5")) == 50
+    sidecar = yaml.safe_load((tmp_path / "t.yaml").read_text())
+    assert sidecar["Width"] == int(np.ceil(table["x_nm"].max() / 100.0))
+    assert sidecar["Frames"] == table["frame"].max() + 1
+    with pytest.raises(UserError, match=r"t\.txt: unknown localization table format"):
+        write_table(tmp_path / "t.txt", table)
+    with pytest.raises(UserError, match="--pixel-size"):
+        write_table(tmp_path / "u.hdf5", table)
+    assert not (tmp_path / "u.hdf5").exists()
+
+
+def test_convert_csv_hdf5_csv(tmp_path):
+    table = make_table([0, 1, 1], [250.0, 1234.5678, 6399.0], [50.0, 77.7, 3200.0],
+                       photons=[1000.0, 2000.0, 3000.0], sigma_nm=[110.0, 120.0, 130.0])
+    write_thunderstorm_csv(tmp_path / "in.csv", table)
+    convert_table(tmp_path / "in.csv", tmp_path / "mid.hdf5", pixel_size_nm=100.0)
+    with h5py.File(tmp_path / "mid.hdf5") as fh:
+        assert fh["locs"]["x"][0] == 2.0 and fh["locs"]["y"][0] == 0.0
+    assert yaml.safe_load((tmp_path / "mid.yaml").read_text())["Width"] == 64
+    back = convert_table(tmp_path / "mid.hdf5", tmp_path / "out.csv")
+    again = read_thunderstorm_csv(tmp_path / "out.csv")
+    pd.testing.assert_frame_equal(back, again, check_like=True)  # column order differs
+    atol = _float32_atol(100.0, table)
+    np.testing.assert_allclose(again["x_nm"], table["x_nm"], rtol=0, atol=atol)
+    np.testing.assert_allclose(again["y_nm"], table["y_nm"], rtol=0, atol=atol)
+    assert again["frame"].tolist() == [0, 1, 1]
+    np.testing.assert_allclose(again["sigma_nm"], table["sigma_nm"], rtol=1e-6)
+
+
+def test_convert_uses_simulation_yaml(tmp_path):
+    write_thunderstorm_csv(tmp_path / "truth.csv", _table())
+    (tmp_path / "simulation.yaml").write_text(yaml.safe_dump(
+        {"n_frames": 30, "n_rows": 70, "n_cols": 80, "pixel_size_nm": 100.0}))
+    convert_table(tmp_path / "truth.csv", tmp_path / "truth.hdf5")
+    sidecar = yaml.safe_load((tmp_path / "truth.yaml").read_text())
+    assert (sidecar["Pixelsize"], sidecar["Width"], sidecar["Height"], sidecar["Frames"]) == \
+        (100, 80, 70, 30)
+
+
+def test_convert_needs_pixel_size(tmp_path):
+    write_thunderstorm_csv(tmp_path / "in.csv", _table())
+    with pytest.raises(UserError, match=r"in\.csv: pixel size unknown.*--pixel-size"):
+        convert_table(tmp_path / "in.csv", tmp_path / "out.hdf5")
+    assert not (tmp_path / "out.hdf5").exists() and not (tmp_path / "out.yaml").exists()
+    with pytest.raises(UserError, match="is the input file"):
+        convert_table(tmp_path / "in.csv", tmp_path / "." / "in.csv")
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_convert_round_trip(tmp_path, run_cli):
+    table = _table()
+    write_thunderstorm_csv(tmp_path / "in.csv", table)
+    code, out, err = run_cli("convert", tmp_path / "in.csv", tmp_path / "out.hdf5",
+                             "--pixel-size", "100", "--width", "64", "--height", "64")
+    assert code == 0, err
+    assert "out.hdf5" in out and "50 localizations" in out
+    code, out, err = run_cli("convert", tmp_path / "out.hdf5", tmp_path / "back.csv")
+    assert code == 0, err
+    back = read_thunderstorm_csv(tmp_path / "back.csv")
+    np.testing.assert_allclose(back["x_nm"], table["x_nm"], rtol=0,
+                               atol=_float32_atol(100.0, table))
+
+
+def test_cli_convert_bad_input(tmp_path, run_cli):
+    bad = tmp_path / "bad.csv"
+    bad.write_text('"id","intensity [photon]"\n1,100\n')
+    code, out, err = run_cli("convert", bad, tmp_path / "out.hdf5", "--pixel-size", "100")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "bad.csv" in err and '"frame"' in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+    code, _, err = run_cli("convert", bad, bad)
+    assert code == 2 and "input file" in err
+    code, _, err = run_cli("convert", bad, tmp_path / "x.parquet")
+    assert code == 2 and "unknown localization table format" in err
