@@ -288,3 +288,25 @@ def test_cli_convert_bad_input(tmp_path, run_cli):
     assert code == 2 and "input file" in err
     code, _, err = run_cli("convert", bad, tmp_path / "x.parquet")
     assert code == 2 and "unknown localization table format" in err
+
+
+def test_thunderstorm_writer_appends_chunks_and_resumes(tmp_path):
+    from stormfold.io.thunderstorm import ThunderstormCsvWriter, read_thunderstorm_csv
+    from stormfold.table import make_table
+
+    a = make_table([0, 0], [10.0, 20.0], [1.0, 2.0], confidence=[0.5, 0.25])
+    b = make_table([3], [30.0], [3.0], confidence=[0.75])
+    c = make_table([5, 6], [40.0, 50.0], [4.0, 5.0], confidence=[1.0, 0.125])
+    path = tmp_path / "locs.csv"
+    writer = ThunderstormCsvWriter(path)
+    writer.append(a)
+    writer.append(b)
+    writer.abort()  # a crash: nothing published, the partial file remains
+    assert not path.exists() and writer.partial_path.exists()
+    with ThunderstormCsvWriter(path, resume=True) as again:
+        again.append(c)
+    table = read_thunderstorm_csv(path)
+    assert list(table["id"]) == [1, 2, 3, 4, 5]
+    assert list(table["frame"]) == [0, 0, 3, 5, 6]
+    assert list(table["confidence"]) == [0.5, 0.25, 0.75, 1.0, 0.125]
+    assert not writer.partial_path.exists()

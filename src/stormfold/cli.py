@@ -168,11 +168,90 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({len(table)} localizations)")
 
 
+# --------------------------------------------------------------------------- localize
+def _add_camera_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("camera (ADU → photons; default: movie metadata, else the "
+                             "model's training camera)")
+    g.add_argument("--camera", type=Path, default=None, metavar="CAMERA.yaml",
+                   help="camera parameters (or a simulation.yaml with a camera section)")
+    g.add_argument("--baseline", type=float, default=None, metavar="ADU", help="camera offset")
+    g.add_argument("--e-per-adu", type=_positive_float, default=None, metavar="X",
+                   help="electrons per ADU")
+    g.add_argument("--em-gain", type=_positive_float, default=None, metavar="G", help="EM gain")
+    g.add_argument("--qe", type=_positive_float, default=None, metavar="Q", help="quantum efficiency")
+
+
+def _camera_overrides(args: argparse.Namespace):
+    from stormfold.localize.runner import CameraOverrides
+
+    if args.camera is not None and not args.camera.is_file():
+        raise UserError(f"camera file not found: {args.camera}")
+    return CameraOverrides(args.camera, args.baseline, args.e_per_adu, args.em_gain, args.qe)
+
+
+def _add_localize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("localize", help="localize emitters in a movie with a trained model "
+                                        "or the classical engine")
+    p.add_argument("movie", type=Path, metavar="MOVIE",
+                   help="TIFF stack, folder of TIFFs, or Picasso .raw")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", default=None, metavar="MODEL_DIR|builtin:NAME",
+                       help="trained model (its model.yaml chooses the engine)")
+    which.add_argument("--engine", default=None, metavar="NAME",
+                       help="model-free engine: classic (single-emitter MLE)")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--pixel-size", type=_positive_float, default=None, metavar="NM",
+                   help="camera pixel size in nm (default: from the movie's metadata)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="extraction threshold (default: the model's calibrated value)")
+    p.add_argument("--batch-frames", type=_positive_int, default=16, metavar="N",
+                   help="frames per batch (memory ∝ N × frame size)")
+    p.add_argument("--frames", default=None, metavar="A:B", help="frame range, 0-based, B exclusive")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="engine-specific option (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_camera_options(p)
+    p.set_defaults(func=_cmd_localize)
+
+
+def _frame_range(text: str | None) -> tuple[int, int | None]:
+    if text is None:
+        return 0, None
+    try:
+        a, b = text.split(":")
+        return (int(a) if a else 0), (int(b) if b else None)
+    except ValueError:
+        raise UserError(f"--frames expects A:B (0-based, B exclusive), got {text!r}") from None
+
+
+def _cmd_localize(args: argparse.Namespace) -> None:
+    from stormfold.config import parse_overrides
+    from stormfold.device import get_device
+    from stormfold.io.movie import open_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.localize.runner import command_line, localize_movie
+
+    start, stop = _frame_range(args.frames)
+    overrides = _camera_overrides(args)
+    device = get_device(args.device)
+    with open_movie(args.movie, pixel_size_nm=args.pixel_size) as movie:
+        engine = load_engine(model=args.model, engine=args.engine, device=device,
+                             threshold=args.threshold, options=parse_overrides(args.options))
+        result = localize_movie(movie, engine, args.out, camera=overrides,
+                                batch_frames=args.batch_frames, start=start, stop=stop,
+                                progress=not args.quiet, command=command_line())
+    t = result.run["timing"]
+    print(f"{result.run['n_localizations']} localizations in {result.run['n_frames']} frames "
+          f"({t['frames_per_s']:.1f} frames/s); wrote {args.out}/")
+
+
 # --------------------------------------------------------------------------- main
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_simulate,
     _add_evaluate,
     _add_convert,
+    _add_localize,
 ]
 
 

@@ -21,6 +21,7 @@ read back bit for bit.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -162,6 +163,23 @@ def _numeric(series: pd.Series, path: Path, header: str) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- writing
+def _file_rows(table: pd.DataFrame, first_id: int) -> pd.DataFrame:
+    """Table → file rows: 1-based frames, ids from ``first_id`` when absent, canonical order."""
+    out = validate_table(table)
+    out["frame"] = out["frame"] + 1
+    if "id" not in out.columns:
+        out["id"] = np.arange(first_id, first_id + len(out), dtype=np.int64)
+    canonical = [column for _, column in CANONICAL if column in out.columns]
+    return out[canonical + [c for c in out.columns if c not in canonical]]
+
+
+def _header_line(columns) -> str:
+    headers = [column_to_header(str(c)) for c in columns]
+    if len(set(headers)) != len(headers):
+        raise ValueError(f"columns {list(columns)} give duplicate ThunderSTORM headers {headers}")
+    return ",".join('"' + h.replace('"', '""') + '"' for h in headers) + "\n"
+
+
 def write_thunderstorm_csv(path: str | Path, table: pd.DataFrame) -> Path:
     """Write a localization table as ThunderSTORM CSV (atomically).
 
@@ -175,20 +193,86 @@ def write_thunderstorm_csv(path: str | Path, table: pd.DataFrame) -> Path:
         table order. ``id`` is 1..N when the table has none; frames are written 1-based.
     """
     path = Path(path)
-    table = validate_table(table)
-    out = table.copy()
-    out["frame"] = out["frame"] + 1
-    if "id" not in out.columns:
-        out["id"] = np.arange(1, len(out) + 1, dtype=np.int64)
-    canonical = [column for _, column in CANONICAL if column in out.columns]
-    order = canonical + [c for c in out.columns if c not in canonical]
-    out = out[order]
-    headers = [column_to_header(str(c)) for c in order]
-    if len(set(headers)) != len(headers):
-        raise ValueError(f"columns {order} give duplicate ThunderSTORM headers {headers}")
-    header_line = ",".join('"' + h.replace('"', '""') + '"' for h in headers)
+    out = _file_rows(table, 1)
+    header = _header_line(out.columns)
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(header_line + "\n")
+            fh.write(header)
             out.to_csv(fh, header=False, index=False, lineterminator="\n")
     return path
+
+
+class ThunderstormCsvWriter:
+    """Append localization tables chunk by chunk to one ThunderSTORM CSV.
+
+    Rows go to ``partial_path`` (default: a hidden temporary name next to ``path``) as
+    they come, flushed after each chunk, so a crash loses at most the chunk in flight;
+    :meth:`close` renames the file onto ``path``. The columns are fixed by the first
+    chunk (or by ``columns``); later chunks are reindexed to them. Ids run 1..N across
+    chunks when the tables have none.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final file.
+    columns : list of str, optional
+        Table columns to write, in table naming (``frame``, ``x_nm``, ...).
+    partial_path : str or Path, optional
+        Where rows accumulate until :meth:`close`. When it exists and ``resume`` is true,
+        rows are appended after the ones already there.
+    resume : bool
+        Continue an existing ``partial_path`` instead of starting a new file.
+    """
+
+    def __init__(self, path: str | Path, columns: list[str] | None = None,
+                 partial_path: str | Path | None = None, resume: bool = False):
+        self.path = Path(path)
+        self.partial_path = Path(partial_path) if partial_path is not None else \
+            self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.columns = list(columns) if columns is not None else None
+        self.n_rows = 0
+        self._fh = None
+        if resume and self.partial_path.is_file():
+            existing = read_thunderstorm_csv(self.partial_path)
+            self.n_rows = len(existing)
+            self.columns = self.columns or list(_file_rows(existing, 1).columns)
+            self._fh = open(self.partial_path, "a", encoding="utf-8", newline="")
+
+    def append(self, table: pd.DataFrame) -> None:
+        """Write the rows of ``table`` (0-based frames, nm) and flush them to disk."""
+        out = _file_rows(table, self.n_rows + 1)
+        if self.columns is None:
+            self.columns = list(out.columns)
+        else:
+            out = out.reindex(columns=[c for c in self.columns])
+        if self._fh is None:
+            self.partial_path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.partial_path, "w", encoding="utf-8", newline="")
+            self._fh.write(_header_line(self.columns))
+        out.to_csv(self._fh, header=False, index=False, lineterminator="\n")
+        self._fh.flush()
+        self.n_rows += len(out)
+
+    def close(self) -> Path:
+        """Finish the file and rename it onto :attr:`path` (an empty table when nothing came)."""
+        if self._fh is None:
+            self.append(pd.DataFrame({c: [] for c in (self.columns or ["frame", "x_nm", "y_nm"])}))
+        self._fh.close()
+        self._fh = None
+        os.replace(self.partial_path, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close without publishing; the partial file stays for a later resume."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "ThunderstormCsvWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -207,7 +207,9 @@ def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
     bar = tqdm(total=config.n_frames, unit="frame", desc="simulate", disable=not progress,
                leave=False)
     with TiffStackWriter(out_dir / "movie.tif", config.n_frames, shape, np.uint16,
-                         pixel_size_nm=config.pixel_size_nm) as writer:
+                         pixel_size_nm=config.pixel_size_nm,
+                         metadata={"source": f"stormfold {__version__} simulate",
+                                   "camera": to_dict(config.camera)}) as writer:
         for start, frames in iter_movie(config, truth):
             writer.write(start, frames)
             bar.update(len(frames))

@@ -1,0 +1,102 @@
+"""Training checkpoints in safetensors + JSON, so an interrupted run resumes exactly.
+
+A checkpoint is a folder with ``state.safetensors`` (model weights, optimizer tensors,
+torch RNG state) and ``state.json`` (epoch counters, optimizer hyper-parameters, numpy RNG
+state, anything JSON-safe). ``state.json`` is written last: a checkpoint without it is
+incomplete and ignored. Nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from stormfold.io.atomic import atomic_path, write_text
+
+TENSORS = "state.safetensors"
+STATE = "state.json"
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors and JSON-safe values."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      meta: dict) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for pid, entry in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    tensors: dict[str, torch.Tensor] | None = None,
+                    state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint (model weights, optimizer, torch RNG, extra tensors and state)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    all_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    meta: dict[str, Any] = dict(state or {})
+    if model is not None:
+        all_tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
+    if optimizer is not None:
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        all_tensors.update(opt_tensors)
+        meta["optimizer"] = opt_meta
+    all_tensors.update({f"extra.{k}": v for k, v in (tensors or {}).items()})
+    stale = folder / STATE
+    if stale.exists():  # invalidate the old pair before replacing its tensors
+        stale.unlink()
+    with atomic_path(folder / TENSORS) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in all_tensors.items()}, str(tmp))
+    write_text(folder / STATE, json.dumps(meta, indent=1, default=_json_default))
+    return folder
+
+
+def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """Restore a checkpoint into ``model``/``optimizer``; returns (extra tensors, state).
+
+    Returns None when the folder holds no complete checkpoint.
+    """
+    folder = Path(folder)
+    if not (folder / STATE).is_file() or not (folder / TENSORS).is_file():
+        return None
+    meta = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / TENSORS))
+    if model is not None:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None and "optimizer" in meta:
+        restore_optimizer(optimizer, tensors, meta["optimizer"])
+    if restore_rng and "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
+    return extra, meta
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

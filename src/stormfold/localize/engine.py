@@ -1,0 +1,79 @@
+"""The engine interface: what every localization method gives the streaming runner.
+
+An engine turns a batch of frames, already converted to photons by the camera model,
+into localizations (nm, absolute 0-based frames) and, optionally, the sum of its
+super-resolved images for that batch. Engines know nothing of files: the runner
+(:mod:`stormfold.localize.runner`) reads the movie, converts ADU to photons, calls
+:meth:`Engine.process` batch by batch and writes the outputs.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stormfold.physics.camera import Camera
+
+
+@dataclass
+class EngineOutput:
+    """Result of one batch.
+
+    Attributes
+    ----------
+    locs : DataFrame
+        Localization table (SPEC §1): absolute 0-based ``frame``, ``x_nm``, ``y_nm`` and
+        whatever the engine measures (``confidence``, ``photons``, ``sigma_nm``, ``bg``,
+        ``uncertainty_nm``).
+    superres : ndarray or None
+        Sum over the batch of the super-resolved images, (rows·L, cols·L) float32 with
+        L = :attr:`Engine.upsampling`; None when the engine has no image output (the runner
+        then renders a histogram of the localizations).
+    """
+
+    locs: pd.DataFrame
+    superres: np.ndarray | None = None
+
+
+class Engine(abc.ABC):
+    """Base class of localization engines (Deep-STORM, unrolled, SOFI, classic MLE).
+
+    Attributes
+    ----------
+    name : str
+        Engine name as written in ``model.yaml`` (``deepstorm``, ``unrolled``, ...).
+    upsampling : int
+        Fine-grid factor L of the super-resolved image.
+    """
+
+    name: str = "engine"
+    upsampling: int = 1
+
+    @abc.abstractmethod
+    def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
+        """Localize emitters in a batch of frames.
+
+        Parameters
+        ----------
+        photons : (n_frames, rows, cols) float32
+            Frames in photons per pixel (camera baseline removed, gain divided out).
+        first_frame : int
+            0-based index of ``photons[0]`` in the movie; output frames are absolute.
+        pixel_size_nm : float
+            Camera pixel size in nm.
+        """
+
+    def training_camera(self) -> Camera | None:
+        """Camera of the simulation the model was trained on (used when nothing else is known)."""
+        return None
+
+    def training_pixel_size_nm(self) -> float | None:
+        """Pixel size (nm) the model was trained for; None when the engine works at any size."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters to record in ``run.yaml``."""
+        return {"engine": self.name, "upsampling": self.upsampling}

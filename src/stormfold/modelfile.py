@@ -1,0 +1,122 @@
+"""Model files: ``weights.safetensors`` + ``model.yaml`` in one folder; never pickles.
+
+A model is referred to by a folder path or by ``builtin:NAME`` for the models shipped
+inside the package (``src/stormfold/models/NAME/``). ``model.yaml`` holds everything
+needed to run the model (the ``engine`` that reads it, the architecture, the upsampling
+factor, normalisation constants, the training simulation's camera and PSF, the exact
+training command, the seed and the stormfold version).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from stormfold import __version__
+from stormfold.config import dump_yaml
+from stormfold.errors import UserError
+from stormfold.io.atomic import atomic_path, write_text
+
+WEIGHTS = "weights.safetensors"
+META = "model.yaml"
+BUILTIN_PREFIX = "builtin:"
+FORMAT_VERSION = 1
+
+
+def builtin_root() -> Path:
+    """Folder of the models shipped with the package."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def list_builtin() -> list[str]:
+    """Names of the shipped models (use as ``builtin:NAME``)."""
+    root = builtin_root()
+    return sorted(p.name for p in root.iterdir() if (p / META).is_file()) if root.is_dir() else []
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """Folder of a model given as a path or ``builtin:NAME``; UserError when it is not a model."""
+    text = str(spec)
+    if text.startswith(BUILTIN_PREFIX):
+        name = text[len(BUILTIN_PREFIX):]
+        path = builtin_root() / name
+        if not (path / META).is_file():
+            known = ", ".join(BUILTIN_PREFIX + n for n in list_builtin()) or "none"
+            raise UserError(f"unknown built-in model {text!r} (available: {known})")
+        return path
+    path = Path(spec)
+    if not path.is_dir():
+        raise UserError(f"model folder not found: {path}")
+    for name in (META, WEIGHTS):
+        if not (path / name).is_file():
+            raise UserError(f"{path} is not a stormfold model folder (no {name})")
+    return path
+
+
+def read_model_meta(spec: str | Path) -> dict[str, Any]:
+    """The ``model.yaml`` of a model (path or ``builtin:NAME``)."""
+    path = resolve_model_dir(spec) / META
+    try:
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise UserError(f"{path}: not valid YAML") from None
+    if not isinstance(meta, dict) or "engine" not in meta:
+        raise UserError(f"{path}: model metadata has no 'engine' key")
+    return meta
+
+
+def load_model(spec: str | Path, engine: str | None = None,
+               device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a model's tensors and metadata, checking that it is made for ``engine``.
+
+    Returns
+    -------
+    tensors : dict of name → tensor (on ``device``)
+    meta : dict (the parsed ``model.yaml``)
+    """
+    folder = resolve_model_dir(spec)
+    meta = read_model_meta(folder)
+    if engine is not None and meta.get("engine") != engine:
+        raise UserError(f"{spec}: model is for engine {meta.get('engine')!r}, not {engine!r}")
+    if int(meta.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+        raise UserError(f"{spec}: model format {meta['format_version']} is newer than this "
+                        f"stormfold ({__version__}) understands; upgrade stormfold")
+    try:
+        tensors = load_file(str(folder / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{folder / WEIGHTS}: cannot read weights ({exc})") from None
+    return tensors, meta
+
+
+def save_model(folder: str | Path, tensors: Mapping[str, torch.Tensor],
+               meta: Mapping[str, Any]) -> Path:
+    """Write ``weights.safetensors`` and ``model.yaml`` (each atomically; metadata last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    full = {"engine": meta["engine"], "format_version": FORMAT_VERSION,
+            "stormfold_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    full.update({k: v for k, v in meta.items() if k not in full})
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    write_text(folder / META, dump_yaml(full))
+    return folder
+
+
+def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
+                     source: str) -> None:
+    """Refuse weights whose names or shapes do not fit ``module`` (one clear message)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise UserError(f"{source}: weights do not match the architecture in model.yaml ({what})")
+    for name, value in own.items():
+        if tuple(tensors[name].shape) != tuple(value.shape):
+            raise UserError(f"{source}: weight {name} has shape {tuple(tensors[name].shape)}, "
+                            f"the architecture needs {tuple(value.shape)}")

@@ -1,0 +1,59 @@
+"""Model files (safetensors + YAML) and training checkpoints: round trips and refusals."""
+import pytest
+import torch
+import yaml
+
+from stormfold.checkpoint import load_checkpoint, save_checkpoint
+from stormfold.errors import UserError
+from stormfold.modelfile import check_state_dict, load_model, resolve_model_dir, save_model
+
+
+def test_model_round_trip_and_checks(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    save_model(tmp_path / "m", net.state_dict(), {"engine": "deepstorm", "upsampling": 8})
+    tensors, meta = load_model(tmp_path / "m", engine="deepstorm")
+    assert meta["upsampling"] == 8 and meta["stormfold_version"]
+    torch.testing.assert_close(tensors["weight"], net.weight.detach())
+    with pytest.raises(UserError, match="not 'unrolled'"):
+        load_model(tmp_path / "m", engine="unrolled")
+    with pytest.raises(UserError, match="shape"):
+        check_state_dict(torch.nn.Linear(4, 2), tensors, "m")
+    with pytest.raises(UserError, match="missing|unexpected"):
+        check_state_dict(torch.nn.Sequential(net), tensors, "m")
+    meta_path = tmp_path / "m" / "model.yaml"
+    data = yaml.safe_load(meta_path.read_text())
+    data["format_version"] = 99
+    meta_path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="newer"):
+        load_model(tmp_path / "m")
+    with pytest.raises(UserError, match="not found"):
+        resolve_model_dir(tmp_path / "absent")
+
+
+def _train(model, opt, steps, gen):
+    for _ in range(steps):
+        x = torch.randn(8, 3, generator=gen)
+        loss = (model(x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    opt_a = torch.optim.Adam(a.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    _train(a, opt_a, 5, gen)
+    save_checkpoint(tmp_path / "ck", a, opt_a, state={"epoch": 5, "gen": gen.get_state().tolist()})
+    _train(a, opt_a, 5, gen)
+
+    b = torch.nn.Linear(3, 2)
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.01)
+    extra, state = load_checkpoint(tmp_path / "ck", b, opt_b)
+    assert state["epoch"] == 5
+    gen_b = torch.Generator()
+    gen_b.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
+    _train(b, opt_b, 5, gen_b)
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
+    assert load_checkpoint(tmp_path / "nothing") is None
