@@ -246,12 +246,41 @@ def _cmd_localize(args: argparse.Namespace) -> None:
           f"({t['frames_per_s']:.1f} frames/s); wrote {args.out}/")
 
 
+# --------------------------------------------------------------------------- train
+def _add_train_common(p: argparse.ArgumentParser) -> None:
+    """Options every ``stormfold train ENGINE`` shares."""
+    p.add_argument("--preset", default=None, help="simulation preset of the training data")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                   help="training configuration (simulation and schedule) as YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one configuration key (repeatable)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, help="random seed")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint in MODEL_DIR")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# Each engine adds its ``stormfold train ENGINE`` parser here (see _add_train).
+_TRAIN_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on simulated (or given) data")
+    engines = p.add_subparsers(dest="engine", metavar="ENGINE", parser_class=_Parser)
+    engines.required = True
+    for add in _TRAIN_COMMANDS:
+        add(engines)
+
+
 # --------------------------------------------------------------------------- main
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_simulate,
     _add_evaluate,
     _add_convert,
     _add_localize,
+    _add_train,
 ]
 
 
