@@ -66,6 +66,11 @@ class Engine(abc.ABC):
             Camera pixel size in nm.
         """
 
+    def set_camera(self, camera: Camera) -> None:
+        """Told by the runner which camera converted the frames to photons, before the first
+        batch. Engines whose likelihood depends on the noise model (the classical MLE: QE,
+        EM excess noise, read noise) override this; the default ignores it."""
+
     def training_camera(self) -> Camera | None:
         """Camera of the simulation the model was trained on (used when nothing else is known)."""
         return None

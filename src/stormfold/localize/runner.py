@@ -104,6 +104,54 @@ def render_histogram(locs: pd.DataFrame, shape: tuple[int, int], pixel_size_nm: 
 
 
 @dataclass
+class BatchResult:
+    """Localizations and image sums of a run of consecutive frames."""
+
+    first_frame: int
+    n_frames: int
+    locs: pd.DataFrame
+    superres: np.ndarray  # (rows·L, cols·L) float64 sum
+    widefield: np.ndarray  # (rows, cols) float64 sum of raw ADU frames
+    read_s: float = 0.0
+    engine_s: float = 0.0
+
+
+def iter_localize(movie: Movie, engine: Engine, camera: Camera, pixel_size_nm: float, start: int,
+                  stop: int, batch_frames: int):
+    """Yield a :class:`BatchResult` per batch of frames in [start, stop).
+
+    The one loop shared by ``stormfold localize``, the pipeline and its Dask workers:
+    read → ADU to photons (camera model) → engine → image sums.
+    """
+    rows, cols = movie.shape
+    L = engine.upsampling
+    engine.set_camera(camera)  # engines whose likelihood needs the noise model use it
+    for first, frames in movie.iter_batches(batch_frames, start=start, stop=stop):
+        t1 = time.perf_counter()
+        widefield = frames.sum(axis=0, dtype=np.float64)
+        photons = camera.backward(frames)
+        t2 = time.perf_counter()
+        out = engine.process(photons, first, pixel_size_nm)
+        t3 = time.perf_counter()
+        superres = out.superres if out.superres is not None else \
+            render_histogram(out.locs, (rows * L, cols * L), pixel_size_nm / L)
+        yield BatchResult(first, len(frames), out.locs, superres.astype(np.float64), widefield,
+                          t2 - t1, t3 - t2)
+
+
+def localize_range(movie: Movie, engine: Engine, camera: Camera, pixel_size_nm: float, start: int,
+                   stop: int, batch_frames: int) -> BatchResult:
+    """Localize frames [start, stop) and return one summed :class:`BatchResult` (a chunk)."""
+    parts = list(iter_localize(movie, engine, camera, pixel_size_nm, start, stop, batch_frames))
+    from stormfold.table import empty_table
+
+    locs = pd.concat([p.locs for p in parts], ignore_index=True) if parts else empty_table()
+    return BatchResult(start, stop - start, locs, sum(p.superres for p in parts),
+                       sum(p.widefield for p in parts), sum(p.read_s for p in parts),
+                       sum(p.engine_s for p in parts))
+
+
+@dataclass
 class LocalizeResult:
     """What :func:`localize_movie` produced (the table only when kept in memory)."""
 
@@ -182,24 +230,17 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         bar = tqdm(total=stop - start, unit="frame", desc=f"localize ({engine.name})",
                    disable=not progress, leave=False)
         try:
-            for first, frames in mv.iter_batches(batch_frames, start=start, stop=stop):
-                t1 = time.perf_counter()
-                widefield += frames.sum(axis=0, dtype=np.float64)
-                photons = cam.backward(frames)
-                t2 = time.perf_counter()
-                out = engine.process(photons, first, px)
-                t3 = time.perf_counter()
-                t_read += t2 - t1
-                t_engine += t3 - t2
-                sr = out.superres if out.superres is not None else \
-                    render_histogram(out.locs, (rows * L, cols * L), px / L)
-                superres += sr
+            for batch in iter_localize(mv, engine, cam, px, start, stop, batch_frames):
+                t_read += batch.read_s
+                t_engine += batch.engine_s
+                superres += batch.superres
+                widefield += batch.widefield
                 if writer is not None:
-                    writer.append(out.locs)
+                    writer.append(batch.locs)
                 if keep:
-                    kept.append(out.locs)
-                n_locs += len(out.locs)
-                bar.update(len(frames))
+                    kept.append(batch.locs)
+                n_locs += len(batch.locs)
+                bar.update(batch.n_frames)
                 bar.set_postfix(locs=n_locs)
         except BaseException:
             if writer is not None:

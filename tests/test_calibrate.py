@@ -1,0 +1,186 @@
+"""Calibration: statistics helpers, round trips on simulations, real data, CLI."""
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from stormfold.calibrate import calibrate
+from stormfold.calibrate.estimate import robust_mean_std
+from stormfold.calibrate.fluctuation import FluctuationStats, estimate_fluctuation, pixel_overlap
+from stormfold.calibrate.scan import half_sample_mode, lower_spread, moments_from_histogram
+from stormfold.simulate import build_config, simulate, simulate_to_folder
+
+
+# ---------------------------------------------------------------------------- helpers
+def test_moments_from_histogram():
+    v = np.random.default_rng(0).poisson(7.0, 50_000) + 100
+    m = moments_from_histogram(np.bincount(v))
+    d = v - v.mean()
+    assert m["n"] == v.size and m["mean"] == pytest.approx(v.mean())
+    assert m["var"] == pytest.approx((d ** 2).mean()) and m["m3"] == pytest.approx((d ** 3).mean())
+    assert m["m3"] == pytest.approx(7.0, rel=0.1)  # third cumulant of Poisson(λ) is λ
+
+
+def test_mode_and_lower_spread_ignore_the_bright_side():
+    rng = np.random.default_rng(1)
+    # 60 % of the pixels carry signal (at least a few photons above the background).
+    v = np.concatenate([rng.normal(50, 4, 40_000), 65 + rng.exponential(300, 60_000)])
+    assert half_sample_mode(v) == pytest.approx(50, abs=1.5)
+    assert lower_spread(v) == pytest.approx(4, rel=0.1)
+
+
+def test_robust_mean_std_removes_outliers():
+    rng = np.random.default_rng(2)
+    core = rng.normal(3000, 500, 5000)
+    mean, std, keep = robust_mean_std(np.concatenate([core, rng.uniform(0, 300, 200),
+                                                      rng.normal(6000, 700, 300)]))
+    assert mean == pytest.approx(3000, rel=0.02) and std == pytest.approx(500, rel=0.06)
+    mean, std, _ = robust_mean_std(rng.uniform(700, 900, 20_000))  # nothing clipped
+    assert mean == pytest.approx(800, abs=2) and std == pytest.approx(200 / 12 ** 0.5, rel=0.03)
+
+
+def test_pixel_overlap_against_brute_force():
+    """k(t) = overlap of two unit pixels t apart, blurred by the PSF: brute-force Monte Carlo
+    of two pixel-integrated Gaussians, and Σ_t k(t) = 1."""
+    s = 1.2
+    t = np.arange(-8, 9)
+    k = pixel_overlap(t, s)
+    assert k.sum() == pytest.approx(1.0, abs=1e-6)
+    from scipy.special import erf
+
+    z = np.linspace(-12, 13, 20001)  # emitter position along one axis (px)
+
+    def frac(i):
+        return 0.5 * (erf((i + 1 - z) / (np.sqrt(2) * s)) - erf((i - z) / (np.sqrt(2) * s)))
+
+    brute = [np.trapezoid(frac(0) * frac(tt), z) for tt in range(4)]
+    np.testing.assert_allclose(k[8:12], brute, rtol=1e-4)
+
+
+def test_fluctuation_estimator_at_high_density():
+    """At 6 emitters/µm² (zerocost preset) no spot is isolated, yet the covariance of the
+    fluctuations gives σ, photons and density."""
+    cfg = build_config("zerocost", n_frames=200, seed=3)
+    movie = simulate(cfg).movie
+    st = FluctuationStats(shape=movie.shape[1:])
+    for a in range(0, 200, 64):
+        st.add(movie[a:a + 64])
+    cam = cfg.camera
+    cv2 = (cfg.emitters.photons_std / cfg.emitters.photons_mean) ** 2
+    est = estimate_fluctuation(st, cam.baseline_adu, cv2)
+    assert est.ok
+    assert est.sigma_px * cfg.pixel_size_nm == pytest.approx(110, rel=0.03)
+    assert est.emitter_adu == pytest.approx(2250, rel=0.06)
+    assert est.density_per_px2 * 100 == pytest.approx(6.0, rel=0.08)
+
+
+# ---------------------------------------------------------------------------- round trips
+def _sim(tmp_path, preset, n_frames, overrides=(), seed=11):
+    cfg = build_config(preset, n_frames=n_frames, seed=seed, overrides=list(overrides))
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    return cfg, tmp_path / "sim" / "movie.tif"
+
+
+def test_round_trip_low_density(tmp_path):
+    cfg, movie = _sim(tmp_path, "zerocost", 400, ["activation.density_per_um2=0.5"])
+    r = calibrate(movie)
+    cam, em = r.camera, r.emitters
+    assert cam.baseline_adu == pytest.approx(50, abs=2)
+    assert cam.read_noise_adu == pytest.approx(4.5, rel=0.1)
+    assert cam.adu_per_e == pytest.approx(1.0, rel=0.05) and r.line.identifiable
+    assert em.n_spots >= 200 and em.source.endswith("isolated spots")
+    assert em.sigma_nm == pytest.approx(110, rel=0.05)
+    assert em.photons_mean == pytest.approx(2250, rel=0.1)
+    assert em.photons_std == pytest.approx(250, rel=0.25)
+    assert 0.25 <= em.density_counted_per_um2 <= 0.5  # a lower bound, within a factor 2
+    assert em.density_per_um2 == pytest.approx(0.5, rel=0.1)
+    assert r.simulation["background"]["photons"] < 1.0
+
+
+def test_round_trip_emccd(tmp_path):
+    """challenge2016 camera (EMCCD): baseline and gain from the background's skewness."""
+    cfg, movie = _sim(tmp_path, "challenge2016", 800,
+                      ["structure.kind=uniform", "activation.density_per_um2=0.3"])
+    r = calibrate(movie, emccd=True, qe=0.9)
+    cam, em = r.camera, r.emitters
+    assert cam.adu_per_e == pytest.approx(300 / 45, rel=0.02)
+    assert cam.baseline_adu == pytest.approx(100, abs=max(2.0, 3 * cam.baseline_se_adu))
+    assert r.simulation["background"]["photons"] == pytest.approx(50, rel=0.1)
+    assert em.sigma_nm == pytest.approx(cfg.emitters.sigma_nm, rel=0.05)
+    assert em.photons_mean == pytest.approx(3000, rel=0.1)
+    assert r.simulation["camera"]["em_gain"] == 100.0  # the split does not matter
+    # Without --emccd the gain is the doubled "Poisson" gain (the documentation's correction).
+    r2 = calibrate(movie, qe=0.9, start=0, stop=300)
+    assert r2.camera.adu_per_e == pytest.approx(2 * 300 / 45, rel=0.1)
+    assert r2.emitters.photons_mean == pytest.approx(1500, rel=0.15)
+
+
+def test_round_trip_high_density(tmp_path):
+    """zerocost preset (6/µm²): the camera from the gaps, σ/photons/density from the
+    fluctuations; the counted density is a (gross) lower bound; the gain cannot be told."""
+    cfg, movie = _sim(tmp_path, "zerocost", 300)
+    r = calibrate(movie)
+    cam, em = r.camera, r.emitters
+    assert cam.baseline_adu == pytest.approx(50, abs=2)
+    assert cam.read_noise_adu == pytest.approx(4.5, rel=0.1)
+    assert not r.line.identifiable and any("cannot be told" in n for n in r.provenance["notes"])
+    assert em.source.startswith("fluctuation")
+    assert em.sigma_nm == pytest.approx(110, rel=0.05)
+    assert em.photons_mean == pytest.approx(2250, rel=0.1)
+    assert em.density_per_um2 == pytest.approx(6.0, rel=0.1)
+    assert em.density_counted_per_um2 < 6.0
+
+
+def test_deepstorm_demo_movie(shared_data, tmp_path):
+    """Real third-party movie (ThunderSTORM simulation, ~248 emitters per frame): with the
+    gain measured by the lead (2.24 ADU per photon) σ and photons fall in the ranges its
+    ground truth lists; the counted density is a gross underestimate."""
+    movie = shared_data / "deepstorm-demo1-train" / "ArtificialDataset_demo1.tif"
+    r = calibrate(movie, e_per_adu=1 / 2.24)
+    em = r.emitters
+    assert 106 <= em.sigma_nm <= 115
+    assert 2000 <= em.photons_mean <= 2500
+    assert em.density_counted_per_um2 < 0.5 * 6.05
+    assert em.density_per_um2 == pytest.approx(6.05, rel=0.2)
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_calibrate_then_simulate(tmp_path, run_cli):
+    _, movie = _sim(tmp_path, "zerocost", 150, ["activation.density_per_um2=0.5"])
+    code, out, err = run_cli("calibrate", movie, "--out", tmp_path / "cal", "--quiet",
+                             "--roi", "0,0,48,64", "--frames", "0:150")
+    assert code == 0, err
+    assert "lower bound" in out
+    meta = yaml.safe_load((tmp_path / "cal" / "simulation.yaml").read_text())
+    assert meta["n_cols"] == 48 and meta["n_rows"] == 64 and "provenance" in meta
+    html = (tmp_path / "cal" / "calibration.html").read_text()
+    assert "data:image/png;base64," in html and "simulation.yaml" in html
+    assert (tmp_path / "cal" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    cfg = build_config(config_file=tmp_path / "cal" / "simulation.yaml")
+    assert cfg.camera.baseline_adu == pytest.approx(50, abs=2)
+    code, _, err = run_cli("simulate", "--config", tmp_path / "cal" / "simulation.yaml",
+                           "--frames", "5", "--out", tmp_path / "resim", "--quiet")
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "resim" / "movie.tif").shape == (5, 64, 48)
+
+
+def test_cli_calibrate_bad_inputs(tmp_path, run_cli):
+    _, movie = _sim(tmp_path, "zerocost", 40, ["activation.density_per_um2=0.5"])
+    nopx = tmp_path / "nopx.tif"
+    tifffile.imwrite(nopx, np.zeros((3, 32, 32), np.uint16), photometric="minisblack")
+    cases = [
+        (tmp_path / "missing.tif",),
+        (movie, "--roi", "0,0,200,64"),
+        (movie, "--roi", "a,b"),
+        (movie, "--roi", "0,0,10,10"),
+        (movie, "--frames", "50:60"),
+        (movie, "--frames", "x"),
+        (movie, "--qe", "1.5"),
+        (movie, "--emccd", "--em-gain", "1"),
+        (nopx,),
+    ]
+    for i, args in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        code, _, err = run_cli("calibrate", *args, "--out", out, "--quiet")
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and not out.exists(), (args, err)
