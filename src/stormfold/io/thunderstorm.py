@@ -6,7 +6,8 @@ and ``frame``, positions in nm with the origin at the top-left corner of the ima
     "id","frame","x [nm]","y [nm]","sigma [nm]","intensity [photon]","offset [photon]",
     "bkgstd [photon]","uncertainty [nm]"  (+ "confidence [a.u.]", "detections", "cluster", ...)
 
-Column names in memory: ``frame`` (0-based), ``x_nm``, ``y_nm``, ``sigma_nm``,
+Column names in memory: ``frame`` (0-based; so is ``last_frame``, the last frame of a
+linked molecule, 1-based in the file like ``frame``), ``x_nm``, ``y_nm``, ``sigma_nm``,
 ``photons`` (intensity), ``bg`` (offset), ``uncertainty_nm`` (also read from
 ``uncertainty_xy [nm]``), ``confidence``, ``id``, ``detections``, ``cluster``.
 
@@ -127,6 +128,8 @@ def read_thunderstorm_csv(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{path}: frame numbers must be >= 1 (ThunderSTORM frames are "
                         f"1-based), found {table['frame'].min():g}")
     table["frame"] = table["frame"] - 1
+    if "last_frame" in table.columns:  # written by linking; 1-based in the file like frame
+        table["last_frame"] = _numeric(table["last_frame"], path, "last_frame") - 1
     return validate_table(table, source=str(path))
 
 
@@ -167,6 +170,8 @@ def _file_rows(table: pd.DataFrame, first_id: int) -> pd.DataFrame:
     """Table → file rows: 1-based frames, ids from ``first_id`` when absent, canonical order."""
     out = validate_table(table)
     out["frame"] = out["frame"] + 1
+    if "last_frame" in out.columns:
+        out["last_frame"] = out["last_frame"] + 1
     if "id" not in out.columns:
         out["id"] = np.arange(first_id, first_id + len(out), dtype=np.int64)
     canonical = [column for _, column in CANONICAL if column in out.columns]

@@ -1,0 +1,526 @@
+"""Post-processing steps as one interface, single-step commands and whole chains.
+
+A step (``drift``, ``link``, ``filter``, ``cluster``, ``render``, ``frc``) takes the table
+and its parameters (a dataclass: :class:`DriftParams`, :class:`LinkParams`, ...) and
+returns the new table, its figures and artefacts (drift table, plots, image, FRC curve)
+*in memory* (:func:`run_step`); files are written only once every step has succeeded.
+
+A chain (:func:`run_chain` in memory, :func:`postprocess_file` from file to folder, the
+``stormfold postprocess IN --out DIR --steps drift,link,filter,render --config F.yaml``
+command, and the ``postprocess`` section of ``stormfold run``) runs steps in the order
+given. Its configuration has one optional section per step with the fields of the
+step's parameter dataclass, and may list the ``steps`` itself::
+
+    steps: [drift, link, filter, render, frc]
+    drift:  {method: rcc, bins: 10, pixel_nm: 20}
+    link:   {radius_nm: 50, max_dark: 1, weight: photons}
+    filter: {expr: "photons > 500", roi: [0, 0, 5000, 5000]}
+    render: {pixel_nm: 10, method: gaussian, sigma: uncertainty, formats: [tif, png]}
+    frc:    {pixel_nm: 5, split: random}
+
+Files of a chain: ``drift.csv``/``drift.png``, ``clusters.csv``, ``render.tif``/``render.png``,
+``frc.csv``/``frc.png`` for the steps that ran (:meth:`ChainResult.write`); the command
+adds ``postprocessed.<ext>`` (the final table, format of the input) and
+``postprocess.yaml`` (parameters and results of every step, input, version).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import pandas as pd
+
+from stormfold.config import from_dict, load_yaml, to_dict
+from stormfold.errors import UserError
+from stormfold.io.atomic import atomic_path
+from stormfold.io.tables import table_format
+from stormfold.postprocess import files
+from stormfold.postprocess.cluster import ClusterParams, cluster
+from stormfold.postprocess.drift import DriftParams, apply_drift, estimate_drift
+from stormfold.postprocess.filters import FilterParams, filter_table
+from stormfold.postprocess.frc import FrcParams, frc
+from stormfold.postprocess.link import LinkParams, link
+from stormfold.postprocess.render import RenderParams, render, write_image
+
+PARAMS: dict[str, type] = {"drift": DriftParams, "link": LinkParams, "filter": FilterParams,
+                           "cluster": ClusterParams, "render": RenderParams, "frc": FrcParams}
+STEPS = tuple(PARAMS)
+
+
+@dataclass
+class Artefact:
+    """Something a step produced besides the table.
+
+    ``kind`` is ``"csv"`` (``value`` a DataFrame), ``"figure"`` (a matplotlib Figure) or
+    ``"image"`` (a 2-D array with ``pixel_nm`` and ``metadata``).
+    """
+
+    name: str
+    kind: str
+    value: Any
+    pixel_nm: Optional[float] = None
+    metadata: Optional[dict] = None
+    float_format: Optional[str] = None
+
+
+@dataclass
+class StepOutput:
+    """Result of :func:`run_step`."""
+
+    step: str
+    table: pd.DataFrame
+    results: dict
+    artefacts: list = field(default_factory=list)
+    summary: str = ""
+
+
+@dataclass
+class Context:
+    """What the steps know about the camera: movie length and field of view (nm)."""
+
+    n_frames: Optional[int] = None
+    fov_nm: Optional[tuple[float, float]] = None
+
+
+# --------------------------------------------------------------------------- steps
+def _drift(table: pd.DataFrame, p: DriftParams, ctx: Context) -> StepOutput:
+    from stormfold.postprocess.plots import drift_figure
+
+    n_frames = ctx.n_frames if ctx.n_frames and len(table) and \
+        ctx.n_frames > int(table["frame"].max()) else None
+    options = {k: v for k, v in to_dict(p).items() if k != "method"}
+    result = estimate_drift(table, p.method, n_frames=n_frames, **options)
+    corrected = apply_drift(table, result.drift)
+    s = result.stats
+    fig = drift_figure(result.drift, result.points,
+                       title=f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm")
+    summary = (f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm, range "
+               f"{s['drift_range_x_nm']:.1f} × {s['drift_range_y_nm']:.1f} nm")
+    return StepOutput("drift", corrected, s,
+                      [Artefact("drift_table", "csv", result.drift, float_format="%.4f"),
+                       Artefact("drift_plot", "figure", fig)], summary)
+
+
+def _link(table: pd.DataFrame, p: LinkParams, ctx: Context) -> StepOutput:
+    result = link(table, p.radius_nm, p.max_dark, p.weight)
+    s = result.stats
+    summary = (f"link: {s['n_in']} → {s['n_out']} localizations "
+               f"({s['mean_detections']:.2f} detections per molecule)")
+    return StepOutput("link", result.table, s, [], summary)
+
+
+def _filter(table: pd.DataFrame, p: FilterParams, ctx: Context) -> StepOutput:
+    if p.expr is None and p.roi is None and p.min_neighbours is None:
+        raise UserError("filter: give an expression, an ROI or a density filter "
+                        "(--expr, --roi, --min-neighbours)")
+    out, s = filter_table(table, p.expr, p.roi, p.min_neighbours, p.radius_nm)
+    return StepOutput("filter", out, s, [], f"filter: kept {s['n_out']} of {s['n_in']}")
+
+
+def _cluster(table: pd.DataFrame, p: ClusterParams, ctx: Context) -> StepOutput:
+    labelled, summary_table, s = cluster(table, p.eps_nm, p.min_samples)
+    summary = f"cluster: {s['n_clusters']} clusters, {s['n_noise']} noise localizations"
+    return StepOutput("cluster", labelled, s, [Artefact("clusters", "csv", summary_table)],
+                      summary)
+
+
+def _render(table: pd.DataFrame, p: RenderParams, ctx: Context) -> StepOutput:
+    sigma: Any = "uncertainty" if p.sigma == "uncertainty" else p.sigma_nm
+    image = render(table, p.pixel_nm, p.method, sigma, ctx.fov_nm)
+    meta = {"kind": "render", "method": p.method, "pixel_nm": p.pixel_nm,
+            "sigma": sigma if p.method == "gaussian" else None,
+            "n_localizations": int(len(table))}
+    s = {"shape": list(image.shape), "pixel_nm": p.pixel_nm, "method": p.method,
+         "n_localizations": int(len(table)), "max_per_pixel": float(image.max())}
+    summary = f"render: {image.shape[1]} × {image.shape[0]} pixels of {p.pixel_nm:g} nm"
+    return StepOutput("render", table, s,
+                      [Artefact("image", "image", image, p.pixel_nm, meta)], summary)
+
+
+def _frc(table: pd.DataFrame, p: FrcParams, ctx: Context) -> StepOutput:
+    from stormfold.postprocess.plots import frc_figure
+
+    result = frc(table, p.pixel_nm, p.split, p.seed, p.block_frames, p.tukey_alpha,
+                 p.smooth_rings, p.threshold)
+    fig = frc_figure(result.curve, result.resolution_nm, p.threshold)
+    value = ("not reached (finer than 2 pixels)" if result.resolution_nm is None
+             else f"{result.resolution_nm:.1f} nm")
+    return StepOutput("frc", table, result.stats,
+                      [Artefact("frc_curve", "csv", result.curve),
+                       Artefact("frc_plot", "figure", fig)], f"frc: resolution {value}")
+
+
+_RUNNERS: dict[str, Callable[[pd.DataFrame, Any, Context], StepOutput]] = {
+    "drift": _drift, "link": _link, "filter": _filter, "cluster": _cluster,
+    "render": _render, "frc": _frc}
+
+
+def step_params(step: str, values: Optional[dict] = None):
+    """Parameter dataclass of ``step`` from a mapping (unknown keys are a UserError)."""
+    if step not in PARAMS:
+        raise UserError(f"unknown step {step!r}: choose from {', '.join(STEPS)}")
+    if values is not None and not isinstance(values, dict):
+        raise UserError(f"{step}: expected a mapping of parameters, got {values!r}")
+    return from_dict(PARAMS[step], values or {}, step)
+
+
+def run_step(step: str, table: pd.DataFrame, params: Any = None,
+             context: Optional[Context] = None) -> StepOutput:
+    """Run one step in memory (no files).
+
+    Parameters
+    ----------
+    step : str
+        One of :data:`STEPS`.
+    table : pandas.DataFrame
+        Localization table.
+    params : dataclass or dict, optional
+        The step's parameters (default: the dataclass defaults).
+    context : Context, optional
+        Movie length and field of view.
+    """
+    if not isinstance(params, PARAMS.get(step, ())):
+        params = step_params(step, params)
+    return _RUNNERS[step](table, params, context or Context())
+
+
+def parse_steps(steps: str | Sequence[str]) -> list[str]:
+    """``"drift,link"`` or a list → validated step names (no repeats; may be empty)."""
+    if isinstance(steps, str):
+        steps = steps.split(",")
+    elif not isinstance(steps, (list, tuple)):
+        raise UserError(f"steps: expected a list of step names, got {steps!r}")
+    names = [str(s).strip() for s in steps if str(s).strip()]
+    for name in names:
+        if name not in PARAMS:
+            raise UserError(f"unknown step {name!r}: choose from {', '.join(STEPS)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"step {repeated[0]!r} given twice: each step runs once per chain")
+    return names
+
+
+def check_chain(config: Optional[str | Path | dict] = None,
+                steps: Optional[str | Sequence[str]] = None) -> tuple[list[str], dict[str, Any]]:
+    """Validate a chain: steps and their parameter dataclasses.
+
+    Parameters
+    ----------
+    config : str, Path or dict, optional
+        YAML file or mapping: an optional ``steps`` list and one optional section per
+        step (the fields of its parameter dataclass).
+    steps : str or list of str, optional
+        Steps in order; overrides the configuration's ``steps``.
+
+    Returns
+    -------
+    names : list of str
+        The steps in order (empty when none are given).
+    params : dict
+        Step name → parameter dataclass, for every step named or configured.
+
+    Raises
+    ------
+    UserError
+        Unknown step or key, bad value, a step given twice.
+    """
+    data: Any = {}
+    if config is not None:
+        data = config if isinstance(config, dict) else load_yaml(config)
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise UserError(f"{config}: expected a mapping with one section per step")
+    unknown = sorted(set(data) - set(STEPS) - {"steps"})
+    if unknown:
+        raise UserError(f"unknown post-processing key '{unknown[0]}' (valid keys: steps, "
+                        f"{', '.join(STEPS)})")
+    names = parse_steps(steps if steps is not None else data.get("steps") or [])
+    params = {name: step_params(name, data.get(name)) for name in STEPS
+              if name in names or name in data}
+    return names, params
+
+
+@dataclass
+class ChainResult:
+    """Result of :func:`run_chain`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        The table after the last step.
+    steps : list of StepOutput
+        Each step's output, in order.
+    params : dict
+        Step name → parameters used.
+    log : dict
+        Step name → one-line summary.
+    outputs : dict
+        What later stages (reports) use: ``"drift"`` → drift table; ``"frc"`` → dict of
+        ``frequency_per_nm``, ``frc``, ``frc_smoothed``, ``resolution_nm``;
+        ``"clusters"`` → cluster summary; ``"render"`` → image.
+    """
+
+    table: pd.DataFrame
+    steps: list
+    params: dict
+    log: dict
+    outputs: dict
+
+    def record(self) -> dict:
+        """Parameters and results of every step (YAML-safe)."""
+        return {o.step: {"parameters": to_dict(self.params[o.step]), "results": o.results}
+                for o in self.steps}
+
+    def file_paths(self, out_dir: str | Path) -> list[Path]:
+        """The files :meth:`write` will create in ``out_dir``."""
+        paths = _chain_paths(Path(out_dir), [o.step for o in self.steps], self.params)
+        return [p for ps in paths.values() for p in ps]
+
+    def write(self, out_dir: str | Path) -> dict[str, str]:
+        """Write the steps' artefacts (drift.csv/png, clusters.csv, render.tif/png,
+        frc.csv/png) to ``out_dir``; returns artefact name → file name."""
+        out_dir = Path(out_dir)
+        paths = _chain_paths(out_dir, [o.step for o in self.steps], self.params)
+        written: dict[str, str] = {}
+        if paths:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for o in self.steps:
+            for artefact in o.artefacts:
+                for i, path in enumerate(paths[artefact.name]):
+                    _write_artefact(artefact, path)
+                    written[artefact.name if i == 0 else f"{artefact.name}_{path.suffix[1:]}"] = \
+                        path.name
+        return written
+
+
+def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
+              steps: Optional[str | Sequence[str]] = None,
+              pixel_size_nm: Optional[float] = None,
+              fov_nm: Optional[Sequence[float]] = None,
+              n_frames: Optional[int] = None) -> ChainResult:
+    """Run a chain of steps on a table in memory (files: :meth:`ChainResult.write`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Localization table.
+    config : str, Path or dict, optional
+        See :func:`check_chain`.
+    steps : str or list of str, optional
+        Steps in order (default: the configuration's ``steps``; none: nothing to do).
+    pixel_size_nm : float, optional
+        Camera pixel size (nm), recorded.
+    fov_nm : (width, height), optional
+        Camera field of view (nm): the extent of renderings.
+    n_frames : int, optional
+        Movie length: the drift table covers every frame.
+
+    Returns
+    -------
+    ChainResult
+    """
+    names, params = check_chain(config, steps)
+    ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))
+    outputs: list[StepOutput] = []
+    for name in names:
+        result = run_step(name, table, params[name], ctx)
+        outputs.append(result)
+        table = result.table
+    extra: dict[str, Any] = {}
+    for o in outputs:
+        for artefact in o.artefacts:
+            if artefact.name == "drift_table":
+                extra["drift"] = artefact.value
+            elif artefact.name == "frc_curve":
+                curve = artefact.value
+                extra["frc"] = {"frequency_per_nm": curve["q_per_nm"].to_numpy(),
+                                "frc": curve["frc"].to_numpy(),
+                                "frc_smoothed": curve["frc_smoothed"].to_numpy(),
+                                "resolution_nm": o.results["resolution_nm"]}
+            elif artefact.name == "clusters":
+                extra["clusters"] = artefact.value
+            elif artefact.name == "image":
+                extra["render"] = artefact.value
+    return ChainResult(table, outputs, {n: params[n] for n in names},
+                       {o.step: o.summary for o in outputs}, extra)
+
+
+# --------------------------------------------------------------------------- files
+def _write_artefact(artefact: Artefact, path: Path) -> None:
+    if artefact.kind == "csv":
+        with atomic_path(path) as tmp:
+            artefact.value.to_csv(tmp, index=False, float_format=artefact.float_format)
+    elif artefact.kind == "figure":
+        from stormfold.postprocess.plots import save_figure
+
+        save_figure(artefact.value, path)
+    elif artefact.kind == "image":
+        write_image(path, artefact.value, artefact.pixel_nm, artefact.metadata)
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown artefact kind {artefact.kind!r}")
+
+
+def _single_paths(step: str, out: Path) -> dict[str, Path]:
+    """Where a single-step command writes its artefacts, from its --out."""
+    stem = out.stem
+    if step == "drift":
+        return {"drift_table": out.with_name(f"{stem}_drift.csv"),
+                "drift_plot": out.with_name(f"{stem}_drift.png")}
+    if step == "cluster":
+        return {"clusters": out.with_name(f"{stem}_clusters.csv")}
+    if step == "render":
+        return {"image": out}
+    if step == "frc":
+        return {"frc_curve": out / "frc.csv", "frc_plot": out / "frc.png"}
+    return {}
+
+
+def _chain_paths(out_dir: Path, names: list[str], params: dict[str, Any]) -> dict[str, list[Path]]:
+    paths: dict[str, list[Path]] = {}
+    if "drift" in names:
+        paths["drift_table"] = [out_dir / "drift.csv"]
+        paths["drift_plot"] = [out_dir / "drift.png"]
+    if "cluster" in names:
+        paths["clusters"] = [out_dir / "clusters.csv"]
+    if "render" in names:
+        paths["image"] = [out_dir / f"render.{fmt}" for fmt in dict.fromkeys(params["render"].formats)]
+    if "frc" in names:
+        paths["frc_curve"] = [out_dir / "frc.csv"]
+        paths["frc_plot"] = [out_dir / "frc.png"]
+    return paths
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+
+
+def run_command(step: str, source: str | Path, out: str | Path, params: Any = None,
+                pixel_size_nm: Optional[float] = None) -> tuple[StepOutput, list[Path]]:
+    """One step from file to files (``stormfold drift|link|filter|cluster|render|frc``).
+
+    Parameters
+    ----------
+    step : str
+        The step.
+    source : str or Path
+        Input table (``.csv`` or ``.hdf5``).
+    out : str or Path
+        Output table (``drift``, ``link``, ``filter``, ``cluster``; format by extension),
+        image (``render``: ``.tif`` or ``.png``) or folder (``frc``).
+    params : dataclass or dict, optional
+        The step's parameters.
+    pixel_size_nm : float, optional
+        Camera pixel size (nm) for Picasso files without one.
+
+    Returns
+    -------
+    output : StepOutput
+    written : list of Path
+        Every file written (tables, artefacts, YAML record or sidecar).
+
+    Raises
+    ------
+    UserError
+        Bad input, parameters or outputs — before anything is written.
+    """
+    out = Path(out)
+    params = params if isinstance(params, PARAMS.get(step, ())) else step_params(step, params)
+    src = files.read_input(source, pixel_size_nm)
+    artefact_paths = _single_paths(step, out)
+    if step == "frc":
+        _check_out_dir(out)
+        record = out / "frc.yaml"
+        planned = [*artefact_paths.values(), record]
+    elif step == "render":
+        if out.suffix.lower() not in (".tif", ".tiff", ".png"):
+            raise UserError(f"--out {out}: a rendering is written as .tif or .png")
+        record = files.record_path(out)
+        planned = [out, record]
+    else:
+        table_format(out)
+        files.check_table_output(out, src, pixel_size_nm)
+        record = files.record_path(out)
+        planned = [*files.table_outputs(out), *artefact_paths.values()]
+    files.check_outputs(src, planned)
+
+    result = run_step(step, src.table, params, Context(src.n_frames, src.fov_nm))
+
+    written: list[Path] = []
+    if step == "frc":
+        out.mkdir(parents=True, exist_ok=True)
+    for artefact in result.artefacts:
+        _write_artefact(artefact, artefact_paths[artefact.name])
+        written.append(artefact_paths[artefact.name])
+    outputs = [*written] + ([] if step in ("frc", "render") else [out])
+    rec = files.make_record(step, src, params, result.results, outputs)
+    if step in ("frc", "render"):
+        files.write_record(record, rec)
+        written.append(record)
+    else:
+        written = files.write_output_table(out, result.table, src, rec, pixel_size_nm) + written
+    return result, written
+
+
+def postprocess_file(source: str | Path, out_dir: str | Path,
+                     steps: Optional[str | Sequence[str]] = None,
+                     config: Optional[str | Path | dict] = None,
+                     pixel_size_nm: Optional[float] = None) -> tuple[ChainResult, list[Path]]:
+    """``stormfold postprocess``: run a chain on a table file and write ``out_dir``.
+
+    Parameters
+    ----------
+    source : str or Path
+        Input table (``.csv`` or ``.hdf5``).
+    out_dir : str or Path
+        Output folder (see the module docstring for its files).
+    steps : str or list of str, optional
+        Steps in order (``"drift,link,filter,render"``); default: ``steps`` of the config.
+    config : str, Path or dict, optional
+        YAML file (or mapping) with one section per step.
+    pixel_size_nm : float, optional
+        Camera pixel size (nm) for Picasso files without one.
+
+    Returns
+    -------
+    result : ChainResult
+    written : list of Path
+        Every file written.
+
+    Raises
+    ------
+    UserError
+        Bad input, configuration or outputs — before anything is written.
+    """
+    out_dir = Path(out_dir)
+    names, params = check_chain(config, steps)
+    if not names:
+        raise UserError("no steps given: e.g. --steps drift,link,filter,render")
+    _check_out_dir(out_dir)
+    src = files.read_input(source, pixel_size_nm)
+    table_path = out_dir / f"postprocessed{src.path.suffix.lower()}"
+    files.check_table_output(table_path, src, pixel_size_nm)
+    record_path = out_dir / "postprocess.yaml"
+    artefacts = _chain_paths(out_dir, names, params)
+    files.check_outputs(src, [table_path, files.record_path(table_path), record_path,
+                              *[p for ps in artefacts.values() for p in ps]])
+
+    result = run_chain(src.table, {n: to_dict(p) for n, p in params.items()}, names,
+                       src.pixel_size_nm, src.fov_nm, src.n_frames)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names_written = result.write(out_dir)
+    written = [out_dir / name for name in names_written.values()]
+    record = files.make_record("postprocess", src, result.record(), {},
+                               [table_path, *written])
+    del record["parameters"], record["results"]
+    record["steps"] = names
+    record["n_output"] = int(len(result.table))
+    record["chain"] = result.record()
+    # The chain's record is postprocess.yaml; a Picasso table also carries it in its sidecar.
+    written = files.write_output_table(table_path, result.table, src, record, pixel_size_nm,
+                                       write_csv_record=False) + written
+    files.write_record(record_path, record)
+    written.append(record_path)
+    return result, written

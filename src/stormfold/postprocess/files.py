@@ -1,0 +1,230 @@
+"""Files of the post-processing commands: the input table with its camera geometry, the
+output tables, and the YAML record of what a step did.
+
+* **Input**: ThunderSTORM CSV or Picasso HDF5 (by extension). The camera geometry
+  (pixel size, image size, movie length) comes from the Picasso sidecar, else from a
+  ``simulation.yaml`` / ``run.yaml`` next to a CSV (:func:`stormfold.io.tables.geometry_near`;
+  ``frame_shape`` of a ``run.yaml`` gives the image size), else from options.
+* **Outputs** never replace the input or its Picasso sidecar (:func:`check_outputs`).
+* **Record**: a YAML document with the step, its parameters, the input, the version and
+  the figures measured. Next to a CSV or image output ``X.ext`` it is ``X.yaml``; for a
+  Picasso output it is appended to the sidecar ``X.yaml`` as one more document (Picasso
+  keeps the history of a file that way), after the input's own documents.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import pandas as pd
+import yaml
+
+from stormfold import __version__
+from stormfold.config import dump_yaml
+from stormfold.errors import UserError
+from stormfold.io.atomic import same_file, write_text
+from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
+from stormfold.io.tables import default_image_size, geometry_near, table_format
+from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
+from stormfold.table import n_frames_of
+
+
+@dataclass
+class InputTable:
+    """A localization table read from a file, with what is known of its camera.
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    table : pandas.DataFrame
+        The localizations (nm, 0-based frames).
+    pixel_size_nm : float or None
+        Camera pixel size (nm).
+    width_px, height_px : int or None
+        Camera image size (pixels).
+    n_frames : int or None
+        Movie length (at least the table's last frame + 1).
+    documents : list of dict
+        The Picasso sidecar's documents of an HDF5 input (its history).
+    geometry_source : str or None
+        Where the geometry came from.
+    """
+
+    path: Path
+    table: pd.DataFrame
+    pixel_size_nm: Optional[float] = None
+    width_px: Optional[int] = None
+    height_px: Optional[int] = None
+    n_frames: Optional[int] = None
+    documents: list = field(default_factory=list)
+    geometry_source: Optional[str] = None
+
+    @property
+    def fov_nm(self) -> Optional[tuple[float, float]]:
+        """Camera field of view (width, height) in nm, when known."""
+        if self.pixel_size_nm and self.width_px and self.height_px:
+            return self.width_px * self.pixel_size_nm, self.height_px * self.pixel_size_nm
+        return None
+
+    def protected(self) -> list[Path]:
+        """Files no output may replace: the input and its Picasso sidecar."""
+        paths = [self.path]
+        if table_format(self.path) == "picasso":
+            paths.append(sidecar_path(self.path))
+        return paths
+
+
+def _frame_shape(path: Path) -> Optional[tuple[int, int]]:
+    """``frame_shape`` [rows, cols] from a ``run.yaml`` next to ``path`` (stormfold localize)."""
+    run = path.parent / "run.yaml"
+    if not run.is_file():
+        return None
+    try:
+        document = yaml.safe_load(run.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    shape = document.get("frame_shape") if isinstance(document, dict) else None
+    if isinstance(shape, list) and len(shape) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> InputTable:
+    """Read a localization table and its camera geometry (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.csv`` (ThunderSTORM) or ``.hdf5``/``.h5`` (Picasso).
+    pixel_size_nm : float, optional
+        Camera pixel size (nm); overrides the files (image sizes found in another pixel
+        size are then ignored).
+
+    Raises
+    ------
+    UserError
+        Missing file, unknown extension, unreadable table.
+    """
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.is_file():
+        raise UserError(f"localization file not found: {path}")
+    if fmt == "picasso":
+        table, info = read_picasso_hdf5(path, pixel_size_nm)
+        result = InputTable(path, table, info["pixel_size_nm"], info["width_px"],
+                            info["height_px"], info["n_frames"], list(info["documents"]),
+                            info["sidecar"])
+    else:
+        table = read_thunderstorm_csv(path)
+        geometry = geometry_near(path)
+        if pixel_size_nm is not None and not math.isclose(
+                geometry.get("pixel_size_nm", pixel_size_nm), pixel_size_nm):
+            geometry = {}
+        result = InputTable(path, table, pixel_size_nm or geometry.get("pixel_size_nm"),
+                            geometry.get("width_px"), geometry.get("height_px"),
+                            geometry.get("n_frames"),
+                            geometry_source=str(geometry["source"]) if geometry else None)
+        if result.width_px is None and result.pixel_size_nm is not None:
+            shape = _frame_shape(path)
+            if shape is not None and (not geometry or Path(geometry["source"]).name == "run.yaml"):
+                result.height_px, result.width_px = shape
+    if result.n_frames is not None and result.n_frames < n_frames_of(result.table):
+        result.n_frames = None
+    return result
+
+
+def check_outputs(source: InputTable, outputs: Iterable[str | Path]) -> None:
+    """Refuse outputs that would replace the input (or its sidecar) or each other.
+
+    Raises
+    ------
+    UserError
+        Naming the clash.
+    """
+    seen: list[Path] = []
+    for out in outputs:
+        out = Path(out)
+        for protected in source.protected():
+            if same_file(out, protected):
+                what = "the input file" if protected == source.path else "the input's sidecar"
+                raise UserError(f"output {out} would overwrite {what} {protected}: "
+                                f"choose another output name")
+        if out.exists() and out.is_dir():
+            raise UserError(f"output {out} is a folder")
+        if any(same_file(out, other) for other in seen):
+            raise UserError(f"two outputs would be written to {out}: choose another name")
+        seen.append(out)
+
+
+def record_path(output: str | Path) -> Path:
+    """The YAML record next to a single-file output (``X.ext`` → ``X.yaml``)."""
+    return Path(output).with_suffix(".yaml")
+
+
+def table_outputs(path: str | Path) -> list[Path]:
+    """Files written for an output table: the table and its YAML (record or sidecar)."""
+    return [Path(path), record_path(path)]
+
+
+def check_table_output(path: str | Path, source: InputTable,
+                       pixel_size_nm: Optional[float] = None) -> None:
+    """Fail early when a table cannot be written to ``path`` (format, pixel size)."""
+    if table_format(path) == "picasso" and (pixel_size_nm or source.pixel_size_nm) is None:
+        raise UserError(f"{path}: writing Picasso HDF5 needs the camera pixel size (no "
+                        f"Picasso sidecar, simulation.yaml or run.yaml gives it): pass "
+                        f"--pixel-size NM")
+
+
+def make_record(step: str, source: InputTable, parameters: Any, results: dict,
+                outputs: Iterable[str | Path] = ()) -> dict:
+    """The YAML record of a step (see the module docstring)."""
+    return {"Generated by": f"stormfold {__version__} {step}",
+            "stormfold_version": __version__,
+            "step": step,
+            "input": str(source.path),
+            "n_input": int(len(source.table)),
+            "camera_pixel_size_nm": source.pixel_size_nm,
+            "geometry_source": source.geometry_source,
+            "parameters": parameters,
+            "results": results,
+            "outputs": [str(Path(p).name) for p in outputs]}
+
+
+def write_record(path: str | Path, record: dict) -> Path:
+    """Write a record as a YAML file (atomically)."""
+    return write_text(path, dump_yaml(record))
+
+
+def write_output_table(path: str | Path, table: pd.DataFrame, source: InputTable,
+                       record: dict, pixel_size_nm: Optional[float] = None,
+                       write_csv_record: bool = True) -> list[Path]:
+    """Write a table (format by extension) with its YAML record; returns the files.
+
+    A Picasso output takes the camera geometry of the input (or ``pixel_size_nm``) and
+    carries the input's sidecar documents followed by ``record``. A CSV output gets the
+    record as ``X.yaml`` unless ``write_csv_record`` is false.
+    """
+    path = Path(path)
+    if table_format(path) == "thunderstorm":
+        write_thunderstorm_csv(path, table)
+        if not write_csv_record:
+            return [path]
+        write_record(record_path(path), record)
+        return [path, record_path(path)]
+    check_table_output(path, source, pixel_size_nm)
+    px = pixel_size_nm or source.pixel_size_nm
+    same_camera = source.pixel_size_nm is not None and math.isclose(px, source.pixel_size_nm)
+    if same_camera and source.width_px and source.height_px:
+        width, height = source.width_px, source.height_px
+    else:
+        width, height = default_image_size(table, px)
+    n_frames = source.n_frames if source.n_frames and source.n_frames >= n_frames_of(table) \
+        else None
+    history = [doc for doc in source.documents if isinstance(doc, dict)]
+    write_picasso_hdf5(path, table, px, width, height, n_frames=n_frames,
+                       info=history + [yaml.safe_load(dump_yaml(record))])
+    return [path, sidecar_path(path)]

@@ -1,0 +1,159 @@
+"""Filters of localization tables (SPEC §8): by expression, region of interest, local density.
+
+* **Expression**: a condition over the table's columns evaluated by
+  :meth:`pandas.DataFrame.eval`, e.g. ``"confidence > 0.3 and photons > 500"`` or
+  ``"uncertainty_nm < 20 or detections >= 3"``. Columns use the in-memory names (``x_nm``,
+  ``photons``, ``uncertainty_nm``, ``bkgstd_photon`` ...); ``and``, ``or``, ``not``,
+  comparisons, arithmetic and ``abs`` work. Nothing but the columns is visible.
+* **ROI**: keep x0 ≤ x < x1 and y0 ≤ y < y1 (nm).
+* **Local density**: keep localizations with at least ``min_neighbours`` other
+  localizations (any frame) within ``radius_nm`` — counted with a k-d tree.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from stormfold.errors import UserError
+from stormfold.table import validate_table
+
+
+@dataclass
+class FilterParams:
+    """Parameters of :func:`filter_table` (the ``filter`` section of a post-processing YAML).
+
+    Attributes
+    ----------
+    expr : str or None
+        Condition over columns (see the module docstring).
+    roi : (x0, y0, x1, y1) or None
+        Region of interest (nm).
+    min_neighbours : int or None
+        Keep localizations with at least this many neighbours within ``radius_nm``.
+    radius_nm : float
+        Neighbourhood radius (nm) of the density filter.
+    """
+
+    expr: Optional[str] = None
+    roi: Optional[tuple[float, float, float, float]] = None
+    min_neighbours: Optional[int] = None
+    radius_nm: float = 50.0
+
+    def validate(self) -> None:
+        if self.roi is not None:
+            check_roi(self.roi)
+        if self.min_neighbours is not None and self.min_neighbours < 0:
+            raise UserError(f"filter: min_neighbours must be ≥ 0, got {self.min_neighbours}")
+        if not self.radius_nm > 0:
+            raise UserError(f"filter: radius_nm must be > 0, got {self.radius_nm}")
+
+
+_FORBIDDEN = re.compile(r"__|@|`|\blambda\b|;|(?<![<>=!])=(?!=)")
+
+
+def expression_mask(table: pd.DataFrame, expr: str) -> np.ndarray:
+    """Boolean mask of the rows satisfying ``expr`` (see the module docstring).
+
+    Raises
+    ------
+    UserError
+        Empty or malformed expression, unknown column, assignments or other constructs
+        that are not a condition, a result that is not one true/false per row.
+    """
+    if not isinstance(expr, str) or not expr.strip():
+        raise UserError("filter expression is empty")
+    if _FORBIDDEN.search(expr):
+        raise UserError(f"filter expression {expr!r}: only conditions over columns are "
+                        f"allowed (no assignments, '@', '__' or backquotes)")
+    columns = ", ".join(map(str, table.columns))
+    try:
+        result = table.eval(expr, local_dict={}, global_dict={}, resolvers=())
+    except pd.errors.UndefinedVariableError as exc:
+        name = re.search(r"'([^']+)'", str(exc))
+        what = f"unknown column '{name.group(1)}'" if name else "unknown name"
+        raise UserError(f"filter expression {expr!r}: {what} (columns: {columns})") from None
+    except SyntaxError as exc:
+        raise UserError(f"filter expression {expr!r}: syntax error ({exc.msg})") from None
+    except Exception as exc:  # pandas raises many types for unsupported constructs
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"filter expression {expr!r}: cannot evaluate ({detail})") from None
+    if not isinstance(result, pd.Series) or len(result) != len(table) or \
+            not pd.api.types.is_bool_dtype(result):
+        raise UserError(f"filter expression {expr!r} is not a condition giving true/false "
+                        f"for each localization (e.g. \"photons > 500\")")
+    return result.to_numpy(dtype=bool)
+
+
+def check_roi(roi: Sequence[float]) -> tuple[float, float, float, float]:
+    """Validate an ROI ``(x0, y0, x1, y1)`` in nm (x0 < x1, y0 < y1)."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in roi)
+    except (TypeError, ValueError):
+        raise UserError(f"ROI must be four numbers x0,y0,x1,y1 in nm, got {roi!r}") from None
+    if not (np.isfinite([x0, y0, x1, y1]).all() and x0 < x1 and y0 < y1):
+        raise UserError(f"ROI x0,y0,x1,y1 must have x0 < x1 and y0 < y1, got "
+                        f"{x0:g},{y0:g},{x1:g},{y1:g}")
+    return x0, y0, x1, y1
+
+
+def roi_mask(table: pd.DataFrame, roi: Sequence[float]) -> np.ndarray:
+    """Rows with x0 ≤ x_nm < x1 and y0 ≤ y_nm < y1."""
+    x0, y0, x1, y1 = check_roi(roi)
+    x = table["x_nm"].to_numpy()
+    y = table["y_nm"].to_numpy()
+    return (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+
+
+def local_density(table: pd.DataFrame, radius_nm: float) -> np.ndarray:
+    """Number of *other* localizations (all frames) within ``radius_nm`` of each one.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (len(table),)
+    """
+    if not np.isfinite(radius_nm) or radius_nm <= 0:
+        raise UserError(f"density radius must be > 0 nm, got {radius_nm}")
+    if not len(table):
+        return np.zeros(0, np.int64)
+    points = np.column_stack([table["x_nm"].to_numpy(), table["y_nm"].to_numpy()])
+    tree = cKDTree(points)
+    counts = tree.query_ball_point(points, radius_nm, return_length=True, workers=-1)
+    return np.asarray(counts, np.int64) - 1
+
+
+def filter_table(table: pd.DataFrame, expr: Optional[str] = None,
+                 roi: Optional[Sequence[float]] = None, min_neighbours: Optional[int] = None,
+                 radius_nm: float = 50.0) -> tuple[pd.DataFrame, dict]:
+    """Apply the expression, ROI and density filters (those given), in that order.
+
+    The density is counted among the localizations that passed the expression and ROI.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        The kept rows (index reset).
+    stats : dict
+        Rows in and out, and after each filter.
+    """
+    table = validate_table(table)
+    stats: dict = {"n_in": int(len(table))}
+    keep = np.ones(len(table), bool)
+    if expr is not None:
+        keep &= expression_mask(table, expr)
+        stats["after_expr"] = int(keep.sum())
+    if roi is not None:
+        keep &= roi_mask(table, roi)
+        stats["after_roi"] = int(keep.sum())
+    out = table[keep]
+    if min_neighbours is not None:
+        if int(min_neighbours) != min_neighbours or min_neighbours < 0:
+            raise UserError(f"min_neighbours must be a non-negative integer, got {min_neighbours}")
+        out = out[local_density(out, radius_nm) >= min_neighbours]
+        stats["after_density"] = int(len(out))
+    stats["n_out"] = int(len(out))
+    return out.reset_index(drop=True), stats
