@@ -1,0 +1,94 @@
+"""Deep-STORM inference: frames/s and peak memory for 64×64 and 256×256 frames, and a long movie.
+
+Each case runs in a fresh process (peak RSS is its own). The model is the shipped
+``builtin:deepstorm-zerocost`` (faithful network, L = 8). The long-movie case streams a
+simulated 10,000-frame 64×64 movie from disk through ``localize_movie`` (CSV, images and
+run.yaml written) to show that memory does not grow with the movie length.
+
+Usage: python benchmarks/deepstorm.py [--long-frames N ...] [--skip-long] [--skip-speed]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, run_isolated  # noqa: E402
+
+MODEL = "builtin:deepstorm-zerocost"
+
+
+def speed(size: int, n_frames: int, precision: str, batch_frames: int = 16) -> dict:
+    """Engine throughput on simulated zerocost frames of size×size (after one warm-up batch)."""
+    import numpy as np
+
+    from stormfold.localize.registry import load_engine
+    from stormfold.simulate import build_config, simulate
+
+    cfg = build_config("zerocost", n_frames=n_frames, seed=0,
+                       overrides=[f"n_rows={size}", f"n_cols={size}"])
+    photons = cfg.camera.backward(simulate(cfg).movie)
+    engine = load_engine(model=MODEL, options={"precision": precision})
+    engine.process(photons[:1], 0, 100.0)  # warm-up (oneDNN kernel selection)
+    n_locs = 0
+    t0 = time.perf_counter()
+    for start in range(0, n_frames, batch_frames):
+        out = engine.process(photons[start:start + batch_frames], start, 100.0)
+        n_locs += len(out.locs)
+    seconds = time.perf_counter() - t0
+    return {"case": "engine", "size": f"{size}x{size}", "precision": precision,
+            "frames": n_frames, "tile_px": engine.tile_px, "seconds": seconds,
+            "frames_per_s": n_frames / seconds, "locs_per_frame": n_locs / n_frames,
+            "emitters_per_frame": float(np.round(6.0 * (size * 0.1) ** 2, 1))}
+
+
+def make_movie(folder: str, n_frames: int) -> dict:
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    simulate_to_folder(build_config("zerocost", n_frames=n_frames, seed=3), folder, progress=False)
+    return {}
+
+
+def long_movie(folder: str, n_frames: int, precision: str) -> dict:
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+
+    engine = load_engine(model=MODEL, options={"precision": precision})
+    t0 = time.perf_counter()
+    res = localize_movie(Path(folder) / "movie.tif", engine, Path(folder) / "out", progress=False)
+    seconds = time.perf_counter() - t0
+    return {"case": "localize_movie", "size": "64x64", "precision": precision, "frames": n_frames,
+            "tile_px": engine.tile_px, "seconds": seconds, "frames_per_s": n_frames / seconds,
+            "locs_per_frame": res.run["n_localizations"] / n_frames}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long-frames", type=int, nargs="+", default=[1_000, 10_000],
+                        help="movie lengths of the long-movie case (peak memory must not grow)")
+    parser.add_argument("--long-precision", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    args = parser.parse_args()
+    columns = ["case", "size", "precision", "frames", "tile_px", "seconds", "frames_per_s",
+               "locs_per_frame", "peak_rss_mb"]
+    if not args.skip_speed:
+        rows = []
+        for precision in ("float32", "bfloat16"):
+            rows.append(run_isolated(speed, 64, 32, precision))
+            rows.append(run_isolated(speed, 256, 4, precision, 4))
+        report("deepstorm", rows, columns)
+    if not args.skip_long:
+        rows = []
+        for n_frames in args.long_frames:
+            with tempfile.TemporaryDirectory() as tmp:
+                run_isolated(make_movie, tmp, n_frames)
+                rows.append(run_isolated(long_movie, tmp, n_frames, args.long_precision))
+        report("deepstorm_long", rows, columns)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Deep-STORM inference: batched, tiled prediction and localization extraction (SPEC §4).
+
+Frames (photons) are normalised with the model's fixed normalisation, replicated ×L onto
+the fine grid and passed through the network in batches bounded by a number of fine pixels.
+Frames larger than ``tile_px`` camera pixels are cut into tiles whose cores are surrounded
+by a margin of at least the receptive field (tiles are aligned to the network's pooling
+grid and cropped at the image edges exactly as the whole frame would be), so the tiled
+result equals the untiled one to float precision while memory does not grow with the frame
+size. Negative outputs are clamped to 0. Localizations: 3×3 local maxima above
+``threshold · target_scale``, 3×3 centre of gravity, confidence = 3×3 sum / target_scale
+(:mod:`stormfold.localize.peaks`).
+
+The super-resolved image returned per batch is the sum of the clamped predictions divided by
+``target_scale`` (the unit of ``confidence``: a localization's 3×3 neighbourhood in the
+image sums to its confidence).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stormfold.config import from_dict
+from stormfold.deepstorm.model import SIZE_MULTIPLE, DeepSTORM, build_model, count_parameters
+from stormfold.deepstorm.normalization import Normalization, upsample
+from stormfold.errors import UserError
+from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.localize.peaks import find_peaks, peaks_to_table
+from stormfold.physics.camera import Camera
+
+ENGINE = "deepstorm"
+UPSAMPLINGS = (4, 8, 16)
+#: Receptive-field half-width of the faithful network in fine pixels (52 / 2 = 26), rounded
+#: up with one pooling cell (8) for the alignment of the three 2×2 max-pools.
+RECEPTIVE_MARGIN_FINE = 40
+DEFAULT_TILE_PX = 128
+DEFAULT_BATCH_PIXELS = 2 ** 20
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class DeepStormEngine(Engine):
+    """Deep-STORM as a localization engine.
+
+    Parameters
+    ----------
+    model : DeepSTORM
+        The network (weights loaded).
+    upsampling : int
+        Fine-grid factor L (4, 8 or 16).
+    target_scale : float
+        Scale of the training targets (100).
+    normalization : Normalization
+        The model's fixed input normalisation (photons → network input).
+    threshold : float
+        Detection threshold relative to ``target_scale`` (> 0).
+    device : torch.device or str
+        Where the network runs.
+    tile_px : int
+        Largest tile side in camera pixels, margins included; frames up to this size are not
+        tiled. Memory per tile ∝ (tile_px·L)².
+    batch_pixels : int
+        Fine pixels per forward pass (tiles of several frames are batched up to this).
+    precision : {"float32", "bfloat16"}
+        Arithmetic of the forward pass; bfloat16 autocast is faster on CPUs with native
+        bf16 (AMX/AVX-512 BF16) at a small cost in precision.
+    pixel_size_nm : float, optional
+        Camera pixel size the model was trained for.
+    camera : Camera, optional
+        Camera of the training data (used when a movie carries none).
+    source : str, optional
+        Where the model came from (for run.yaml).
+    """
+
+    name = ENGINE
+
+    def __init__(self, model: DeepSTORM, upsampling: int, target_scale: float,
+                 normalization: Normalization, threshold: float,
+                 device: torch.device | str = "cpu", tile_px: int = DEFAULT_TILE_PX,
+                 batch_pixels: int = DEFAULT_BATCH_PIXELS, precision: str = "float32",
+                 pixel_size_nm: float | None = None, camera: Camera | None = None,
+                 source: str | None = None):
+        if upsampling not in UPSAMPLINGS:
+            raise UserError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling}")
+        if not threshold > 0:
+            raise UserError(f"threshold must be > 0 (a fraction of target_scale), got {threshold}")
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if batch_pixels < 1:
+            raise UserError(f"batch_pixels must be ≥ 1, got {batch_pixels}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.upsampling = int(upsampling)
+        self.target_scale = float(target_scale)
+        self.normalization = normalization
+        self.threshold = float(threshold)
+        self.precision = precision
+        self.batch_pixels = int(batch_pixels)
+        # Tile geometry in camera pixels: every tile start is on the 8-fine-pixel pooling grid.
+        self.align_px = SIZE_MULTIPLE // math.gcd(SIZE_MULTIPLE, self.upsampling)
+        self.margin_px = _round_up(math.ceil(RECEPTIVE_MARGIN_FINE / self.upsampling),
+                                   self.align_px)
+        min_tile = 2 * self.margin_px + self.align_px
+        if tile_px < min_tile:
+            raise UserError(f"tile_px must be ≥ {min_tile} camera pixels at L={upsampling} "
+                            f"(twice the receptive-field margin plus one cell), got {tile_px}")
+        self.tile_px = int(tile_px)
+        self._pixel_size_nm = pixel_size_nm
+        self._camera = camera
+        self.source = source
+
+    # ------------------------------------------------------------------ Engine API
+    def training_camera(self) -> Camera | None:
+        return self._camera
+
+    def training_pixel_size_nm(self) -> float | None:
+        return self._pixel_size_nm
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "model": self.source, "upsampling": self.upsampling,
+                "threshold": self.threshold, "target_scale": self.target_scale,
+                "tile_px": self.tile_px, "batch_pixels": self.batch_pixels,
+                "precision": self.precision, "device": str(self.device),
+                "superres_unit": "sum of predictions / target_scale"}
+
+    def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
+        maps = self.predict(photons)
+        locs = self.extract(maps, first_frame, pixel_size_nm)
+        superres = (maps.sum(0) / self.target_scale).cpu().numpy().astype(np.float32)
+        return EngineOutput(locs=locs, superres=superres)
+
+    # ------------------------------------------------------------------ pieces
+    def extract(self, maps: torch.Tensor, first_frame: int, pixel_size_nm: float,
+                threshold: float | None = None):
+        """Localization table of predicted maps (n, rows·L, cols·L) (absolute frames)."""
+        thr = self.threshold if threshold is None else threshold
+        peaks = find_peaks(maps, thr * self.target_scale)
+        return peaks_to_table(peaks, first_frame, pixel_size_nm / self.upsampling,
+                              confidence_scale=self.target_scale)
+
+    def tiles(self, rows: int, cols: int) -> list[tuple[slice, slice, slice, slice]]:
+        """Tiles of a (rows, cols) frame in camera pixels (rows, cols multiples of align_px).
+
+        Returns (input rows, input cols, core rows within the tile, core cols within the
+        tile) per tile; the cores partition the frame.
+        """
+        def axis(n: int) -> list[tuple[slice, slice]]:
+            if n <= self.tile_px:
+                return [(slice(0, n), slice(0, n))]
+            core = self.tile_px - 2 * self.margin_px
+            core -= core % self.align_px
+            out = []
+            for start in range(0, n, core):
+                stop = min(start + core, n)
+                lo, hi = max(0, start - self.margin_px), min(n, stop + self.margin_px)
+                out.append((slice(lo, hi), slice(start - lo, stop - lo)))
+            return out
+
+        return [(ri, ci, rc, cc) for ri, rc in axis(rows) for ci, cc in axis(cols)]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "float32":
+            y = self.model(x)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                features = self.model.features(x)
+            # The linear 1×1 output in float32: bf16 outputs would be coarsely quantised and
+            # create flat tops that split into several 3×3 maxima.
+            y = self.model.out(features.float())
+        return y.float().clamp_(min=0.0)
+
+    def predict(self, photons: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Clamped network output of frames (n, rows, cols) in photons → (n, rows·L, cols·L).
+
+        The output is at ``target_scale`` (float32, on the engine's device).
+        """
+        if not torch.is_tensor(photons):
+            photons = torch.from_numpy(np.asarray(photons, dtype=np.float32))
+        frames = photons.to(self.device)
+        if frames.ndim == 2:
+            frames = frames[None]
+        if frames.ndim != 3:
+            raise UserError(f"frames must be (n, rows, cols), got shape {tuple(frames.shape)}")
+        n, rows, cols = frames.shape
+        L = self.upsampling
+        x = self.normalization.apply(frames)
+        # Pad (with zero input) to whole pooling cells; the padding is cropped afterwards.
+        pr, pc = _round_up(rows, self.align_px) - rows, _round_up(cols, self.align_px) - cols
+        if pr or pc:
+            x = F.pad(x, (0, pc, 0, pr))
+        out = torch.empty((n, (rows + pr) * L, (cols + pc) * L), dtype=torch.float32,
+                          device=self.device)
+        groups: dict[tuple[int, int], list] = {}
+        for tile in self.tiles(rows + pr, cols + pc):
+            ri, ci = tile[0], tile[1]
+            groups.setdefault((ri.stop - ri.start, ci.stop - ci.start), []).append(tile)
+        with torch.inference_mode():
+            for (h, w), tiles in groups.items():
+                per_pass = max(1, self.batch_pixels // (h * w * L * L))
+                jobs = [(f, t) for t in tiles for f in range(n)]
+                for k in range(0, len(jobs), per_pass):
+                    chunk = jobs[k:k + per_pass]
+                    batch = torch.stack([x[f, t[0], t[1]] for f, t in chunk])[:, None]
+                    y = self._forward(upsample(batch, L))[:, 0]
+                    for (f, (ri, ci, rc, cc)), yi in zip(chunk, y):
+                        out[f, (ri.start + rc.start) * L:(ri.start + rc.stop) * L,
+                            (ci.start + cc.start) * L:(ci.start + cc.stop) * L] = \
+                            yi[rc.start * L:rc.stop * L, cc.start * L:cc.stop * L]
+        return out[:, :rows * L, :cols * L]
+
+
+# ---------------------------------------------------------------------- loading
+_OPTIONS = {"tile_px": int, "batch_pixels": int, "precision": str}
+
+
+def _require(meta: dict, key: str, source: str) -> Any:
+    if key not in meta or meta[key] is None:
+        raise UserError(f"{source}: model.yaml has no {key!r} (not a complete Deep-STORM model)")
+    return meta[key]
+
+
+def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any = "cpu",
+                     threshold: float | None = None, options: dict | None = None,
+                     source: str = "model") -> DeepStormEngine:
+    """Build the engine from a model's metadata and weights, refusing what does not fit."""
+    from stormfold.modelfile import check_state_dict
+
+    if meta.get("engine") != ENGINE:
+        raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
+    arch = _require(meta, "architecture", source)
+    if not isinstance(arch, dict) or arch.get("arch") != "deepstorm":
+        raise UserError(f"{source}: architecture {arch!r} is not 'deepstorm'")
+    channels = arch.get("channels")
+    if not (isinstance(channels, (list, tuple)) and len(channels) == 4
+            and all(isinstance(c, int) and c > 0 for c in channels)):
+        raise UserError(f"{source}: architecture.channels must be 4 positive integers, "
+                        f"got {channels!r}")
+    upsampling = _require(meta, "upsampling", source)
+    if upsampling not in UPSAMPLINGS:
+        raise UserError(f"{source}: upsampling {upsampling!r} is not one of {UPSAMPLINGS}")
+    target_scale = float(_require(meta, "target_scale", source))
+    if not target_scale > 0:
+        raise UserError(f"{source}: target_scale must be > 0, got {target_scale}")
+    norm_data = _require(meta, "normalization", source)
+    if not isinstance(norm_data, dict):
+        raise UserError(f"{source}: normalization must be a mapping, got {norm_data!r}")
+    normalization = from_dict(Normalization, norm_data, where="normalization")
+    px = float(_require(meta, "pixel_size_nm", source))
+    if not px > 0:
+        raise UserError(f"{source}: pixel_size_nm must be > 0, got {px}")
+    camera = None
+    if isinstance(meta.get("camera"), dict):
+        camera = from_dict(Camera, meta["camera"], where="camera")
+    n_params = arch.get("n_parameters")
+    model = build_model(arch)
+    if n_params is not None and n_params != count_parameters(model):
+        raise UserError(f"{source}: architecture.n_parameters is {n_params} but channels "
+                        f"{channels} give {count_parameters(model)}")
+    check_state_dict(model, tensors, source)
+    model.load_state_dict(tensors)
+    thr = threshold if threshold is not None else _require(meta, "threshold", source)
+    opts = {}
+    for key, value in (options or {}).items():
+        if key not in _OPTIONS:
+            raise UserError(f"unknown Deep-STORM option {key!r} (valid: {', '.join(_OPTIONS)})")
+        if not isinstance(value, _OPTIONS[key]) or isinstance(value, bool):
+            raise UserError(f"Deep-STORM option {key} must be {_OPTIONS[key].__name__}, "
+                            f"got {value!r}")
+        opts[key] = value
+    return DeepStormEngine(model, int(upsampling), target_scale, normalization, float(thr),
+                           device=device if device is not None else "cpu", pixel_size_nm=px,
+                           camera=camera, source=source, **opts)
+
+
+def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,
+                options: dict | None = None) -> DeepStormEngine:
+    """Loader named by ``model.yaml`` (``engine: deepstorm``): see the registry."""
+    from stormfold.modelfile import load_model
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    tensors, meta = load_model(spec, engine=ENGINE, device="cpu")
+    return engine_from_meta(meta, tensors, device=device, threshold=threshold, options=options,
+                            source=str(spec))

@@ -1,0 +1,709 @@
+"""Training of Deep-STORM on simulated (or given) movies (SPEC §4), with exact resume.
+
+The pipeline: simulate the training frames (or read a movie and its ground truth) → convert
+ADU to photons with the camera model → fix the normalisation from these frames → draw
+patches (≥ ``min_emitters`` emitters each) → 70/30 train/validation split → Adam with
+ReduceLROnPlateau on the validation loss, keeping the best-validation weights → calibrate
+the extraction threshold on held-back frames (maximum Jaccard at 100 nm) → write the model.
+
+Every epoch ends with a checkpoint (model, optimizer, scheduler, best weights, history).
+The data order of epoch e is a permutation seeded by (seed, e) and the model is initialised
+from ``seed``, so a run interrupted anywhere and resumed from its last checkpoint ends with
+the same epochs and the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stormfold import __version__
+from stormfold.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
+from stormfold.deepstorm.engine import ENGINE, UPSAMPLINGS, DeepStormEngine
+from stormfold.deepstorm.loss import DeepStormLoss
+from stormfold.deepstorm.model import DEFAULT_CHANNELS, DeepSTORM, count_parameters
+from stormfold.deepstorm.normalization import Normalization, fit_normalization, upsample
+from stormfold.errors import UserError
+from stormfold.physics.camera import Camera
+from stormfold.simulate.config import PROVENANCE_KEYS, SimulationConfig, build_config
+
+CHECKPOINT_DIR = "checkpoint"
+HISTORY_CSV = "training.csv"
+LOSS_PNG = "loss.png"
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr", "seconds")
+#: Thresholds (fractions of target_scale) tried by the calibration.
+DEFAULT_THRESHOLDS = tuple(float(v) for v in np.round(np.geomspace(0.001, 1.0, 61), 6))
+
+
+@dataclass
+class ArchitectureConfig:
+    """The network and its output scale.
+
+    Attributes
+    ----------
+    arch : "deepstorm"
+        The faithful Deep-STORM encoder–decoder.
+    channels : 4 int
+        Encoder channels (32, 64, 128, 512 in the paper); smaller for quick tests.
+    upsampling : {4, 8, 16}
+        Fine-grid factor L.
+    target_scale : float
+        Multiplier of the target maps (100).
+    """
+
+    arch: Literal["deepstorm"] = "deepstorm"
+    channels: tuple[int, int, int, int] = DEFAULT_CHANNELS
+    upsampling: int = 8
+    target_scale: float = 100.0
+
+    def validate(self) -> None:
+        if self.upsampling not in UPSAMPLINGS:
+            raise UserError(f"architecture.upsampling must be one of {UPSAMPLINGS}, "
+                            f"got {self.upsampling}")
+        if min(self.channels) < 1:
+            raise UserError(f"architecture.channels must be positive, got {list(self.channels)}")
+        if not self.target_scale > 0:
+            raise UserError(f"architecture.target_scale must be > 0, got {self.target_scale}")
+
+
+@dataclass
+class PatchConfig:
+    """Training patches: how many, how big, which are kept, and the validation share."""
+
+    n_patches: int = 10000
+    patch_px: int = 26
+    min_emitters: int = 7
+    val_fraction: float = 0.3
+
+    def validate(self) -> None:
+        if self.n_patches < 2:
+            raise UserError(f"patches.n_patches must be ≥ 2, got {self.n_patches}")
+        if self.patch_px < 1:
+            raise UserError(f"patches.patch_px must be ≥ 1, got {self.patch_px}")
+        if self.min_emitters < 0:
+            raise UserError(f"patches.min_emitters must be ≥ 0, got {self.min_emitters}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"patches.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Optimisation: Adam, ReduceLROnPlateau on the validation loss, best checkpoint kept.
+
+    Attributes
+    ----------
+    epochs : int
+        Number of epochs (each sees every training patch once).
+    batch_size : int
+        Patches per step.
+    lr, lr_factor, lr_patience, lr_min : float, float, int, float
+        Adam learning rate and its plateau schedule.
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of the forward/backward pass (weights stay float32). ``auto`` uses
+        bfloat16 autocast on CPUs with native bf16 support, else float32.
+    """
+
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_factor: float = 0.1
+    lr_patience: int = 5
+    lr_min: float = 5e-5
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UserError("schedule.epochs and schedule.batch_size must be ≥ 1")
+        if not self.lr > 0 or not 0 < self.lr_factor < 1 or self.lr_patience < 0 or self.lr_min < 0:
+            raise UserError("schedule: need lr > 0, 0 < lr_factor < 1, lr_patience ≥ 0 and "
+                            "lr_min ≥ 0")
+
+
+@dataclass
+class CalibrationConfig:
+    """Threshold calibration on held-back frames (maximum Jaccard at ``tolerance_nm``).
+
+    Attributes
+    ----------
+    n_frames : int
+        Frames simulated for the calibration (seed + 1), simulation mode only; with a given
+        movie the validation patches are used.
+    tolerance_nm : float
+        Matching radius of the Jaccard index that is maximised.
+    thresholds : list of float
+        Candidate thresholds (fractions of target_scale).
+    """
+
+    n_frames: int = 20
+    tolerance_nm: float = 100.0
+    thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+
+    def validate(self) -> None:
+        if self.n_frames < 1:
+            raise UserError(f"calibration.n_frames must be ≥ 1, got {self.n_frames}")
+        if not self.tolerance_nm > 0:
+            raise UserError(f"calibration.tolerance_nm must be > 0, got {self.tolerance_nm}")
+        if not self.thresholds or min(self.thresholds) <= 0:
+            raise UserError("calibration.thresholds must be a non-empty list of values > 0")
+
+
+@dataclass
+class DeepStormTrainConfig:
+    """Everything a Deep-STORM training run needs (``--config`` YAML has the same nesting).
+
+    ``seed`` seeds everything: the training simulation (seed), the calibration frames
+    (seed + 1), the patch draws, the split, the initialisation and the data order.
+    """
+
+    seed: int = 0
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def validate(self) -> None:
+        if self.seed < 0:
+            raise UserError(f"seed must be ≥ 0, got {self.seed}")
+
+
+_SECTIONS = ("seed", "simulation", "architecture", "patches", "schedule", "calibration")
+
+
+def build_train_config(preset: str | None = None, config_file: str | Path | None = None,
+                       overrides: list[str] | dict | None = None, seed: int | None = None,
+                       epochs: int | None = None, n_patches: int | None = None,
+                       batch_size: int | None = None,
+                       lr: float | None = None) -> DeepStormTrainConfig:
+    """Assemble a training configuration: preset → YAML file → ``--set`` → explicit options.
+
+    ``config_file`` is either a training configuration (sections ``simulation``,
+    ``architecture``, ``patches``, ``schedule``, ``calibration``, ``seed``) or a simulation
+    file (``simulation.yaml`` of ``stormfold simulate``/``calibrate``), which then becomes the
+    ``simulation`` section.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = load_yaml(config_file) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{config_file}: expected a mapping of training parameters")
+        if any(k in loaded for k in _SECTIONS if k != "seed"):
+            data = loaded
+        else:
+            data = {"simulation": {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}}
+    over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    data = merge(data, over)
+    explicit = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+    data = merge(data, {"schedule": {k: v for k, v in explicit.items() if v is not None}})
+    if n_patches is not None:
+        data = merge(data, {"patches": {"n_patches": n_patches}})
+    if seed is not None:
+        data["seed"] = seed
+    sim = data.pop("simulation", None) or {}
+    if not isinstance(sim, dict):
+        raise UserError("simulation: expected a mapping of simulation parameters")
+    sim = {k: v for k, v in sim.items() if k not in PROVENANCE_KEYS}
+    train_seed = data.get("seed", 0)
+    cfg = from_dict(DeepStormTrainConfig, data)
+    cfg.simulation = build_config(preset=preset or sim.get("preset"), overrides=sim,
+                                  seed=int(train_seed))
+    return cfg
+
+
+# ---------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    """Frames in photons with their truth, and what they were made from."""
+
+    photons: np.ndarray
+    truth: pd.DataFrame
+    pixel_size_nm: float
+    camera: Camera
+    description: dict[str, Any]
+
+
+def simulated_data(config: SimulationConfig) -> TrainingData:
+    """Simulate frames and convert them to photons with the same camera model as inference."""
+    from stormfold.simulate import simulate
+
+    sim = simulate(config)
+    photons = config.camera.backward(sim.movie)
+    return TrainingData(photons, sim.truth, config.pixel_size_nm, config.camera,
+                        {"source": "simulation", "simulation": to_dict(config)})
+
+
+def movie_data(movie_path: str | Path, truth_path: str | Path,
+               config: SimulationConfig) -> TrainingData:
+    """A given movie and its ground truth (e.g. a ThunderSTORM simulation).
+
+    The camera comes from the movie's metadata when stormfold wrote it, else from the
+    configuration's ``simulation.camera``; the pixel size from the movie's metadata, else
+    ``simulation.pixel_size_nm``.
+    """
+    from stormfold.io.movie import open_movie
+    from stormfold.io.tables import read_table
+    from stormfold.localize.runner import resolve_camera
+
+    movie_path, truth_path = Path(movie_path), Path(truth_path)
+    for label, path in (("movie", movie_path), ("truth", truth_path)):
+        if not path.exists():
+            raise UserError(f"{label} file not found: {path}")
+    truth = read_table(truth_path)
+    with open_movie(movie_path) as mv:
+        px = mv.pixel_size_nm if mv.pixel_size_nm is not None else config.pixel_size_nm
+        camera, cam_source = resolve_camera(None, mv, None)
+        if cam_source.startswith("default"):
+            camera, cam_source = config.camera, "configuration simulation.camera"
+        frames = mv.read(0, mv.n_frames)
+    if len(truth) and int(truth["frame"].max()) >= len(frames):
+        last = int(truth["frame"].max()) + 1
+        raise UserError(f"{truth_path}: ground truth has frames up to {last} but {movie_path} "
+                        f"has {len(frames)} frames")
+    return TrainingData(camera.backward(frames), truth, float(px), camera,
+                        {"source": "movie", "movie": str(movie_path), "truth": str(truth_path),
+                         "n_frames": int(len(frames)), "frame_shape": list(frames.shape[1:]),
+                         "camera_source": cam_source})
+
+
+# ---------------------------------------------------------------------- helpers
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → bfloat16 on CPUs with native bf16 (oneDNN), else float32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cpu":
+        try:
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return "bfloat16"
+        except (AttributeError, RuntimeError):
+            pass
+    return "float32"
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Data order of an epoch: a permutation seeded by (seed, epoch) alone."""
+    return np.random.default_rng([seed, 0xE90C, epoch]).permutation(n)
+
+
+def split_patches(patches: PatchSet, val_fraction: float, seed: int) -> tuple[PatchSet, PatchSet]:
+    """Random train/validation split of the patches (seeded)."""
+    order = np.random.default_rng([seed, 0x5B1]).permutation(len(patches))
+    n_val = max(1, int(round(val_fraction * len(patches))))
+    if n_val >= len(patches):
+        raise UserError("patches: the validation share leaves no training patch")
+    return patches.subset(np.sort(order[n_val:])), patches.subset(np.sort(order[:n_val]))
+
+
+def model_inputs(patches: PatchSet, index: np.ndarray, normalization: Normalization,
+                 device: torch.device) -> torch.Tensor:
+    """Network inputs of patches ``index``: normalised, ×L pixel replication, (n, 1, S, S)."""
+    images = torch.from_numpy(patches.images[index]).to(device)
+    return upsample(normalization.apply(images), patches.upsampling)[:, None]
+
+
+def evaluate_loss(model: DeepSTORM, loss_fn: DeepStormLoss, patches: PatchSet,
+                  normalization: Normalization, target_scale: float, batch_size: int,
+                  device: torch.device, precision: str) -> float:
+    """Mean loss over patches (network in eval mode, batch-weighted)."""
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(patches), batch_size):
+            index = np.arange(start, min(start + batch_size, len(patches)))
+            x = model_inputs(patches, index, normalization, device)
+            y = batch_targets(patches, index, target_scale, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                pred = model(x.contiguous(memory_format=torch.channels_last))
+            total += loss_fn(pred, y).item() * len(index)
+            n += len(index)
+    return total / n
+
+
+def write_history(out_dir: Path, history: list[dict]) -> None:
+    """``training.csv`` and the loss-curve PNG (both written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stormfold.io.atomic import atomic_path, write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
+    write_text(out_dir / HISTORY_CSV, buf.getvalue())
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["loss"] for r in history], "o-", ms=3, label="training")
+    ax.plot(epochs, [r["val_loss"] for r in history], "o-", ms=3, label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("Deep-STORM training")
+    fig.tight_layout()
+    with atomic_path(out_dir / LOSS_PNG) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- calibration
+@dataclass
+class Calibration:
+    """Result of the threshold calibration."""
+
+    threshold: float
+    jaccard: float
+    tolerance_nm: float
+    curve: list[tuple[float, float]]
+    n_frames: int
+    source: str
+
+
+def calibrate_threshold(engine: DeepStormEngine, photons: np.ndarray, truth: pd.DataFrame,
+                        pixel_size_nm: float, thresholds: list[float], tolerance_nm: float = 100.0,
+                        source: str = "") -> Calibration:
+    """The threshold (fraction of target_scale) maximising the Jaccard index on given frames.
+
+    The network runs once; local maxima are found once at the lowest threshold and filtered
+    for each candidate (a local maximum does not depend on the threshold).
+    """
+    from stormfold.evaluate import evaluate
+    from stormfold.localize.peaks import find_peaks
+
+    thresholds = sorted(float(t) for t in thresholds)
+    maps = engine.predict(photons)
+    peaks = find_peaks(maps, thresholds[0] * engine.target_scale)
+    fine = pixel_size_nm / engine.upsampling
+    frame = peaks.index.cpu().numpy()
+    x = peaks.x_px.cpu().numpy() * fine
+    y = peaks.y_px.cpu().numpy() * fine
+    peak_value = peaks.value.cpu().numpy() / engine.target_scale
+    curve = []
+    for t in thresholds:
+        keep = peak_value > t
+        table = pd.DataFrame({"frame": frame[keep].astype(np.int64), "x_nm": x[keep],
+                              "y_nm": y[keep]})
+        metrics = evaluate(truth, table, tolerances_nm=(tolerance_nm,))
+        curve.append((t, float(metrics["jaccard"].iloc[0])))
+    jaccards = np.nan_to_num(np.array([j for _, j in curve]), nan=0.0)
+    best = int(np.argmax(jaccards))
+    if len(curve) > 1 and best in (0, len(curve) - 1) and jaccards[best] > 0:
+        warnings.warn(f"calibrated threshold {curve[best][0]:g} is at the edge of the candidates "
+                      f"({thresholds[0]:g}–{thresholds[-1]:g}); widen calibration.thresholds")
+    return Calibration(threshold=curve[best][0], jaccard=float(jaccards[best]),
+                       tolerance_nm=tolerance_nm, curve=curve, n_frames=int(len(photons)),
+                       source=source)
+
+
+# ---------------------------------------------------------------------- training
+def train_epoch(model: DeepSTORM, optimizer: torch.optim.Optimizer, loss_fn: DeepStormLoss,
+                patches: PatchSet, normalization: Normalization, target_scale: float,
+                batch_size: int, order: np.ndarray, device: torch.device, precision: str,
+                on_step: Callable[[int, float], None] | None = None) -> float:
+    """One pass over ``patches`` in ``order``, in batches; returns the mean training loss.
+
+    ``on_step(step, running_mean_loss)`` is called after every optimisation step.
+    """
+    model.train()
+    running, seen = 0.0, 0
+    for step, start in enumerate(range(0, len(order), batch_size)):
+        index = order[start:start + batch_size]
+        x = model_inputs(patches, index, normalization, device)
+        y = batch_targets(patches, index, target_scale, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            pred = model(x.contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(pred, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.item() * len(index)
+        seen += len(index)
+        if on_step is not None:
+            on_step(step, running / seen)
+    return running / seen
+
+
+def _on_step(bar, epoch: int, step: int, mean_loss: float, last_val: float | None,
+             callback: Callable[[int, int], None] | None) -> None:
+    bar.update(1)
+    bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4g}",
+                    val_loss="-" if last_val is None else f"{last_val:.4g}")
+    if callback is not None:
+        callback(epoch, step)
+
+
+def _calibrate(config: DeepStormTrainConfig, engine: DeepStormEngine, data: TrainingData,
+               val_set: PatchSet, from_movie: bool) -> Calibration:
+    """Threshold calibration on fresh simulated frames (seed + 1), or the validation patches."""
+    cal_cfg = config.calibration
+    if not from_movie:
+        sim = copy.deepcopy(config.simulation)
+        sim.seed, sim.n_frames = config.seed + 1, cal_cfg.n_frames
+        cal = simulated_data(sim)
+        return calibrate_threshold(engine, cal.photons, cal.truth, data.pixel_size_nm,
+                                   cal_cfg.thresholds, cal_cfg.tolerance_nm,
+                                   source=f"{cal_cfg.n_frames} simulated frames, seed {sim.seed}")
+    return calibrate_threshold(engine, val_set.images, val_set.truth_table(data.pixel_size_nm),
+                               data.pixel_size_nm, cal_cfg.thresholds, cal_cfg.tolerance_nm,
+                               source=f"{len(val_set)} validation patches")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_deepstorm` produced."""
+
+    out_dir: Path
+    meta: dict[str, Any]
+    history: list[dict]
+    engine: DeepStormEngine
+
+
+def _check_out_dir(out_dir: Path, resume: bool) -> Path:
+    from stormfold.modelfile import META
+    ckpt = out_dir / CHECKPOINT_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+    if resume:
+        if not (ckpt / "state.json").is_file():
+            raise UserError(f"--resume: no checkpoint in {ckpt} to continue from")
+    elif (ckpt / "state.json").is_file() or (out_dir / META).is_file():
+        raise UserError(f"{out_dir} already holds a model or a checkpoint: use --resume to "
+                        f"continue it, or another --out")
+    return ckpt
+
+
+def _config_key(config: DeepStormTrainConfig | dict) -> dict:
+    """Parts of the configuration a resumed run must share: everything that shapes the
+    training trajectory, i.e. all but the epoch count and the (post-training) calibration."""
+    d = copy.deepcopy(config) if isinstance(config, dict) else to_dict(config)
+    d.pop("calibration", None)
+    d["schedule"] = {k: v for k, v in d["schedule"].items() if k != "epochs"}
+    return d
+
+
+def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
+                    movie: str | Path | None = None, truth: str | Path | None = None,
+                    resume: bool = False, device: torch.device | str | None = None,
+                    progress: bool = True, command: list[str] | None = None,
+                    step_callback: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train a Deep-STORM model and write it to ``out_dir``.
+
+    Parameters
+    ----------
+    config : DeepStormTrainConfig
+        From :func:`build_train_config`.
+    out_dir : path
+        Model folder: ``weights.safetensors`` + ``model.yaml`` at the end, ``training.csv``,
+        ``loss.png`` and ``checkpoint/`` (updated every epoch).
+    movie, truth : path, optional
+        Train on this movie and ground truth instead of simulating (give both).
+    resume : bool
+        Continue from ``out_dir/checkpoint`` (same configuration; the epoch count may grow).
+    device : torch.device or str, optional
+        Compute device (default CPU).
+    progress : bool
+        Show a progress bar with the loss and validation loss.
+    command : list of str, optional
+        The command line, recorded in model.yaml.
+    step_callback : callable(epoch, step), optional
+        Called after every optimisation step (0-based epoch and step within the epoch).
+    """
+    from tqdm import tqdm
+
+    from stormfold.checkpoint import load_checkpoint, save_checkpoint
+    from stormfold.modelfile import save_model
+
+    if (movie is None) != (truth is None):
+        raise UserError("give both --movie and --truth to train on an existing movie")
+    out_dir = Path(out_dir)
+    ckpt_dir = _check_out_dir(out_dir, resume)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    arch, sched, pcfg = config.architecture, config.schedule, config.patches
+    precision = resolve_precision(sched.precision, device)
+    L = arch.upsampling
+    if (pcfg.patch_px * L) % 8:
+        raise UserError(f"patches.patch_px × upsampling ({pcfg.patch_px}×{L}) must be a "
+                        f"multiple of 8")
+    t_start = time.perf_counter()
+
+    data = movie_data(movie, truth, config.simulation) if movie is not None \
+        else simulated_data(config.simulation)
+    normalization = fit_normalization(data.photons)
+    patches = extract_patches(data.photons, data.truth, data.pixel_size_nm, pcfg.n_patches,
+                              pcfg.patch_px, pcfg.min_emitters, L, seed=config.seed)
+    train_set, val_set = split_patches(patches, pcfg.val_fraction, config.seed)
+    fingerprint = patches.fingerprint()
+
+    torch.manual_seed(config.seed)
+    model = DeepSTORM(arch.channels).to(device).to(memory_format=torch.channels_last)
+    loss_fn = DeepStormLoss().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, eps=1e-7)  # Keras epsilon
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=sched.lr_factor, patience=sched.lr_patience,
+        min_lr=sched.lr_min)
+    history: list[dict] = []
+    best_val, best_epoch = float("inf"), -1
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    first_epoch = 0
+    elapsed_before = 0.0
+    commands = [command] if command is not None else []
+    if resume:
+        loaded = load_checkpoint(ckpt_dir, model, optimizer)
+        if loaded is None:
+            raise UserError(f"--resume: the checkpoint in {ckpt_dir} is incomplete")
+        extra, state = loaded
+        if _config_key(state.get("config", {"schedule": {}})) != _config_key(config) \
+                or state.get("data") != fingerprint:
+            raise UserError(f"--resume: the configuration or training data differ from those of "
+                            f"the checkpoint in {ckpt_dir} (only the epoch count may change)")
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        best_val, best_epoch = state["best_val"], state["best_epoch"]
+        best_state = {k[len("best."):]: v.to(device) for k, v in extra.items()
+                      if k.startswith("best.")}
+        first_epoch = state["epoch"] + 1
+        if sched.epochs < first_epoch:
+            raise UserError(f"--resume: the checkpoint already has {first_epoch} epochs, more "
+                            f"than the {sched.epochs} asked for")
+        elapsed_before = state.get("seconds", 0.0)
+        commands = state.get("commands", []) + commands
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    steps_per_epoch = -(-len(train_set) // sched.batch_size)
+    bar = tqdm(total=sched.epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
+               unit="step", desc="train deepstorm", disable=not progress, dynamic_ncols=True)
+    t_run = time.perf_counter()
+    try:
+        for epoch in range(first_epoch, sched.epochs):
+            t_epoch = time.perf_counter()
+            last_val = history[-1]["val_loss"] if history else None
+            loss = train_epoch(model, optimizer, loss_fn, train_set, normalization,
+                               arch.target_scale, sched.batch_size,
+                               epoch_order(len(train_set), config.seed, epoch), device, precision,
+                               on_step=lambda step, mean: _on_step(bar, epoch, step, mean, last_val,
+                                                                   step_callback))
+            val_loss = evaluate_loss(model, loss_fn, val_set, normalization, arch.target_scale,
+                                     sched.batch_size, device, precision)
+            lr_used = optimizer.param_groups[0]["lr"]
+            scheduler.step(val_loss)
+            if val_loss < best_val:
+                best_val, best_epoch = val_loss, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss,
+                            "lr": lr_used, "seconds": round(time.perf_counter() - t_epoch, 2)})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", val_loss=f"{val_loss:.4g}")
+            seconds = elapsed_before + time.perf_counter() - t_run
+            save_checkpoint(ckpt_dir, model, optimizer,
+                            tensors={f"best.{k}": v for k, v in best_state.items()},
+                            state={"epoch": epoch, "history": history, "best_val": best_val,
+                                   "best_epoch": best_epoch, "scheduler": scheduler.state_dict(),
+                                   "config": _config_key(config), "data": fingerprint,
+                                   "seconds": seconds, "commands": commands,
+                                   "stormfold_version": __version__})
+            write_history(out_dir, history)
+    finally:
+        bar.close()
+    train_seconds = elapsed_before + time.perf_counter() - t_run
+
+    # The best-validation weights become the model; calibrate its threshold.
+    model.load_state_dict(best_state)
+    pixel_size = data.pixel_size_nm
+    engine = DeepStormEngine(copy.deepcopy(model), L, arch.target_scale, normalization,
+                             threshold=1.0, device=device, pixel_size_nm=pixel_size,
+                             camera=data.camera, precision="float32")
+    calibration = _calibrate(config, engine, data, val_set, from_movie=movie is not None)
+    engine.threshold = calibration.threshold
+    meta = model_metadata(config, model, normalization, data, calibration, history, best_val,
+                          best_epoch, precision, train_seconds, time.perf_counter() - t_start,
+                          len(train_set), len(val_set), commands, movie is not None)
+    save_model(out_dir, {k: v.cpu() for k, v in model.state_dict().items()}, meta)
+    engine.source = str(out_dir)
+    return TrainResult(out_dir, meta, history, engine)
+
+
+def model_metadata(config: DeepStormTrainConfig, model: DeepSTORM, normalization: Normalization,
+                   data: TrainingData, calibration: Calibration, history: list[dict],
+                   best_val: float, best_epoch: int, precision: str, train_seconds: float,
+                   total_seconds: float, n_train: int, n_val: int, commands: list[list[str]],
+                   from_movie: bool) -> dict[str, Any]:
+    """The content of model.yaml."""
+    arch = config.architecture
+    sim = config.simulation
+    return {
+        "engine": ENGINE,
+        "architecture": {"arch": arch.arch, "channels": list(arch.channels),
+                         "n_parameters": count_parameters(model)},
+        "upsampling": arch.upsampling,
+        "target_scale": arch.target_scale,
+        "pixel_size_nm": float(data.pixel_size_nm),
+        "normalization": to_dict(normalization),
+        "threshold": float(calibration.threshold),
+        "calibration": {"jaccard": round(calibration.jaccard, 4),
+                        "tolerance_nm": calibration.tolerance_nm,
+                        "frames": calibration.source,
+                        "curve": [[t, round(j, 4)] for t, j in calibration.curve]},
+        "validation_loss": float(best_val),
+        "camera": to_dict(data.camera),
+        "psf": {"sigma_nm": sim.emitters.sigma_nm, "sigma_std_nm": sim.emitters.sigma_std_nm}
+        if not from_movie else {"sigma_nm": None, "note": "given movie; see training_data"},
+        "training_data": data.description,
+        "training": {
+            # The first command started the run; later ones resumed it.
+            "command": commands[0] if commands else None,
+            "resumed_with": commands[1:],
+            "seed": config.seed,
+            "config": to_dict(config) if not from_movie else
+            {k: v for k, v in to_dict(config).items() if k != "simulation"},
+            "precision": precision,
+            "epochs_run": len(history),
+            "best_epoch": best_epoch + 1,
+            "final_lr": history[-1]["lr"] if history else None,
+            "n_train_patches": n_train,
+            "n_val_patches": n_val,
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(total_seconds, 1),
+            "history": HISTORY_CSV,
+        },
+        "superres_unit": "sum of clamped predictions / target_scale",
+    }
+
+
+def train_from_cli(out: str | Path, preset: str | None = None,
+                   config_file: str | Path | None = None,
+                   overrides: list[str] | dict | None = None, seed: int | None = None,
+                   movie: str | Path | None = None, truth: str | Path | None = None,
+                   epochs: int | None = None, n_patches: int | None = None,
+                   batch_size: int | None = None, lr: float | None = None,
+                   resume: bool | None = None, device: torch.device | str | None = None,
+                   progress: bool = True, command: list[str] | None = None) -> TrainResult:
+    """``stormfold train deepstorm`` as one call: build the configuration, then train.
+
+    Parameters are those of the command line (see :func:`build_train_config` and
+    :func:`train_deepstorm`). ``resume=None`` continues an unfinished checkpoint in ``out``
+    when there is one (as the pipeline's ``--resume`` needs) and starts afresh otherwise.
+    """
+    from stormfold.modelfile import META
+
+    if (movie is None) != (truth is None):
+        raise UserError("give both --movie and --truth to train on an existing movie")
+    config = build_train_config(preset=preset, config_file=config_file, overrides=overrides,
+                                seed=seed, epochs=epochs, n_patches=n_patches,
+                                batch_size=batch_size, lr=lr)
+    if resume is None:
+        out_path = Path(out)
+        resume = (out_path / CHECKPOINT_DIR / "state.json").is_file() \
+            and not (out_path / META).is_file()
+    return train_deepstorm(config, out, movie=movie, truth=truth, resume=resume, device=device,
+                           progress=progress, command=command)
