@@ -1,0 +1,92 @@
+"""Unrolled solver throughput: frames/s and peak memory, 64×64 frames, L = 4, K = 100, CPU.
+
+Inference runs the engine's whole per-batch path (x_K under ``torch.inference_mode`` and the
+connected-component extraction); the training rows time one evaluation of the upper loss
+and its gradient (forward + backward through the K iterations) on 8 frames. Each case is
+repeated and the best pass is reported, because the machine is shared (on 2 cores under
+load, OpenMP threads spin-waiting on busy cores can slow a pass several-fold).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import report, run_isolated  # noqa: E402
+
+
+def _frames(n: int, seed: int = 0):
+    import numpy as np
+
+    from stormfold.simulate import build_config, simulate
+
+    cfg = build_config("challenge2016", n_frames=n, seed=seed, overrides=[
+        "structure.kind=filaments", "activation.density_per_um2=4.88",
+        "emitters.photons_mean=1000", "emitters.sigma_nm=109.65", "background.photons=10",
+        "camera.em_gain=1", "camera.e_per_adu=1", "camera.readout_e=0", "camera.qe=1"])
+    sim = simulate(cfg)
+    return np.ascontiguousarray(cfg.camera.backward(sim.movie))
+
+
+def inference(fidelity: str, n_frames: int, batch: int, threads: int, repeats: int = 3) -> dict:
+    import torch
+
+    from stormfold.unrolled.engine import UnrolledEngine
+    from stormfold.unrolled.model import build_solver
+
+    torch.set_num_threads(threads)
+    photons = _frames(n_frames)
+    solver = build_solver(4, 109.65 / 25.0, iterations=100, fidelity=fidelity, rho=0.05,
+                          tau=20.0 if fidelity == "ls" else 2.0, background="estimate")
+    engine = UnrolledEngine(solver, 100.0, chunk_frames=batch)
+    engine.process(photons[:batch], 0, 100.0)  # warm-up (allocator, matrices)
+    best = float("inf")
+    for _ in range(repeats):
+        n_locs = 0
+        t0 = time.perf_counter()
+        for a in range(0, n_frames, batch):
+            n_locs += len(engine.process(photons[a:a + batch], a, 100.0).locs)
+        best = min(best, time.perf_counter() - t0)
+    return {"case": "inference", "fidelity": fidelity, "frames": n_frames, "batch": batch,
+            "threads": threads, "seconds": best, "frames_per_s": n_frames / best,
+            "locs_per_frame": n_locs / n_frames}
+
+
+def training_step(fidelity: str, n_frames: int, segments: int, threads: int,
+                  repeats: int = 2) -> dict:
+    import torch
+
+    from stormfold.unrolled.losses import localization_loss
+    from stormfold.unrolled.model import build_solver
+
+    torch.set_num_threads(threads)
+    photons = torch.from_numpy(_frames(n_frames))
+    target = torch.zeros(n_frames, 256, 256)
+    solver = build_solver(4, 109.65 / 25.0, iterations=100, fidelity=fidelity, rho=0.05,
+                          tau=20.0, background="estimate", checkpoint_segments=segments)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        localization_loss(solver(photons), target, solver.tau).backward()
+        best = min(best, time.perf_counter() - t0)
+    return {"case": f"train step ({segments} segments)", "fidelity": fidelity,
+            "frames": n_frames, "batch": n_frames, "threads": threads, "seconds": best,
+            "frames_per_s": n_frames / best}
+
+
+def main() -> None:
+    rows = []
+    for fid in ("ls", "kl"):
+        for threads in (1, 2):
+            rows.append(run_isolated(inference, fid, 160, 16, threads))
+    rows.append(run_isolated(inference, "ls", 160, 4, 1))
+    for fid in ("ls", "kl"):
+        rows.append(run_isolated(training_step, fid, 8, 4, 1))
+    rows.append(run_isolated(training_step, "ls", 8, 1, 1))
+    report("unrolled", rows, ["case", "fidelity", "frames", "batch", "threads", "seconds",
+                              "frames_per_s", "locs_per_frame", "peak_rss_mb"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The unrolled method as a localization engine (``stormfold localize --model``).
+
+Frames arrive in photons (the runner applied the camera model); the trained solver turns
+each batch into x_K on the fine grid (under ``torch.inference_mode``); localizations are the
+fine pixels ≥ τ, 8-connected groups merged into intensity-weighted centroids
+(:mod:`stormfold.localize.components`); the super-resolved image is the sum of x_K.
+
+Options (``--set key=value``):
+
+``background``
+    ``estimate`` (per frame from the data), ``learned``/``given`` (the model's value) or a
+    number of photons per camera pixel. Default: the model's background mode.
+``connectivity``
+    8 (default) or 4.
+``merge``
+    true (default): one localization per connected group; false: one per pixel.
+``chunk_frames``
+    Frames solved at once inside a batch (default 16; memory ∝ chunk × fine frame size).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stormfold.errors import UserError
+from stormfold.localize.components import components_to_table, find_components
+from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.physics.camera import Camera
+from stormfold.table import empty_table
+from stormfold.unrolled.model import load_unrolled_model
+from stormfold.unrolled.solver import UnrolledAPG
+
+OPTIONS = ("background", "connectivity", "merge", "chunk_frames")
+
+
+class UnrolledEngine(Engine):
+    """Localization with a trained :class:`~stormfold.unrolled.solver.UnrolledAPG`.
+
+    Parameters
+    ----------
+    solver : UnrolledAPG
+        Trained solver (its operator fixes L and the PSF in fine pixels).
+    pixel_size_nm : float
+        Camera pixel size the model was trained for (nm).
+    threshold : float, optional
+        Extraction threshold in photons per fine pixel (default: the learned τ; the registry
+        loader passes the model's ``extraction.threshold``, which is τ unless it was
+        calibrated).
+    background : str or float, optional
+        Override of the background (see the module notes).
+    camera : Camera, optional
+        Camera of the training simulation (used when the movie has none).
+    connectivity, merge, chunk_frames
+        See the module notes.
+    meta : dict, optional
+        The model's metadata (recorded in ``run.yaml``).
+    """
+
+    name = "unrolled"
+
+    def __init__(self, solver: UnrolledAPG, pixel_size_nm: float, threshold: float | None = None,
+                 background: str | float | None = None, camera: Camera | None = None,
+                 connectivity: int = 8, merge: bool = True, chunk_frames: int = 16,
+                 meta: dict | None = None):
+        self.solver = solver.eval()
+        for p in self.solver.parameters():
+            p.requires_grad_(False)
+        self.upsampling = int(solver.op.factor)
+        self.pixel_size_nm = float(pixel_size_nm)
+        self.threshold = float(solver.tau.detach()) if threshold is None else float(threshold)
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise UserError(f"threshold must be a number ≥ 0 (photons per fine pixel), "
+                            f"got {threshold}")
+        self.background = _parse_background(background)
+        self.camera = camera
+        if connectivity not in (4, 8):
+            raise UserError(f"connectivity must be 4 or 8, got {connectivity}")
+        self.connectivity = int(connectivity)
+        self.merge = bool(merge)
+        if int(chunk_frames) < 1:
+            raise UserError(f"chunk_frames must be ≥ 1, got {chunk_frames}")
+        self.chunk_frames = int(chunk_frames)
+        self.meta = meta or {}
+        self.device = next(iter(solver.parameters())).device
+
+    def reconstruct(self, photons: np.ndarray) -> np.ndarray:
+        """x_K for frames (B, rows, cols) in photons → (B, rows·L, cols·L) float32."""
+        photons = np.asarray(photons, dtype=np.float32)
+        if photons.ndim != 3:
+            raise UserError(f"expected frames (n, rows, cols), got shape {photons.shape}")
+        out = np.empty((photons.shape[0], photons.shape[1] * self.upsampling,
+                        photons.shape[2] * self.upsampling), np.float32)
+        with torch.inference_mode():
+            for a in range(0, len(photons), self.chunk_frames):
+                y = torch.from_numpy(photons[a:a + self.chunk_frames]).to(self.device)
+                out[a:a + len(y)] = self.solver(y, self._background_arg()).cpu().numpy()
+        return out
+
+    def _background_arg(self) -> Any:
+        if self.background is None or self.background in ("learned", "given"):
+            return None
+        if self.background == "estimate":
+            return "estimate"
+        return self.background
+
+    def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
+        x = self.reconstruct(photons)
+        comp = find_components(x, self.threshold, self.connectivity, self.merge)
+        fine_nm = pixel_size_nm / self.upsampling
+        locs = components_to_table(comp, first_frame, fine_nm) if len(comp) else \
+            empty_table(("photons", "confidence"))
+        return EngineOutput(locs, x.sum(axis=0))
+
+    def training_camera(self) -> Camera | None:
+        return self.camera
+
+    def training_pixel_size_nm(self) -> float | None:
+        return self.pixel_size_nm
+
+    def describe(self) -> dict[str, Any]:
+        s = self.solver
+        return {"engine": self.name, "upsampling": self.upsampling,
+                "threshold_photons": self.threshold, "connectivity": self.connectivity,
+                "merge": self.merge, "iterations": s.iterations, "fidelity": s.fidelity,
+                "background": self.background if self.background is not None else s.background_mode,
+                "theta": {"rho": float(s.rho), "tau": float(s.tau),
+                          "alpha_mean": float(s.alpha.mean())},
+                "sigma_fine_px": float(s.op.sigma_fine_px)}
+
+
+def _parse_background(value: Any) -> str | float | None:
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value is not None and not value >= 0:
+            raise UserError(f"background must be ≥ 0 photons, got {value}")
+        return None if value is None else float(value)
+    if isinstance(value, str) and value in ("estimate", "learned", "given"):
+        return value
+    raise UserError(f"background option must be estimate, learned, given or a number of "
+                    f"photons, got {value!r}")
+
+
+def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,
+                options: dict | None = None) -> UnrolledEngine:
+    """Registry loader (``model.yaml`` ``engine: unrolled``)."""
+    from stormfold.config import from_dict
+
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r} for the unrolled engine "
+                        f"(known: {', '.join(OPTIONS)})")
+    solver, meta = load_unrolled_model(spec, device or "cpu")
+    if "pixel_size_nm" not in meta:
+        raise UserError(f"{spec}: model.yaml has no pixel_size_nm")
+    extraction = meta.get("extraction") or {}
+    camera = None
+    if isinstance(meta.get("camera"), dict):
+        camera = from_dict(Camera, meta["camera"], where="model camera")
+    merge = options.get("merge", extraction.get("merge", True))
+    if not isinstance(merge, bool):
+        raise UserError(f"merge must be true or false, got {merge!r}")
+    try:
+        connectivity = int(options.get("connectivity", extraction.get("connectivity", 8)))
+        chunk = int(options.get("chunk_frames", 16))
+    except (TypeError, ValueError):
+        raise UserError("connectivity and chunk_frames must be integers") from None
+    if threshold is None and extraction.get("threshold") is not None:
+        threshold = float(extraction["threshold"])
+    return UnrolledEngine(solver, float(meta["pixel_size_nm"]), threshold=threshold,
+                          background=options.get("background"), camera=camera,
+                          connectivity=connectivity, merge=merge, chunk_frames=chunk, meta=meta)

@@ -1,0 +1,491 @@
+"""The unrolled accelerated projected gradient: operator, projection, losses, gradients,
+λ bound, SGP, extraction, model files, CLI (SPEC §5)."""
+from __future__ import annotations
+
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch.func import functional_call
+
+from stormfold.errors import UserError
+from stormfold.localize.components import components_to_table, find_components
+from stormfold.physics import BlurDownsample
+from stormfold.unrolled import (SGP, BandedBlurDownsample, ProjectedAdam, UnrolledAPG, binarise,
+                                build_solver, estimate_background, fine_targets, huber,
+                                localization_loss, reconstruction_loss, smooth_projection)
+
+D = torch.float64
+
+
+def _scene(L=4, m=8, n_frames=2, bg=5.0, seed=0, photons=400.0):
+    """A few emitters on the fine grid and Poisson frames of them (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    op = BandedBlurDownsample(L, 1.6, dtype=D)
+    x = torch.zeros(n_frames, m * L, m * L, dtype=D)
+    for f in range(n_frames):
+        idx = torch.randperm(m * L * m * L, generator=gen)[:4]
+        x[f].view(-1)[idx] = photons * (0.5 + torch.rand(4, generator=gen, dtype=D))
+    y = torch.poisson(op.A(x) + bg, generator=gen)
+    return op, x, y
+
+
+# --------------------------------------------------------------------------- operator
+def test_banded_operator_equals_convolution_operator_and_is_adjoint():
+    gen = torch.Generator().manual_seed(1)
+    for L, sigma, shape in ((4, 2.5, (6, 7)), (3, 1.2, (5, 5)), (2, 4.0, (9, 4))):
+        ref = BlurDownsample(L, sigma, dtype=D)
+        fast = BandedBlurDownsample(L, sigma, dtype=D)
+        x = torch.rand(3, shape[0] * L, shape[1] * L, generator=gen, dtype=D)
+        r = torch.rand(3, *shape, generator=gen, dtype=D)
+        torch.testing.assert_close(fast.A(x), ref.A(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast.A_adjoint(r), ref.A_adjoint(r), rtol=1e-12, atol=1e-12)
+        assert torch.allclose((fast.A(x) * r).sum(), (x * fast.A_adjoint(r)).sum(), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- projection
+def test_projection_variants_against_hand_values():
+    eps = 2.0
+    t = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 5.0], dtype=D)
+    cubic = [0.0, 0.0, 0.0, 0.25 * 3.5 / 4, 1.0 * 3.0 / 4, 2.0, 5.0]  # t²(2ε − t)/ε²
+    sym = [0.0, 1.0 / 8, 4.0 / 8, 6.25 / 8, 9.0 / 8, 2.0, 5.0]       # (t + ε)²/(4ε)
+    torch.testing.assert_close(smooth_projection(t, eps, "cubic"), torch.tensor(cubic, dtype=D))
+    torch.testing.assert_close(smooth_projection(t, eps, "symmetric"), torch.tensor(sym, dtype=D))
+    torch.testing.assert_close(smooth_projection(t, 0.0), torch.relu(t))
+    for kind in ("cubic", "symmetric"):
+        # The hand-written derivative (custom autograd) against finite differences,
+        # away from the break points where P_ε is only C¹.
+        u = torch.tensor([-2.5, -0.7, 0.3, 1.1, 1.7, 3.0], dtype=D, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda v: smooth_projection(v, eps, kind), (u,))
+        # C¹: the derivative is continuous at the break points.
+        for b in (-eps, 0.0, eps):
+            v = torch.tensor([b - 1e-7, b + 1e-7], dtype=D, requires_grad=True)
+            smooth_projection(v, eps, kind).sum().backward()
+            assert abs(float(v.grad[0] - v.grad[1])) < 1e-5
+    with pytest.raises(UserError):
+        smooth_projection(t, 1.0, "quadratic")
+
+
+def test_inplace_inference_path_matches_autograd_path():
+    op, _, y = _scene()
+    for fid in ("ls", "kl"):
+        for proj in ("cubic", "symmetric"):
+            s = UnrolledAPG(op, iterations=12, fidelity=fid, projection=proj, eps=0.5, rho=0.05,
+                            background_photons=5.0, dtype=D)
+            with torch.no_grad():
+                fast = s(y)
+            slow = s(y)
+            s.checkpoint_segments = 3
+            torch.testing.assert_close(fast, slow.detach(), rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(s(y).detach(), slow.detach(), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- losses
+def test_huber_and_binarisation_against_hand_values():
+    t = torch.tensor([-0.5, -0.05, 0.0, 0.05, 0.5], dtype=D)
+    torch.testing.assert_close(huber(t, 0.1), torch.tensor([0.45, 0.0125, 0.0, 0.0125, 0.45],
+                                                           dtype=D))
+    x = torch.tensor([0.0, 5.0, 7.5, 10.0, 12.5, 15.0, 30.0], dtype=D)
+    # τ = 10, ε_b = 0.5·τ = 5: s = (t − 5)/10; B = s²(3 − 2s)
+    expect = [0.0, 0.0, 0.15625, 0.5, 0.84375, 1.0, 1.0]
+    torch.testing.assert_close(binarise(x, 10.0, 0.5), torch.tensor(expect, dtype=D))
+    torch.testing.assert_close(binarise(x, 10.0, 5.0, relative=False),
+                               torch.tensor(expect, dtype=D))
+    # ∂B/∂τ and ∂B/∂t by finite differences (τ enters through the width as well).
+    tau = torch.tensor(9.0, dtype=D, requires_grad=True)
+    xv = torch.tensor([6.0, 8.0, 11.0, 12.9], dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: binarise(a, b, 0.5), (xv, tau))
+    target = torch.tensor([[[0.0, 3.0], [0.0, 0.0]]], dtype=D)
+    xr = torch.tensor([[[1.0, 2.0], [0.0, 4.0]]], dtype=D)
+    assert float(reconstruction_loss(xr, target)) == pytest.approx(0.5 * (1 + 1 + 16))
+    # support {(0,1)}: B = [0, ~0, 0, 1] with τ = 2.5, ε_b = 0.5 → h(−1 + B(2)) etc.
+    b = binarise(xr, 2.5, 0.5)
+    expect_loc = float(huber(b - (target > 0).to(D), 0.1).sum())
+    assert float(localization_loss(xr, target, 2.5, delta=0.1)) == pytest.approx(expect_loc)
+    with pytest.raises(UserError):
+        huber(t, 0.0)
+
+
+def test_localization_loss_with_tolerance():
+    target = torch.zeros(1, 6, 6, dtype=D)
+    target[0, 2, 2] = 1.0
+    x = torch.zeros(1, 6, 6, dtype=D)
+    x[0, 2, 3] = 100.0                      # a detection one pixel off
+    x[0, 5, 5] = 100.0                      # a detection far from any true pixel
+    h1 = 1.0 - 0.05                         # h_δ(±1) with δ = 0.1
+    assert float(localization_loss(x, target, 10.0)) == pytest.approx(3 * h1)       # FN + 2 FP
+    assert float(localization_loss(x, target, 10.0, tolerance_px=1)) == pytest.approx(h1)  # 1 FP
+    assert float(localization_loss(x, target, 10.0, tolerance_px=3)) == pytest.approx(0.0)
+    gen = torch.Generator().manual_seed(0)
+    xr = 20 * torch.rand(2, 6, 6, generator=gen, dtype=D)
+    tr = (torch.rand(2, 6, 6, generator=gen, dtype=D) > 0.8).to(D)
+    assert float(localization_loss(xr, tr, 10.0, tolerance_px=0)) == pytest.approx(
+        float(huber(binarise(xr, 10.0, 0.5) - tr, 0.1).sum()))
+
+
+# --------------------------------------------------------------------------- gradients
+def _loss_fn(solver, y, target, kind):
+    def f(params):
+        x = functional_call(solver, params, (y,))
+        if kind == "reconstruction":
+            return reconstruction_loss(x, target)
+        return localization_loss(x, target, params["tau"], delta=0.3, eps_b=0.6)
+    return f
+
+
+@pytest.mark.parametrize("fidelity", ["ls", "kl"])
+@pytest.mark.parametrize("kind", ["reconstruction", "localization"])
+def test_finite_difference_gradient_of_loss_wrt_theta(fidelity, kind):
+    op, x_true, y = _scene(L=2, m=6, n_frames=2, bg=5.0)
+    s = UnrolledAPG(op, iterations=8, fidelity=fidelity, eps=2.0, rho=0.05,
+                    background_photons=5.0, dtype=D)
+    with torch.no_grad():
+        s.alpha.copy_(torch.linspace(0.8, 1.6, 8, dtype=D))
+        x0 = s(y)
+        s.tau.fill_(float(x0[x0 > 0].median()))
+    f = _loss_fn(s, y, x_true, kind)
+    rho = s.rho.detach().clone().requires_grad_(True)
+    alpha = s.alpha.detach().clone().requires_grad_(True)
+    tau = s.tau.detach().clone().requires_grad_(True)
+
+    def g(r, a, t):
+        return f({"rho": r, "alpha": a, "tau": t})
+
+    inputs = (rho, alpha, tau) if kind == "localization" else (rho, alpha)
+    fn = g if kind == "localization" else (lambda r, a: g(r, a, tau.detach()))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-7, atol=1e-5, rtol=1e-4)
+    # The checkpointed backward gives the same gradient.
+    grads = torch.autograd.grad(g(rho, alpha, tau), (rho, alpha))
+    assert all(float(v.abs().max()) > 0 for v in grads)  # the check is not vacuous
+    s.checkpoint_segments = 3
+    grads_ck = torch.autograd.grad(g(rho, alpha, tau), (rho, alpha))
+    for a, b in zip(grads, grads_ck):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("operator_cls", [BandedBlurDownsample, BlurDownsample])
+def test_finite_difference_gradient_wrt_sigma(operator_cls):
+    _, x_true, y = _scene(L=2, m=6, n_frames=2)
+    op = operator_cls(2, 1.6, learn_sigma=True, dtype=D)
+    s = UnrolledAPG(op, iterations=8, eps=2.0, rho=0.05, background_photons=5.0, dtype=D)
+    assert "operator.sigma_fine_px" in dict(s.named_parameters())
+    assert s.bounds["operator.sigma_fine_px"] == (0.8, 3.2)
+    f = _loss_fn(s, y, x_true, "reconstruction")
+    sigma = torch.tensor(1.7, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: f({"operator.sigma_fine_px": v}), (sigma,),
+                                    eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fidelity", ["ls", "kl"])
+def test_finite_difference_gradient_wrt_learned_background(fidelity):
+    op, x_true, y = _scene(L=2, m=6, n_frames=2, bg=5.0)
+    s = UnrolledAPG(op, iterations=8, fidelity=fidelity, eps=2.0, rho=0.05,
+                    background="learned", background_photons=4.0, dtype=D)
+    f = _loss_fn(s, y, x_true, "reconstruction")
+    b = torch.tensor(4.5, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: f({"background": v}), (b,), eps=1e-7, atol=1e-5,
+                                    rtol=1e-4)
+    # A background map and per-frame values are accepted and broadcast.
+    with torch.no_grad():
+        a = s(y, background=torch.full((6, 6), 4.5, dtype=D))
+        c = s(y, background=torch.tensor([4.5, 4.5], dtype=D))
+    torch.testing.assert_close(a, c)
+    with pytest.raises(UserError, match="does not match"):
+        s(y, background=torch.ones(5, 5, dtype=D))
+
+
+# --------------------------------------------------------------------------- λ bound
+@pytest.mark.parametrize("fidelity", ["ls", "kl"])
+def test_lambda_max_gives_zero_and_slightly_less_does_not(fidelity):
+    op, _, y = _scene(L=4, m=8, n_frames=3)
+    for rho, zero in ((1.0, True), (1.5, True), (0.98, False)):
+        s = UnrolledAPG(op, iterations=15, fidelity=fidelity, rho=rho, eps=0.1,
+                        background_photons=5.0, bounds={"rho": (0.0, 2.0)}, dtype=D)
+        with torch.no_grad():
+            x = s(y)
+        per_frame_zero = (x == 0).flatten(1).all(1)
+        assert bool(per_frame_zero.all()) == zero if zero else not bool(per_frame_zero.any())
+    # A frame darker than its background: λ_max ≤ 0, so λ = 0 and x stays 0.
+    s = UnrolledAPG(op, iterations=5, fidelity=fidelity, rho=0.1, background_photons=50.0, dtype=D)
+    with torch.no_grad():
+        assert float(s(torch.full((1, 8, 8), 10.0, dtype=D)).abs().max()) == 0.0
+
+
+def test_kl_requires_positive_background_and_estimates():
+    op, _, y = _scene()
+    with pytest.raises(UserError, match="positive background"):
+        UnrolledAPG(op, fidelity="kl", background="given", background_photons=0.0)
+    s = UnrolledAPG(op, iterations=3, fidelity="kl", background="estimate", dtype=D)
+    with pytest.raises(UserError, match="positive"):
+        s(y, background=0.0)
+    gen = torch.Generator().manual_seed(3)
+    frames = torch.poisson(torch.full((4, 64, 64), 30.0, dtype=D), generator=gen)
+    frames[:, 10:14, 10:14] += 500.0
+    b = estimate_background(frames, quantile=0.1)
+    assert b.shape == (4,) and torch.all((b > 27) & (b < 31))
+
+
+# --------------------------------------------------------------------------- SGP
+def _box_quadratic(n=12, seed=0):
+    """½θᵀQθ − cᵀθ on [0, 1]ⁿ with a known minimiser θ* (some components at each bound)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=gen, dtype=D)
+    q = a @ a.T + 0.1 * torch.eye(n, dtype=D)
+    theta = torch.rand(n, generator=gen, dtype=D)
+    theta[:3], theta[3:6] = 0.0, 1.0
+    g_star = torch.zeros(n, dtype=D)  # KKT: ∇f ≥ 0 at lower, ≤ 0 at upper bound, 0 inside
+    g_star[:3] = 0.1 + torch.rand(3, generator=gen, dtype=D)
+    g_star[3:6] = -(0.1 + torch.rand(3, generator=gen, dtype=D))
+    return q, q @ theta - g_star, theta
+
+
+@pytest.mark.parametrize("memory,shared", [(1, False), (5, False), (5, True)])
+def test_sgp_reaches_known_minimiser_of_box_constrained_quadratic(memory, shared):
+    q, c, theta_star = _box_quadratic()
+    blocks = [torch.full((4,), 0.5, dtype=D, requires_grad=True) for _ in range(3)]
+    # Different boxes per block, all containing the solution's box [0, 1].
+    opt = SGP([{"params": [blocks[0]], "lo": 0.0, "hi": 1.0, "name": "a"},
+               {"params": [blocks[1]], "lo": 0.0, "hi": 1.0, "name": "b"},
+               {"params": [blocks[2]], "lo": 0.0, "hi": 1.0, "name": "c"}],
+              memory=memory, shared_step=shared, tol=0.0)
+
+    def closure():
+        opt.zero_grad()
+        th = torch.cat(blocks)
+        f = 0.5 * th @ q @ th - c @ th
+        f.backward()
+        return f
+
+    values = []
+    for _ in range(400):
+        values.append(opt.step(closure))
+        if opt.converged:
+            break
+    torch.testing.assert_close(torch.cat([b.detach() for b in blocks]), theta_star,
+                               atol=1e-6, rtol=0)
+    if memory == 1:
+        assert all(b <= a + 1e-12 for a, b in zip(values, values[1:]))
+    # The default stopping rule (relative change below 1e-9 five times in a row) stops near it.
+    start = [torch.full((4,), 0.5, dtype=D, requires_grad=True) for _ in range(3)]
+    opt2 = SGP([{"params": [b], "lo": 0.0, "hi": 1.0} for b in start], memory=memory,
+               shared_step=shared)
+
+    def closure2():
+        opt2.zero_grad()
+        th = torch.cat(start)
+        f = 0.5 * th @ q @ th - c @ th
+        f.backward()
+        return f
+
+    for _ in range(400):
+        opt2.step(closure2)
+        if opt2.converged:
+            break
+    assert opt2.converged
+    assert float((torch.cat([b.detach() for b in start]) - theta_star).abs().max()) < 1e-2
+
+
+def test_projected_adam_stays_in_box_and_decreases():
+    q, c, theta_star = _box_quadratic(seed=2)
+    th = torch.full((12,), 0.5, dtype=D, requires_grad=True)
+    opt = ProjectedAdam([{"params": [th], "lo": 0.0, "hi": 1.0}], lr=0.05)
+
+    def closure():
+        opt.zero_grad()
+        f = 0.5 * th @ q @ th - c @ th
+        f.backward()
+        return f
+
+    first = float(closure().detach())
+    for _ in range(300):
+        opt.step(closure)
+        assert float(th.detach().min()) >= 0.0 and float(th.detach().max()) <= 1.0
+    assert float(closure().detach()) < first
+    assert float((th.detach() - theta_star).abs().max()) < 0.05
+
+
+# --------------------------------------------------------------------------- extraction
+def test_components_on_hand_made_image():
+    img = np.zeros((2, 8, 8))
+    img[0, 1, 1], img[0, 2, 2] = 3.0, 1.0         # diagonal neighbours: one 8-connected group
+    img[0, 5, 5], img[0, 5, 6] = 2.0, 2.0         # horizontal pair
+    img[0, 7, 0] = 0.5                            # below the threshold
+    img[1, 0, 7] = 4.0                            # another frame, same place as nothing else
+    comp = find_components(img, threshold=1.0)
+    assert len(comp) == 3
+    np.testing.assert_array_equal(comp.index, [0, 0, 1])
+    np.testing.assert_allclose(comp.y_px, [(3 * 1 + 1 * 2) / 4 + 0.5, 5.5, 0.5])
+    np.testing.assert_allclose(comp.x_px, [(3 * 1 + 1 * 2) / 4 + 0.5, 6.0, 7.5])
+    np.testing.assert_allclose(comp.total, [4.0, 4.0, 4.0])
+    np.testing.assert_allclose(comp.peak, [3.0, 2.0, 4.0])
+    np.testing.assert_array_equal(comp.size, [2, 2, 1])
+    assert len(find_components(img, 1.0, connectivity=4)) == 4   # the diagonal pair splits
+    assert len(find_components(img, 1.0, merge=False)) == 5
+    assert len(find_components(img, 0.5)) == 4                  # the threshold is inclusive
+    table = components_to_table(comp, first_frame=10, fine_pixel_nm=25.0)
+    np.testing.assert_array_equal(table["frame"], [10, 10, 11])
+    np.testing.assert_allclose(table["x_nm"], comp.x_px * 25.0)
+    # Frames are never connected to each other, even at the same pixel.
+    stack = np.zeros((2, 3, 3))
+    stack[:, 1, 1] = 1.0
+    assert len(find_components(stack, 0.5)) == 2
+
+
+def test_fine_targets_place_each_emitter_in_its_fine_pixel():
+    truth = pd.DataFrame({"frame": [0, 0, 1, 1], "x_nm": [12.0, 13.0, 99.0, 500.0],
+                          "y_nm": [30.0, 31.0, 0.0, 10.0], "photons": [100.0, 50.0, 7.0, 9.0]})
+    t = fine_targets(truth, 2, (8, 8), 25.0)
+    assert t[0, 1, 0] == 150.0 and t[1, 0, 3] == 7.0 and t.sum() == 157.0  # x=500 is outside
+    b = fine_targets(truth, 2, (8, 8), 25.0, value="binary")
+    assert b.sum() == 2.0
+
+
+# --------------------------------------------------------------------------- model files
+def _tiny_model(tmp_path, fidelity="ls"):
+    from stormfold.unrolled.model import save_unrolled_model
+
+    s = build_solver(4, 1.6, iterations=5, fidelity=fidelity, rho=0.07, tau=12.0,
+                     background="estimate")
+    with torch.no_grad():
+        s.alpha.copy_(torch.linspace(0.5, 1.5, 5))
+    save_unrolled_model(tmp_path / "model", s, 100.0,
+                        {"camera": {"baseline_adu": 100.0, "e_per_adu": 0.5}})
+    return s, tmp_path / "model"
+
+
+def test_save_load_engine_and_refusals(tmp_path):
+    from stormfold.localize.registry import load_engine
+    from stormfold.modelfile import save_model
+    from stormfold.unrolled.model import load_unrolled_model
+
+    s, folder = _tiny_model(tmp_path)
+    engine = load_engine(model=folder, threshold=None, options={"background": "estimate"})
+    assert engine.name == "unrolled" and engine.upsampling == 4
+    assert engine.threshold == pytest.approx(12.0)
+    assert engine.training_pixel_size_nm() == 100.0
+    assert engine.training_camera().baseline_adu == 100.0
+    torch.testing.assert_close(engine.solver.alpha, s.alpha)
+    _, x, y = _scene(L=4, m=8, n_frames=3)
+    out = engine.process(y.float().numpy(), first_frame=7, pixel_size_nm=100.0)
+    with torch.no_grad():
+        ref = s(y.float())
+    np.testing.assert_allclose(out.superres, ref.sum(0).numpy(), rtol=1e-5, atol=1e-3)
+    assert set(out.locs["frame"]) <= {7, 8, 9} and len(out.locs) > 0
+    # Refusals: another engine's model, wrong tensor shapes, bad options.
+    save_model(tmp_path / "other", {"w": torch.zeros(2)}, {"engine": "deepstorm"})
+    with pytest.raises(UserError, match="not 'unrolled'"):
+        load_unrolled_model(tmp_path / "other")
+    meta = yaml.safe_load((folder / "model.yaml").read_text())
+    meta["solver"]["iterations"] = 7
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(UserError, match="shape"):
+        load_engine(model=folder)
+    meta["solver"]["iterations"] = 5
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(UserError, match="unknown option"):
+        load_engine(model=folder, options={"bogus": 1})
+    with pytest.raises(UserError, match="background"):
+        load_engine(model=folder, options={"background": -1})
+
+
+# --------------------------------------------------------------------------- training
+def _train_args(tmp_path, out, *extra):
+    return ["train", "unrolled", "--preset", "zerocost",
+            "--set", "data.simulation.n_rows=12", "--set", "data.simulation.n_cols=12",
+            "--set", "data.simulation.activation.density_per_um2=3",
+            "--set", "optim.checkpoint_every=1",
+            "--iterations", "5", "--frames", "2", "--seed", "3", "--quiet", "--out", out, *extra]
+
+
+def test_cli_train_localize_evaluate_end_to_end(tmp_path, run_cli):
+    out = tmp_path / "model"
+    code, stdout, err = run_cli(*_train_args(tmp_path, out, "--outer-iterations", "3",
+                                             "--set", "extraction.calibrate=true"))
+    assert code == 0, err
+    for name in ("weights.safetensors", "model.yaml", "training_log.csv", "training_log.png"):
+        assert (out / name).is_file()
+    meta = yaml.safe_load((out / "model.yaml").read_text())
+    assert meta["engine"] == "unrolled" and meta["solver"]["iterations"] == 5
+    assert meta["camera"]["baseline_adu"] == 50.0 and meta["pixel_size_nm"] == 100.0
+    assert meta["training"]["loss"] == "localization" and meta["seed"] == 3
+    ext = meta["extraction"]
+    factors = [c["factor_of_tau"] for c in ext["candidates"]]
+    assert ext["calibrated"] and ext["jaccard"] == max(c["jaccard"] for c in ext["candidates"])
+    assert any(ext["threshold"] == pytest.approx(f * meta["theta"]["tau"]) for f in factors)
+    log = pd.read_csv(out / "training_log.csv")
+    assert {"loss", "rho", "tau", "alpha_0", "alpha_4"} <= set(log.columns)
+    assert log["loss"].iloc[-1] <= log["loss"].iloc[0] + 1e-9  # monotone Armijo at memory 1?
+    code, _, err = run_cli("simulate", "--preset", "zerocost", "--frames", "3", "--seed", "9",
+                           "--set", "n_rows=12", "--set", "n_cols=12",
+                           "--set", "activation.density_per_um2=3", "--quiet",
+                           "--out", tmp_path / "sim")
+    assert code == 0, err
+    code, stdout, err = run_cli("localize", tmp_path / "sim" / "movie.tif", "--model", out,
+                                "--out", tmp_path / "loc", "--quiet")
+    assert code == 0, err
+    run = yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())
+    assert run["engine"]["engine"] == "unrolled" if isinstance(run.get("engine"), dict) else True
+    code, stdout, err = run_cli("evaluate", "--truth", tmp_path / "sim" / "truth.csv",
+                                "--locs", tmp_path / "loc" / "localizations.csv")
+    assert code == 0, err and "jaccard" in stdout.lower()
+
+
+def test_training_resumes_exactly(tmp_path, run_cli):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_cli(*_train_args(tmp_path, full, "--outer-iterations", "3"))[0] == 0
+    assert run_cli(*_train_args(tmp_path, part, "--outer-iterations", "2"))[0] == 0
+    code, _, err = run_cli(*_train_args(tmp_path, part, "--outer-iterations", "3", "--resume"))
+    assert code == 0, err
+    a = pd.read_csv(full / "training_log.csv")
+    b = pd.read_csv(part / "training_log.csv")
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+    np.testing.assert_allclose(a["rho"], b["rho"], rtol=1e-6)
+    # A different configuration cannot resume; an existing run needs --resume.
+    code, _, err = run_cli(*_train_args(tmp_path, part, "--outer-iterations", "4", "--resume",
+                                        "--fidelity", "kl"))
+    assert code == 2 and "differs" in err
+    code, _, err = run_cli(*_train_args(tmp_path, part, "--outer-iterations", "4"))
+    assert code == 2 and "--resume" in err
+
+
+def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, run_cli):
+    out = tmp_path / "never"
+    cases = [
+        ["train", "unrolled", "--movie", tmp_path / "m.tif", "--out", out],
+        ["train", "unrolled", "--movie", tmp_path / "m.tif", "--truth", tmp_path / "t.csv",
+         "--out", out],
+        ["train", "unrolled", "--set", "solver.fidelity=xx", "--out", out],
+        ["train", "unrolled", "--set", "nonsense=1", "--out", out],
+        ["train", "unrolled", "--preset", "nope", "--out", out],
+        ["train", "unrolled", "--iterations", "0", "--out", out],
+        ["train", "unrolled", "--set", "params.rho=3", "--out", out],
+        ["train", "unrolled", "--resume", "--out", out],
+    ]
+    for argv in cases:
+        code, _, err = run_cli(*argv)
+        assert code == 2, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_cli_train_on_a_given_movie_and_truth(tmp_path, run_cli):
+    code, _, err = run_cli("simulate", "--preset", "zerocost", "--frames", "2", "--seed", "4",
+                           "--set", "n_rows=12", "--set", "n_cols=12",
+                           "--set", "activation.density_per_um2=3", "--quiet",
+                           "--out", tmp_path / "sim")
+    assert code == 0, err
+    out = tmp_path / "model"
+    code, _, err = run_cli("train", "unrolled", "--movie", tmp_path / "sim" / "movie.tif",
+                           "--truth", tmp_path / "sim" / "truth.csv", "--iterations", "4",
+                           "--outer-iterations", "2", "--loss", "reconstruction", "--quiet",
+                           "--out", out)
+    assert code == 0, err
+    meta = yaml.safe_load((out / "model.yaml").read_text())
+    # σ and camera come from the simulation next to the truth and from the movie's metadata.
+    assert meta["sigma_nm"] == pytest.approx(110.0, rel=1e-6)
+    assert meta["camera"]["baseline_adu"] == 50.0
+    assert meta["training"]["data"]["frames"] == 2 and meta["training"]["loss"] == "reconstruction"
+    assert meta["extraction"]["threshold"] == 0.0  # (13): τ is not learned, x > 0 counts
