@@ -385,3 +385,26 @@ def test_non_positive_pixel_size(tmp_path, bad):
         open_movie(tmp_path / "s.tif", pixel_size_nm=bad)
     with pytest.raises(UserError, match="pixel size"):
         write_tiff(tmp_path / "t.tif", _stack(), pixel_size_nm=bad)
+
+
+def test_open_movies_concatenates_parts(tmp_path):
+    import pickle
+
+    import numpy as np
+    import tifffile
+
+    from stormfold.io.movie import open_movies
+
+    a = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    b = a[:2] + 1000
+    tifffile.imwrite(tmp_path / "a.tif", a, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "b.tif", b, photometric="minisblack")
+    with open_movies([tmp_path / "a.tif", tmp_path / "b.tif"], pixel_size_nm=100) as movie:
+        assert movie.n_frames == 5 and movie.pixel_size_nm == 100
+        np.testing.assert_array_equal(movie.read(2, 5), np.concatenate([a[2:], b]))
+        again = pickle.loads(pickle.dumps(movie))  # how dask ships it: re-opened by path
+        np.testing.assert_array_equal(again.read(0, 5), movie.read(0, 5))
+        again.close()
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 3, 3), np.uint16), photometric="minisblack")
+    with pytest.raises(UserError, match="differ"):
+        open_movies([tmp_path / "a.tif", tmp_path / "c.tif"])

@@ -2,7 +2,7 @@
 tables (ThunderSTORM CSV, Picasso HDF5). Every file is written atomically
 (:func:`stormfold.io.atomic.atomic_path`).
 """
-from stormfold.io.movie import Movie, open_movie
+from stormfold.io.movie import Movie, open_movie, open_movies
 from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
 from stormfold.io.tables import convert_table, read_table, write_table
 from stormfold.io.thunderstorm import (ThunderstormCsvWriter, read_thunderstorm_csv,
@@ -10,7 +10,7 @@ from stormfold.io.thunderstorm import (ThunderstormCsvWriter, read_thunderstorm_
 from stormfold.io.tiff import TiffStackWriter, write_tiff
 
 __all__ = [
-    "Movie", "open_movie", "write_tiff", "TiffStackWriter",
+    "Movie", "open_movie", "open_movies", "write_tiff", "TiffStackWriter",
     "read_table", "write_table", "convert_table",
     "read_thunderstorm_csv", "write_thunderstorm_csv", "ThunderstormCsvWriter",
     "read_picasso_hdf5", "write_picasso_hdf5",

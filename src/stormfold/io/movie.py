@@ -195,6 +195,9 @@ class Movie:
 
     def __reduce__(self):
         # Re-open by path in another process (e.g. a dask worker) instead of pickling maps.
+        parts = getattr(self, "_parts", None)
+        if parts:
+            return (open_movies, (parts, self._given_pixel_size))
         return (open_movie, (self.path, self._given_pixel_size))
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -304,6 +307,63 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None) -> Movie:
         movie.pixel_size_nm = given
         movie._given_pixel_size = given
     return movie
+
+
+class _ConcatReader:
+    """Frames of several movies of one acquisition, end to end (e.g. split OME-TIFF files)."""
+
+    def __init__(self, movies: list[Movie]):
+        self.movies = movies
+        self.offsets = np.cumsum([0] + [m.n_frames for m in movies])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        parts = []
+        for movie, lo, hi in zip(self.movies, self.offsets[:-1], self.offsets[1:]):
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                parts.append(movie.read(int(a - lo), int(b - lo)))
+        if not parts:
+            return np.empty((0, *self.movies[0].shape), self.movies[0].dtype)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        for movie in self.movies:
+            movie.close()
+
+
+def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None) -> Movie:
+    """Open several movies of one acquisition as one movie (frames end to end).
+
+    All parts must have the same frame shape and data type; the pixel size and metadata
+    are the first part's (parts with a different known pixel size are refused).
+    """
+    if len(paths) == 1:
+        return open_movie(paths[0], pixel_size_nm)
+    if not paths:
+        raise UserError("no movie given")
+    movies: list[Movie] = []
+    try:
+        for path in paths:
+            movies.append(open_movie(path, pixel_size_nm))
+        first = movies[0]
+        for movie in movies[1:]:
+            if movie.shape != first.shape or movie.dtype != first.dtype:
+                raise UserError(f"{movie.path}: frames {movie.shape} {movie.dtype} differ from "
+                                f"{first.path}: {first.shape} {first.dtype}")
+            if None not in (movie.pixel_size_nm, first.pixel_size_nm) and \
+                    not math.isclose(movie.pixel_size_nm, first.pixel_size_nm, rel_tol=1e-6):
+                raise UserError(f"{movie.path}: pixel size {movie.pixel_size_nm:g} nm differs "
+                                f"from {first.path}: {first.pixel_size_nm:g} nm")
+    except BaseException:
+        for movie in movies:
+            movie.close()
+        raise
+    combined = Movie(first.path, _ConcatReader(movies), sum(m.n_frames for m in movies),
+                     first.shape, first.dtype, first.pixel_size_nm,
+                     {**first.metadata, "parts": [str(m.path) for m in movies]})
+    combined._given_pixel_size = first._given_pixel_size
+    combined._parts = [m.path for m in movies]
+    return combined
 
 
 def _first_line(exc: BaseException) -> str:

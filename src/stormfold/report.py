@@ -1,0 +1,245 @@
+"""A self-contained HTML report of one or several runs (images embedded as PNG).
+
+Sections per run: summary, widefield and super-resolved images side by side with zoomed
+insets, the drift trajectory, histograms of photons / confidence / uncertainty, counts per
+frame, the FRC curve, and the evaluation table when a ground truth was given. Several
+runs (the demo runs two engines on one movie) get a comparison table on top.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from stormfold import __version__
+from stormfold.io.atomic import write_text
+
+SECTION_IDS = ("summary", "images", "drift", "histograms", "counts", "frc", "evaluation")
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<img src="{src}" alt="{html.escape(alt)}">'
+
+
+def _display_range(image: np.ndarray) -> tuple[float, float]:
+    """Contrast limits that keep sparse super-resolved images visible (99.5th percentile)."""
+    positive = image[image > 0]
+    if positive.size == 0:
+        return 0.0, 1.0
+    return float(np.percentile(image, 0.5)), float(np.percentile(positive, 99.5))
+
+
+def _scale_bar(ax, pixel_size_nm: float, width_px: int) -> None:
+    target = width_px * pixel_size_nm / 5
+    nice = [100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
+    length_nm = max([n for n in nice if n <= target] or [nice[0]])
+    length_px = length_nm / pixel_size_nm
+    ax.plot([width_px * 0.05, width_px * 0.05 + length_px], [width_px * 0.95] * 2, color="w", lw=3)
+    label = f"{length_nm / 1000:g} µm" if length_nm >= 1000 else f"{length_nm:g} nm"
+    ax.text(width_px * 0.05, width_px * 0.92, label, color="w", fontsize=8)
+
+
+def images_figure(widefield: np.ndarray, superres: np.ndarray, pixel_size_nm: float,
+                  upsampling: int, label: str) -> str:
+    """Widefield and super-resolved images side by side, each with a zoomed inset below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    rows, cols = widefield.shape
+    # Zoom on the quarter of the field with the most super-resolved signal.
+    qr, qc = max(rows // 4, 1), max(cols // 4, 1)
+    coarse = superres.reshape(rows, upsampling, cols, upsampling).sum((1, 3))
+    from scipy.ndimage import uniform_filter
+
+    score = uniform_filter(coarse, size=(qr, qc), mode="constant")
+    r0, c0 = np.unravel_index(np.argmax(score), score.shape)
+    r0 = int(np.clip(r0 - qr // 2, 0, rows - qr))
+    c0 = int(np.clip(c0 - qc // 2, 0, cols - qc))
+    fig, axes = plt.subplots(2, 2, figsize=(9, 9))
+    for col, (image, px, title) in enumerate([(widefield, pixel_size_nm, "widefield (sum of frames)"),
+                                              (superres, pixel_size_nm / upsampling,
+                                               f"super-resolved ({label}, ×{upsampling})")]):
+        f = 1 if col == 0 else upsampling
+        vmin, vmax = _display_range(image) if col else (float(image.min()), float(image.max()))
+        ax = axes[0, col]
+        ax.imshow(image, cmap="magma" if col else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.add_patch(Rectangle((c0 * f - 0.5, r0 * f - 0.5), qc * f, qr * f, fill=False, ec="c", lw=1.5))
+        ax.set_title(title)
+        _scale_bar(ax, px, image.shape[1])
+        ax.axis("off")
+        crop = image[r0 * f:(r0 + qr) * f, c0 * f:(c0 + qc) * f]
+        ax = axes[1, col]
+        ax.imshow(crop, cmap="magma" if col else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title("inset (cyan box)")
+        _scale_bar(ax, px, crop.shape[1])
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def drift_figure(drift: pd.DataFrame) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(drift["frame"] + 1, drift["dx_nm"], label="x")
+    ax.plot(drift["frame"] + 1, drift["dy_nm"], label="y")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("drift (nm)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+HISTOGRAM_COLUMNS = (("photons", "photons"), ("confidence", "confidence (a.u.)"),
+                     ("uncertainty_nm", "uncertainty (nm)"), ("sigma_nm", "PSF σ (nm)"),
+                     ("detections", "detections per merged localization"))
+
+
+def histograms_figure(locs: pd.DataFrame) -> str | None:
+    import matplotlib.pyplot as plt
+
+    present = [(c, t) for c, t in HISTOGRAM_COLUMNS if c in locs.columns and len(locs)
+               and np.isfinite(locs[c]).any()]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+    for ax, (col, title) in zip(axes[0], present):
+        values = locs[col].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        hi = np.percentile(values, 99.5) if values.size else 1
+        ax.hist(values, bins=60, range=(min(values.min(), 0), hi if hi > 0 else 1), color="0.3")
+        ax.set_xlabel(title)
+    axes[0, 0].set_ylabel("localizations")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def counts_figure(locs: pd.DataFrame, frames: tuple[int, int]) -> str:
+    import matplotlib.pyplot as plt
+
+    start, stop = frames
+    counts = np.bincount(locs["frame"].to_numpy() - start, minlength=stop - start)[: stop - start] \
+        if len(locs) else np.zeros(stop - start)
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.plot(np.arange(start, stop) + 1, counts, lw=0.8)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("localizations")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def frc_figure(frc: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    q = np.asarray(frc["frequency_per_nm"])
+    ax.plot(q, frc["frc"], label="FRC")
+    ax.axhline(1 / 7, color="r", ls="--", lw=0.8, label="1/7")
+    res = frc.get("resolution_nm")
+    if res is not None and np.isfinite(res):
+        ax.axvline(1 / res, color="k", lw=0.8)
+        ax.set_title(f"FRC resolution {res:.1f} nm")
+    ax.set_xlabel("spatial frequency (1/nm)")
+    ax.set_ylim(-0.1, 1.05)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "–" if not np.isfinite(v) else floatfmt.format(v)
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+EVAL_COLUMNS = ["tolerance_nm", "tp", "fp", "fn", "jaccard", "precision", "recall", "f1",
+                "rmse_lateral_nm", "bias_x_nm", "bias_y_nm", "efficiency"]
+
+
+def _run_section(result, index: int) -> str:
+    meta = result.meta
+    title = html.escape(result.label or meta["engine"].get("engine", "run"))
+    frames = tuple(meta["movie"]["frames"])
+    summary = pd.DataFrame([
+        ("movie", ", ".join(meta["movie"]["paths"])),
+        ("frames", f"{frames[0] + 1}–{frames[1]} of {meta['movie']['n_frames']}"),
+        ("frame size", "{} × {} px, {:g} nm".format(*meta["movie"]["frame_shape"], result.pixel_size_nm)),
+        ("engine", ", ".join(f"{k}: {v}" for k, v in meta["engine"].items() if not isinstance(v, (dict, list)))),
+        ("camera", f"baseline {meta['camera']['baseline_adu']:g} ADU, {meta['camera']['e_per_adu']:g} e⁻/ADU, "
+                   f"EM gain {meta['camera']['em_gain']:g}, QE {meta['camera']['qe']:g} ({meta['camera_source']})"),
+        ("localizations", f"{meta['n_localizations']['raw']} raw, {meta['n_localizations']['final']} after post-processing"),
+        ("speed", f"{meta['timing']['frames_per_s']:.1f} frames/s (localization), {meta['timing']['seconds']:.1f} s in all"),
+    ] + [(f"post-processing: {k}", v) for k, v in meta.get("postprocess", {}).items()],
+        columns=["", ""])
+    parts = [f'<section id="run-{index}"><h2>{title}</h2>',
+             f'<div class="summary" id="summary-{index}">{_table(summary)}</div>',
+             f'<h3 id="images-{index}">Widefield and super-resolved images</h3>',
+             _img(images_figure(result.widefield, result.superres, result.pixel_size_nm,
+                                result.upsampling, title), "widefield and super-resolved images")]
+    drift = result.postprocess.get("drift")
+    if drift is not None:
+        parts += [f'<h3 id="drift-{index}">Drift</h3>', _img(drift_figure(drift), "drift trajectory")]
+    hist = histograms_figure(result.locs)
+    if hist is not None:
+        parts += [f'<h3 id="histograms-{index}">Histograms</h3>', _img(hist, "histograms")]
+    parts += [f'<h3 id="counts-{index}">Localizations per frame</h3>',
+              _img(counts_figure(result.locs, frames), "localizations per frame")]
+    frc = result.postprocess.get("frc")
+    if frc is not None:
+        parts += [f'<h3 id="frc-{index}">Fourier ring correlation</h3>', _img(frc_figure(frc), "FRC curve")]
+    if result.evaluation is not None:
+        ev = result.evaluation[[c for c in EVAL_COLUMNS if c in result.evaluation.columns]]
+        parts += [f'<h3 id="evaluation-{index}">Evaluation against the ground truth</h3>', _table(ev)]
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def build_report(results: Sequence, title: str = "stormfold report") -> str:
+    """HTML text of the report for one or several run results (``pipeline.RunResult``)."""
+    sections = [_run_section(r, i) for i, r in enumerate(results)]
+    comparison = ""
+    evaluated = [r for r in results if r.evaluation is not None]
+    if len(results) > 1 and evaluated:
+        rows = []
+        for r in evaluated:
+            for rec in r.evaluation.to_dict(orient="records"):
+                rows.append({"engine": r.label, **{k: rec[k] for k in EVAL_COLUMNS if k in rec},
+                             "frames/s": r.meta["timing"]["frames_per_s"]})
+        comparison = ('<section id="comparison"><h2>Comparison</h2>'
+                      + _table(pd.DataFrame(rows)) + "</section>")
+    style = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
+font-size:0.9em;text-align:right}td:first-child{text-align:left}img{max-width:100%}
+h2{border-bottom:2px solid #444;margin-top:2em}"""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>stormfold {__version__}</p>{comparison}{''.join(sections)}</body></html>")
+
+
+def write_report(path: str | Path, results: Sequence, title: str = "stormfold report") -> Path:
+    """Write the self-contained HTML report (atomically)."""
+    return write_text(path, build_report(results, title))

@@ -1,0 +1,131 @@
+"""The main job: stormfold run end to end, resume after a crash, Dask, bad configurations."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stormfold.errors import UserError
+from stormfold.io.thunderstorm import read_thunderstorm_csv
+from stormfold.pipeline import RunConfig, load_run_config, run
+from stormfold.simulate import build_config, simulate_to_folder
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sim")
+    cfg = build_config("thunderstorm", n_frames=60, seed=3,
+                       overrides=["activation.density_per_um2=0.3", "emitters.photons_min=1500",
+                                  "emitters.photons_max=2500"])
+    simulate_to_folder(cfg, folder, progress=False)
+    return folder
+
+
+def _config(sim, out, **extra) -> RunConfig:
+    data = {"movie": str(sim / "movie.tif"), "output": str(out), "engine": {"engine": "classic"},
+            "postprocess": {"steps": ["frc"]}, "evaluation": {"truth": str(sim / "truth.csv")},
+            "chunk_frames": 16}
+    data.update(extra)
+    return load_run_config(overrides=data)
+
+
+def test_run_writes_everything_and_the_report(sim, tmp_path):
+    out = tmp_path / "out"
+    result = run(_config(sim, out), quiet=True)
+    for name in ("localizations.csv", "localizations.hdf5", "localizations_raw.csv", "superres.tif",
+                 "widefield.tif", "run.yaml", "run.log", "report.html", "frc.png", "evaluation.csv"):
+        assert (out / name).is_file(), name
+    assert not (out / ".stormfold-run").exists()
+    meta = yaml.safe_load((out / "run.yaml").read_text())
+    assert meta["n_localizations"]["final"] == len(result.locs) > 0
+    assert meta["camera_source"] == "movie metadata"
+    row = result.evaluation.set_index("tolerance_nm").loc[100.0]
+    assert row["jaccard"] > 0.8
+    html = (out / "report.html").read_text()
+    for section in ("summary-0", "images-0", "histograms-0", "counts-0", "frc-0", "evaluation-0"):
+        assert f'id="{section}"' in html, section
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) >= 4 and all(len(i) > 1000 for i in images)
+    assert "http" not in html.split("<body>")[1].split("stormfold")[0]  # self-contained
+    from stormfold.io.picasso import read_picasso_hdf5
+
+    h5, info = read_picasso_hdf5(out / "localizations.hdf5")
+    np.testing.assert_allclose(h5["x_nm"], result.locs["x_nm"], atol=1e-3)
+
+
+def test_resume_after_a_crash_gives_the_same_table(sim, tmp_path, monkeypatch):
+    reference = run(_config(sim, tmp_path / "ref", report=False, postprocess={}), quiet=True)
+
+    import stormfold.localize.runner as runner
+
+    real = runner.localize_range
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash in chunk 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "localize_range", crashing)
+    out = tmp_path / "crashed"
+    config = _config(sim, out, report=False, postprocess={})
+    with pytest.raises(KeyboardInterrupt):
+        run(config, quiet=True)
+    assert (out / ".stormfold-run" / "state.json").is_file()
+    partial = read_thunderstorm_csv(out / ".stormfold-run" / "localizations.partial.csv")
+    assert partial["frame"].max() < 32  # two chunks of 16 frames were saved
+    monkeypatch.setattr(runner, "localize_range", real)
+    resumed = run(config, resume=True, quiet=True)
+    pd.testing.assert_frame_equal(resumed.locs, reference.locs)
+    np.testing.assert_allclose(resumed.superres, reference.superres)
+    np.testing.assert_allclose(resumed.widefield, reference.widefield)
+    # A resume with another configuration is refused.
+    with pytest.raises(UserError, match="configuration differs"):
+        (out / ".stormfold-run").mkdir()
+        (out / ".stormfold-run" / "state.json").write_text(
+            '{"fingerprint": "other", "chunks_done": 1, "csv_bytes": 0, "n_locs": 0, "engine_s": 0}')
+        np.savez(out / ".stormfold-run" / "sums.npz", superres=np.zeros(1), widefield=np.zeros(1))
+        run(config, resume=True, quiet=True)
+
+
+def test_dask_cluster_gives_the_same_localizations(sim, tmp_path):
+    from distributed import LocalCluster
+
+    local = run(_config(sim, tmp_path / "local", report=False, postprocess={}), quiet=True)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        config = _config(sim, tmp_path / "dask", report=False, postprocess={},
+                         scheduler=cluster.scheduler_address)
+        distributed = run(config, quiet=True)
+    pd.testing.assert_frame_equal(distributed.locs, local.locs)
+    np.testing.assert_allclose(distributed.superres, local.superres)
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"nonsense": 1}, "unknown configuration key 'nonsense'"),
+    ({"movie": "/nowhere/movie.tif"}, "movie: not found"),
+    ({"pixel_size_nm": "abc"}, "pixel_size_nm"),
+    ({"engine": {"model": "/nowhere/model"}}, "engine.model"),
+    ({"engine": {"engine": "classic", "bogus": 2}}, "engine.bogus"),
+    ({"postprocess": {"steps": ["warp"]}}, "warp"),
+])
+def test_bad_configs_fail_before_any_work(sim, tmp_path, run_cli, extra, message):
+    data = {"movie": str(sim / "movie.tif"), "output": str(tmp_path / "never"),
+            "engine": {"engine": "classic"}}
+    data.update(extra)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, _, err = run_cli("run", path, "--quiet")
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_relative_paths_are_relative_to_the_config_file(sim, tmp_path):
+    path = tmp_path / "cfg" / "run.yaml"
+    path.parent.mkdir()
+    path.write_text("movie: ../m.tif\noutput: out\nengine: {engine: classic}\n")
+    config = load_run_config(path)
+    assert config.movie == str(path.parent / "../m.tif")
+    assert config.output == str(path.parent / "out")
