@@ -9,8 +9,8 @@
 
 and returns a :class:`Movie` that reads frame ranges on demand. Memory does not depend
 on the movie length: uncompressed contiguous data (ImageJ stacks, tifffile stacks,
-Picasso ``.raw``) are memory-mapped, and anything else (compressed or scattered pages)
-is read page by page. Opening a movie reads headers only, never pixel data.
+Picasso ``.raw``) are read frame range by frame range with positional reads, and anything
+else (compressed or scattered pages) page by page. Opening a movie reads headers only, never pixel data.
 
 Pixel size (nm) comes from, in order: the ``pixel_size_nm`` argument; OME
 ``PhysicalSizeX``; the ImageJ ``unit`` with the resolution tags; the TIFF
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -84,19 +85,39 @@ def _plausible(px: float | None, what: str) -> tuple[float | None, str | None]:
 
 
 # --------------------------------------------------------------------------- readers
-class _MemmapReader:
-    """Frames from a contiguous block of a file (uncompressed TIFF stack, Picasso .raw)."""
+class _ContiguousReader:
+    """Frames from a contiguous block of a file (uncompressed TIFF stack, Picasso .raw).
+
+    Frames are read with positional reads into fresh arrays rather than through a memory
+    map: a map keeps every page it touched in the process's resident memory, so streaming
+    a long movie would look as if it held the whole file.
+    """
 
     def __init__(self, path: Path, dtype: np.dtype, offset: int, shape: tuple[int, int, int]):
-        self._map = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        self._fh = open(path, "rb")
+        self._dtype = dtype
         self._native = dtype.newbyteorder("=")
+        self._offset = int(offset)
+        self._frame_shape = tuple(int(v) for v in shape[1:])
+        self._frame_bytes = dtype.itemsize * int(np.prod(self._frame_shape))
+        self._path = path
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        # Copy out of the map so callers never hold views into a file we may close.
-        return np.array(self._map[start:stop], dtype=self._native)
+        out = np.empty((stop - start, *self._frame_shape), dtype=self._dtype)
+        if out.nbytes:
+            position = self._offset + start * self._frame_bytes
+            if hasattr(os, "preadv"):  # positional: safe when threads share the reader
+                got = os.preadv(self._fh.fileno(), [memoryview(out).cast("B")], position)
+            else:
+                self._fh.seek(position)
+                got = self._fh.readinto(memoryview(out).cast("B"))
+            if got != out.nbytes:
+                raise UserError(f"{self._path}: file is truncated (frames {start}:{stop} "
+                                f"not all present)")
+        return out.astype(self._native, copy=False)
 
     def close(self) -> None:
-        self._map = None
+        self._fh.close()
 
 
 class _TiffPagesReader:
@@ -259,7 +280,7 @@ class Movie:
         return float(self.pixel_size_nm)
 
     def close(self) -> None:
-        """Release the file handle or memory map (reading afterwards is an error)."""
+        """Release the file handle (reading afterwards is an error)."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -390,7 +411,7 @@ def _open_tiff_file(path: Path) -> Movie:
         raise
     n_frames, shape, dtype, series, offset = layout
     if offset is not None:
-        reader: Any = _MemmapReader(path, dtype.newbyteorder(tif.byteorder), offset,
+        reader: Any = _ContiguousReader(path, dtype.newbyteorder(tif.byteorder), offset,
                                     (n_frames, *shape))
         tif.close()
     else:
@@ -586,5 +607,5 @@ def _open_picasso_raw(path: Path) -> Movie:
     note = None if pixel is not None else f"no Pixelsize in {sidecar.name}"
     metadata = {"format": "picasso-raw",
                 "picasso": {k: v for k, v in first.items() if _small_scalar(v)}}
-    reader = _MemmapReader(path, dtype, 0, (n_frames, height, width))
+    reader = _ContiguousReader(path, dtype, 0, (n_frames, height, width))
     return Movie(path, reader, n_frames, (height, width), dtype, pixel, metadata, note)
