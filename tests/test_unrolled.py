@@ -489,3 +489,15 @@ def test_cli_train_on_a_given_movie_and_truth(tmp_path, run_cli):
     assert meta["camera"]["baseline_adu"] == 50.0
     assert meta["training"]["data"]["frames"] == 2 and meta["training"]["loss"] == "reconstruction"
     assert meta["extraction"]["threshold"] == 0.0  # (13): τ is not learned, x > 0 counts
+
+
+def test_train_config_accepts_a_simulation_yaml(tmp_path):
+    """`stormfold train unrolled --config` takes the simulation.yaml of simulate/calibrate."""
+    from stormfold.simulate import build_config, simulate_to_folder
+    from stormfold.unrolled.train import load_train_config
+
+    simulate_to_folder(build_config("challenge2016", n_frames=2, overrides=["camera.em_gain=50"]),
+                       tmp_path, progress=False)
+    cfg = load_train_config(tmp_path / "simulation.yaml")
+    assert cfg.data.preset == "challenge2016"
+    assert cfg.data.simulation["camera"]["em_gain"] == 50.0

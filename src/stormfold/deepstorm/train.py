@@ -35,7 +35,8 @@ from stormfold.deepstorm.model import DEFAULT_CHANNELS, DeepSTORM, count_paramet
 from stormfold.deepstorm.normalization import Normalization, fit_normalization, upsample
 from stormfold.errors import UserError
 from stormfold.physics.camera import Camera
-from stormfold.simulate.config import PROVENANCE_KEYS, SimulationConfig, build_config
+from stormfold.simulate.config import (PROVENANCE_KEYS, SimulationConfig, build_config,
+                                       looks_like_simulation, simulation_parameters)
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_CSV = "training.csv"
@@ -197,10 +198,10 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
         loaded = load_yaml(config_file) or {}
         if not isinstance(loaded, dict):
             raise UserError(f"{config_file}: expected a mapping of training parameters")
-        if any(k in loaded for k in _SECTIONS if k != "seed"):
-            data = loaded
+        if looks_like_simulation(loaded, tuple(k for k in _SECTIONS if k != "seed")):
+            data = {"simulation": simulation_parameters(loaded)}
         else:
-            data = {"simulation": {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}}
+            data = loaded
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     data = merge(data, over)
     explicit = {"epochs": epochs, "batch_size": batch_size, "lr": lr}

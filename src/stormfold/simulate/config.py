@@ -7,6 +7,7 @@ A configuration is assembled from a preset, an optional YAML file (e.g. the
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -287,6 +288,22 @@ def build_config(preset: str | None = None, config_file: str | Path | None = Non
     if seed is not None:
         data["seed"] = seed
     return from_dict(SimulationConfig, data)
+
+
+def simulation_parameters(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The simulation parameters of a loaded ``simulation.yaml`` (provenance keys dropped)."""
+    return {k: v for k, v in mapping.items() if k not in PROVENANCE_KEYS}
+
+
+def looks_like_simulation(mapping: dict[str, Any], training_sections: tuple[str, ...]) -> bool:
+    """True when a YAML mapping is a simulation file rather than a training configuration.
+
+    Training configurations have sections of their own (``training_sections``); a
+    ``simulation.yaml`` of ``stormfold simulate``/``calibrate`` has simulation keys only.
+    """
+    sim_keys = {f.name for f in dataclasses.fields(SimulationConfig)}
+    keys = set(mapping) - set(PROVENANCE_KEYS)
+    return bool(keys) and keys <= sim_keys and not keys & set(training_sections)
 
 
 def config_to_dict(config: SimulationConfig) -> dict[str, Any]:

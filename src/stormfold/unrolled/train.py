@@ -17,6 +17,7 @@ contains it. For the reconstruction loss (13) the target pixel holds the emitter
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from stormfold import __version__
 from stormfold.config import from_dict, to_dict
 from stormfold.errors import UserError
+from stormfold.simulate.config import looks_like_simulation, simulation_parameters
 from stormfold.unrolled.losses import localization_loss, reconstruction_loss
 from stormfold.unrolled.sgp import SGP, ProjectedAdam
 from stormfold.unrolled.solver import UnrolledAPG
@@ -642,7 +644,13 @@ def load_train_config(config_file: str | Path | None = None,
             loaded = {}
         if not isinstance(loaded, dict):
             raise UserError(f"{config_file}: expected a mapping of training parameters")
-        data = loaded
+        sections = tuple(f.name for f in dataclasses.fields(UnrolledTrainConfig) if f.name != "seed")
+        if looks_like_simulation(loaded, sections):
+            # A simulation.yaml (from simulate or calibrate) describes the training data.
+            sim = simulation_parameters(loaded)
+            data = {"data": {"preset": sim.pop("preset", DataConfig.preset), "simulation": sim}}
+        else:
+            data = loaded
     return from_dict(UnrolledTrainConfig, merge(data, overrides or {}))
 
 
