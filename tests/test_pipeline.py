@@ -109,6 +109,8 @@ def test_dask_cluster_gives_the_same_localizations(sim, tmp_path):
     ({"engine": {"model": "/nowhere/model"}}, "engine.model"),
     ({"engine": {"engine": "classic", "bogus": 2}}, "engine.bogus"),
     ({"postprocess": {"steps": ["warp"]}}, "warp"),
+    ({"engine": {"model": "builtin:deepstorm-zerocost"}, "pixel_size_nm": 160.0},
+     "differs from the model"),
 ])
 def test_bad_configs_fail_before_any_work(sim, tmp_path, run_cli, extra, message):
     data = {"movie": str(sim / "movie.tif"), "output": str(tmp_path / "never"),

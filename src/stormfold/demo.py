@@ -14,7 +14,7 @@ from stormfold.report import write_report
 from stormfold.simulate import build_config, simulate_to_folder
 
 DEMO_ENGINES = (("Deep-STORM", "builtin:deepstorm-zerocost"),
-                ("unrolled (KL, learned)", "builtin:unrolled-isbi2013"))
+                ("unrolled (learned θ)", "builtin:unrolled-isbi2013"))
 
 
 def demo_simulation(n_frames: int = 200, seed: int = 2026):

@@ -179,6 +179,10 @@ EVAL_COLUMNS = ["tolerance_nm", "tp", "fp", "fn", "jaccard", "precision", "recal
                 "rmse_lateral_nm", "bias_x_nm", "bias_y_nm", "efficiency"]
 
 
+COMPARISON_COLUMNS = ["tolerance_nm", "jaccard", "precision", "recall", "rmse_lateral_nm",
+                      "efficiency"]
+
+
 def _run_section(result, index: int) -> str:
     meta = result.meta
     title = html.escape(result.label or meta["engine"].get("engine", "run"))
@@ -226,13 +230,13 @@ def build_report(results: Sequence, title: str = "stormfold report") -> str:
         rows = []
         for r in evaluated:
             for rec in r.evaluation.to_dict(orient="records"):
-                rows.append({"engine": r.label, **{k: rec[k] for k in EVAL_COLUMNS if k in rec},
+                rows.append({"engine": r.label, **{k: rec[k] for k in COMPARISON_COLUMNS if k in rec},
                              "frames/s": r.meta["timing"]["frames_per_s"]})
         comparison = ('<section id="comparison"><h2>Comparison</h2>'
                       + _table(pd.DataFrame(rows)) + "</section>")
     style = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;
+table{border-collapse:collapse;margin:0.5em 0 1.5em;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:0.9em;text-align:right}td:first-child{text-align:left}img{max-width:100%}
 h2{border-bottom:2px solid #444;margin-top:2em}"""
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
