@@ -1,6 +1,6 @@
 """The main job at scale: a 10⁵-frame 64×64 movie through `stormfold run`, locally and on Dask.
 
-The movie is simulated once (streamed to disk, then memory-mapped by the reader) and cached in
+The movie is simulated once (streamed to disk, then read chunk by chunk) and cached in
 ``benchmarks/results/scale_movie/``. The classical engine is used because the point is the
 streaming machinery (memory must not grow with the movie length); the engines' own speeds are
 in their benchmarks. Peak memory is the run's process (and, for Dask, the largest worker).

