@@ -87,6 +87,10 @@ class EvaluationSpec:
     """Evaluation against a ground-truth table (ThunderSTORM CSV or Picasso HDF5)."""
 
     truth: Optional[str] = None
+    #: The true drift (CSV with ``frame, dx_nm, dy_nm``, e.g. a simulation's ``drift.csv``). With
+    #: the ``drift`` post-processing step, the truth is moved into the drift-corrected frame before
+    #: matching, and the residual of the estimated drift is reported.
+    truth_drift: Optional[str] = None
     tolerances_nm: list[float] = field(default_factory=lambda: [50.0, 100.0, 250.0])
     border_nm: float = 0.0
     matching: str = "hungarian"
@@ -152,6 +156,7 @@ def _resolve_paths(config: RunConfig, root: Path) -> RunConfig:
     config.camera.file = fix(config.camera.file)
     config.engine.model = fix(config.engine.model)
     config.evaluation.truth = fix(config.evaluation.truth)
+    config.evaluation.truth_drift = fix(config.evaluation.truth_drift)
     if config.engine.train is not None:
         config.engine.train.config = fix(config.engine.train.config)
     return config
@@ -166,6 +171,14 @@ def check_inputs(config: RunConfig) -> None:
         raise UserError(f"camera.file: not found: {config.camera.file}")
     if config.evaluation.truth is not None and not Path(config.evaluation.truth).is_file():
         raise UserError(f"evaluation.truth: not found: {config.evaluation.truth}")
+    if config.evaluation.truth_drift is not None:
+        if config.evaluation.truth is None:
+            raise UserError("evaluation.truth_drift: needs evaluation.truth")
+        if "drift" not in (config.postprocess or {}).get("steps", []):
+            raise UserError("evaluation.truth_drift: needs the drift step in postprocess.steps "
+                            "(without it, evaluate against the truth as it is)")
+        if not Path(config.evaluation.truth_drift).is_file():
+            raise UserError(f"evaluation.truth_drift: not found: {config.evaluation.truth_drift}")
     if config.engine.model is not None:
         from stormfold.modelfile import resolve_model_dir
 
@@ -205,6 +218,33 @@ class RunState:
             return state, sums["superres"], sums["widefield"]
 
 
+def truth_in_corrected_frame(truth: pd.DataFrame, true_drift: pd.DataFrame,
+                             estimated: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    """Move a drifting truth into the frame of drift-corrected localizations.
+
+    Localizations at p + d(f) corrected with an estimate d̂ = d − c sit at p + c: drift
+    correction cannot know the constant c, so the truth gets the same constant, taken as the
+    mean of d − d̂ over the frames (the convention of the residual, see
+    :func:`stormfold.postprocess.drift.residual_rms_nm`).
+
+    Returns
+    -------
+    truth : pandas.DataFrame
+        The truth at p + c (nm).
+    residual_nm : float
+        RMS of d̂ − d after removing c.
+    """
+    from stormfold.postprocess.drift import apply_drift, residual_rms_nm
+
+    merged = true_drift.merge(estimated, on="frame", suffixes=("_true", "_est"))
+    if not len(merged):
+        raise UserError("evaluation.truth_drift: shares no frame with the estimated drift")
+    shifted = true_drift.copy()
+    shifted["dx_nm"] -= float((merged["dx_nm_true"] - merged["dx_nm_est"]).mean())
+    shifted["dy_nm"] -= float((merged["dy_nm_true"] - merged["dy_nm_est"]).mean())
+    return apply_drift(truth, shifted), residual_rms_nm(estimated, true_drift)
+
+
 def _fingerprint(config: RunConfig) -> str:
     relevant = {k: v for k, v in to_dict(config).items() if k not in ("scheduler", "report", "output")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -226,6 +266,7 @@ class RunResult:
     postprocess: dict = field(default_factory=dict)
     evaluation: pd.DataFrame | None = None
     truth: pd.DataFrame | None = None
+    true_drift: pd.DataFrame | None = None
     label: str = ""
 
 
@@ -315,6 +356,11 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
             from stormfold.io.tables import read_table
 
             truth = read_table(config.evaluation.truth)
+        true_drift = None
+        if config.evaluation.truth_drift is not None:
+            from stormfold.postprocess.drift import read_drift_csv
+
+            true_drift = read_drift_csv(config.evaluation.truth_drift)
         start, stop = (config.frames or [0, movie.n_frames])
         stop = min(stop, movie.n_frames)
         if start >= stop:
@@ -404,10 +450,17 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
         for name, text in pp.log.items():
             log.info(f"post-processing {name}: {text}")
         evaluation = None
+        truth_in_frame = truth
+        if true_drift is not None:
+            truth_in_frame, residual_nm = truth_in_corrected_frame(truth, true_drift,
+                                                                   pp.outputs["drift"])
+            pp.log["drift vs truth"] = (f"residual {residual_nm:.1f} nm RMS against "
+                                        f"{Path(config.evaluation.truth_drift).name}")
+            log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")
         if truth is not None:
             from stormfold.evaluate import evaluate, format_table
 
-            evaluation = evaluate(truth, locs, tolerances_nm=config.evaluation.tolerances_nm,
+            evaluation = evaluate(truth_in_frame, locs, tolerances_nm=config.evaluation.tolerances_nm,
                                   method=config.evaluation.matching,
                                   border_nm=config.evaluation.border_nm, fov_nm=(cols * px, rows * px))
             log.info("evaluation against " + config.evaluation.truth + "\n" + format_table(evaluation))
@@ -415,7 +468,8 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
                               locs, raw, superres, widefield, pp, evaluation,
                               seconds=time.perf_counter() - t0, loc_seconds=loc_seconds)
         result = RunResult(output, locs, raw, superres.astype(np.float32), widefield.astype(np.float32),
-                           px, L, meta, postprocess=pp.outputs, evaluation=evaluation, truth=truth,
+                           px, L, meta, postprocess=pp.outputs, evaluation=evaluation,
+                           truth=truth_in_frame, true_drift=true_drift,
                            label=label or engine.name)
         if config.report:
             from stormfold.report import write_report

@@ -94,12 +94,19 @@ def images_figure(widefield: np.ndarray, superres: np.ndarray, pixel_size_nm: fl
     return _png(fig)
 
 
-def drift_figure(drift: pd.DataFrame) -> str:
+def drift_figure(drift: pd.DataFrame, true_drift: pd.DataFrame | None = None) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(drift["frame"] + 1, drift["dx_nm"], label="x")
-    ax.plot(drift["frame"] + 1, drift["dy_nm"], label="y")
+    ax.plot(drift["frame"] + 1, drift["dx_nm"], label="x", color="C0")
+    ax.plot(drift["frame"] + 1, drift["dy_nm"], label="y", color="C1")
+    if true_drift is not None:
+        # Same constant offset as the evaluation: the mean difference over common frames.
+        both = true_drift.merge(drift, on="frame", suffixes=("", "_est"))
+        for axis, color in (("x", "C0"), ("y", "C1")):
+            offset = float((both[f"d{axis}_nm"] - both[f"d{axis}_nm_est"]).mean())
+            ax.plot(true_drift["frame"] + 1, true_drift[f"d{axis}_nm"] - offset, ls="--",
+                    color=color, lw=0.8, label=f"{axis} (truth)")
     ax.set_xlabel("frame")
     ax.set_ylabel("drift (nm)")
     ax.legend()
@@ -205,7 +212,8 @@ def _run_section(result, index: int) -> str:
                                 result.upsampling, title), "widefield and super-resolved images")]
     drift = result.postprocess.get("drift")
     if drift is not None:
-        parts += [f'<h3 id="drift-{index}">Drift</h3>', _img(drift_figure(drift), "drift trajectory")]
+        parts += [f'<h3 id="drift-{index}">Drift</h3>',
+                  _img(drift_figure(drift, result.true_drift), "drift trajectory")]
     hist = histograms_figure(result.locs)
     if hist is not None:
         parts += [f'<h3 id="histograms-{index}">Histograms</h3>', _img(hist, "histograms")]

@@ -9,7 +9,7 @@ from stormfold.postprocess.chain import (ChainResult, Context, StepOutput, check
 from stormfold.postprocess.cluster import ClusterParams, cluster, cluster_summary, dbscan
 from stormfold.postprocess.drift import (DriftParams, DriftResult, apply_drift, correct_drift,
                                          estimate_drift, estimate_drift_fiducials,
-                                         estimate_drift_rcc)
+                                         estimate_drift_rcc, read_drift_csv, residual_rms_nm)
 from stormfold.postprocess.filters import (FilterParams, expression_mask, filter_table,
                                            local_density, roi_mask)
 from stormfold.postprocess.frc import FrcParams, FrcResult, frc
@@ -23,7 +23,7 @@ __all__ = [
     "run_command", "run_step",
     "ClusterParams", "cluster", "cluster_summary", "dbscan",
     "DriftParams", "DriftResult", "apply_drift", "correct_drift", "estimate_drift",
-    "estimate_drift_fiducials", "estimate_drift_rcc",
+    "estimate_drift_fiducials", "estimate_drift_rcc", "read_drift_csv", "residual_rms_nm",
     "FilterParams", "expression_mask", "filter_table", "local_density", "roi_mask",
     "FrcParams", "FrcResult", "frc",
     "LinkParams", "LinkResult", "link", "link_groups", "merge_groups", "on_events",

@@ -29,6 +29,7 @@ average.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
@@ -468,6 +469,20 @@ def estimate_drift(table: pd.DataFrame, method: str = "rcc", n_frames: Optional[
         return estimate_drift_fiducials(table, n_frames=n_frames,
                                         **{k: v for k, v in params.items() if k in keys})
     raise UserError(f"unknown drift method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def read_drift_csv(path: str | Path) -> pd.DataFrame:
+    """Read a drift trajectory (``frame`` 0-based, ``dx_nm``, ``dy_nm``), e.g. the
+    ``drift.csv`` of ``stormfold simulate`` or of the drift step."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable drift CSV ({type(exc).__name__})") from None
+    missing = [c for c in ("frame", "dx_nm", "dy_nm") if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: drift table lacks column(s) {', '.join(missing)}")
+    return table[["frame", "dx_nm", "dy_nm"]].astype(
+        {"frame": np.int64, "dx_nm": np.float64, "dy_nm": np.float64})
 
 
 def apply_drift(table: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
