@@ -225,3 +225,18 @@ def test_demo_runs_both_engines_into_one_report(tmp_path, run_cli):
     for section in ("summary-0", "images-0", "drift-0", "evaluation-0", "summary-1", "evaluation-1"):
         assert f'id="{section}"' in html, section
     assert "report.html" in out
+
+
+def test_truth_in_corrected_frame_known_answer():
+    from stormfold.pipeline import truth_in_corrected_frame
+
+    frames = np.arange(5)
+    d = pd.DataFrame({"frame": frames, "dx_nm": 3.0 * frames, "dy_nm": -2.0 * frames + 7.0})
+    p = np.array([100.0, 250.0, 400.0, 550.0, 700.0])
+    truth = pd.DataFrame({"frame": frames, "x_nm": p + d["dx_nm"], "y_nm": 2 * p + d["dy_nm"]})
+    estimate = d.assign(dx_nm=d["dx_nm"] - 5.0, dy_nm=d["dy_nm"] + 4.0)  # d − c, c = (5, −4)
+    moved, true_in_frame, residual = truth_in_corrected_frame(truth, d, estimate)
+    np.testing.assert_allclose(moved["x_nm"], p + 5.0)
+    np.testing.assert_allclose(moved["y_nm"], 2 * p - 4.0)
+    pd.testing.assert_frame_equal(true_in_frame, estimate)
+    assert residual == pytest.approx(0.0, abs=1e-12)

@@ -219,7 +219,7 @@ class RunState:
 
 
 def truth_in_corrected_frame(truth: pd.DataFrame, true_drift: pd.DataFrame,
-                             estimated: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+                             estimated: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """Move a drifting truth into the frame of drift-corrected localizations.
 
     Localizations at p + d(f) corrected with an estimate d̂ = d − c sit at p + c: drift
@@ -231,6 +231,8 @@ def truth_in_corrected_frame(truth: pd.DataFrame, true_drift: pd.DataFrame,
     -------
     truth : pandas.DataFrame
         The truth at p + c (nm).
+    true_drift : pandas.DataFrame
+        d − c: the true trajectory comparable with the estimate (nm).
     residual_nm : float
         RMS of d̂ − d after removing c.
     """
@@ -242,7 +244,7 @@ def truth_in_corrected_frame(truth: pd.DataFrame, true_drift: pd.DataFrame,
     shifted = true_drift.copy()
     shifted["dx_nm"] -= float((merged["dx_nm_true"] - merged["dx_nm_est"]).mean())
     shifted["dy_nm"] -= float((merged["dy_nm_true"] - merged["dy_nm_est"]).mean())
-    return apply_drift(truth, shifted), residual_rms_nm(estimated, true_drift)
+    return apply_drift(truth, shifted), shifted, residual_rms_nm(estimated, true_drift)
 
 
 def _fingerprint(config: RunConfig) -> str:
@@ -266,7 +268,7 @@ class RunResult:
     postprocess: dict = field(default_factory=dict)
     evaluation: pd.DataFrame | None = None
     truth: pd.DataFrame | None = None
-    true_drift: pd.DataFrame | None = None
+    true_drift: pd.DataFrame | None = None  # in the frame of the corrected table, like ``truth``
     label: str = ""
 
 
@@ -452,8 +454,8 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
         evaluation = None
         truth_in_frame = truth
         if true_drift is not None:
-            truth_in_frame, residual_nm = truth_in_corrected_frame(truth, true_drift,
-                                                                   pp.outputs["drift"])
+            truth_in_frame, true_drift, residual_nm = truth_in_corrected_frame(
+                truth, true_drift, pp.outputs["drift"])
             pp.log["drift vs truth"] = (f"residual {residual_nm:.1f} nm RMS against "
                                         f"{Path(config.evaluation.truth_drift).name}")
             log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")

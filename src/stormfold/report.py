@@ -100,13 +100,10 @@ def drift_figure(drift: pd.DataFrame, true_drift: pd.DataFrame | None = None) ->
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot(drift["frame"] + 1, drift["dx_nm"], label="x", color="C0")
     ax.plot(drift["frame"] + 1, drift["dy_nm"], label="y", color="C1")
-    if true_drift is not None:
-        # Same constant offset as the evaluation: the mean difference over common frames.
-        both = true_drift.merge(drift, on="frame", suffixes=("", "_est"))
+    if true_drift is not None:  # already in the estimate's frame (same constant offset)
         for axis, color in (("x", "C0"), ("y", "C1")):
-            offset = float((both[f"d{axis}_nm"] - both[f"d{axis}_nm_est"]).mean())
-            ax.plot(true_drift["frame"] + 1, true_drift[f"d{axis}_nm"] - offset, ls="--",
-                    color=color, lw=0.8, label=f"{axis} (truth)")
+            ax.plot(true_drift["frame"] + 1, true_drift[f"d{axis}_nm"], ls="--", color=color,
+                    lw=0.8, label=f"{axis} (truth)")
     ax.set_xlabel("frame")
     ax.set_ylabel("drift (nm)")
     ax.legend()
