@@ -421,3 +421,16 @@ def test_cli_train_sofi_reconstruct_and_resume(run_cli, sofi_movie, tmp_path):
     assert code == 2 and "lag-0" in err
     code, _, err = run_cli("localize", movie, "--model", model_dir, "--out", tmp_path / "loc")
     assert code == 2 and "stormfold sofi" in err and not (tmp_path / "loc").exists()
+
+
+def test_train_config_accepts_a_simulation_yaml(tmp_path):
+    """`stormfold train sofi --config` takes the simulation.yaml of `simulate --preset sofi`."""
+    from stormfold.simulate import build_config, simulate_to_folder
+    from stormfold.sofi.train import load_sofi_train_config
+
+    simulate_to_folder(build_config("sofi", n_frames=4, overrides=["emitters.sigma_nm=140"]),
+                       tmp_path, progress=False)
+    cfg = load_sofi_train_config(tmp_path / "simulation.yaml", {"data": {"n_patterns": 3}})
+    assert cfg.data.preset == "sofi" and cfg.data.n_patterns == 3
+    assert cfg.data.simulation["emitters"]["sigma_nm"] == 140.0
+    assert "stormfold_version" not in cfg.data.simulation

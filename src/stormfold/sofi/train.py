@@ -162,17 +162,12 @@ class SofiTrainConfig:
 
 def load_sofi_train_config(config_file: str | Path | None = None,
                            overrides: dict[str, Any] | None = None) -> SofiTrainConfig:
-    """Training configuration from a YAML file and a nested mapping of overrides."""
-    from stormfold.config import load_yaml, merge
+    """Training configuration from a YAML file (a training configuration or a
+    ``simulation.yaml``) and a nested mapping of overrides."""
+    from stormfold.config import merge
+    from stormfold.unrolled.train import read_training_yaml
 
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        if not Path(config_file).is_file():
-            raise UserError(f"configuration file not found: {config_file}")
-        loaded = load_yaml(config_file) or {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{config_file}: expected a mapping of training parameters")
-        data = loaded
+    data = read_training_yaml(config_file, SofiTrainConfig, SofiDataConfig.preset)
     return from_dict(SofiTrainConfig, merge(data, overrides or {}))
 
 

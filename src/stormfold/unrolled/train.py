@@ -632,25 +632,36 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
 
 
 # --------------------------------------------------------------------------- CLI entry
+def read_training_yaml(config_file: str | Path | None, config_cls: type,
+                       default_preset: str) -> dict[str, Any]:
+    """A training ``--config`` file as a nested mapping for ``config_cls``.
+
+    The file is either a training configuration or a ``simulation.yaml`` (of ``stormfold
+    simulate``/``calibrate``), which then becomes the ``data`` section: the training data
+    mimic that simulation.
+    """
+    from stormfold.config import load_yaml
+
+    if config_file is None:
+        return {}
+    if not Path(config_file).is_file():
+        raise UserError(f"configuration file not found: {config_file}")
+    loaded = load_yaml(config_file) or {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{config_file}: expected a mapping of training parameters")
+    sections = tuple(f.name for f in dataclasses.fields(config_cls) if f.name != "seed")
+    if looks_like_simulation(loaded, sections):
+        sim = simulation_parameters(loaded)
+        return {"data": {"preset": sim.pop("preset", default_preset), "simulation": sim}}
+    return loaded
+
+
 def load_train_config(config_file: str | Path | None = None,
                       overrides: dict[str, Any] | None = None) -> UnrolledTrainConfig:
     """Training configuration from a YAML file and overrides (nested mapping)."""
-    from stormfold.config import load_yaml, merge
+    from stormfold.config import merge
 
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        loaded = load_yaml(config_file)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{config_file}: expected a mapping of training parameters")
-        sections = tuple(f.name for f in dataclasses.fields(UnrolledTrainConfig) if f.name != "seed")
-        if looks_like_simulation(loaded, sections):
-            # A simulation.yaml (from simulate or calibrate) describes the training data.
-            sim = simulation_parameters(loaded)
-            data = {"data": {"preset": sim.pop("preset", DataConfig.preset), "simulation": sim}}
-        else:
-            data = loaded
+    data = read_training_yaml(config_file, UnrolledTrainConfig, DataConfig.preset)
     return from_dict(UnrolledTrainConfig, merge(data, overrides or {}))
 
 
