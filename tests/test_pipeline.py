@@ -240,3 +240,29 @@ def test_truth_in_corrected_frame_known_answer():
     np.testing.assert_allclose(moved["y_nm"], 2 * p - 4.0)
     pd.testing.assert_frame_equal(true_in_frame, estimate)
     assert residual == pytest.approx(0.0, abs=1e-12)
+
+
+def test_run_trains_a_model_from_the_movies_simulation(sim, tmp_path):
+    """engine.train: a (tiny) Deep-STORM trained on data mimicking the movie's simulation.yaml,
+    saved in output/model/ and reused by a second run."""
+    tiny = ["architecture.channels=[4, 4, 8, 8]", "schedule.precision=float32",
+            "simulation.n_frames=4", "simulation.n_rows=32", "simulation.n_cols=32",
+            "calibration.n_frames=2", "calibration.thresholds=[0.01, 0.1]",
+            "schedule.epochs=1", "patches.n_patches=24", "patches.min_emitters=1",
+            "schedule.batch_size=8"]
+    out = tmp_path / "trained"
+    train = {"engine": "deepstorm", "config": str(sim / "simulation.yaml"), "overrides": tiny}
+    config = _config(sim, out, engine={"train": train, "batch_frames": 30}, frames=[0, 30],
+                     report=False, postprocess={})
+    result = run(config, quiet=True)
+    model = yaml.safe_load((out / "model" / "model.yaml").read_text())
+    assert model["engine"] == "deepstorm"
+    # The training data mimic the movie: its camera and pixel size went into the model.
+    sim_meta = yaml.safe_load((sim / "simulation.yaml").read_text())
+    assert model["camera"]["baseline_adu"] == sim_meta["camera"]["baseline_adu"]
+    assert model["pixel_size_nm"] == sim_meta["pixel_size_nm"]
+    assert result.meta["engine"]["engine"] == "deepstorm" and (out / "localizations.csv").is_file()
+    weights = (out / "model" / "weights.safetensors").stat().st_mtime_ns
+    run(config, quiet=True)
+    assert (out / "model" / "weights.safetensors").stat().st_mtime_ns == weights  # reused
+    assert "using the model trained earlier" in (out / "run.log").read_text()
