@@ -129,7 +129,7 @@ def test_relative_paths_are_relative_to_the_config_file(sim, tmp_path):
     path.parent.mkdir()
     path.write_text("movie: ../m.tif\noutput: out\nengine: {engine: classic}\n")
     config = load_run_config(path)
-    assert config.movie == str(path.parent / "../m.tif")
+    assert config.movie == str(tmp_path / "m.tif")
     assert config.output == str(path.parent / "out")
 
 

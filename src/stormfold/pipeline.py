@@ -149,7 +149,7 @@ def _resolve_paths(config: RunConfig, root: Path) -> RunConfig:
     def fix(p: str | None) -> str | None:
         if p is None or p.startswith("builtin:") or Path(p).is_absolute():
             return p
-        return str(root / p)
+        return os.path.normpath(root / p)
 
     config.movie = [fix(m) for m in config.movie] if isinstance(config.movie, list) else fix(config.movie)
     config.output = fix(config.output)
