@@ -617,6 +617,7 @@ def _add_postprocess(sub: argparse._SubParsersAction) -> None:
                         "(default: 'steps' of --config)")
     p.add_argument("--config", type=Path, default=None, metavar="F.yaml",
                    help="parameters: one section per step (see README)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_postprocess)
 
 
@@ -624,7 +625,7 @@ def _cmd_postprocess(args: argparse.Namespace) -> None:
     from stormfold.postprocess.chain import postprocess_file
 
     result, written = postprocess_file(args.input, args.out, args.steps, args.config,
-                                       args.pixel_size)
+                                       args.pixel_size, progress=not args.quiet)
     for line in result.log.values():
         print(line)
     print(f"wrote {len(written)} files to {args.out}/")

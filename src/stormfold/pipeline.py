@@ -447,7 +447,7 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
         from stormfold.postprocess.chain import run_chain
 
         pp = run_chain(raw, config.postprocess, pixel_size_nm=px,
-                       fov_nm=(cols * px, rows * px), n_frames=stop)
+                       fov_nm=(cols * px, rows * px), n_frames=stop, progress=not quiet)
         locs = pp.table
         for name, text in pp.log.items():
             log.info(f"post-processing {name}: {text}")

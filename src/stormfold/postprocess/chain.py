@@ -298,7 +298,7 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
               steps: Optional[str | Sequence[str]] = None,
               pixel_size_nm: Optional[float] = None,
               fov_nm: Optional[Sequence[float]] = None,
-              n_frames: Optional[int] = None) -> ChainResult:
+              n_frames: Optional[int] = None, progress: bool = False) -> ChainResult:
     """Run a chain of steps on a table in memory (files: :meth:`ChainResult.write`).
 
     Parameters
@@ -315,18 +315,26 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
         Camera field of view (nm): the extent of renderings.
     n_frames : int, optional
         Movie length: the drift table covers every frame.
+    progress : bool
+        A progress bar over the steps (each step of 10⁷ localizations takes seconds).
 
     Returns
     -------
     ChainResult
     """
+    from tqdm import tqdm
+
     names, params = check_chain(config, steps)
     ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))
     outputs: list[StepOutput] = []
-    for name in names:
+    bar = tqdm(names, unit="step", desc="post-processing", disable=not progress or not names,
+               leave=False)
+    for name in bar:
+        bar.set_postfix(step=name, locs=len(table))
         result = run_step(name, table, params[name], ctx)
         outputs.append(result)
         table = result.table
+    bar.close()
     extra: dict[str, Any] = {}
     for o in outputs:
         for artefact in o.artefacts:
@@ -466,7 +474,8 @@ def run_command(step: str, source: str | Path, out: str | Path, params: Any = No
 def postprocess_file(source: str | Path, out_dir: str | Path,
                      steps: Optional[str | Sequence[str]] = None,
                      config: Optional[str | Path | dict] = None,
-                     pixel_size_nm: Optional[float] = None) -> tuple[ChainResult, list[Path]]:
+                     pixel_size_nm: Optional[float] = None,
+                     progress: bool = False) -> tuple[ChainResult, list[Path]]:
     """``stormfold postprocess``: run a chain on a table file and write ``out_dir``.
 
     Parameters
@@ -481,6 +490,8 @@ def postprocess_file(source: str | Path, out_dir: str | Path,
         YAML file (or mapping) with one section per step.
     pixel_size_nm : float, optional
         Camera pixel size (nm) for Picasso files without one.
+    progress : bool
+        A progress bar over the steps.
 
     Returns
     -------
@@ -507,7 +518,7 @@ def postprocess_file(source: str | Path, out_dir: str | Path,
                               *[p for ps in artefacts.values() for p in ps]])
 
     result = run_chain(src.table, {n: to_dict(p) for n, p in params.items()}, names,
-                       src.pixel_size_nm, src.fov_nm, src.n_frames)
+                       src.pixel_size_nm, src.fov_nm, src.n_frames, progress=progress)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names_written = result.write(out_dir)
