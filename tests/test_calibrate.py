@@ -97,6 +97,39 @@ def test_round_trip_low_density(tmp_path):
     assert r.simulation["background"]["photons"] < 1.0
 
 
+@pytest.mark.parametrize("e_per_adu,readout_e,resolved", [(3.6, 0.0, True), (2.0, 1.6, False)])
+def test_lattice_scan_on_the_cameras_own_output(e_per_adu, readout_e, resolved):
+    """Background of the camera model (an independent generator): with a coarse ADU and no
+    read noise the exact rounded-lattice fit recovers the camera; with read noise of an ADU
+    no gain stands out and the scan says so (the moments are kept)."""
+    from stormfold.calibrate.estimate import LATTICE_MIN_MARGIN, lattice_scan
+    from stormfold.physics.camera import Camera
+
+    cam = Camera(e_per_adu=e_per_adu, readout_e=readout_e, baseline_adu=100.0)
+    adu = cam.forward(np.full((400, 64, 64), 30.0), np.random.default_rng(5))
+    fit = lattice_scan(np.bincount(adu.ravel(), minlength=1024), 1.03 / e_per_adu)
+    assert (fit.margin > LATTICE_MIN_MARGIN) == resolved
+    if resolved:
+        assert fit.adu_per_e == pytest.approx(1 / e_per_adu, rel=0.015)
+        assert fit.baseline_adu == pytest.approx(100.0, abs=0.5)
+        assert fit.background_e == pytest.approx(30.0, rel=0.05)
+        assert fit.read_noise_adu < 0.3
+
+
+def test_round_trip_coarse_adu_without_read_noise(tmp_path):
+    """thunderstorm preset (3.6 e⁻/ADU, no read noise, 30 background photons): the lattice
+    fit replaces the biased skewness split."""
+    cfg, movie = _sim(tmp_path, "thunderstorm", 1000)
+    r = calibrate(movie)
+    cam, em = r.camera, r.emitters
+    assert cam.split_source.startswith("maximum likelihood")
+    assert cam.baseline_adu == pytest.approx(414, abs=2)
+    assert cam.adu_per_e == pytest.approx(1 / 3.6, rel=0.03)
+    assert r.simulation["background"]["photons"] == pytest.approx(30, rel=0.1)
+    assert em.photons_mean == pytest.approx(800, rel=0.1)
+    assert em.sigma_nm == pytest.approx(cfg.emitters.sigma_nm, rel=0.05)
+
+
 def test_round_trip_emccd(tmp_path):
     """challenge2016 camera (EMCCD): baseline and gain from the background's skewness."""
     cfg, movie = _sim(tmp_path, "challenge2016", 800,

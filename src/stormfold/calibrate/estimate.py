@@ -19,6 +19,16 @@ cumulant c₃·g³·λ, c₃ = 1 for Poisson, 6 for the EM Gamma–Poisson compo
 not, so λ = κ₃ / (c₃·g³), bounded by 0 (all background variance is read noise) and by
 (v − 1/12)/(F·g²) (no read noise). Then baseline = m − g·λ and r² = v − 1/12 − F·g²·λ.
 A known baseline (``--baseline``) replaces the skewness step.
+
+Those moment relations assume that rounding to integer ADU adds independent noise of variance
+1/12 (Sheppard). That fails when each ADU is a few photo-electrons and the read noise is far
+below one ADU (e.g. 3.6 e⁻/ADU and no read noise: κ₃ of the rounded Poisson lattice is 22 %
+below g³λ), and the skewness split then misplaces the baseline. There the histogram itself
+shows the lattice: :func:`lattice_scan` fits the exact model ADU = round(baseline + g·k),
+k ~ Poisson(λ), by maximum likelihood over a grid of g (±6 % around the spot slope's) and of
+the baseline along b + g·λ = mean, and its answer replaces the moments when the best g beats
+every g more than 1 % away by :data:`LATTICE_MIN_MARGIN` in log-likelihood (with read noise
+of an ADU or more no g stands out and the moments stay).
 """
 from __future__ import annotations
 
@@ -37,6 +47,12 @@ MIN_BINS = 4
 MIN_SKEW_PIXELS = 10_000
 #: The slope is "told" when its relative standard error is below this.
 MAX_SLOPE_REL_SE = 0.05
+#: The lattice scan runs when the background s.d. is below this (ADU) and g at least
+#: :data:`LATTICE_MIN_GAIN` ADU/e⁻ (a finer lattice is smooth: Sheppard holds).
+LATTICE_MAX_STD_ADU = 4.0
+LATTICE_MIN_GAIN = 0.1
+#: Log-likelihood by which the best g must beat every g more than 1 % away.
+LATTICE_MIN_MARGIN = 25.0
 
 
 @dataclass
@@ -143,6 +159,78 @@ class CameraEstimate:
         return self.excess_factor * self.adu_per_e
 
 
+@dataclass
+class LatticeFit:
+    """Exact rounded-lattice fit of the background histogram (:func:`lattice_scan`)."""
+
+    adu_per_e: float
+    baseline_adu: float
+    background_e: float
+    read_noise_adu: float
+    margin: float
+
+
+def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: float = 0.001,
+                 b_step_adu: float = 0.005) -> LatticeFit:
+    """Maximum likelihood of ADU = round(baseline + g·k), k ~ Poisson(λ), on a grid.
+
+    Parameters
+    ----------
+    hist : numpy.ndarray
+        Counts per integer ADU value of the background pixels.
+    g0 : float
+        Centre of the g grid (ADU per e⁻); ``rel_range`` 0 keeps g fixed.
+    rel_range, g_step : float
+        Relative half-width and step of the g grid.
+    b_step_adu : float
+        Step of the baseline along the ridge b + g·λ = mean (the likelihood is a comb: a
+        deep optimum about every electron, a few thousandths of an ADU wide).
+
+    Returns
+    -------
+    LatticeFit
+        The best (g, baseline, λ); the read noise (ADU) the variance leaves beyond the exact
+        lattice model's; ``margin``: how much better its log-likelihood is than that of the
+        best g more than 1 % away (0 when g is fixed).
+    """
+    from scipy.stats import poisson
+
+    values = np.flatnonzero(hist)
+    counts = hist[values].astype(np.float64)
+    n = counts.sum()
+    mean = float((values * counts).sum() / n)
+    var = float((counts * (values - mean) ** 2).sum() / n)
+    lo, width = int(values.min()), int(values.max() - values.min()) + 1
+    gains = g0 * np.arange(1.0 - rel_range, 1.0 + rel_range + 1e-12, g_step) if rel_range > 0 \
+        else np.array([g0])
+    rows = []
+    for g in gains:
+        lam_max = max(var - 1.0 / 12.0, 0.0) / (g * g)
+        lams = np.arange(0.0, lam_max + b_step_adu / g, b_step_adu / g)
+        base = mean - g * lams
+        k = np.arange(0, int(lam_max + 12.0 * math.sqrt(lam_max) + 10))
+        pk = poisson.pmf(k[None, :], lams[:, None])
+        # Exact rounding: each lattice point's probability lands in one ADU bin.
+        idx = np.rint(base[:, None] + g * k[None, :]).astype(np.int64) - lo
+        ok = (idx >= 0) & (idx < width)
+        flat = (np.arange(len(lams))[:, None] * width + idx)[ok]
+        model = np.bincount(flat, weights=pk[ok], minlength=len(lams) * width)
+        prob = model.reshape(len(lams), width)[:, values - lo]
+        nll = -(counts[None, :] * np.log(np.maximum(prob, 1e-12))).sum(1)
+        i = int(np.argmin(nll))
+        rows.append((float(nll[i]), float(g), float(base[i]), float(lams[i])))
+    rows.sort()
+    best_nll, g, baseline, lam = rows[0]
+    others = [r[0] for r in rows if abs(r[1] / g - 1.0) > 0.01]
+    margin = (min(others) - best_nll) if others else 0.0
+    # Variance of the exact lattice model at the fit; what is left is read noise.
+    k = np.arange(0, int(lam + 12.0 * math.sqrt(lam) + 10))
+    adu = np.rint(baseline + g * k)
+    pk = poisson.pmf(k, lam)
+    model_var = float((pk * (adu - (pk * adu).sum()) ** 2).sum())
+    return LatticeFit(g, baseline, lam, math.sqrt(max(var - model_var, 0.0)), float(margin))
+
+
 def _split(g: float, k2: float, k3: float, f: float, c3: float) -> tuple[float, float]:
     """λ from the skewness for gain g, bounded by 0 and the no-read-noise limit; and that limit."""
     lam_max = max(k2 - 1.0 / 12.0, 0.0) / (f * g * g)
@@ -245,6 +333,20 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
         base_se = float(np.std(base))
     baseline = baseline_adu if baseline_adu is not None else k1 - g * lam
     read_var = max(k2 - 1.0 / 12.0 - f * g * g * lam, 0.0)
+    if (baseline_adu is None and told and not emccd and bg["n"] >= MIN_SKEW_PIXELS
+            and math.sqrt(k2) < LATTICE_MAX_STD_ADU and g >= LATTICE_MIN_GAIN):
+        # Coarse ADU over a few-electron lattice: the moments are biased (module doc).
+        fit = lattice_scan(stats.background_hist, g, rel_range=0.0 if adu_per_e is not None else 0.06)
+        if fit.margin > LATTICE_MIN_MARGIN or adu_per_e is not None:
+            if adu_per_e is None:
+                gain_source = (f"lattice of the background histogram (exact rounding, "
+                               f"log-likelihood margin {fit.margin:.0f}); the {gain_source} "
+                               f"gave {g:.4g}")
+                g, g_se = fit.adu_per_e, math.nan
+            baseline, lam, read_var = fit.baseline_adu, fit.background_e, fit.read_noise_adu ** 2
+            base_se = math.nan
+            split = ("maximum likelihood of the background histogram as a rounded Poisson "
+                     "lattice (the skewness is biased by the coarse rounding)")
     cam = CameraEstimate(baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
                          read_noise_adu=math.sqrt(read_var), background_e=float(lam),
                          background_mean_adu=k1, background_std_adu=math.sqrt(k2),
