@@ -25,7 +25,6 @@ from stormfold import __version__
 from stormfold.config import dump_yaml, from_dict, load_yaml, merge, parse_overrides, to_dict
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path, write_text
-from stormfold.physics.camera import Camera
 
 STATE_DIR = ".stormfold-run"
 LOG_FILE = "run.log"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from stormfold import __version__
-from stormfold.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from stormfold.config import from_dict, merge, parse_overrides, to_dict
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
 from stormfold.deepstorm.engine import ENGINE, UPSAMPLINGS, DeepStormEngine
 from stormfold.deepstorm.loss import DeepStormLoss
@@ -36,7 +36,7 @@ from stormfold.deepstorm.normalization import Normalization, fit_normalization, 
 from stormfold.errors import UserError
 from stormfold.physics.camera import Camera
 from stormfold.simulate.config import (PROVENANCE_KEYS, SimulationConfig, build_config,
-                                       looks_like_simulation, simulation_parameters)
+                                       read_training_yaml)
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_CSV = "training.csv"
@@ -193,15 +193,8 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
     file (``simulation.yaml`` of ``stormfold simulate``/``calibrate``), which then becomes the
     ``simulation`` section.
     """
-    data: dict[str, Any] = {}
-    if config_file is not None:
-        loaded = load_yaml(config_file) or {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{config_file}: expected a mapping of training parameters")
-        if looks_like_simulation(loaded, tuple(k for k in _SECTIONS if k != "seed")):
-            data = {"simulation": simulation_parameters(loaded)}
-        else:
-            data = loaded
+    loaded, is_simulation = read_training_yaml(config_file, tuple(k for k in _SECTIONS if k != "seed"))
+    data: dict[str, Any] = {"simulation": loaded} if is_simulation else loaded
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     data = merge(data, over)
     explicit = {"epochs": epochs, "batch_size": batch_size, "lr": lr}

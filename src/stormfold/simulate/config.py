@@ -290,20 +290,31 @@ def build_config(preset: str | None = None, config_file: str | Path | None = Non
     return from_dict(SimulationConfig, data)
 
 
-def simulation_parameters(mapping: dict[str, Any]) -> dict[str, Any]:
-    """The simulation parameters of a loaded ``simulation.yaml`` (provenance keys dropped)."""
-    return {k: v for k, v in mapping.items() if k not in PROVENANCE_KEYS}
-
-
-def looks_like_simulation(mapping: dict[str, Any], training_sections: tuple[str, ...]) -> bool:
-    """True when a YAML mapping is a simulation file rather than a training configuration.
+def read_training_yaml(config_file: str | Path | None,
+                       training_sections: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    """A trainer's ``--config`` file: a training configuration or a ``simulation.yaml``.
 
     Training configurations have sections of their own (``training_sections``); a
-    ``simulation.yaml`` of ``stormfold simulate``/``calibrate`` has simulation keys only.
+    ``simulation.yaml`` of ``stormfold simulate``/``calibrate`` has simulation keys only, and
+    then describes the training data.
+
+    Returns
+    -------
+    mapping : dict
+        The file's content (empty without a file); for a simulation file, its simulation
+        parameters (provenance keys dropped).
+    is_simulation : bool
     """
+    if config_file is None:
+        return {}, False
+    loaded = load_yaml(config_file) or {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{config_file}: expected a mapping of training parameters")
     sim_keys = {f.name for f in dataclasses.fields(SimulationConfig)}
-    keys = set(mapping) - set(PROVENANCE_KEYS)
-    return bool(keys) and keys <= sim_keys and not keys & set(training_sections)
+    keys = set(loaded) - set(PROVENANCE_KEYS)
+    if keys and keys <= sim_keys and not keys & set(training_sections):
+        return {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}, True
+    return loaded, False
 
 
 def config_to_dict(config: SimulationConfig) -> dict[str, Any]:

@@ -165,9 +165,9 @@ def load_sofi_train_config(config_file: str | Path | None = None,
     """Training configuration from a YAML file (a training configuration or a
     ``simulation.yaml``) and a nested mapping of overrides."""
     from stormfold.config import merge
-    from stormfold.unrolled.train import read_training_yaml
+    from stormfold.unrolled.train import training_data_yaml
 
-    data = read_training_yaml(config_file, SofiTrainConfig, SofiDataConfig.preset)
+    data = training_data_yaml(config_file, SofiTrainConfig, SofiDataConfig.preset)
     return from_dict(SofiTrainConfig, merge(data, overrides or {}))
 
 

@@ -30,7 +30,7 @@ import torch
 from stormfold import __version__
 from stormfold.config import from_dict, to_dict
 from stormfold.errors import UserError
-from stormfold.simulate.config import looks_like_simulation, simulation_parameters
+from stormfold.simulate.config import read_training_yaml
 from stormfold.unrolled.losses import localization_loss, reconstruction_loss
 from stormfold.unrolled.sgp import SGP, ProjectedAdam
 from stormfold.unrolled.solver import UnrolledAPG
@@ -632,27 +632,14 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
 
 
 # --------------------------------------------------------------------------- CLI entry
-def read_training_yaml(config_file: str | Path | None, config_cls: type,
+def training_data_yaml(config_file: str | Path | None, config_cls: type,
                        default_preset: str) -> dict[str, Any]:
-    """A training ``--config`` file as a nested mapping for ``config_cls``.
-
-    The file is either a training configuration or a ``simulation.yaml`` (of ``stormfold
-    simulate``/``calibrate``), which then becomes the ``data`` section: the training data
-    mimic that simulation.
-    """
-    from stormfold.config import load_yaml
-
-    if config_file is None:
-        return {}
-    if not Path(config_file).is_file():
-        raise UserError(f"configuration file not found: {config_file}")
-    loaded = load_yaml(config_file) or {}
-    if not isinstance(loaded, dict):
-        raise UserError(f"{config_file}: expected a mapping of training parameters")
+    """A ``--config`` file as a nested mapping for ``config_cls`` (unrolled and SOFI trainers):
+    a ``simulation.yaml`` becomes the ``data`` section, so the training data mimic it."""
     sections = tuple(f.name for f in dataclasses.fields(config_cls) if f.name != "seed")
-    if looks_like_simulation(loaded, sections):
-        sim = simulation_parameters(loaded)
-        return {"data": {"preset": sim.pop("preset", default_preset), "simulation": sim}}
+    loaded, is_simulation = read_training_yaml(config_file, sections)
+    if is_simulation:
+        return {"data": {"preset": loaded.pop("preset", default_preset), "simulation": loaded}}
     return loaded
 
 
@@ -661,7 +648,7 @@ def load_train_config(config_file: str | Path | None = None,
     """Training configuration from a YAML file and overrides (nested mapping)."""
     from stormfold.config import merge
 
-    data = read_training_yaml(config_file, UnrolledTrainConfig, DataConfig.preset)
+    data = training_data_yaml(config_file, UnrolledTrainConfig, DataConfig.preset)
     return from_dict(UnrolledTrainConfig, merge(data, overrides or {}))
 
 
