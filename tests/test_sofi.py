@@ -9,7 +9,7 @@ import torch
 from stormfold.errors import UserError
 from stormfold.physics import BlurDownsample
 from stormfold.sofi.data import emitter_cumulants, fine_cumulant_target
-from stormfold.sofi.operator import SquaredBlurDownsample
+from stormfold.physics.operator import SquaredBlurDownsample
 from stormfold.sofi.statistics import CumulantAccumulator, movie_statistics, sofi_cumulant
 from stormfold.sofi.theory import (estimator_expectation, expected_cumulant,
                                    intensity_autocovariance, noise_offset,

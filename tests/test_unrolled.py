@@ -12,8 +12,8 @@ from torch.func import functional_call
 
 from stormfold.errors import UserError
 from stormfold.localize.components import components_to_table, find_components
-from stormfold.physics import BlurDownsample
-from stormfold.unrolled import (SGP, BandedBlurDownsample, ProjectedAdam, UnrolledAPG, binarise,
+from stormfold.physics import BandedBlurDownsample, BlurDownsample
+from stormfold.unrolled import (SGP, ProjectedAdam, UnrolledAPG, binarise,
                                 build_solver, estimate_background, fine_targets, huber,
                                 localization_loss, reconstruction_loss, smooth_projection)
 

@@ -8,10 +8,11 @@ about ``target_scale / 2``.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from stormfold.physics.psf import gaussian_kernel_1d
 
 LOSS_KERNEL_SIZE = 7
 LOSS_SIGMA_PX = 1.0
@@ -26,10 +27,9 @@ def gaussian_kernel_2d(size: int = LOSS_KERNEL_SIZE,
     """
     if size < 1 or size % 2 == 0:
         raise ValueError(f"kernel size must be odd and positive, got {size}")
-    offsets = np.arange(size) - size // 2
-    g1 = np.exp(-offsets.astype(np.float64) ** 2 / (2.0 * sigma_px ** 2))
-    g2 = np.outer(g1, g1)
-    return torch.from_numpy(g2 / g2.sum()).float()
+    g1 = gaussian_kernel_1d(sigma_px, size // 2, integrated=False, normalize=False)
+    g2 = torch.outer(g1, g1)
+    return (g2 / g2.sum()).float()
 
 
 def blur(maps: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

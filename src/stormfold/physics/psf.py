@@ -1,8 +1,13 @@
-"""Gaussian point-spread functions: width conversions and pixel-integrated profiles."""
+"""Gaussian point-spread functions: width conversions, pixel-integrated profiles, and the one
+Gaussian-kernel function every module uses (simulation, forward operators, the classical
+detector's filters, Deep-STORM's target blur)."""
 from __future__ import annotations
 
+import math
+import sys
+
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf as _scipy_erf
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # ≈ 2.3548
 
@@ -26,15 +31,52 @@ def sigma_from_optics(wavelength_nm: float, numerical_aperture: float) -> float:
     return 0.21 * float(wavelength_nm) / float(numerical_aperture)
 
 
-def integrated_gaussian_1d(edges_lo: np.ndarray, edges_hi: np.ndarray, mu: np.ndarray,
-                           sigma: np.ndarray) -> np.ndarray:
+def _erf(x):
+    # torch tensors keep autograd (a learnable σ); everything else goes through scipy. torch is
+    # only looked up, never imported here, so the numpy simulator does not pay for it.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.is_tensor(x):
+        return torch.erf(x)
+    return _scipy_erf(x)
+
+
+def integrated_gaussian_1d(edges_lo, edges_hi, mu, sigma):
     """Fraction of a 1-D Gaussian's mass inside each interval [lo, hi).
 
-    All arguments broadcast together and share one length unit.
+    All arguments broadcast together and share one length unit; numpy arrays or torch
+    tensors (differentiable in ``sigma``).
     ``0.5·(erf((hi − μ)/(√2σ)) − erf((lo − μ)/(√2σ)))``.
     """
-    s = np.sqrt(2.0) * sigma
-    return 0.5 * (erf((edges_hi - mu) / s) - erf((edges_lo - mu) / s))
+    scale = 1.0 / (math.sqrt(2.0) * sigma)
+    return 0.5 * (_erf((edges_hi - mu) * scale) - _erf((edges_lo - mu) * scale))
+
+
+def gaussian_kernel_1d(sigma_px, radius: int, integrated: bool = True, normalize: bool = True):
+    """1-D Gaussian on the integer offsets −radius … radius (σ in pixels), as a torch tensor.
+
+    Parameters
+    ----------
+    sigma_px : float or 0-d torch.Tensor
+        Standard deviation in pixels. A tensor keeps its dtype, device and autograd (the
+        learnable σ of the forward operators); a float gives float64.
+    radius : int
+        Half-width of the support.
+    integrated : bool
+        True: each tap is the Gaussian's mass over its pixel [t − ½, t + ½) (the PSF of a
+        pixelated detector); False: the Gaussian sampled at t (``fspecial('gaussian')``).
+    normalize : bool
+        Divide by the sum, so the kernel has mass 1 despite the truncation.
+    """
+    import torch
+
+    sigma = sigma_px if torch.is_tensor(sigma_px) else torch.tensor(float(sigma_px),
+                                                                    dtype=torch.float64)
+    offsets = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    if integrated:
+        k = integrated_gaussian_1d(offsets - 0.5, offsets + 0.5, 0.0, sigma)
+    else:
+        k = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return k / k.sum() if normalize else k
 
 
 def integrated_gaussian_windows(x_px: np.ndarray, y_px: np.ndarray, sigma_px: np.ndarray,

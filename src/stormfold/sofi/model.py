@@ -30,7 +30,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.modelfile import check_state_dict, load_model, save_model
-from stormfold.sofi.operator import SquaredBlurDownsample
+from stormfold.physics.operator import SquaredBlurDownsample
 from stormfold.sofi.statistics import check_order_lag
 from stormfold.unrolled.solver import UnrolledAPG
 

@@ -44,7 +44,7 @@ and −v/T at lag 1. Summing: the expected cumulant image is
     E Ĝ₂(lag)(p) = Σ_e E_T[γ_I](lag)·g_e(p)² + E_T[noise](lag)(p),
 
 which :func:`expected_cumulant` evaluates with the exact PSF of each fluorophore (continuous
-positions) and :class:`stormfold.sofi.operator.SquaredBlurDownsample` evaluates on the fine
+positions) and :class:`stormfold.physics.operator.SquaredBlurDownsample` evaluates on the fine
 grid.
 """
 from __future__ import annotations

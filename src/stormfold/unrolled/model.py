@@ -21,7 +21,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.modelfile import check_state_dict, load_model, save_model
-from stormfold.unrolled.operator import BandedBlurDownsample
+from stormfold.physics.operator import BandedBlurDownsample
 from stormfold.unrolled.solver import UnrolledAPG
 
 ENGINE = "unrolled"

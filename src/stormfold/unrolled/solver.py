@@ -157,7 +157,7 @@ class UnrolledAPG(nn.Module):
     operator : object
         Forward operator with ``A`` (fine → camera), ``A_adjoint``, ``norm_sq`` (bound of
         ‖H‖²) and ``lambda_max(y, b, fidelity)``; e.g.
-        :class:`stormfold.unrolled.operator.BandedBlurDownsample`.
+        :class:`stormfold.physics.operator.BandedBlurDownsample`.
     iterations : int
         Number of unrolled iterations K.
     fidelity : {"ls", "kl"}

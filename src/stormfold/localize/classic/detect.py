@@ -21,15 +21,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stormfold.physics.psf import gaussian_kernel_1d
+
 MAD_TO_STD = 1.4826
 
 
 def gaussian_kernel(sigma_px: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised 1-D Gaussian sampled at integer offsets, truncated at 3σ (at least ±1)."""
     radius = max(1, int(math.ceil(3.0 * sigma_px)))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma_px) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
+    k = gaussian_kernel_1d(float(sigma_px), radius, integrated=False)
+    return k.to(dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=32)
