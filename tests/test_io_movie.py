@@ -12,7 +12,7 @@ import yaml
 from stormfold.errors import UserError
 from stormfold.io import Movie, TiffStackWriter, open_movie, write_tiff
 from stormfold.io import tiff as tiff_module
-from stormfold.io.movie import unit_to_nm
+from stormfold.io.metadata import unit_to_nm
 
 
 def _stack(n=5, rows=8, cols=6, dtype=np.uint16):

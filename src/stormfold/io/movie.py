@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,58 +30,12 @@ import numpy as np
 import tifffile
 
 from stormfold.errors import UserError
+from stormfold.io.metadata import (check_pixel_size, load_yaml_documents,
+                                   pixel_size_from_documents, tiff_pixel_size)
+from stormfold.physics.geometry import FrameGeometry
 
 #: File suffixes recognised as TIFF when listing a folder of frames.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-
-#: Pixel sizes above this (nm) are taken as placeholder DPI values, not a calibration:
-#: 72 dpi gives 352,778 nm, far beyond any microscope camera pixel in sample space.
-MAX_PLAUSIBLE_PIXEL_NM = 1e5
-
-# Nanometres per length unit as written by ImageJ, OME and TIFF writers. ImageJ writes
-# the micro sign escaped as the six characters "\u00B5"; those are normalised first.
-_UNIT_NM = {
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "nanometers": 1.0, "nanometres": 1.0,
-    "µm": 1e3, "um": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3,
-    "micrometre": 1e3, "micrometers": 1e3, "micrometres": 1e3,
-    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
-    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
-    "m": 1e9, "meter": 1e9, "metre": 1e9,
-    "å": 0.1, "angstrom": 0.1,
-    "inch": 2.54e7, "in": 2.54e7,
-}
-# TIFF ResolutionUnit codes (4 and 5 are tifffile extensions); 1 (none) carries no length.
-_RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
-
-
-# --------------------------------------------------------------------------- pixel size
-def check_pixel_size(value: Any, source: str = "pixel size") -> float:
-    """Return ``value`` as a positive finite float (nm) or raise :class:`UserError`."""
-    try:
-        px = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: pixel size must be a number of nm, got {value!r}") from None
-    if not (math.isfinite(px) and px > 0):
-        raise UserError(f"{source}: pixel size must be positive, got {value!r}")
-    return px
-
-
-def unit_to_nm(unit: str | None) -> float | None:
-    """Nanometres per ``unit`` (ImageJ/OME spelling), or ``None`` for no or unknown unit."""
-    if unit is None:
-        return None
-    text = str(unit).strip()
-    text = re.sub(r"\\u00b5", "µ", text, flags=re.IGNORECASE).replace("\u03bc", "µ")
-    return _UNIT_NM.get(text.lower())
-
-
-def _plausible(px: float | None, what: str) -> tuple[float | None, str | None]:
-    if px is None or not math.isfinite(px) or px <= 0:
-        return None, None
-    if px > MAX_PLAUSIBLE_PIXEL_NM:
-        return None, f"{what} gives {px:.6g} nm per pixel (a placeholder DPI, not a calibration)"
-    return px, None
-
 
 # --------------------------------------------------------------------------- readers
 class _ContiguousReader:
@@ -279,6 +232,12 @@ class Movie:
             raise UserError(f"pixel size unknown for {self.path}{why}: pass --pixel-size NM")
         return float(self.pixel_size_nm)
 
+    @property
+    def geometry(self) -> FrameGeometry:
+        """Frame size and camera pixel size (:class:`UserError` asking for ``--pixel-size``
+        when the pixel size is unknown)."""
+        return FrameGeometry(self.shape[0], self.shape[1], self.require_pixel_size())
+
     def close(self) -> None:
         """Release the file handle (reading afterwards is an error)."""
         if self._reader is not None:
@@ -458,50 +417,6 @@ def _pages_are_frames(all_series: list, shape: tuple[int, int], dtype: np.dtype)
                for s in all_series)
 
 
-def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str | None]:
-    """Pixel size (nm) of an open TIFF and, when unknown, a note saying why.
-
-    Order: OME ``PhysicalSizeX``; ImageJ ``unit`` with X/YResolution; ResolutionUnit
-    inch/cm with X/YResolution. Resolution unit "none" without an ImageJ unit is unknown.
-    """
-    if tif.is_ome:
-        px = _ome_pixel_size(tif.ome_metadata)
-        if px is not None:
-            return _plausible(px, "OME PhysicalSizeX")
-    page = tif.pages[0]
-    xres, yres = (float(v) for v in page.resolution)
-    unit = (tif.imagej_metadata or {}).get("unit")
-    scale = unit_to_nm(unit)
-    what = f"ImageJ unit {unit!r}"
-    if scale is None:
-        scale = _RESUNIT_NM.get(int(page.resolutionunit))
-        what = f"ResolutionUnit {int(page.resolutionunit)}"
-    if scale is None or xres <= 0 or yres <= 0:
-        return None, "no length unit in the TIFF resolution tags"
-    px_x, px_y = scale / xres, scale / yres
-    if not math.isclose(px_x, px_y, rel_tol=1e-6):
-        return None, f"non-square pixels {px_x:.6g} x {px_y:.6g} nm"
-    return _plausible(px_x, what)
-
-
-def _ome_pixel_size(xml: str | None) -> float | None:
-    if not xml:
-        return None
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return None
-    for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in element.attrib:
-            scale = unit_to_nm(element.attrib.get("PhysicalSizeXUnit", "µm"))
-            try:
-                value = float(element.attrib["PhysicalSizeX"])
-            except ValueError:
-                return None
-            return None if scale is None else value * scale
-    return None
-
-
 def _tiff_metadata(tif: tifffile.TiffFile) -> dict:
     """Small, JSON-friendly summary of what the TIFF says about itself."""
     page = tif.pages[0]
@@ -579,8 +494,6 @@ def _folder_frame_info(file: Path):
 
 # --------------------------------------------------------------------------- Picasso raw
 def _open_picasso_raw(path: Path) -> Movie:
-    from stormfold.io.picasso import load_yaml_documents, pixel_size_from_documents
-
     sidecar = path.with_suffix(".yaml")
     if not sidecar.is_file():
         raise UserError(f"{path}: Picasso .raw movie without its {sidecar.name} sidecar")

@@ -16,7 +16,6 @@ Column mapping: ``photons`` ↔ photons; mean of ``sx``, ``sy`` (px) × px ↔ `
 """
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,7 +28,8 @@ import yaml
 from stormfold import __version__
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path
-from stormfold.io.movie import check_pixel_size
+from stormfold.io.metadata import (check_pixel_size, load_yaml_documents,
+                                   pixel_size_from_documents, sidecar_path)
 from stormfold.table import n_frames_of, validate_table
 
 LOCS_DATASET = "locs"
@@ -37,79 +37,6 @@ LOCS_DATASET = "locs"
 BASE_FIELDS = ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy")
 # Table columns consumed by the base fields (everything else becomes an extra field).
 _MAPPED_COLUMNS = ("frame", "x_nm", "y_nm", "photons", "sigma_nm", "bg", "uncertainty_nm")
-# Keys holding the camera pixel size (nm) in Picasso's documents, in order of preference.
-_PIXEL_KEYS = ("Pixelsize", "Camera.Pixelsize")
-
-
-# --------------------------------------------------------------------------- YAML sidecar
-class _LenientLoader(yaml.SafeLoader):
-    """SafeLoader that turns unknown tags (e.g. ``!!python/object`` from numpy values in
-    files written by Picasso) into ``None`` instead of failing; never runs code."""
-
-
-_LenientLoader.add_multi_constructor("", lambda loader, suffix, node: None)
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """The YAML sidecar of a Picasso file: same folder, same stem, ``.yaml``."""
-    return Path(path).with_suffix(".yaml")
-
-
-def load_yaml_documents(path: str | Path) -> list[dict]:
-    """All mapping documents of a multi-document YAML file (other documents skipped).
-
-    Raises
-    ------
-    UserError
-        When the file cannot be read or parsed.
-    """
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            documents = list(yaml.load_all(fh, Loader=_LenientLoader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read YAML ({detail})") from None
-    return [doc for doc in documents if isinstance(doc, dict)]
-
-
-def _pixel_candidates(documents: Sequence[Mapping]) -> list[float]:
-    found = []
-    for doc in documents:
-        camera = doc.get("Camera")
-        nested = camera.get("Pixelsize") if isinstance(camera, Mapping) else None
-        for value in [doc.get(key) for key in _PIXEL_KEYS] + [nested]:
-            try:
-                px = float(value)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(px) and px > 0:
-                found.append(px)
-                break  # one value per document: Pixelsize before Camera.Pixelsize
-    return found
-
-
-def pixel_size_from_documents(documents: Sequence[Mapping],
-                              source: str | Path = "") -> float | None:
-    """Camera pixel size (nm) from Picasso YAML documents, or ``None``.
-
-    The first document that has ``Pixelsize`` (or ``Camera.Pixelsize``) wins: it
-    describes the acquisition (or the movie simulated), while later documents are
-    processing steps whose ``Pixelsize`` may be a GUI default (Picasso Localize's 130 nm
-    next to a 160 nm simulation in Picasso's own test data). Disagreeing documents
-    raise a warning naming both values.
-    """
-    found = _pixel_candidates(documents)
-    if not found:
-        return None
-    if any(not math.isclose(v, found[0]) for v in found[1:]):
-        others = ", ".join(f"{v:g}" for v in found[1:])
-        warnings.warn(f"{source}: YAML documents give different pixel sizes ({found[0]:g} "
-                      f"and {others} nm); using {found[0]:g} nm from the first one "
-                      f"(pass --pixel-size to choose)", UserWarning, stacklevel=3)
-    return found[0]
-
-
 def _first_int(documents: Sequence[Mapping], key: str) -> int | None:
     for doc in documents:
         if key in doc:

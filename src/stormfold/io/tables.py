@@ -28,7 +28,7 @@ import yaml
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
-from stormfold.io.movie import check_pixel_size
+from stormfold.io.metadata import check_pixel_size
 from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of, validate_table

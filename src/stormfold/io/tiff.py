@@ -27,7 +27,7 @@ import numpy as np
 import tifffile
 
 from stormfold.io.atomic import atomic_path
-from stormfold.io.movie import check_pixel_size
+from stormfold.io.metadata import check_pixel_size
 
 #: Pixel data larger than this (bytes, ~3.9 GB) go to BigTIFF, keeping clear of the
 #: 4 GiB offset limit of classic TIFF (headers and IFDs need room too).

@@ -1,0 +1,187 @@
+"""What movie and localization files say about themselves: pixel sizes and sidecars.
+
+The one place that reads a camera pixel size out of file metadata (TIFF resolution tags,
+ImageJ and OME units, Picasso YAML sidecars) and checks a pixel size given by the user;
+:mod:`stormfold.io.movie`, :mod:`stormfold.io.picasso`, :mod:`stormfold.io.tiff` and
+:mod:`stormfold.io.tables` import these from here, never from each other.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import yaml
+
+from stormfold.errors import UserError
+
+if TYPE_CHECKING:
+    import tifffile
+
+#: Pixel sizes above this (nm) are taken as placeholder DPI values, not a calibration:
+#: 72 dpi gives 352,778 nm, far beyond any microscope camera pixel in sample space.
+MAX_PLAUSIBLE_PIXEL_NM = 1e5
+
+# Nanometres per length unit as written by ImageJ, OME and TIFF writers. ImageJ writes
+# the micro sign escaped as the six characters "\u00B5"; those are normalised first.
+_UNIT_NM = {
+    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "nanometers": 1.0, "nanometres": 1.0,
+    "µm": 1e3, "um": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3,
+    "micrometre": 1e3, "micrometers": 1e3, "micrometres": 1e3,
+    "mm": 1e6, "millimeter": 1e6, "millimetre": 1e6,
+    "cm": 1e7, "centimeter": 1e7, "centimetre": 1e7,
+    "m": 1e9, "meter": 1e9, "metre": 1e9,
+    "å": 0.1, "angstrom": 0.1,
+    "inch": 2.54e7, "in": 2.54e7,
+}
+# TIFF ResolutionUnit codes (4 and 5 are tifffile extensions); 1 (none) carries no length.
+_RESUNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}
+
+
+def check_pixel_size(value: Any, source: str = "pixel size") -> float:
+    """Return ``value`` as a positive finite float (nm) or raise :class:`UserError`."""
+    try:
+        px = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: pixel size must be a number of nm, got {value!r}") from None
+    if not (math.isfinite(px) and px > 0):
+        raise UserError(f"{source}: pixel size must be positive, got {value!r}")
+    return px
+
+
+def unit_to_nm(unit: str | None) -> float | None:
+    """Nanometres per ``unit`` (ImageJ/OME spelling), or ``None`` for no or unknown unit."""
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    text = re.sub(r"\\u00b5", "µ", text, flags=re.IGNORECASE).replace("\u03bc", "µ")
+    return _UNIT_NM.get(text.lower())
+
+
+def _plausible(px: float | None, what: str) -> tuple[float | None, str | None]:
+    if px is None or not math.isfinite(px) or px <= 0:
+        return None, None
+    if px > MAX_PLAUSIBLE_PIXEL_NM:
+        return None, f"{what} gives {px:.6g} nm per pixel (a placeholder DPI, not a calibration)"
+    return px, None
+
+
+# --------------------------------------------------------------------------- TIFF tags
+def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str | None]:
+    """Pixel size (nm) of an open TIFF and, when unknown, a note saying why.
+
+    Order: OME ``PhysicalSizeX``; ImageJ ``unit`` with X/YResolution; ResolutionUnit
+    inch/cm with X/YResolution. Resolution unit "none" without an ImageJ unit is unknown.
+    """
+    if tif.is_ome:
+        px = _ome_pixel_size(tif.ome_metadata)
+        if px is not None:
+            return _plausible(px, "OME PhysicalSizeX")
+    page = tif.pages[0]
+    xres, yres = (float(v) for v in page.resolution)
+    unit = (tif.imagej_metadata or {}).get("unit")
+    scale = unit_to_nm(unit)
+    what = f"ImageJ unit {unit!r}"
+    if scale is None:
+        scale = _RESUNIT_NM.get(int(page.resolutionunit))
+        what = f"ResolutionUnit {int(page.resolutionunit)}"
+    if scale is None or xres <= 0 or yres <= 0:
+        return None, "no length unit in the TIFF resolution tags"
+    px_x, px_y = scale / xres, scale / yres
+    if not math.isclose(px_x, px_y, rel_tol=1e-6):
+        return None, f"non-square pixels {px_x:.6g} x {px_y:.6g} nm"
+    return _plausible(px_x, what)
+
+
+def _ome_pixel_size(xml: str | None) -> float | None:
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in element.attrib:
+            scale = unit_to_nm(element.attrib.get("PhysicalSizeXUnit", "µm"))
+            try:
+                value = float(element.attrib["PhysicalSizeX"])
+            except ValueError:
+                return None
+            return None if scale is None else value * scale
+    return None
+
+
+# --------------------------------------------------------------------------- Picasso YAML sidecars
+# Keys holding the camera pixel size (nm) in Picasso's documents, in order of preference.
+_PIXEL_KEYS = ("Pixelsize", "Camera.Pixelsize")
+
+
+class _LenientLoader(yaml.SafeLoader):
+    """SafeLoader that turns unknown tags (e.g. ``!!python/object`` from numpy values in
+    files written by Picasso) into ``None`` instead of failing; never runs code."""
+
+
+_LenientLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The YAML sidecar of a Picasso file: same folder, same stem, ``.yaml``."""
+    return Path(path).with_suffix(".yaml")
+
+
+def load_yaml_documents(path: str | Path) -> list[dict]:
+    """All mapping documents of a multi-document YAML file (other documents skipped).
+
+    Raises
+    ------
+    UserError
+        When the file cannot be read or parsed.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            documents = list(yaml.load_all(fh, Loader=_LenientLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot read YAML ({detail})") from None
+    return [doc for doc in documents if isinstance(doc, dict)]
+
+
+def _pixel_candidates(documents: Sequence[Mapping]) -> list[float]:
+    found = []
+    for doc in documents:
+        camera = doc.get("Camera")
+        nested = camera.get("Pixelsize") if isinstance(camera, Mapping) else None
+        for value in [doc.get(key) for key in _PIXEL_KEYS] + [nested]:
+            try:
+                px = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(px) and px > 0:
+                found.append(px)
+                break  # one value per document: Pixelsize before Camera.Pixelsize
+    return found
+
+
+def pixel_size_from_documents(documents: Sequence[Mapping],
+                              source: str | Path = "") -> float | None:
+    """Camera pixel size (nm) from Picasso YAML documents, or ``None``.
+
+    The first document that has ``Pixelsize`` (or ``Camera.Pixelsize``) wins: it
+    describes the acquisition (or the movie simulated), while later documents are
+    processing steps whose ``Pixelsize`` may be a GUI default (Picasso Localize's 130 nm
+    next to a 160 nm simulation in Picasso's own test data). Disagreeing documents
+    raise a warning naming both values.
+    """
+    found = _pixel_candidates(documents)
+    if not found:
+        return None
+    if any(not math.isclose(v, found[0]) for v in found[1:]):
+        others = ", ".join(f"{v:g}" for v in found[1:])
+        warnings.warn(f"{source}: YAML documents give different pixel sizes ({found[0]:g} "
+                      f"and {others} nm); using {found[0]:g} nm from the first one "
+                      f"(pass --pixel-size to choose)", UserWarning, stacklevel=3)
+    return found[0]
