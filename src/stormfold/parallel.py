@@ -15,6 +15,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from stormfold.config import to_dict
 from stormfold.errors import UserError
 from stormfold.physics.camera import Camera
+from stormfold.physics.geometry import FrameGeometry
 
 PLUGIN_NAME = "stormfold-engine"
 
@@ -40,7 +41,7 @@ class EnginePlugin(WorkerPlugin):
 
 
 def _localize_chunk(movie_paths: list[str], pixel_size_nm: float | None, camera: dict,
-                    px: float, start: int, stop: int, batch_frames: int):
+                    geometry: FrameGeometry, start: int, stop: int, batch_frames: int):
     from distributed import get_worker
 
     from stormfold.io.movie import open_movies
@@ -48,11 +49,12 @@ def _localize_chunk(movie_paths: list[str], pixel_size_nm: float | None, camera:
 
     engine = get_worker().plugins[PLUGIN_NAME].engine
     with open_movies(movie_paths, pixel_size_nm=pixel_size_nm) as movie:
-        return localize_range(movie, engine, Camera(**camera), px, start, stop, batch_frames)
+        return localize_range(movie, engine, Camera(**camera), geometry, start, stop, batch_frames)
 
 
 def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, spec, device,
-                           camera: Camera, px: float, in_flight_per_worker: int = 2) -> Iterator:
+                           camera: Camera, geometry: FrameGeometry,
+                           in_flight_per_worker: int = 2) -> Iterator:
     """Yield the :class:`~stormfold.localize.runner.BatchResult` of each chunk, in order.
 
     Parameters
@@ -66,6 +68,12 @@ def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, s
     spec : EngineSpec
         Model (a folder or ``builtin:NAME``) or model-free engine, threshold, options,
         batch size.
+    device : torch.device or str or None
+        Device of the workers' engines.
+    camera : Camera
+        ADU → photon conversion.
+    geometry : FrameGeometry
+        The movie's geometry on the engine's fine grid.
     """
     from distributed import Client
 
@@ -88,8 +96,8 @@ def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, s
             nxt = next(todo, None)
             if nxt is None:
                 return False
-            window.append(client.submit(_localize_chunk, paths, given_px, cam, px, nxt[0], nxt[1],
-                                        spec.batch_frames, pure=False))
+            window.append(client.submit(_localize_chunk, paths, given_px, cam, geometry, nxt[0],
+                                        nxt[1], spec.batch_frames, pure=False))
             return True
 
         for _ in range(n_workers * in_flight_per_worker):

@@ -1,8 +1,9 @@
 """Training of Deep-STORM on simulated (or given) movies (SPEC §4), with exact resume.
 
-The pipeline: simulate the training frames (or read a movie and its ground truth) → convert
-ADU to photons with the camera model → fix the normalisation from these frames → draw
-patches (≥ ``min_emitters`` emitters each) → 70/30 train/validation split → Adam with
+Deep-STORM supplies its network, loss and decoder to the training lifecycle of
+:mod:`stormfold.training`: simulate the training frames (or read a movie and its ground
+truth) → fix the normalisation from these frames → draw patches (≥ ``min_emitters``
+emitters each; targets on the fine grid) → 70/30 train/validation split → Adam with
 ReduceLROnPlateau on the validation loss, keeping the best-validation weights → calibrate
 the extraction threshold on held-back frames (maximum Jaccard at 100 nm) → write the model.
 
@@ -14,10 +15,7 @@ the same epochs and the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -26,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stormfold import __version__
 from stormfold.config import from_dict, merge, parse_overrides, to_dict
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
 from stormfold.deepstorm.engine import ENGINE, UPSAMPLINGS, DeepStormEngine
@@ -34,11 +31,12 @@ from stormfold.deepstorm.loss import DeepStormLoss
 from stormfold.deepstorm.model import DEFAULT_CHANNELS, DeepSTORM, count_parameters
 from stormfold.deepstorm.normalization import Normalization, fit_normalization, upsample
 from stormfold.errors import UserError
-from stormfold.physics.camera import Camera
-from stormfold.simulate.config import (PROVENANCE_KEYS, SimulationConfig, build_config,
-                                       read_training_yaml)
+from stormfold.simulate.config import PROVENANCE_KEYS, SimulationConfig, build_config
+from stormfold.training import (Budget, Calibration, TrainingData, TrainingRun,
+                                movie_data, read_config_file, run_loop, simulated_data,
+                                without, write_history)
+from stormfold.training import calibrate_threshold as calibrate_by_jaccard
 
-CHECKPOINT_DIR = "checkpoint"
 HISTORY_CSV = "training.csv"
 LOSS_PNG = "loss.png"
 HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr", "seconds")
@@ -178,9 +176,6 @@ class DeepStormTrainConfig:
             raise UserError(f"seed must be ≥ 0, got {self.seed}")
 
 
-_SECTIONS = ("seed", "simulation", "architecture", "patches", "schedule", "calibration")
-
-
 def build_train_config(preset: str | None = None, config_file: str | Path | None = None,
                        overrides: list[str] | dict | None = None, seed: int | None = None,
                        epochs: int | None = None, n_patches: int | None = None,
@@ -193,8 +188,7 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
     file (``simulation.yaml`` of ``stormfold simulate``/``calibrate``), which then becomes the
     ``simulation`` section.
     """
-    loaded, is_simulation = read_training_yaml(config_file, tuple(k for k in _SECTIONS if k != "seed"))
-    data: dict[str, Any] = {"simulation": loaded} if is_simulation else loaded
+    data: dict[str, Any] = read_config_file(config_file, DeepStormTrainConfig, "simulation")
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     data = merge(data, over)
     explicit = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
@@ -212,61 +206,6 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
     cfg.simulation = build_config(preset=preset or sim.get("preset"), overrides=sim,
                                   seed=int(train_seed))
     return cfg
-
-
-# ---------------------------------------------------------------------- data
-@dataclass
-class TrainingData:
-    """Frames in photons with their truth, and what they were made from."""
-
-    photons: np.ndarray
-    truth: pd.DataFrame
-    pixel_size_nm: float
-    camera: Camera
-    description: dict[str, Any]
-
-
-def simulated_data(config: SimulationConfig) -> TrainingData:
-    """Simulate frames and convert them to photons with the same camera model as inference."""
-    from stormfold.simulate import simulate
-
-    sim = simulate(config)
-    photons = config.camera.backward(sim.movie)
-    return TrainingData(photons, sim.truth, config.pixel_size_nm, config.camera,
-                        {"source": "simulation", "simulation": to_dict(config)})
-
-
-def movie_data(movie_path: str | Path, truth_path: str | Path,
-               config: SimulationConfig) -> TrainingData:
-    """A given movie and its ground truth (e.g. a ThunderSTORM simulation).
-
-    The camera comes from the movie's metadata when stormfold wrote it, else from the
-    configuration's ``simulation.camera``; the pixel size from the movie's metadata, else
-    ``simulation.pixel_size_nm``.
-    """
-    from stormfold.io.movie import open_movie
-    from stormfold.io.tables import read_table
-    from stormfold.localize.runner import resolve_camera
-
-    movie_path, truth_path = Path(movie_path), Path(truth_path)
-    for label, path in (("movie", movie_path), ("truth", truth_path)):
-        if not path.exists():
-            raise UserError(f"{label} file not found: {path}")
-    truth = read_table(truth_path)
-    with open_movie(movie_path) as mv:
-        px = mv.pixel_size_nm if mv.pixel_size_nm is not None else config.pixel_size_nm
-        camera, cam_source = resolve_camera(None, mv, None)
-        if cam_source.startswith("default"):
-            camera, cam_source = config.camera, "configuration simulation.camera"
-        frames = mv.read(0, mv.n_frames)
-    if len(truth) and int(truth["frame"].max()) >= len(frames):
-        last = int(truth["frame"].max()) + 1
-        raise UserError(f"{truth_path}: ground truth has frames up to {last} but {movie_path} "
-                        f"has {len(frames)} frames")
-    return TrainingData(camera.backward(frames), truth, float(px), camera,
-                        {"source": "movie", "movie": str(movie_path), "truth": str(truth_path),
-                         "n_frames": int(len(frames)), "frame_shape": list(frames.shape[1:]),
-                         "camera_source": cam_source})
 
 
 # ---------------------------------------------------------------------- helpers
@@ -322,83 +261,61 @@ def evaluate_loss(model: DeepSTORM, loss_fn: DeepStormLoss, patches: PatchSet,
     return total / n
 
 
-def write_history(out_dir: Path, history: list[dict]) -> None:
-    """``training.csv`` and the loss-curve PNG (both written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from stormfold.io.atomic import atomic_path, write_text
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(HISTORY_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
-    write_text(out_dir / HISTORY_CSV, buf.getvalue())
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], "o-", ms=3, label="training")
-    ax.plot(epochs, [r["val_loss"] for r in history], "o-", ms=3, label="validation")
+def _plot_loss(fig, history: pd.DataFrame) -> None:
+    ax = fig.add_subplot()
+    ax.plot(history["epoch"], history["loss"], "o-", ms=3, label="training")
+    ax.plot(history["epoch"], history["val_loss"], "o-", ms=3, label="validation")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend()
     ax.set_title("Deep-STORM training")
-    fig.tight_layout()
-    with atomic_path(out_dir / LOSS_PNG) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+
+
+def write_training_history(out_dir: Path, history: list[dict]) -> None:
+    """``training.csv`` and the loss-curve PNG (both written atomically)."""
+    write_history(out_dir, history, HISTORY_CSV, HISTORY_COLUMNS, png_name=LOSS_PNG,
+                  plot=_plot_loss, figsize=(5, 3.2))
 
 
 # ---------------------------------------------------------------------- calibration
-@dataclass
-class Calibration:
-    """Result of the threshold calibration."""
-
-    threshold: float
-    jaccard: float
-    tolerance_nm: float
-    curve: list[tuple[float, float]]
-    n_frames: int
-    source: str
-
-
 def calibrate_threshold(engine: DeepStormEngine, photons: np.ndarray, truth: pd.DataFrame,
                         pixel_size_nm: float, thresholds: list[float], tolerance_nm: float = 100.0,
                         source: str = "") -> Calibration:
     """The threshold (fraction of target_scale) maximising the Jaccard index on given frames.
 
-    The network runs once; local maxima are found once at the lowest threshold and filtered
-    for each candidate (a local maximum does not depend on the threshold).
+    Deep-STORM's decoder for :func:`stormfold.training.calibrate_threshold`: the network runs
+    once and local maxima are found once at the lowest threshold; each candidate only
+    filters them (a local maximum does not depend on the threshold).
     """
-    from stormfold.evaluate import evaluate
-    from stormfold.localize.peaks import find_peaks
+    from stormfold.localize.peaks import find_peaks, peaks_to_table
 
-    thresholds = sorted(float(t) for t in thresholds)
-    maps = engine.predict(photons)
-    peaks = find_peaks(maps, thresholds[0] * engine.target_scale)
-    fine = pixel_size_nm / engine.upsampling
-    frame = peaks.index.cpu().numpy()
-    x = peaks.x_px.cpu().numpy() * fine
-    y = peaks.y_px.cpu().numpy() * fine
+    lowest = min(float(t) for t in thresholds)
+    peaks = find_peaks(engine.predict(photons), lowest * engine.target_scale)
+    table = peaks_to_table(peaks, 0, pixel_size_nm / engine.upsampling,
+                           confidence_scale=engine.target_scale)
     peak_value = peaks.value.cpu().numpy() / engine.target_scale
-    curve = []
-    for t in thresholds:
-        keep = peak_value > t
-        table = pd.DataFrame({"frame": frame[keep].astype(np.int64), "x_nm": x[keep],
-                              "y_nm": y[keep]})
-        metrics = evaluate(truth, table, tolerances_nm=(tolerance_nm,))
-        curve.append((t, float(metrics["jaccard"].iloc[0])))
-    jaccards = np.nan_to_num(np.array([j for _, j in curve]), nan=0.0)
-    best = int(np.argmax(jaccards))
-    if len(curve) > 1 and best in (0, len(curve) - 1) and jaccards[best] > 0:
-        warnings.warn(f"calibrated threshold {curve[best][0]:g} is at the edge of the candidates "
-                      f"({thresholds[0]:g}–{thresholds[-1]:g}); widen calibration.thresholds")
-    return Calibration(threshold=curve[best][0], jaccard=float(jaccards[best]),
-                       tolerance_nm=tolerance_nm, curve=curve, n_frames=int(len(photons)),
-                       source=source)
+
+    def decode(threshold: float) -> pd.DataFrame:
+        return table[peak_value > threshold]
+
+    return calibrate_by_jaccard(decode, truth, thresholds, tolerance_nm, len(photons), source)
+
+
+def _calibrate(config: DeepStormTrainConfig, engine: DeepStormEngine, data: TrainingData,
+               val_set: PatchSet, from_movie: bool) -> Calibration:
+    """Threshold calibration on fresh simulated frames (seed + 1), or the validation patches."""
+    cal_cfg = config.calibration
+    if not from_movie:
+        sim = copy.deepcopy(config.simulation)
+        sim.seed, sim.n_frames = config.seed + 1, cal_cfg.n_frames
+        cal = simulated_data(sim)
+        return calibrate_threshold(engine, cal.photons, cal.truth, data.pixel_size_nm,
+                                   cal_cfg.thresholds, cal_cfg.tolerance_nm,
+                                   source=f"{cal_cfg.n_frames} simulated frames, seed {sim.seed}")
+    return calibrate_threshold(engine, val_set.images, val_set.truth_table(data.pixel_size_nm),
+                               data.pixel_size_nm, cal_cfg.thresholds, cal_cfg.tolerance_nm,
+                               source=f"{len(val_set)} validation patches")
 
 
 # ---------------------------------------------------------------------- training
@@ -438,22 +355,6 @@ def _on_step(bar, epoch: int, step: int, mean_loss: float, last_val: float | Non
         callback(epoch, step)
 
 
-def _calibrate(config: DeepStormTrainConfig, engine: DeepStormEngine, data: TrainingData,
-               val_set: PatchSet, from_movie: bool) -> Calibration:
-    """Threshold calibration on fresh simulated frames (seed + 1), or the validation patches."""
-    cal_cfg = config.calibration
-    if not from_movie:
-        sim = copy.deepcopy(config.simulation)
-        sim.seed, sim.n_frames = config.seed + 1, cal_cfg.n_frames
-        cal = simulated_data(sim)
-        return calibrate_threshold(engine, cal.photons, cal.truth, data.pixel_size_nm,
-                                   cal_cfg.thresholds, cal_cfg.tolerance_nm,
-                                   source=f"{cal_cfg.n_frames} simulated frames, seed {sim.seed}")
-    return calibrate_threshold(engine, val_set.images, val_set.truth_table(data.pixel_size_nm),
-                               data.pixel_size_nm, cal_cfg.thresholds, cal_cfg.tolerance_nm,
-                               source=f"{len(val_set)} validation patches")
-
-
 @dataclass
 class TrainResult:
     """What :func:`train_deepstorm` produced."""
@@ -464,27 +365,60 @@ class TrainResult:
     engine: DeepStormEngine
 
 
-def _check_out_dir(out_dir: Path, resume: bool) -> Path:
-    from stormfold.modelfile import META
-    ckpt = out_dir / CHECKPOINT_DIR
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-    if resume:
-        if not (ckpt / "state.json").is_file():
-            raise UserError(f"--resume: no checkpoint in {ckpt} to continue from")
-    elif (ckpt / "state.json").is_file() or (out_dir / META).is_file():
-        raise UserError(f"{out_dir} already holds a model or a checkpoint: use --resume to "
-                        f"continue it, or another --out")
-    return ckpt
+@dataclass
+class _State:
+    """What changes from epoch to epoch (all of it goes into the checkpoint)."""
+
+    model: DeepSTORM
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: list[dict] = field(default_factory=list)
+    best_val: float = float("inf")
+    best_epoch: int = -1
+    best_weights: dict = field(default_factory=dict)
+
+    def keep_if_best(self, val_loss: float, epoch: int) -> None:
+        if val_loss < self.best_val:
+            self.best_val, self.best_epoch = val_loss, epoch
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def save(self, run: TrainingRun, epoch: int) -> None:
+        run.save(self.model, self.optimizer,
+                 tensors={f"best.{k}": v for k, v in self.best_weights.items()},
+                 state={"epoch": epoch, "history": self.history, "best_val": self.best_val,
+                        "best_epoch": self.best_epoch, "scheduler": self.scheduler.state_dict()})
+
+    def restore(self, run: TrainingRun, fingerprint: str, epochs: int, device) -> int:
+        """Continue a checkpoint (resume); returns the first epoch to run."""
+        loaded = run.restore(self.model, self.optimizer, data=fingerprint)
+        if loaded is None:
+            return 0
+        extra, state = loaded
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
+        self.best_weights = {k[len("best."):]: v.to(device) for k, v in extra.items()
+                             if k.startswith("best.")}
+        first = state["epoch"] + 1
+        if epochs < first:
+            raise UserError(f"--resume: the checkpoint already has {first} epochs, more "
+                            f"than the {epochs} asked for")
+        return first
 
 
-def _config_key(config: DeepStormTrainConfig | dict) -> dict:
-    """Parts of the configuration a resumed run must share: everything that shapes the
-    training trajectory, i.e. all but the epoch count and the (post-training) calibration."""
-    d = copy.deepcopy(config) if isinstance(config, dict) else to_dict(config)
-    d.pop("calibration", None)
-    d["schedule"] = {k: v for k, v in d["schedule"].items() if k != "epochs"}
-    return d
+def _build(config: DeepStormTrainConfig, device: torch.device) -> _State:
+    """Network (initialised from the seed), Adam and the plateau schedule."""
+    sched = config.schedule
+    torch.manual_seed(config.seed)
+    model = DeepSTORM(config.architecture.channels).to(device).to(
+        memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, eps=1e-7)  # Keras epsilon
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=sched.lr_factor, patience=sched.lr_patience,
+        min_lr=sched.lr_min)
+    state = _State(model, optimizer, scheduler)
+    state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state
 
 
 def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
@@ -516,13 +450,10 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     """
     from tqdm import tqdm
 
-    from stormfold.checkpoint import load_checkpoint, save_checkpoint
-    from stormfold.modelfile import save_model
-
     if (movie is None) != (truth is None):
         raise UserError("give both --movie and --truth to train on an existing movie")
-    out_dir = Path(out_dir)
-    ckpt_dir = _check_out_dir(out_dir, resume)
+    key = without(to_dict(config), "calibration", "schedule.epochs")
+    run = TrainingRun(out_dir, resume, key, "schedule.epochs", command)
     device = torch.device(device) if device is not None else torch.device("cpu")
     arch, sched, pcfg = config.architecture, config.schedule, config.patches
     precision = resolve_precision(sched.precision, device)
@@ -532,99 +463,71 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                         f"multiple of 8")
     t_start = time.perf_counter()
 
-    data = movie_data(movie, truth, config.simulation) if movie is not None \
-        else simulated_data(config.simulation)
+    if movie is not None:
+        data = movie_data(movie, truth, fallback_pixel_size_nm=config.simulation.pixel_size_nm,
+                          fallback_camera=(config.simulation.camera,
+                                           "configuration simulation.camera"))
+    else:
+        data = simulated_data(config.simulation)
     normalization = fit_normalization(data.photons)
     patches = extract_patches(data.photons, data.truth, data.pixel_size_nm, pcfg.n_patches,
                               pcfg.patch_px, pcfg.min_emitters, L, seed=config.seed)
     train_set, val_set = split_patches(patches, pcfg.val_fraction, config.seed)
-    fingerprint = patches.fingerprint()
-
-    torch.manual_seed(config.seed)
-    model = DeepSTORM(arch.channels).to(device).to(memory_format=torch.channels_last)
     loss_fn = DeepStormLoss().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=sched.lr, eps=1e-7)  # Keras epsilon
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=sched.lr_factor, patience=sched.lr_patience,
-        min_lr=sched.lr_min)
-    history: list[dict] = []
-    best_val, best_epoch = float("inf"), -1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    first_epoch = 0
-    elapsed_before = 0.0
-    commands = [command] if command is not None else []
-    if resume:
-        loaded = load_checkpoint(ckpt_dir, model, optimizer)
-        if loaded is None:
-            raise UserError(f"--resume: the checkpoint in {ckpt_dir} is incomplete")
-        extra, state = loaded
-        if _config_key(state.get("config", {"schedule": {}})) != _config_key(config) \
-                or state.get("data") != fingerprint:
-            raise UserError(f"--resume: the configuration or training data differ from those of "
-                            f"the checkpoint in {ckpt_dir} (only the epoch count may change)")
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
-        best_val, best_epoch = state["best_val"], state["best_epoch"]
-        best_state = {k[len("best."):]: v.to(device) for k, v in extra.items()
-                      if k.startswith("best.")}
-        first_epoch = state["epoch"] + 1
-        if sched.epochs < first_epoch:
-            raise UserError(f"--resume: the checkpoint already has {first_epoch} epochs, more "
-                            f"than the {sched.epochs} asked for")
-        elapsed_before = state.get("seconds", 0.0)
-        commands = state.get("commands", []) + commands
-    out_dir.mkdir(parents=True, exist_ok=True)
+    st = _build(config, device)
+    first_epoch = st.restore(run, patches.fingerprint(), sched.epochs, device)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = -(-len(train_set) // sched.batch_size)
     bar = tqdm(total=sched.epochs * steps_per_epoch, initial=first_epoch * steps_per_epoch,
                unit="step", desc="train deepstorm", disable=not progress, dynamic_ncols=True)
-    t_run = time.perf_counter()
+
+    def epoch_step(epoch: int) -> dict:
+        t_epoch = time.perf_counter()
+        last_val = st.history[-1]["val_loss"] if st.history else None
+        loss = train_epoch(st.model, st.optimizer, loss_fn, train_set, normalization,
+                           arch.target_scale, sched.batch_size,
+                           epoch_order(len(train_set), config.seed, epoch), device, precision,
+                           on_step=lambda step, mean: _on_step(bar, epoch, step, mean, last_val,
+                                                               step_callback))
+        val_loss = evaluate_loss(st.model, loss_fn, val_set, normalization, arch.target_scale,
+                                 sched.batch_size, device, precision)
+        lr_used = st.optimizer.param_groups[0]["lr"]
+        st.scheduler.step(val_loss)
+        st.keep_if_best(val_loss, epoch)
+        record = {"epoch": epoch + 1, "loss": loss, "val_loss": val_loss, "lr": lr_used,
+                  "seconds": round(time.perf_counter() - t_epoch, 2)}
+        st.history.append(record)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", val_loss=f"{val_loss:.4g}")
+        return record
+
+    def checkpoint(epochs_done: int, record: dict) -> None:
+        st.save(run, epochs_done - 1)
+        write_training_history(run.out_dir, st.history)
+
+    run.start_clock()
     try:
-        for epoch in range(first_epoch, sched.epochs):
-            t_epoch = time.perf_counter()
-            last_val = history[-1]["val_loss"] if history else None
-            loss = train_epoch(model, optimizer, loss_fn, train_set, normalization,
-                               arch.target_scale, sched.batch_size,
-                               epoch_order(len(train_set), config.seed, epoch), device, precision,
-                               on_step=lambda step, mean: _on_step(bar, epoch, step, mean, last_val,
-                                                                   step_callback))
-            val_loss = evaluate_loss(model, loss_fn, val_set, normalization, arch.target_scale,
-                                     sched.batch_size, device, precision)
-            lr_used = optimizer.param_groups[0]["lr"]
-            scheduler.step(val_loss)
-            if val_loss < best_val:
-                best_val, best_epoch = val_loss, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            history.append({"epoch": epoch + 1, "loss": loss, "val_loss": val_loss,
-                            "lr": lr_used, "seconds": round(time.perf_counter() - t_epoch, 2)})
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4g}", val_loss=f"{val_loss:.4g}")
-            seconds = elapsed_before + time.perf_counter() - t_run
-            save_checkpoint(ckpt_dir, model, optimizer,
-                            tensors={f"best.{k}": v for k, v in best_state.items()},
-                            state={"epoch": epoch, "history": history, "best_val": best_val,
-                                   "best_epoch": best_epoch, "scheduler": scheduler.state_dict(),
-                                   "config": _config_key(config), "data": fingerprint,
-                                   "seconds": seconds, "commands": commands,
-                                   "stormfold_version": __version__})
-            write_history(out_dir, history)
+        run_loop(epoch_step, first_epoch, Budget(steps=sched.epochs), run, after=checkpoint)
     finally:
         bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - t_run
+    train_seconds = run.seconds
 
     # The best-validation weights become the model; calibrate its threshold.
-    model.load_state_dict(best_state)
-    pixel_size = data.pixel_size_nm
-    engine = DeepStormEngine(copy.deepcopy(model), L, arch.target_scale, normalization,
-                             threshold=1.0, device=device, pixel_size_nm=pixel_size,
+    st.model.load_state_dict(st.best_weights)
+    engine = DeepStormEngine(copy.deepcopy(st.model), L, arch.target_scale, normalization,
+                             threshold=1.0, device=device, pixel_size_nm=data.pixel_size_nm,
                              camera=data.camera, precision="float32")
     calibration = _calibrate(config, engine, data, val_set, from_movie=movie is not None)
     engine.threshold = calibration.threshold
-    meta = model_metadata(config, model, normalization, data, calibration, history, best_val,
-                          best_epoch, precision, train_seconds, time.perf_counter() - t_start,
-                          len(train_set), len(val_set), commands, movie is not None)
-    save_model(out_dir, {k: v.cpu() for k, v in model.state_dict().items()}, meta)
-    engine.source = str(out_dir)
-    return TrainResult(out_dir, meta, history, engine)
+    meta = model_metadata(config, st.model, normalization, data, calibration, st.history,
+                          st.best_val, st.best_epoch, precision, train_seconds,
+                          time.perf_counter() - t_start, len(train_set), len(val_set),
+                          run.commands, movie is not None)
+    from stormfold.modelfile import save_model
+
+    save_model(run.out_dir, {k: v.cpu() for k, v in st.model.state_dict().items()}, meta)
+    engine.source = str(run.out_dir)
+    return TrainResult(run.out_dir, meta, st.history, engine)
 
 
 def model_metadata(config: DeepStormTrainConfig, model: DeepSTORM, normalization: Normalization,
@@ -688,16 +591,12 @@ def train_from_cli(out: str | Path, preset: str | None = None,
     :func:`train_deepstorm`). ``resume=None`` continues an unfinished checkpoint in ``out``
     when there is one (as the pipeline's ``--resume`` needs) and starts afresh otherwise.
     """
-    from stormfold.modelfile import META
-
     if (movie is None) != (truth is None):
         raise UserError("give both --movie and --truth to train on an existing movie")
     config = build_train_config(preset=preset, config_file=config_file, overrides=overrides,
                                 seed=seed, epochs=epochs, n_patches=n_patches,
                                 batch_size=batch_size, lr=lr)
     if resume is None:
-        out_path = Path(out)
-        resume = (out_path / CHECKPOINT_DIR / "state.json").is_file() \
-            and not (out_path / META).is_file()
+        resume = TrainingRun.unfinished(out)
     return train_deepstorm(config, out, movie=movie, truth=truth, resume=resume, device=device,
                            progress=progress, command=command)

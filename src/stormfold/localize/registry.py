@@ -1,11 +1,21 @@
-"""Which engine reads a model: the ``engine`` key of ``model.yaml`` names a loader here.
+"""The engine registry: one entry per engine says how to load it, build it and train it.
 
-Loaders are imported lazily (by dotted path) so a command only imports what it runs.
-A loader has the signature ``load(spec, meta, device, threshold) -> Engine``.
+``model.yaml``'s ``engine`` key names the entry that reads a model folder; ``--engine NAME``
+names a model-free one; ``stormfold run`` with ``engine.train`` calls the entry's trainer.
+Targets are ``"module:function"`` strings imported lazily, so a command only imports the
+engine it runs. A new engine adds one entry (see docs/architecture.md):
+
+``loader(spec, meta, device=, threshold=, options=) -> Engine``
+    Builds the engine from a model folder (or ``builtin:NAME``) and its parsed ``model.yaml``.
+``builder(device=, threshold=, options=) -> Engine``
+    Builds a model-free engine from its options.
+``trainer(out, preset=, config_file=, overrides=, seed=, device=, progress=, resume=, command=)``
+    Trains a model into the folder ``out`` (``resume=None``: continue an unfinished run).
 """
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +23,39 @@ from stormfold.errors import UserError
 from stormfold.localize.engine import Engine
 from stormfold.modelfile import read_model_meta
 
-#: engine name in model.yaml → "module:function" of its loader.
-MODEL_LOADERS = {
-    "deepstorm": "stormfold.deepstorm.engine:load_engine",
-    "unrolled": "stormfold.unrolled.engine:load_engine",
-    "sofi": "stormfold.sofi.engine:load_engine",
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """Where an engine's loader, builder and trainer live (``"module:function"`` or None)."""
+
+    loader: str | None = None
+    builder: str | None = None
+    trainer: str | None = None
+
+
+#: engine name → its entry.
+ENGINES: dict[str, EngineEntry] = {
+    "deepstorm": EngineEntry(loader="stormfold.deepstorm.engine:load_engine",
+                             trainer="stormfold.deepstorm.train:train_from_cli"),
+    "unrolled": EngineEntry(loader="stormfold.unrolled.engine:load_engine",
+                            trainer="stormfold.unrolled.train:train_from_cli"),
+    "sofi": EngineEntry(loader="stormfold.sofi.engine:load_engine"),
+    "classic": EngineEntry(builder="stormfold.localize.classic.engine:build_engine"),
 }
-#: engines that need no model file, → "module:function" building them from options.
-MODEL_FREE = {
-    "classic": "stormfold.localize.classic.engine:build_engine",
-}
+
+
+def register_engine(name: str, loader: str | None = None, builder: str | None = None,
+                    trainer: str | None = None, registry: dict | None = None) -> EngineEntry:
+    """Add (or replace) an engine entry; returns it. ``registry`` defaults to :data:`ENGINES`."""
+    if loader is None and builder is None:
+        raise ValueError(f"engine {name!r} needs a loader (model files) or a builder (model-free)")
+    entry = EngineEntry(loader, builder, trainer)
+    (ENGINES if registry is None else registry)[name] = entry
+    return entry
+
+
+def _names(kind: str) -> list[str]:
+    return [name for name, entry in ENGINES.items() if getattr(entry, kind) is not None]
 
 
 def _import(target: str):
@@ -52,13 +85,34 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
     if model is not None:
         meta = read_model_meta(model)
         name = meta["engine"]
-        if name not in MODEL_LOADERS:
+        entry = ENGINES.get(name)
+        if entry is None or entry.loader is None:
             raise UserError(f"{model}: unknown engine {name!r} in model.yaml "
-                            f"(known: {', '.join(MODEL_LOADERS)})")
-        return _import(MODEL_LOADERS[name])(model, meta, device=device, threshold=threshold,
-                                            options=options or {})
-    if engine not in MODEL_FREE:
-        hint = " (it needs --model)" if engine in MODEL_LOADERS else ""
+                            f"(known: {', '.join(_names('loader'))})")
+        return _import(entry.loader)(model, meta, device=device, threshold=threshold,
+                                     options=options or {})
+    entry = ENGINES.get(engine)
+    if entry is None or entry.builder is None:
+        hint = " (it needs --model)" if entry is not None else ""
         raise UserError(f"unknown engine {engine!r}{hint}: model-free engines are "
-                        f"{', '.join(MODEL_FREE)}")
-    return _import(MODEL_FREE[engine])(device=device, threshold=threshold, options=options or {})
+                        f"{', '.join(_names('builder'))}")
+    return _import(entry.builder)(device=device, threshold=threshold, options=options or {})
+
+
+def check_trainable(engine: str) -> None:
+    """Refuse an engine that ``stormfold run`` cannot train (before any work starts)."""
+    entry = ENGINES.get(engine)
+    if entry is None or entry.trainer is None:
+        raise UserError(f"engine.train.engine: cannot train {engine!r} "
+                        f"({' or '.join(_names('trainer'))})")
+
+
+def train_model(engine: str, out: str | Path, **kwargs: Any) -> Path:
+    """Train a model of ``engine`` into ``out`` with its registered trainer; returns ``out``.
+
+    ``kwargs`` are the trainer's (``preset``, ``config_file``, ``overrides``, ``seed``,
+    ``device``, ``progress``, ``resume``, ``command``).
+    """
+    check_trainable(engine)
+    _import(ENGINES[engine].trainer)(out, **kwargs)
+    return Path(out)

@@ -8,7 +8,6 @@ the frame size, not on the movie length.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,89 +17,48 @@ import numpy as np
 import pandas as pd
 
 from stormfold import __version__
-from stormfold.config import dump_yaml, from_dict, load_yaml, to_dict
+from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.movie import Movie, open_movie
+from stormfold.localize.camera import CameraOverrides, resolve_camera
+
+__all__ = ["CameraOverrides", "LocalizeResult", "iter_localize",
+           "localize_movie", "localize_range", "resolve_camera", "resolve_geometry",
+           "resolve_pixel_size", "superres_histogram", "write_images"]
 from stormfold.localize.engine import Engine
 from stormfold.physics.camera import Camera
+from stormfold.physics.geometry import FrameGeometry
 
 OUTPUTS = {"locs": "localizations.csv", "superres": "superres.tif",
            "widefield": "widefield.tif", "run": "run.yaml"}
 PIXEL_SIZE_TOLERANCE = 0.10  # relative mismatch between movie and model pixel size refused
 
 
-@dataclass
-class CameraOverrides:
-    """Camera parameters given on the command line (None = not given)."""
-
-    camera_file: Path | None = None
-    baseline_adu: float | None = None
-    e_per_adu: float | None = None
-    em_gain: float | None = None
-    qe: float | None = None
-
-    def fields(self) -> dict[str, float]:
-        return {k: v for k, v in (("baseline_adu", self.baseline_adu), ("e_per_adu", self.e_per_adu),
-                                  ("em_gain", self.em_gain), ("qe", self.qe)) if v is not None}
-
-
-def camera_from_file(path: str | Path) -> Camera:
-    """A camera from YAML: a mapping of :class:`Camera` fields, or any stormfold YAML
-    (``simulation.yaml``, ``model.yaml``, ``run.yaml``) with a ``camera`` section."""
-    data = load_yaml(path)
-    if isinstance(data, dict) and isinstance(data.get("camera"), dict):
-        data = data["camera"]
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected camera parameters (baseline_adu, e_per_adu, ...)")
-    return from_dict(Camera, data, where="camera")
-
-
-def resolve_camera(overrides: CameraOverrides | None, movie: Movie | None,
-                   engine: Engine | None) -> tuple[Camera, str]:
-    """The camera to convert ADU to photons, and where it came from.
-
-    Order: ``--camera FILE``; else the camera stored in a stormfold-written movie; else the
-    camera of the model's training simulation; else an ideal camera (baseline 0, 1 e⁻/ADU).
-    Individual options (``--baseline`` ...) then override single fields.
-    """
-    overrides = overrides or CameraOverrides()
-    if overrides.camera_file is not None:
-        camera, source = camera_from_file(overrides.camera_file), f"file {overrides.camera_file}"
-    elif movie is not None and isinstance(movie.metadata.get("info"), dict) \
-            and isinstance(movie.metadata["info"].get("camera"), dict):
-        camera = from_dict(Camera, movie.metadata["info"]["camera"], where="movie camera")
-        source = "movie metadata"
-    elif engine is not None and engine.training_camera() is not None:
-        camera, source = engine.training_camera(), "model training simulation"
-    else:
-        camera, source = Camera(), "default (baseline 0 ADU, 1 e-/ADU, no gain)"
-    fields = overrides.fields()
-    if fields:
-        camera = from_dict(Camera, {**to_dict(camera), **fields}, where="camera")
-        source += " + command-line " + ", ".join(fields)
-    return camera, source
-
-
-def resolve_pixel_size(movie: Movie, engine: Engine | None) -> float:
-    """The movie's pixel size (nm), checked against the model's training pixel size."""
-    px = movie.require_pixel_size()
+def resolve_geometry(movie: Movie, engine: Any = None) -> FrameGeometry:
+    """The movie's frame geometry on the engine's fine grid, its pixel size checked against
+    the pixel size the model was trained for (``engine.training_pixel_size_nm()``)."""
+    geometry = movie.geometry
     trained = engine.training_pixel_size_nm() if engine is not None else None
+    px = geometry.pixel_size_nm
     if trained is not None and abs(px - trained) > PIXEL_SIZE_TOLERANCE * trained:
         raise UserError(f"pixel size {px:g} nm of {movie.path} differs from the model's "
                         f"{trained:g} nm by more than {PIXEL_SIZE_TOLERANCE:.0%}: use a model "
                         f"trained for this pixel size (or correct --pixel-size)")
-    return px
+    return geometry.upsampled(getattr(engine, "upsampling", 1))
 
 
-def render_histogram(locs: pd.DataFrame, shape: tuple[int, int], pixel_size_nm: float) -> np.ndarray:
-    """2-D histogram of localizations on a grid of ``shape`` with square pixels (nm)."""
-    rows, cols = shape
-    if len(locs) == 0:
-        return np.zeros(shape, np.float32)
-    h, _, _ = np.histogram2d(locs["y_nm"].to_numpy(), locs["x_nm"].to_numpy(), bins=(rows, cols),
-                             range=((0, rows * pixel_size_nm), (0, cols * pixel_size_nm)))
-    return h.astype(np.float32)
+def resolve_pixel_size(movie: Movie, engine: Any = None) -> float:
+    """The movie's pixel size (nm), checked against the model's training pixel size."""
+    return resolve_geometry(movie, engine).pixel_size_nm
+
+
+def superres_histogram(locs: pd.DataFrame, geometry: FrameGeometry) -> np.ndarray:
+    """Localizations per fine pixel: the super-resolved image of engines that have none."""
+    from stormfold.postprocess.render import histogram_2d
+
+    return histogram_2d(locs["x_nm"].to_numpy(), locs["y_nm"].to_numpy(),
+                        geometry.fine_pixel_nm, geometry.fine_shape)
 
 
 @dataclass
@@ -116,33 +74,32 @@ class BatchResult:
     engine_s: float = 0.0
 
 
-def iter_localize(movie: Movie, engine: Engine, camera: Camera, pixel_size_nm: float, start: int,
-                  stop: int, batch_frames: int):
+def iter_localize(movie: Movie, engine: Engine, camera: Camera, geometry: FrameGeometry,
+                  start: int, stop: int, batch_frames: int):
     """Yield a :class:`BatchResult` per batch of frames in [start, stop).
 
     The one loop shared by ``stormfold localize``, the pipeline and its Dask workers:
-    read → ADU to photons (camera model) → engine → image sums.
+    read → ADU to photons (camera model) → engine → image sums. ``geometry`` is the movie's
+    on the engine's fine grid (:func:`resolve_geometry`).
     """
-    rows, cols = movie.shape
-    L = engine.upsampling
     engine.set_camera(camera)  # engines whose likelihood needs the noise model use it
     for first, frames in movie.iter_batches(batch_frames, start=start, stop=stop):
         t1 = time.perf_counter()
         widefield = frames.sum(axis=0, dtype=np.float64)
         photons = camera.backward(frames)
         t2 = time.perf_counter()
-        out = engine.process(photons, first, pixel_size_nm)
+        out = engine.process(photons, first, geometry.pixel_size_nm)
         t3 = time.perf_counter()
         superres = out.superres if out.superres is not None else \
-            render_histogram(out.locs, (rows * L, cols * L), pixel_size_nm / L)
+            superres_histogram(out.locs, geometry)
         yield BatchResult(first, len(frames), out.locs, superres.astype(np.float64), widefield,
                           t2 - t1, t3 - t2)
 
 
-def localize_range(movie: Movie, engine: Engine, camera: Camera, pixel_size_nm: float, start: int,
-                   stop: int, batch_frames: int) -> BatchResult:
+def localize_range(movie: Movie, engine: Engine, camera: Camera, geometry: FrameGeometry,
+                   start: int, stop: int, batch_frames: int) -> BatchResult:
     """Localize frames [start, stop) and return one summed :class:`BatchResult` (a chunk)."""
-    parts = list(iter_localize(movie, engine, camera, pixel_size_nm, start, stop, batch_frames))
+    parts = list(iter_localize(movie, engine, camera, geometry, start, stop, batch_frames))
     from stormfold.table import empty_table
 
     locs = pd.concat([p.locs for p in parts], ignore_index=True) if parts else empty_table()
@@ -193,14 +150,13 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
     from tqdm import tqdm
 
     from stormfold.io.thunderstorm import ThunderstormCsvWriter
-    from stormfold.io.tiff import write_tiff
 
     if batch_frames < 1:
         raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
     own_movie = not isinstance(movie, Movie)
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own_movie else movie
     try:
-        px = resolve_pixel_size(mv, engine)
+        geometry = resolve_geometry(mv, engine)
         if isinstance(camera, Camera):
             cam, cam_source = camera, "given"
         else:
@@ -208,8 +164,6 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         stop = mv.n_frames if stop is None else min(stop, mv.n_frames)
         if not 0 <= start < stop:
             raise UserError(f"frame range {start}:{stop} is empty for a movie of {mv.n_frames} frames")
-        rows, cols = mv.shape
-        L = engine.upsampling
         paths: dict[str, Path] = {}
         if out_dir is not None:
             out_dir = Path(out_dir)
@@ -221,8 +175,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             out_dir.mkdir(parents=True, exist_ok=True)
         keep = keep_table if keep_table is not None else out_dir is None
         writer = ThunderstormCsvWriter(paths["locs"]) if paths else None
-        superres = np.zeros((rows * L, cols * L), np.float64)
-        widefield = np.zeros((rows, cols), np.float64)
+        superres = np.zeros(geometry.fine_shape, np.float64)
+        widefield = np.zeros(geometry.shape, np.float64)
         kept: list[pd.DataFrame] = []
         n_locs = 0
         t_read = t_engine = 0.0
@@ -230,7 +184,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         bar = tqdm(total=stop - start, unit="frame", desc=f"localize ({engine.name})",
                    disable=not progress, leave=False)
         try:
-            for batch in iter_localize(mv, engine, cam, px, start, stop, batch_frames):
+            for batch in iter_localize(mv, engine, cam, geometry, start, stop, batch_frames):
                 t_read += batch.read_s
                 t_engine += batch.engine_s
                 superres += batch.superres
@@ -255,8 +209,9 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             "stormfold_version": __version__,
             "command": command if command is not None else None,
             "movie": str(mv.path), "frames": [start, stop], "n_frames": n,
-            "frame_shape": [rows, cols],
-            "pixel_size_nm": px, "superres_pixel_size_nm": px / L,
+            "frame_shape": list(geometry.shape),
+            "pixel_size_nm": geometry.pixel_size_nm,
+            "superres_pixel_size_nm": geometry.fine_pixel_nm,
             "camera": to_dict(cam), "camera_source": cam_source,
             "engine": engine.describe(), "batch_frames": batch_frames,
             "n_localizations": n_locs,
@@ -267,10 +222,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         widefield32 = widefield.astype(np.float32)
         if paths:
             writer.close()
-            write_tiff(paths["superres"], superres32, pixel_size_nm=px / L,
-                       metadata={"kind": "superres", "engine": engine.name, "upsampling": L})
-            write_tiff(paths["widefield"], widefield32, pixel_size_nm=px,
-                       metadata={"kind": "widefield sum of raw frames (ADU)"})
+            write_images(paths["superres"], paths["widefield"], superres32, widefield32,
+                         geometry, engine.name)
             run["outputs"] = {k: p.name for k, p in paths.items()}
             write_text(paths["run"], dump_yaml(run))
         locs = None
@@ -285,6 +238,13 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             mv.close()
 
 
-def command_line() -> list[str]:
-    """The command as typed (for provenance in run.yaml)."""
-    return ["stormfold", *sys.argv[1:]]
+def write_images(superres_path: Path, widefield_path: Path, superres: np.ndarray,
+                 widefield: np.ndarray, geometry: FrameGeometry, engine_name: str) -> None:
+    """``superres.tif`` (fine pixel size in its tags) and ``widefield.tif`` (sum of raw ADU)."""
+    from stormfold.io.tiff import write_tiff
+
+    write_tiff(superres_path, superres.astype(np.float32), pixel_size_nm=geometry.fine_pixel_nm,
+               metadata={"kind": "superres", "engine": engine_name,
+                         "upsampling": geometry.upsampling})
+    write_tiff(widefield_path, widefield.astype(np.float32), pixel_size_nm=geometry.pixel_size_nm,
+               metadata={"kind": "widefield sum of raw frames (ADU)"})

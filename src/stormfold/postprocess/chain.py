@@ -42,6 +42,7 @@ from stormfold.postprocess.filters import FilterParams, filter_table
 from stormfold.postprocess.frc import FrcParams, frc
 from stormfold.postprocess.link import LinkParams, link
 from stormfold.postprocess.render import RenderParams, render, write_image
+from stormfold.physics.geometry import FrameGeometry
 
 PARAMS: dict[str, type] = {"drift": DriftParams, "link": LinkParams, "filter": FilterParams,
                            "cluster": ClusterParams, "render": RenderParams, "frc": FrcParams}
@@ -298,7 +299,8 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
               steps: Optional[str | Sequence[str]] = None,
               pixel_size_nm: Optional[float] = None,
               fov_nm: Optional[Sequence[float]] = None,
-              n_frames: Optional[int] = None, progress: bool = False) -> ChainResult:
+              n_frames: Optional[int] = None, progress: bool = False,
+              geometry: Optional[FrameGeometry] = None) -> ChainResult:
     """Run a chain of steps on a table in memory (files: :meth:`ChainResult.write`).
 
     Parameters
@@ -310,19 +312,24 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
     steps : str or list of str, optional
         Steps in order (default: the configuration's ``steps``; none: nothing to do).
     pixel_size_nm : float, optional
-        Camera pixel size (nm), recorded.
+        Camera pixel size (nm); no step needs it (kept for callers that pass it).
     fov_nm : (width, height), optional
         Camera field of view (nm): the extent of renderings.
     n_frames : int, optional
         Movie length: the drift table covers every frame.
     progress : bool
         A progress bar over the steps (each step of 10⁷ localizations takes seconds).
+    geometry : FrameGeometry, optional
+        The movie's frames: gives ``fov_nm``.
 
     Returns
     -------
     ChainResult
     """
     from tqdm import tqdm
+
+    if geometry is not None:
+        fov_nm = geometry.fov_nm
 
     names, params = check_chain(config, steps)
     ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))

@@ -145,13 +145,10 @@ def fine_cumulant_target(truth: pd.DataFrame, n_frames: int, fine_shape: tuple[i
     Each fluorophore's empirical cumulant goes to the fine pixel that contains its position
     (floor of x/fine_px, SPEC §1), summed when several share a pixel.
     """
+    from stormfold.training.targets import fine_grid_sum
+
     x, y, c = emitter_cumulants(truth, n_frames, lag)
-    rows, cols = fine_shape
-    r = np.floor(y / fine_pixel_nm).astype(np.int64)
-    k = np.floor(x / fine_pixel_nm).astype(np.int64)
-    ok = (r >= 0) & (r < rows) & (k >= 0) & (k < cols)
-    image = np.bincount(r[ok] * cols + k[ok], weights=c[ok], minlength=rows * cols)
-    return image.reshape(rows, cols), c
+    return fine_grid_sum(x, y, c, fine_shape, fine_pixel_nm)[0], c
 
 
 # --------------------------------------------------------------------------- patterns

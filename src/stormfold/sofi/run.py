@@ -86,7 +86,8 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     from stormfold.io.movie import Movie, open_movie
     from stormfold.io.tables import write_table
     from stormfold.io.tiff import write_tiff
-    from stormfold.localize.runner import resolve_camera, resolve_pixel_size
+    from stormfold.localize.camera import resolve_camera
+    from stormfold.localize.runner import resolve_pixel_size
     from stormfold.physics.camera import Camera
     from stormfold.sofi.model import SofiModel, load_sofi_model
     from stormfold.sofi.theory import noise_offset

@@ -15,7 +15,6 @@ The run writes ``MODEL_DIR/weights.safetensors`` + ``model.yaml`` (``engine: sof
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +28,12 @@ from stormfold.config import from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
+from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
+from stormfold.unrolled.fit import build_optimizer, fit, write_log
 from stormfold.unrolled.losses import localization_loss
-from stormfold.unrolled.train import LossConfig, OptimConfig, build_optimizer, fit, write_log
+from stormfold.unrolled.train import LossConfig, OptimConfig
 
-CHECKPOINT_DIR = "checkpoint"
+__all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train_sofi"]
 
 
 @dataclass
@@ -165,9 +166,8 @@ def load_sofi_train_config(config_file: str | Path | None = None,
     """Training configuration from a YAML file (a training configuration or a
     ``simulation.yaml``) and a nested mapping of overrides."""
     from stormfold.config import merge
-    from stormfold.unrolled.train import training_data_yaml
 
-    data = training_data_yaml(config_file, SofiTrainConfig, SofiDataConfig.preset)
+    data = read_config_file(config_file, SofiTrainConfig, "data", SofiDataConfig.preset)
     return from_dict(SofiTrainConfig, merge(data, overrides or {}))
 
 
@@ -345,25 +345,13 @@ def train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool = Fals
 def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, device: Any,
                 progress: bool, command: list[str] | None,
                 dataset: SofiDataset | None) -> dict[str, Any]:
-    from stormfold.checkpoint import load_checkpoint, save_checkpoint
     from stormfold.modelfile import read_model_meta
 
     config.validate()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-    ckpt = out_dir / CHECKPOINT_DIR
     cfg_dict = to_dict(config)
-    if resume:
-        if not (ckpt / "state.json").is_file():
-            raise UserError(f"--resume: no checkpoint in {ckpt}")
-        old = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("config", {})
-        strip = (lambda d: {k: (v if k != "optim" else
-                                {a: b for a, b in v.items() if a != "outer_iterations"})
-                            for k, v in d.items()})
-        if strip(old) != strip(cfg_dict):
-            raise UserError(f"--resume: the configuration differs from the checkpoint's in {ckpt} "
-                            f"(only optim.outer_iterations may change)")
+    run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
+                      "optim.outer_iterations", command)
+    out_dir = run.out_dir
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
     if dataset is None:
@@ -378,14 +366,9 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     y, b, target = dataset_tensors(dataset, scale, device)
     learn = ["rho", "alpha"] + (["operator.sigma_fine_px"] if config.solver.learn_sigma else [])
     optimizer = build_optimizer(solver, learn, config.optim)
-    history: list[dict] = []
-    start = 0
-    if resume:
-        restored = load_checkpoint(ckpt, solver, optimizer)
-        if restored is None:
-            raise UserError(f"--resume: the checkpoint in {ckpt} is incomplete")
-        history = restored[1].get("history", [])
-        start = int(restored[1].get("iteration", 0))
+    restored = run.restore(solver, optimizer)
+    history: list[dict] = restored[1].get("history", []) if restored else []
+    start = int(restored[1].get("iteration", 0)) if restored else 0
     out_dir.mkdir(parents=True, exist_ok=True)
     log = list(history)  # fit() keeps its own copy; the checkpoint needs the records too
     best: dict[str, Any] = {"loss": float("inf"), "state": None}
@@ -399,8 +382,7 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
                         state={k: v.detach().clone() for k, v in solver.state_dict().items()})
         if it % config.optim.checkpoint_every == 0 or it == config.optim.outer_iterations \
                 or getattr(opt, "converged", False):
-            save_checkpoint(ckpt, solver, opt, state={"iteration": it, "history": log,
-                                                      "config": cfg_dict})
+            run.save(solver, opt, state={"iteration": it, "history": log})
             write_log(log, out_dir)
 
     t1 = time.perf_counter()

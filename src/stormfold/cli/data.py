@@ -1,0 +1,171 @@
+"""``stormfold simulate``, ``evaluate``, ``convert`` and ``calibrate``: data in and out."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stormfold.cli.common import (command_line, float_list, frame_range, nonneg_int,
+                                  positive_float, positive_int)
+from stormfold.errors import UserError
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulate an SMLM movie with ground truth")
+    p.add_argument("--preset", default=None,
+                   help="zerocost, thunderstorm, challenge2016 or sofi (default: zerocost)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML file of simulation parameters (e.g. from stormfold calibrate)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set camera.em_gain=100 (repeatable)")
+    p.add_argument("--frames", type=positive_int, default=None, help="number of frames")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="random seed (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> None:
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    config = build_config(preset=args.preset, config_file=args.config,
+                          overrides=args.overrides, n_frames=args.frames, seed=args.seed)
+    out = simulate_to_folder(config, args.out, progress=not args.quiet)
+    print(f"wrote {out / 'movie.tif'}, {out / 'truth.csv'}, {out / 'simulation.yaml'}")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="compare localizations with the ground truth")
+    p.add_argument("--truth", type=Path, required=True,
+                   help="ground-truth table (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--locs", type=Path, required=True,
+                   help="localization table (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--tolerance", type=float_list, default=[50.0, 100.0, 250.0],
+                   metavar="NM[,NM...]", help="matching radii in nm (default 50,100,250)")
+    p.add_argument("--matching", choices=["hungarian", "greedy"], default="hungarian",
+                   help="optimal assignment (default) or DECODE-style greedy")
+    p.add_argument("--border-nm", type=float, default=0.0,
+                   help="exclude points closer than this to the image edge (challenge: 450)")
+    p.add_argument("--fov-nm", type=float_list, default=None, metavar="W,H",
+                   help="field of view in nm for --border-nm (default: from simulation.yaml "
+                        "next to the truth file)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT",
+                   help="also write the metrics and parameters to this JSON file")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from stormfold.evaluate import evaluate, format_table
+    from stormfold.evaluate.report import (SIMULATION_YAML, evaluation_report,
+                                           fov_from_simulation_yaml, report_json)
+    from stormfold.io.atomic import same_file, write_text
+    from stormfold.io.tables import read_table
+
+    for label, path in (("truth", args.truth), ("localization", args.locs)):
+        if not path.is_file():
+            raise UserError(f"{label} file not found: {path}")
+    if args.json is not None and any(same_file(args.json, p) for p in (args.truth, args.locs)):
+        raise UserError(f"--json {args.json} would overwrite an input file")
+    fov = args.fov_nm
+    if fov is not None and len(fov) != 2:
+        raise UserError(f"--fov-nm expects two numbers W,H in nm, got {len(fov)}")
+    if fov is None and args.border_nm > 0:
+        sim_yaml = args.truth.parent / SIMULATION_YAML
+        fov = fov_from_simulation_yaml(sim_yaml)
+        if fov is None:
+            raise UserError(f"--border-nm needs the field of view: give --fov-nm W,H "
+                            f"(no {sim_yaml} found)")
+    truth = read_table(args.truth)
+    locs = read_table(args.locs)
+    metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
+                       border_nm=args.border_nm, fov_nm=fov)
+    print(format_table(metrics))
+    if args.json is not None:
+        report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
+                                   args.matching, args.border_nm, fov)
+        write_text(args.json, report_json(report))
+        print(f"wrote {args.json}")
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert localizations between ThunderSTORM CSV "
+                                       "and Picasso HDF5")
+    p.add_argument("input", type=Path, metavar="IN",
+                   help="localization table (.csv ThunderSTORM or .hdf5/.h5 Picasso)")
+    p.add_argument("output", type=Path, metavar="OUT",
+                   help="output table; the format follows the extension")
+    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
+                   help="camera pixel size in nm (needed for Picasso output unless a "
+                        "simulation.yaml/run.yaml next to the CSV gives it; overrides a "
+                        "Picasso input's YAML)")
+    p.add_argument("--width", type=positive_int, default=None, metavar="PX",
+                   help="image width in pixels for Picasso output")
+    p.add_argument("--height", type=positive_int, default=None, metavar="PX",
+                   help="image height in pixels for Picasso output")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from stormfold.io.tables import convert_table
+
+    table = convert_table(args.input, args.output, pixel_size_nm=args.pixel_size,
+                          width_px=args.width, height_px=args.height)
+    print(f"wrote {args.output} ({len(table)} localizations)")
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="estimate simulation parameters (camera, PSF, photons, "
+                                         "density) from a movie")
+    p.add_argument("movie", type=Path, metavar="MOVIE",
+                   help="raw movie in ADU: TIFF stack, folder of TIFFs, or Picasso .raw")
+    p.add_argument("--out", type=Path, required=True, metavar="CALIB_DIR",
+                   help="output folder: simulation.yaml, calibration.html, calibration.png")
+    p.add_argument("--roi", default=None, metavar="x0,y0,x1,y1",
+                   help="analysed region in pixels (x along columns, end exclusive)")
+    p.add_argument("--frames", default=None, metavar="A:B",
+                   help="frame range, 0-based, B exclusive (default: all)")
+    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
+                   help="camera pixel size in nm (default: from the movie's metadata)")
+    p.add_argument("--emccd", action="store_true",
+                   help="EMCCD camera: excess-noise factor 2 (else the gain comes out as 2× and "
+                        "photons as ½, the ZeroCostDL4Mic correction)")
+    p.add_argument("--em-gain", type=positive_float, default=100.0, metavar="G",
+                   help="EM gain written to simulation.yaml with --emccd (does not change the "
+                        "statistics; default 100)")
+    p.add_argument("--qe", type=positive_float, default=1.0, metavar="Q",
+                   help="quantum efficiency: photons are reported before QE (default 1)")
+    p.add_argument("--baseline", type=float, default=None, metavar="ADU",
+                   help="known camera offset (instead of estimating it)")
+    p.add_argument("--e-per-adu", type=positive_float, default=None, metavar="X",
+                   help="known electrons per ADU instead of the mean–variance estimate (with "
+                        "--emccd give the true --em-gain too: g = G / X ADU per photo-electron)")
+    p.add_argument("--threshold", type=positive_float, default=5.0, metavar="T",
+                   help="detection threshold in multiples of the background noise (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from stormfold.calibrate import ScanSettings, calibrate, parse_roi
+    from stormfold.io.movie import open_movie
+
+    start, stop = frame_range(args.frames)
+    with open_movie(args.movie, pixel_size_nm=args.pixel_size) as movie:
+        roi = parse_roi(args.roi, movie.shape) if args.roi is not None else None
+        result = calibrate(movie, args.out, roi=roi, start=start, stop=stop, emccd=args.emccd,
+                           qe=args.qe, em_gain=args.em_gain, baseline_adu=args.baseline,
+                           e_per_adu=args.e_per_adu,
+                           settings=ScanSettings(threshold=args.threshold),
+                           progress=not args.quiet, command=command_line())
+    cam, em = result.camera, result.emitters
+    print(f"baseline {cam.baseline_adu:.1f} ADU, {cam.adu_per_e:.4g} ADU/e-, read noise "
+          f"{cam.read_noise_adu:.3g} ADU, background {result.simulation['background']['photons']:.3g} "
+          f"photons; sigma {em.sigma_nm:.1f} nm, {em.photons_mean:.0f} +- {em.photons_std:.0f} "
+          f"photons, {em.density_per_um2:.3g}/um2 (counted: {em.density_counted_per_um2:.3g}, a "
+          f"lower bound)")
+    for note in result.provenance.get("notes", []):
+        print(f"note: {note}")
+    print(f"wrote {args.out / 'simulation.yaml'}, calibration.html, calibration.png")
+
+
+#: ``add(subparsers)`` of each command, in the order of ``stormfold --help``.
+COMMANDS = [_add_simulate, _add_evaluate, _add_convert, _add_calibrate]

@@ -1,0 +1,176 @@
+"""``stormfold train ENGINE``: one sub-command per trainable engine.
+
+A new engine adds its ``_add_train_<engine>`` to :data:`TRAIN_COMMANDS`; its ``_cmd_`` calls the
+engine's trainer (which uses :mod:`stormfold.training`).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Callable
+
+from stormfold.cli.common import Parser, command_line, nonneg_int, positive_float, positive_int
+from stormfold.errors import UserError
+
+
+def _add_train_deepstorm(engines: argparse._SubParsersAction) -> None:
+    p = engines.add_parser("deepstorm", help="train a Deep-STORM model on simulated patches "
+                                             "(or on --movie/--truth)")
+    _add_train_common(p)
+    p.add_argument("--movie", type=Path, default=None, metavar="M.tif",
+                   help="train on this movie instead of simulating (needs --truth)")
+    p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
+                   help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 100)")
+    p.add_argument("--patches", type=positive_int, default=None,
+                   help="patches drawn, 70%% training / 30%% validation (default 10000)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (16)")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (1e-3)")
+    p.set_defaults(func=_cmd_train_deepstorm)
+
+
+def _cmd_train_deepstorm(args: argparse.Namespace) -> None:
+    from stormfold.deepstorm.train import train_from_cli
+    from stormfold.device import get_device
+
+    result = train_from_cli(args.out, preset=args.preset, config_file=args.config,
+                            overrides=args.overrides, seed=args.seed, movie=args.movie,
+                            truth=args.truth, epochs=args.epochs, n_patches=args.patches,
+                            batch_size=args.batch_size, lr=args.lr, resume=args.resume,
+                            device=get_device(args.device), progress=not args.quiet,
+                            command=command_line())
+    meta = result.meta
+    print(f"best validation loss {meta['validation_loss']:.4g} (epoch "
+          f"{meta['training']['best_epoch']}); threshold {meta['threshold']:.4g} "
+          f"(Jaccard {meta['calibration']['jaccard']:.3f} at "
+          f"{meta['calibration']['tolerance_nm']:g} nm); wrote {args.out}/")
+
+
+def _add_train_unrolled(engines: argparse._SubParsersAction) -> None:
+    p = engines.add_parser("unrolled", help="learn the parameters of the unrolled accelerated "
+                                            "projected gradient (algorithmic unfolding)")
+    _add_train_common(p)
+    p.add_argument("--movie", type=Path, default=None, metavar="M.tif",
+                   help="train on this movie instead of simulating (needs --truth)")
+    p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
+                   help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+    p.add_argument("--fidelity", choices=["ls", "kl"], default=None,
+                   help="least squares (default) or Kullback-Leibler data term")
+    p.add_argument("--loss", choices=["reconstruction", "localization"], default=None,
+                   help="upper-level loss: (13) reconstruction or (14) localization (default)")
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="K",
+                   help="unrolled iterations K (default 100)")
+    p.add_argument("--outer-iterations", type=positive_int, default=None, metavar="N",
+                   help="upper-level (SGP/Adam) iterations (default 50)")
+    p.add_argument("--optimizer", choices=["sgp", "adam"], default=None,
+                   help="upper-level optimiser: scaled gradient projection (default) or "
+                        "projected Adam")
+    p.add_argument("--frames", type=positive_int, default=None, metavar="N",
+                   help="training frames, all used in every iteration (default 16)")
+    p.set_defaults(func=_cmd_train_unrolled)
+
+
+def _cmd_train_unrolled(args: argparse.Namespace) -> None:
+    from stormfold.config import merge, parse_overrides
+    from stormfold.device import get_device
+    from stormfold.unrolled.train import load_train_config, train_unrolled
+
+    if (args.movie is None) != (args.truth is None):
+        raise UserError("give both --movie and --truth to train on an existing movie")
+    flags = {"seed": args.seed,
+             "data": {"preset": args.preset, "n_frames": args.frames,
+                      "movie": None if args.movie is None else str(args.movie),
+                      "truth": None if args.truth is None else str(args.truth)},
+             "solver": {"fidelity": args.fidelity, "iterations": args.iterations},
+             "loss": {"kind": args.loss},
+             "optim": {"outer_iterations": args.outer_iterations, "optimizer": args.optimizer}}
+    flags = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+             for k, v in flags.items() if v is not None}
+    config = load_train_config(args.config, merge(parse_overrides(args.overrides), flags))
+    meta = train_unrolled(config, args.out, resume=args.resume, device=get_device(args.device),
+                          progress=not args.quiet, command=command_line())
+    t = meta["training"]
+    print(f"{t['loss']} loss {t['initial_loss']:.4g} → {t['final_loss']:.4g} in "
+          f"{t['outer_iterations_done']} outer iterations ({t['evaluations']} evaluations, "
+          f"{t['seconds']:.0f} s); rho {meta['theta']['rho']:.4g}, tau "
+          f"{meta['theta']['tau']:.4g}; wrote {args.out}/")
+
+
+def _add_train_sofi(engines: argparse._SubParsersAction) -> None:
+    p = engines.add_parser("sofi", help="semi-blind SOFI deconvolution: learn the PSF width, "
+                                        "rho and the step sizes from simulated blinking stacks")
+    _add_train_common(p)
+    p.add_argument("--patterns", type=positive_int, default=None, metavar="N",
+                   help="training patterns, one simulated movie each (default 20)")
+    p.add_argument("--frames", type=positive_int, default=None, metavar="T",
+                   help="frames per pattern (default: the preset's, 500 for sofi)")
+    p.add_argument("--lag", type=int, choices=[0, 1], default=None,
+                   help="cumulant time lag: 0 = variance (default), 1 = lag-1 (no white noise)")
+    p.add_argument("--iterations", type=positive_int, default=None, metavar="K",
+                   help="unrolled iterations K (default 100)")
+    p.add_argument("--outer-iterations", type=positive_int, default=None, metavar="N",
+                   help="SGP iterations learning sigma, rho, alpha (default 30)")
+    p.add_argument("--sigma-init", type=positive_float, default=None, metavar="NM",
+                   help="initial PSF sigma guess in nm (default: the simulation's sigma)")
+    p.add_argument("--no-tau", action="store_true",
+                   help="skip stage 2 (learning the binarisation threshold by loss 14)")
+    p.set_defaults(func=_cmd_train_sofi)
+
+
+def _cmd_train_sofi(args: argparse.Namespace) -> None:
+    from stormfold.config import merge, parse_overrides
+    from stormfold.device import get_device
+    from stormfold.sofi.train import load_sofi_train_config, train_sofi
+
+    flags = {"seed": args.seed,
+             "data": {"preset": args.preset, "n_patterns": args.patterns,
+                      "n_frames": args.frames, "lag": args.lag},
+             "solver": {"iterations": args.iterations, "sigma_init_nm": args.sigma_init},
+             "optim": {"outer_iterations": args.outer_iterations},
+             "tau": {"learn": False if args.no_tau else None}}
+    flags = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+             for k, v in flags.items() if v is not None}
+    config = load_sofi_train_config(args.config, merge(parse_overrides(args.overrides), flags))
+    meta = train_sofi(config, args.out, resume=args.resume, device=get_device(args.device),
+                      progress=not args.quiet, command=command_line())
+    t = meta["training"]
+    print(f"sigma {meta['sigma_init_nm']:.1f} → {meta['sigma_nm']:.1f} nm (simulation: "
+          f"{', '.join(f'{s:g}' for s in t['simulation_sigma_nm'])} nm); rho "
+          f"{meta['theta']['rho']:.4g}, tau {meta['tau']:.3g}; loss {t['initial_loss']:.4g} → "
+          f"{t['final_loss']:.4g} in {t['outer_iterations_done']} outer iterations "
+          f"({t['seconds']['total']:.0f} s); wrote {args.out}/")
+
+
+def _add_train_common(p: argparse.ArgumentParser) -> None:
+    """Options every ``stormfold train ENGINE`` shares."""
+    p.add_argument("--preset", default=None, help="simulation preset of the training data")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                   help="training configuration (simulation and schedule) as YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one configuration key (repeatable)")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="random seed")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its last checkpoint in MODEL_DIR")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# Each engine adds its ``stormfold train ENGINE`` parser here (see _add_train).
+TRAIN_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train_deepstorm,
+    _add_train_unrolled,
+    _add_train_sofi,
+]
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on simulated (or given) data")
+    engines = p.add_subparsers(dest="engine", metavar="ENGINE", parser_class=Parser)
+    engines.required = True
+    for add in TRAIN_COMMANDS:
+        add(engines)
+
+
+#: ``add(subparsers)`` of each command, in the order of ``stormfold --help``.
+COMMANDS = [_add_train]

@@ -1,0 +1,364 @@
+"""The main job: one configuration from movie to report (``stormfold run CONFIG.yaml``).
+
+:func:`run` is three steps:
+
+1. :func:`plan` — check every input, open the movie, load the engine (or check that the
+   requested one can be trained), read the truth: everything that can fail on a user
+   mistake fails here, before anything is written;
+2. :func:`stream` — localize the movie in chunks of frames; after each chunk its
+   localizations are appended to a partial CSV and the running image sums and the chunk
+   counter are saved, so a crash loses at most the chunk in flight and ``--resume``
+   continues where the run stopped. Chunks run in this process or, with ``scheduler``, on a
+   Dask cluster whose workers each load the model once;
+3. :func:`finish` — the post-processing chain on the whole table, the evaluation, the
+   output files, and the HTML report.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stormfold import __version__
+from stormfold.config import dump_yaml, to_dict
+from stormfold.errors import UserError
+from stormfold.io.atomic import atomic_path, write_text
+from stormfold.physics.geometry import FrameGeometry
+from stormfold.pipeline.config import EngineSpec, RunConfig, check_inputs
+from stormfold.pipeline.state import STATE_DIR, RunState, config_fingerprint
+from stormfold.pipeline.truth import truth_in_corrected_frame
+
+LOG_FILE = "run.log"
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced (tables and images in memory, paths on disk)."""
+
+    output: Path
+    locs: pd.DataFrame
+    raw_locs: pd.DataFrame
+    superres: np.ndarray
+    widefield: np.ndarray
+    pixel_size_nm: float
+    upsampling: int
+    meta: dict
+    postprocess: dict = field(default_factory=dict)
+    evaluation: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None
+    true_drift: pd.DataFrame | None = None  # in the frame of the corrected table, like ``truth``
+    label: str = ""
+
+
+@dataclass
+class RunPlan:
+    """A checked run: open movie, engine (None until trained), truth, frame range."""
+
+    config: RunConfig
+    output: Path
+    movie: Any
+    device: Any
+    spec: EngineSpec
+    engine: Any
+    geometry: FrameGeometry
+    truth: pd.DataFrame | None
+    true_drift: pd.DataFrame | None
+    start: int
+    stop: int
+    camera: Any = None
+    camera_source: str = ""
+    log: logging.Logger | None = None
+
+
+@dataclass
+class Streamed:
+    """What :func:`stream` produced."""
+
+    raw: pd.DataFrame
+    superres: np.ndarray
+    widefield: np.ndarray
+    seconds: float
+
+
+def _logger(output: Path, quiet: bool) -> logging.Logger:
+    log = logging.getLogger(f"stormfold.run.{output}")
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fh = logging.FileHandler(output / LOG_FILE, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(fh)
+    if not quiet:
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    return log
+
+
+# --------------------------------------------------------------------------- 1. plan
+def plan(config: RunConfig) -> RunPlan:
+    """Check everything and open the movie (the caller closes ``plan.movie``)."""
+    from stormfold.device import get_device
+    from stormfold.io.movie import open_movies
+    from stormfold.localize.registry import load_engine
+    from stormfold.localize.runner import resolve_geometry
+
+    check_inputs(config)
+    device = get_device(None if config.engine.device == "auto" else config.engine.device)
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output: {output} exists and is not a folder")
+    movie = open_movies(config.movies, pixel_size_nm=config.pixel_size_nm)
+    try:
+        spec = config.engine
+        engine = None
+        if spec.train is None:
+            engine = load_engine(model=spec.model, engine=spec.engine, device=device,
+                                 threshold=spec.threshold, options=spec.options)
+        geometry = resolve_geometry(movie, engine)
+        truth = true_drift = None
+        if config.evaluation.truth is not None:
+            from stormfold.io.tables import read_table
+
+            truth = read_table(config.evaluation.truth)
+        if config.evaluation.truth_drift is not None:
+            from stormfold.postprocess.drift import read_drift_csv
+
+            true_drift = read_drift_csv(config.evaluation.truth_drift)
+        start, stop = (config.frames or [0, movie.n_frames])
+        stop = min(stop, movie.n_frames)
+        if start >= stop:
+            raise UserError(f"frames: range {start}:{stop} is empty for a movie of "
+                            f"{movie.n_frames} frames")
+    except BaseException:
+        movie.close()
+        raise
+    return RunPlan(config, output, movie, device, spec, engine, geometry, truth, true_drift,
+                   start, stop)
+
+
+def _train_engine(p: RunPlan, quiet: bool) -> None:
+    """Train the model the configuration asks for (skipped when a finished one is there)."""
+    from stormfold.localize.registry import load_engine, train_model
+    from stormfold.localize.runner import resolve_geometry
+    from stormfold.modelfile import META
+
+    train = p.spec.train
+    model_dir = p.output / "model"
+    if (model_dir / META).is_file():
+        p.log.info(f"using the model trained earlier in {model_dir}")
+    else:
+        p.log.info(f"training a {train.engine} model into {model_dir}")
+        train_model(train.engine, model_dir, preset=train.preset, config_file=train.config,
+                    overrides=train.overrides, seed=train.seed, device=p.device,
+                    progress=not quiet)
+    p.spec = EngineSpec(model=str(model_dir), threshold=p.spec.threshold,
+                        options=p.spec.options, device=p.spec.device,
+                        batch_frames=p.spec.batch_frames)
+    p.engine = load_engine(model=p.spec.model, device=p.device, threshold=p.spec.threshold,
+                           options=p.spec.options)
+    p.geometry = resolve_geometry(p.movie, p.engine)
+
+
+def _prepare(p: RunPlan, quiet: bool) -> None:
+    """From here on the run writes: output folder, log, engine (trained if asked), camera."""
+    from stormfold.localize.camera import resolve_camera
+
+    p.output.mkdir(parents=True, exist_ok=True)
+    (p.output / STATE_DIR).mkdir(exist_ok=True)
+    p.log = _logger(p.output, quiet)
+    if p.engine is None:
+        _train_engine(p, quiet)
+    p.camera, p.camera_source = resolve_camera(p.config.camera.overrides(), p.movie, p.engine)
+    g = p.geometry
+    p.log.info(f"movie {', '.join(p.config.movies)}: {p.movie.n_frames} frames of "
+               f"{g.rows}×{g.cols} px, {g.pixel_size_nm:g} nm; camera from {p.camera_source}")
+    p.log.info(f"engine {p.engine.name} ({p.spec.model or p.spec.engine or 'trained'}), "
+               f"device {p.device}, frames {p.start}:{p.stop}")
+
+
+# --------------------------------------------------------------------------- 2. stream
+def _chunks(p: RunPlan) -> list[tuple[int, int]]:
+    # Chunks are whole numbers of batches so local and distributed runs compute alike.
+    batch = p.spec.batch_frames
+    chunk = max(batch, p.config.chunk_frames // batch * batch)
+    return [(a, min(a + chunk, p.stop)) for a in range(p.start, p.stop, chunk)]
+
+
+def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
+    """Localize the frame range chunk by chunk, saving the state after each chunk."""
+    from tqdm import tqdm
+
+    from stormfold.io.thunderstorm import ThunderstormCsvWriter, read_thunderstorm_csv
+
+    state_dir = p.output / STATE_DIR
+    bounds = _chunks(p)
+    partial = state_dir / "localizations.partial.csv"
+    loaded = RunState.load(state_dir) if resume else None
+    if loaded is not None and loaded[0].fingerprint != config_fingerprint(p.config):
+        raise UserError(f"--resume: the configuration differs from the interrupted run in "
+                        f"{p.output}; run without --resume to start again")
+    if loaded is not None:
+        state, superres, widefield = loaded
+        with open(partial, "r+b") as fh:  # drop rows of a chunk whose state was never saved
+            fh.truncate(state.csv_bytes)
+        p.log.info(f"resuming after {state.chunks_done} of {len(bounds)} chunks "
+                   f"({state.n_locs} localizations)")
+    else:
+        state = RunState(config_fingerprint(p.config))
+        superres = np.zeros(p.geometry.fine_shape, np.float64)
+        widefield = np.zeros(p.geometry.shape, np.float64)
+        partial.unlink(missing_ok=True)
+    writer = ThunderstormCsvWriter(p.output / "localizations_raw.csv", partial_path=partial,
+                                   resume=loaded is not None)
+    done_frames = sum(b - a for a, b in bounds[:state.chunks_done])
+    bar = tqdm(total=p.stop - p.start, initial=done_frames, unit="frame",
+               desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
+    t0 = time.perf_counter()
+    for result in _chunk_results(p, bounds[state.chunks_done:]):
+        writer.append(result.locs)
+        superres += result.superres
+        widefield += result.widefield
+        state.chunks_done += 1
+        state.n_locs += len(result.locs)
+        state.engine_s += result.engine_s
+        state.csv_bytes = os.path.getsize(partial)
+        state.save(state_dir, superres, widefield)
+        bar.update(result.n_frames)
+        bar.set_postfix(locs=state.n_locs)
+        p.log.debug(f"chunk {state.chunks_done}/{len(bounds)} done")
+    bar.close()
+    writer.close()
+    seconds = time.perf_counter() - t0
+    raw = read_thunderstorm_csv(p.output / "localizations_raw.csv")
+    p.log.info(f"{len(raw)} localizations in {p.stop - p.start} frames "
+               f"({(p.stop - p.start - done_frames) / max(seconds, 1e-9):.1f} frames/s)")
+    return Streamed(raw, superres, widefield, seconds)
+
+
+def _chunk_results(p: RunPlan, todo: list[tuple[int, int]]):
+    """The chunks' results, in order: on the Dask cluster or in this process."""
+    if p.config.scheduler:
+        from stormfold.parallel import run_chunks_distributed
+
+        p.log.info(f"running {len(todo)} chunks on the Dask cluster at {p.config.scheduler}")
+        return run_chunks_distributed(p.config.scheduler, todo, p.movie, p.spec, p.device,
+                                      p.camera, p.geometry)
+    # Looked up at call time, so tests can interpose a crashing chunk.
+    from stormfold.localize import runner
+
+    return (runner.localize_range(p.movie, p.engine, p.camera, p.geometry, a, b,
+                                  p.spec.batch_frames) for a, b in todo)
+
+
+# --------------------------------------------------------------------------- 3. finish
+def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunResult:
+    """Post-process, evaluate, write the outputs and the report; clear the resume state."""
+    from stormfold.postprocess.chain import run_chain
+
+    config = p.config
+    pp = run_chain(s.raw, config.postprocess, geometry=p.geometry, n_frames=p.stop,
+                   progress=not quiet)
+    for name, text in pp.log.items():
+        p.log.info(f"post-processing {name}: {text}")
+    truth, true_drift, evaluation = p.truth, p.true_drift, None
+    if true_drift is not None:
+        truth, true_drift, residual_nm = truth_in_corrected_frame(p.truth, true_drift,
+                                                                  pp.outputs["drift"])
+        pp.log["drift vs truth"] = (f"residual {residual_nm:.1f} nm RMS against "
+                                    f"{Path(config.evaluation.truth_drift).name}")
+        p.log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")
+    if p.truth is not None:
+        from stormfold.evaluate import evaluate, format_table
+
+        ev = config.evaluation
+        evaluation = evaluate(truth, pp.table, tolerances_nm=ev.tolerances_nm, method=ev.matching,
+                              border_nm=ev.border_nm, fov_nm=p.geometry.fov_nm)
+        p.log.info("evaluation against " + ev.truth + "\n" + format_table(evaluation))
+    meta = write_outputs(p, s, pp, evaluation, seconds=time.perf_counter() - t0)
+    result = RunResult(p.output, pp.table, s.raw, s.superres.astype(np.float32),
+                       s.widefield.astype(np.float32), p.geometry.pixel_size_nm,
+                       p.geometry.upsampling, meta, postprocess=pp.outputs,
+                       evaluation=evaluation, truth=truth, true_drift=true_drift,
+                       label=label or p.engine.name)
+    if config.report:
+        from stormfold.report import write_report
+
+        p.log.info(f"report: {write_report(p.output / 'report.html', [result])}")
+    state_dir = p.output / STATE_DIR
+    for name in ("state.json", "sums.npz"):
+        (state_dir / name).unlink(missing_ok=True)
+    state_dir.rmdir()
+    return result
+
+
+def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | None,
+                  seconds: float) -> dict:
+    """The tables, images, evaluation and ``run.yaml``; returns the run record."""
+    from stormfold.io.picasso import write_picasso_hdf5
+    from stormfold.io.thunderstorm import write_thunderstorm_csv
+    from stormfold.localize.runner import write_images
+
+    out, g, config = p.output, p.geometry, p.config
+    write_thunderstorm_csv(out / "localizations.csv", pp.table)
+    write_picasso_hdf5(out / "localizations.hdf5", pp.table, pixel_size_nm=g.pixel_size_nm,
+                       width_px=g.cols, height_px=g.rows, n_frames=p.stop)
+    write_images(out / "superres.tif", out / "widefield.tif", s.superres, s.widefield, g,
+                 p.engine.name)
+    outputs = {"localizations": "localizations.csv", "localizations_hdf5": "localizations.hdf5",
+               "localizations_raw": "localizations_raw.csv", "superres": "superres.tif",
+               "widefield": "widefield.tif", "log": LOG_FILE}
+    outputs.update(pp.write(out))
+    if evaluation is not None:
+        with atomic_path(out / "evaluation.csv") as tmp:
+            evaluation.to_csv(tmp, index=False)
+        outputs["evaluation"] = "evaluation.csv"
+    if config.report:
+        outputs["report"] = "report.html"
+    meta = {
+        "stormfold_version": __version__,
+        "config": to_dict(config),
+        "movie": {"paths": config.movies, "n_frames": p.movie.n_frames, "frames": [p.start, p.stop],
+                  "frame_shape": list(g.shape), "pixel_size_nm": g.pixel_size_nm},
+        "camera": to_dict(p.camera), "camera_source": p.camera_source,
+        "engine": p.engine.describe(),
+        "n_localizations": {"raw": int(len(s.raw)), "final": int(len(pp.table))},
+        "postprocess": pp.log,
+        "evaluation": None if evaluation is None else evaluation.to_dict(orient="records"),
+        "timing": {"seconds": round(seconds, 3), "localize_s": round(s.seconds, 3),
+                   "frames_per_s": round((p.stop - p.start) / max(s.seconds, 1e-9), 3)},
+        "outputs": outputs,
+    }
+    write_text(out / "run.yaml", dump_yaml(meta))
+    return meta
+
+
+# --------------------------------------------------------------------------- the run
+def run(config: RunConfig, resume: bool = False, quiet: bool = False,
+        label: str = "") -> RunResult:
+    """Run the whole job of ``config``: :func:`plan` → :func:`stream` → :func:`finish`.
+
+    Parameters
+    ----------
+    config : RunConfig
+    resume : bool
+        Continue an interrupted run in the same output folder (same configuration).
+    quiet : bool
+        No progress bar and no console log (the log file is still written).
+    label : str
+        Name of the run in the report (default: the engine's name).
+    """
+    p = plan(config)
+    try:
+        t0 = time.perf_counter()
+        _prepare(p, quiet)
+        streamed = stream(p, resume, quiet)
+        return finish(p, streamed, quiet, label, t0)
+    finally:
+        p.movie.close()

@@ -1,0 +1,207 @@
+"""The checkpointed training loop: output folder, exact resume, stopping on steps or time.
+
+A :class:`TrainingRun` owns the model folder of one training: it refuses to overwrite a
+model or a run without ``--resume``, checks on resume that the configuration (all but what
+may change, e.g. the number of epochs) and the data are those of the checkpoint, and saves
+checkpoints (weights, optimiser, RNG, the caller's state) with the bookkeeping every
+trainer needs: the commands that started and resumed the run and the training time so far.
+
+:func:`run_loop` calls the trainer's step function — one epoch, one outer iteration or one
+optimisation step, whatever the trainer's unit is — until a :class:`Budget` (steps and/or
+wall-clock minutes, counted over all sessions of a resumed run) is spent or the trainer
+reports convergence. Exact resume is the trainer's side of the contract: every random draw
+of step ``i`` must be seeded by (seed, i), and everything else that changes between steps
+must be in the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from stormfold import __version__
+from stormfold.errors import UserError
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def without(mapping: dict, *paths: str) -> dict:
+    """Deep copy of a nested mapping without the dotted keys ``paths`` (e.g. ``"optim.lr"``)."""
+    out = copy.deepcopy(mapping)
+    for path in paths:
+        *parents, last = path.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+@dataclass
+class Budget:
+    """When a training loop stops: after ``steps`` steps and/or ``minutes`` of training.
+
+    Both count the whole run, resumed sessions included; None means no limit (at least one
+    must be set).
+    """
+
+    steps: int | None = None
+    minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.minutes is None:
+            raise UserError("a training budget needs a number of steps or of minutes")
+        if self.steps is not None and self.steps < 0:
+            raise UserError(f"the number of training steps must be ≥ 0, got {self.steps}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise UserError(f"the training time must be > 0 minutes, got {self.minutes}")
+
+    def spent(self, steps_done: int, seconds: float) -> bool:
+        if self.steps is not None and steps_done >= self.steps:
+            return True
+        return self.minutes is not None and seconds >= 60.0 * self.minutes
+
+
+class TrainingRun:
+    """The model folder of one training run and its checkpoint.
+
+    Parameters
+    ----------
+    out_dir : path
+        Model folder; the checkpoint goes to ``out_dir/checkpoint``.
+    resume : bool
+        Continue the checkpoint in ``out_dir`` (it must exist); otherwise ``out_dir`` must
+        hold neither a model nor a checkpoint.
+    key : dict
+        What a resumed run must share with the checkpoint: the configuration without the
+        keys that may change.
+    may_change : str
+        Those keys, for the error message (e.g. ``"schedule.epochs"``).
+    command : list of str, optional
+        The command line of this session.
+    """
+
+    def __init__(self, out_dir: str | Path, resume: bool, key: dict, may_change: str,
+                 command: list[str] | None = None):
+        from stormfold.modelfile import META
+
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / CHECKPOINT_DIR
+        self.resume = bool(resume)
+        self.key = json.loads(json.dumps(key, default=str))  # as it reads back from JSON
+        self.may_change = may_change
+        self.commands: list[list[str]] = [list(command)] if command is not None else []
+        self.seconds_before = 0.0
+        self.data: str | None = None
+        self._t0 = time.perf_counter()
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"--out {self.out_dir} exists and is not a folder")
+        state = self.checkpoint_dir / "state.json"
+        if self.resume and not state.is_file():
+            raise UserError(f"--resume: no checkpoint in {self.checkpoint_dir} to continue from")
+        if not self.resume and (state.is_file() or (self.out_dir / META).is_file()):
+            raise UserError(f"{self.out_dir} already holds a model or a training run: use "
+                            f"--resume to continue it, or choose another --out")
+        if self.resume:  # fail before any data are simulated
+            saved = json.loads(state.read_text(encoding="utf-8")).get("config")
+            if saved != self.key:
+                self._refuse()
+
+    def _refuse(self) -> None:
+        raise UserError(f"--resume: the configuration or the training data differs from the "
+                        f"checkpoint's in {self.checkpoint_dir} (only {self.may_change} may "
+                        f"change)")
+
+    @staticmethod
+    def unfinished(out_dir: str | Path) -> bool:
+        """True when ``out_dir`` holds a checkpoint but no finished model (resume it)."""
+        from stormfold.modelfile import META
+
+        out_dir = Path(out_dir)
+        return (out_dir / CHECKPOINT_DIR / "state.json").is_file() and not (out_dir / META).is_file()
+
+    # ------------------------------------------------------------------ checkpoints
+    def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None
+                ) -> tuple[dict, dict] | None:
+        """On resume, load the checkpoint into ``model`` and ``optimizer`` (and the torch RNG).
+
+        Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ.
+        Returns (extra tensors, state) or None when not resuming.
+        """
+        from stormfold.checkpoint import load_checkpoint
+
+        self.data = data
+        if not self.resume:
+            return None
+        saved = json.loads((self.checkpoint_dir / "state.json").read_text(encoding="utf-8"))
+        if saved.get("data") != data:
+            self._refuse()
+        loaded = load_checkpoint(self.checkpoint_dir, model, optimizer)
+        if loaded is None:
+            raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is incomplete")
+        extra, state = loaded
+        self.seconds_before = float(state.get("seconds", 0.0))
+        self.commands = list(state.get("commands", [])) + self.commands
+        return extra, state
+
+    def start_clock(self) -> None:
+        """Count training time from now (plus the time of earlier sessions)."""
+        self._t0 = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Training time of the whole run so far (s)."""
+        return self.seconds_before + time.perf_counter() - self._t0
+
+    def save(self, model: Any = None, optimizer: Any = None, state: dict | None = None,
+             tensors: dict | None = None) -> None:
+        """Write a checkpoint: weights, optimiser, torch RNG, ``tensors`` and ``state``."""
+        from stormfold.checkpoint import save_checkpoint
+
+        full = dict(state or {})
+        full.update(config=self.key, data=self.data, seconds=self.seconds,
+                    commands=self.commands, stormfold_version=__version__)
+        save_checkpoint(self.checkpoint_dir, model, optimizer, tensors=tensors, state=full)
+
+
+def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
+             run: TrainingRun | None = None,
+             after: Callable[[int, dict], None] | None = None,
+             converged: Callable[[dict], bool] | None = None) -> int:
+    """Run ``step(i)`` for i = first, first + 1, … until ``budget`` is spent.
+
+    Parameters
+    ----------
+    step : callable(i) -> dict
+        One unit of training (epoch, outer iteration, optimisation step); returns its record.
+    first : int
+        Index of the first step (steps already done by a resumed run).
+    budget : Budget
+        Stop when this many steps are done or the run's time (``run.seconds``) is spent.
+    run : TrainingRun, optional
+        The clock of the time budget (default: this call's).
+    after : callable(steps_done, record), optional
+        Called after every step (checkpoints, logs, progress).
+    converged : callable(record) -> bool, optional
+        Stop early when it returns True.
+
+    Returns
+    -------
+    int
+        The number of steps done.
+    """
+    t0 = time.perf_counter()
+    i = int(first)
+    while not budget.spent(i, run.seconds if run is not None else time.perf_counter() - t0):
+        record = step(i)
+        i += 1
+        if after is not None:
+            after(i, record)
+        if converged is not None and converged(record):
+            break
+    return i
