@@ -22,7 +22,7 @@ from stormfold.postprocess import (apply_drift, check_chain, cluster_summary, co
                                    run_chain)
 from stormfold.postprocess.drift import residual_rms_nm
 from stormfold.postprocess.frc import frc_curve, split_halves
-from stormfold.postprocess.render import scale_bar_nm
+from stormfold.figures import scale_bar_nm
 from stormfold.simulate import build_config, simulate_to_folder, simulate_truth
 from stormfold.table import make_table
 

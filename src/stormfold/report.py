@@ -7,9 +7,7 @@ runs (the demo runs two engines on one movie) get a comparison table on top.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -17,18 +15,14 @@ import numpy as np
 import pandas as pd
 
 from stormfold import __version__
+from stormfold.figures import add_scale_bar, new_figure, png_data_uri
 from stormfold.io.atomic import write_text
 
 SECTION_IDS = ("summary", "images", "drift", "histograms", "counts", "frc", "evaluation")
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_data_uri(fig, dpi=110)
 
 
 def _img(src: str, alt: str) -> str:
@@ -43,72 +37,49 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
     return float(np.percentile(image, 0.5)), float(np.percentile(positive, 99.5))
 
 
-def _scale_bar(ax, pixel_size_nm: float, width_px: int) -> None:
-    target = width_px * pixel_size_nm / 5
-    nice = [100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]
-    length_nm = max([n for n in nice if n <= target] or [nice[0]])
-    length_px = length_nm / pixel_size_nm
-    ax.plot([width_px * 0.05, width_px * 0.05 + length_px], [width_px * 0.95] * 2, color="w", lw=3)
-    label = f"{length_nm / 1000:g} µm" if length_nm >= 1000 else f"{length_nm:g} nm"
-    ax.text(width_px * 0.05, width_px * 0.92, label, color="w", fontsize=8)
-
-
 def images_figure(widefield: np.ndarray, superres: np.ndarray, pixel_size_nm: float,
                   upsampling: int, label: str) -> str:
     """Widefield and super-resolved images side by side, each with a zoomed inset below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+    from scipy.ndimage import uniform_filter
 
     rows, cols = widefield.shape
     # Zoom on the quarter of the field with the most super-resolved signal.
     qr, qc = max(rows // 4, 1), max(cols // 4, 1)
     coarse = superres.reshape(rows, upsampling, cols, upsampling).sum((1, 3))
-    from scipy.ndimage import uniform_filter
-
     score = uniform_filter(coarse, size=(qr, qc), mode="constant")
     r0, c0 = np.unravel_index(np.argmax(score), score.shape)
     r0 = int(np.clip(r0 - qr // 2, 0, rows - qr))
     c0 = int(np.clip(c0 - qc // 2, 0, cols - qc))
-    fig, axes = plt.subplots(2, 2, figsize=(9, 9))
+    fig = new_figure(9, 9, layout="tight")
+    axes = fig.subplots(2, 2)
     for col, (image, px, title) in enumerate([(widefield, pixel_size_nm, "widefield (sum of frames)"),
                                               (superres, pixel_size_nm / upsampling,
                                                f"super-resolved ({label}, ×{upsampling})")]):
         f = 1 if col == 0 else upsampling
         vmin, vmax = _display_range(image) if col else (float(image.min()), float(image.max()))
+        cmap = "magma" if col else "gray"
         ax = axes[0, col]
-        ax.imshow(image, cmap="magma" if col else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.add_patch(Rectangle((c0 * f - 0.5, r0 * f - 0.5), qc * f, qr * f, fill=False, ec="c", lw=1.5))
+        ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.add_patch(Rectangle((c0 * f - 0.5, r0 * f - 0.5), qc * f, qr * f, fill=False, ec="c",
+                               lw=1.5))
         ax.set_title(title)
-        _scale_bar(ax, px, image.shape[1])
+        add_scale_bar(ax, px, image.shape[1], image.shape[0])
         ax.axis("off")
         crop = image[r0 * f:(r0 + qr) * f, c0 * f:(c0 + qc) * f]
         ax = axes[1, col]
-        ax.imshow(crop, cmap="magma" if col else "gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.imshow(crop, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title("inset (cyan box)")
-        _scale_bar(ax, px, crop.shape[1])
+        add_scale_bar(ax, px, crop.shape[1], crop.shape[0])
         ax.axis("off")
-    fig.tight_layout()
     return _png(fig)
 
 
 def drift_figure(drift: pd.DataFrame, true_drift: pd.DataFrame | None = None) -> str:
-    import matplotlib.pyplot as plt
+    """The post-processing drift figure, with the true drift when known."""
+    from stormfold.postprocess.plots import drift_figure as figure
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.plot(drift["frame"] + 1, drift["dx_nm"], label="x", color="C0")
-    ax.plot(drift["frame"] + 1, drift["dy_nm"], label="y", color="C1")
-    if true_drift is not None:  # already in the estimate's frame (same constant offset)
-        for axis, color in (("x", "C0"), ("y", "C1")):
-            ax.plot(true_drift["frame"] + 1, true_drift[f"d{axis}_nm"], ls="--", color=color,
-                    lw=0.8, label=f"{axis} (truth)")
-    ax.set_xlabel("frame")
-    ax.set_ylabel("drift (nm)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return _png(figure(drift, title="drift", true_drift=true_drift, size_in=(7, 3)))
 
 
 HISTOGRAM_COLUMNS = (("photons", "photons"), ("confidence", "confidence (a.u.)"),
@@ -117,13 +88,12 @@ HISTOGRAM_COLUMNS = (("photons", "photons"), ("confidence", "confidence (a.u.)")
 
 
 def histograms_figure(locs: pd.DataFrame) -> str | None:
-    import matplotlib.pyplot as plt
-
     present = [(c, t) for c, t in HISTOGRAM_COLUMNS if c in locs.columns and len(locs)
                and np.isfinite(locs[c]).any()]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present), 2.8), squeeze=False)
+    fig = new_figure(3.2 * len(present), 2.8, layout="tight")
+    axes = fig.subplots(1, len(present), squeeze=False)
     for ax, (col, title) in zip(axes[0], present):
         values = locs[col].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
@@ -131,17 +101,15 @@ def histograms_figure(locs: pd.DataFrame) -> str | None:
         ax.hist(values, bins=60, range=(min(values.min(), 0), hi if hi > 0 else 1), color="0.3")
         ax.set_xlabel(title)
     axes[0, 0].set_ylabel("localizations")
-    fig.tight_layout()
     return _png(fig)
 
 
 def counts_figure(locs: pd.DataFrame, frames: tuple[int, int]) -> str:
-    import matplotlib.pyplot as plt
-
     start, stop = frames
     counts = np.bincount(locs["frame"].to_numpy() - start, minlength=stop - start)[: stop - start] \
         if len(locs) else np.zeros(stop - start)
-    fig, ax = plt.subplots(figsize=(7, 2.6))
+    fig = new_figure(7, 2.6)
+    ax = fig.add_subplot()
     ax.plot(np.arange(start, stop) + 1, counts, lw=0.8)
     ax.set_xlabel("frame")
     ax.set_ylabel("localizations")
@@ -150,21 +118,15 @@ def counts_figure(locs: pd.DataFrame, frames: tuple[int, int]) -> str:
 
 
 def frc_figure(frc: dict) -> str:
-    import matplotlib.pyplot as plt
+    """The post-processing FRC figure."""
+    from stormfold.postprocess.frc import THRESHOLD
+    from stormfold.postprocess.plots import frc_figure as figure
 
-    fig, ax = plt.subplots(figsize=(6, 3))
-    q = np.asarray(frc["frequency_per_nm"])
-    ax.plot(q, frc["frc"], label="FRC")
-    ax.axhline(1 / 7, color="r", ls="--", lw=0.8, label="1/7")
+    curve = pd.DataFrame({"q_per_nm": frc["frequency_per_nm"], "frc": frc["frc"],
+                          "frc_smoothed": frc.get("frc_smoothed", frc["frc"])})
     res = frc.get("resolution_nm")
-    if res is not None and np.isfinite(res):
-        ax.axvline(1 / res, color="k", lw=0.8)
-        ax.set_title(f"FRC resolution {res:.1f} nm")
-    ax.set_xlabel("spatial frequency (1/nm)")
-    ax.set_ylim(-0.1, 1.05)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    res = res if res is not None and np.isfinite(res) else None
+    return _png(figure(curve, res, frc.get("threshold", THRESHOLD), size_in=(6, 3)))
 
 
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:

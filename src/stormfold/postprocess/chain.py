@@ -352,7 +352,8 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
                 extra["frc"] = {"frequency_per_nm": curve["q_per_nm"].to_numpy(),
                                 "frc": curve["frc"].to_numpy(),
                                 "frc_smoothed": curve["frc_smoothed"].to_numpy(),
-                                "resolution_nm": o.results["resolution_nm"]}
+                                "resolution_nm": o.results["resolution_nm"],
+                                "threshold": params["frc"].threshold}
             elif artefact.name == "clusters":
                 extra["clusters"] = artefact.value
             elif artefact.name == "image":

@@ -1,45 +1,50 @@
 """Figures of the post-processing steps: the drift trajectory and the FRC curve.
 
-Figures are built with :class:`matplotlib.figure.Figure` (no pyplot, no global state)
-and written atomically as PNG by :func:`save_figure`.
+Used by the post-processing files (``drift.png``, ``frc.png``) and by the HTML report.
+Figures come from :func:`stormfold.figures.new_figure` (no pyplot, no global state) and are
+written atomically as PNG by :func:`save_figure`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
+from stormfold.figures import new_figure
+from stormfold.figures import save_png as save_figure
 
-def _figure(width_in: float = 7.0, height_in: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+__all__ = ["drift_figure", "frc_figure", "save_figure"]
 
 
 def drift_figure(drift: pd.DataFrame, points: Optional[pd.DataFrame] = None,
-                 title: str = "drift"):
-    """Drift trajectory dx, dy (nm) against frame, with the measured points.
+                 title: str = "drift", true_drift: Optional[pd.DataFrame] = None,
+                 size_in: tuple[float, float] = (7.0, 4.0)):
+    """Drift trajectory dx, dy (nm) against frame (1-based), with the measured points.
 
     Parameters
     ----------
     drift : pandas.DataFrame
-        ``frame``, ``dx_nm``, ``dy_nm`` per frame.
+        ``frame`` (0-based), ``dx_nm``, ``dy_nm`` per frame.
     points : pandas.DataFrame, optional
         The measurements behind it (RCC bins or fiducial frames), same columns.
     title : str
         Figure title.
+    true_drift : pandas.DataFrame, optional
+        The true trajectory (same columns), drawn dashed.
+    size_in : (width, height)
+        Figure size in inches.
     """
-    fig = _figure()
+    fig = new_figure(*size_in)
     ax = fig.add_subplot()
-    ax.plot(drift["frame"], drift["dx_nm"], color="tab:blue", lw=1.2, label="dx")
-    ax.plot(drift["frame"], drift["dy_nm"], color="tab:orange", lw=1.2, label="dy")
+    ax.plot(drift["frame"] + 1, drift["dx_nm"], color="tab:blue", lw=1.2, label="dx")
+    ax.plot(drift["frame"] + 1, drift["dy_nm"], color="tab:orange", lw=1.2, label="dy")
     if points is not None and 0 < len(points) <= 500:
-        ax.plot(points["frame"], points["dx_nm"], "o", color="tab:blue", ms=4)
-        ax.plot(points["frame"], points["dy_nm"], "o", color="tab:orange", ms=4)
+        ax.plot(points["frame"] + 1, points["dx_nm"], "o", color="tab:blue", ms=4)
+        ax.plot(points["frame"] + 1, points["dy_nm"], "o", color="tab:orange", ms=4)
+    if true_drift is not None:
+        for axis, color in (("x", "tab:blue"), ("y", "tab:orange")):
+            ax.plot(true_drift["frame"] + 1, true_drift[f"d{axis}_nm"], ls="--", color=color,
+                    lw=0.8, label=f"d{axis} (truth)")
     ax.set_xlabel("frame")
     ax.set_ylabel("drift (nm)")
     ax.set_title(title)
@@ -48,9 +53,13 @@ def drift_figure(drift: pd.DataFrame, points: Optional[pd.DataFrame] = None,
     return fig
 
 
-def frc_figure(curve: pd.DataFrame, resolution_nm: Optional[float], threshold: float):
-    """FRC curve (raw and smoothed) against spatial frequency, threshold and resolution."""
-    fig = _figure()
+def frc_figure(curve: pd.DataFrame, resolution_nm: Optional[float], threshold: float,
+               size_in: tuple[float, float] = (7.0, 4.0)):
+    """FRC curve (raw and smoothed) against spatial frequency, threshold and resolution.
+
+    ``curve`` has ``q_per_nm``, ``frc`` and ``frc_smoothed``.
+    """
+    fig = new_figure(*size_in)
     ax = fig.add_subplot()
     q_um = curve["q_per_nm"].to_numpy() * 1000.0
     ax.plot(q_um, curve["frc"], color="0.7", lw=0.8, label="FRC")
@@ -68,12 +77,3 @@ def frc_figure(curve: pd.DataFrame, resolution_nm: Optional[float], threshold: f
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a figure as PNG (atomically)."""
-    from stormfold.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)

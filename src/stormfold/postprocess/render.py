@@ -294,17 +294,6 @@ def render(table: pd.DataFrame, pixel_nm: float = 10.0, method: str = "histogram
 
 
 # --------------------------------------------------------------------------- files
-def scale_bar_nm(width_nm: float) -> float:
-    """A round scale-bar length (1, 2 or 5 × 10^k nm) of at most a fifth of ``width_nm``."""
-    target = max(width_nm / 5.0, 1e-9)
-    power = 10.0 ** math.floor(math.log10(target))
-    return max(m * power for m in (1, 2, 5) if m * power <= target)
-
-
-def _length_label(nm: float) -> str:
-    return f"{nm / 1000:g} µm" if nm >= 1000 else f"{nm:g} nm"
-
-
 def write_png(path: str | Path, image: np.ndarray, pixel_nm: float,
               saturation_percentile: float = 99.5, cmap: str = "inferno") -> Path:
     """Write an image as PNG (one image pixel per PNG pixel) with a scale bar.
@@ -322,31 +311,19 @@ def write_png(path: str | Path, image: np.ndarray, pixel_nm: float,
     cmap : str
         Matplotlib colour map.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    from stormfold.io.atomic import atomic_path
+    from stormfold.figures import add_scale_bar, new_figure, save_png
 
     image = np.asarray(image, np.float32)
     rows, cols = image.shape
     positive = image[image > 0]
     vmax = float(np.percentile(positive, saturation_percentile)) if positive.size else 1.0
     dpi = 100
-    fig = Figure(figsize=(cols / dpi, rows / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
+    fig = new_figure(cols / dpi, rows / dpi, dpi=dpi, layout=None)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(image, cmap=cmap, vmin=0, vmax=max(vmax, 1e-12), interpolation="nearest")
     ax.set_axis_off()
-    bar_nm = scale_bar_nm(cols * pixel_nm)
-    font_pt = float(np.clip(0.035 * rows * 72 / dpi, 4, 28))
-    ax.add_artist(AnchoredSizeBar(ax.transData, bar_nm / pixel_nm, _length_label(bar_nm),
-                                  "lower right", pad=0.4, color="white", frameon=False,
-                                  size_vertical=max(rows / 120, 0.5),
-                                  fontproperties={"size": font_pt}))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return Path(path)
+    add_scale_bar(ax, pixel_nm, cols, rows, font_pt=float(np.clip(0.035 * rows * 72 / dpi, 4, 28)))
+    return save_png(fig, path, dpi=dpi)
 
 
 def write_image(path: str | Path, image: np.ndarray, pixel_nm: float,
