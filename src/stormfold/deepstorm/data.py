@@ -23,6 +23,7 @@ import torch
 
 from stormfold.deepstorm.loss import blur, gaussian_kernel_2d
 from stormfold.errors import UserError
+from stormfold.physics.geometry import fine_pixel_index
 
 #: Candidate draws per needed patch before giving up on the min_emitters rule.
 MAX_DRAWS_PER_PATCH = 200
@@ -91,12 +92,6 @@ class PatchSet:
         from stormfold.table import make_table
 
         return make_table(self.emitter_patch, self.emitter_xy_nm[:, 0], self.emitter_xy_nm[:, 1])
-
-
-def fine_pixel_index(pos_nm: np.ndarray, pixel_size_nm: float, upsampling: int) -> np.ndarray:
-    """0-based index of the fine pixel containing each position: floor(pos / (px / L))."""
-    scaled = np.asarray(pos_nm, dtype=np.float64) * upsampling / pixel_size_nm
-    return np.floor(scaled).astype(np.int64)
 
 
 def _window_counts(frames: np.ndarray, rows: np.ndarray, cols: np.ndarray,
