@@ -85,7 +85,7 @@ def train(out, preset=None, config_file=None, overrides=None, seed=None, device=
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        return {"step": i + 1, "loss": float(loss)}
+        return {"step": i + 1, "loss": loss.item()}
 
     run.out_dir.mkdir(parents=True, exist_ok=True)
     run_loop(step, restored[1]["step"] if restored else 0, Budget(steps=steps), run,

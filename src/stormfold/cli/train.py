@@ -17,10 +17,7 @@ def _add_train_deepstorm(engines: argparse._SubParsersAction) -> None:
     p = engines.add_parser("deepstorm", help="train a Deep-STORM model on simulated patches "
                                              "(or on --movie/--truth)")
     _add_train_common(p)
-    p.add_argument("--movie", type=Path, default=None, metavar="M.tif",
-                   help="train on this movie instead of simulating (needs --truth)")
-    p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
-                   help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+    _add_movie_truth(p)
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 100)")
     p.add_argument("--patches", type=positive_int, default=None,
                    help="patches drawn, 70%% training / 30%% validation (default 10000)")
@@ -50,10 +47,7 @@ def _add_train_unrolled(engines: argparse._SubParsersAction) -> None:
     p = engines.add_parser("unrolled", help="learn the parameters of the unrolled accelerated "
                                             "projected gradient (algorithmic unfolding)")
     _add_train_common(p)
-    p.add_argument("--movie", type=Path, default=None, metavar="M.tif",
-                   help="train on this movie instead of simulating (needs --truth)")
-    p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
-                   help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+    _add_movie_truth(p)
     p.add_argument("--fidelity", choices=["ls", "kl"], default=None,
                    help="least squares (default) or Kullback-Leibler data term")
     p.add_argument("--loss", choices=["reconstruction", "localization"], default=None,
@@ -84,9 +78,7 @@ def _cmd_train_unrolled(args: argparse.Namespace) -> None:
              "solver": {"fidelity": args.fidelity, "iterations": args.iterations},
              "loss": {"kind": args.loss},
              "optim": {"outer_iterations": args.outer_iterations, "optimizer": args.optimizer}}
-    flags = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
-             for k, v in flags.items() if v is not None}
-    config = load_train_config(args.config, merge(parse_overrides(args.overrides), flags))
+    config = load_train_config(args.config, merge(parse_overrides(args.overrides), _given(flags)))
     meta = train_unrolled(config, args.out, resume=args.resume, device=get_device(args.device),
                           progress=not args.quiet, command=command_line())
     t = meta["training"]
@@ -128,9 +120,8 @@ def _cmd_train_sofi(args: argparse.Namespace) -> None:
              "solver": {"iterations": args.iterations, "sigma_init_nm": args.sigma_init},
              "optim": {"outer_iterations": args.outer_iterations},
              "tau": {"learn": False if args.no_tau else None}}
-    flags = {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
-             for k, v in flags.items() if v is not None}
-    config = load_sofi_train_config(args.config, merge(parse_overrides(args.overrides), flags))
+    config = load_sofi_train_config(args.config,
+                                    merge(parse_overrides(args.overrides), _given(flags)))
     meta = train_sofi(config, args.out, resume=args.resume, device=get_device(args.device),
                       progress=not args.quiet, command=command_line())
     t = meta["training"]
@@ -139,6 +130,19 @@ def _cmd_train_sofi(args: argparse.Namespace) -> None:
           f"{meta['theta']['rho']:.4g}, tau {meta['tau']:.3g}; loss {t['initial_loss']:.4g} → "
           f"{t['final_loss']:.4g} in {t['outer_iterations_done']} outer iterations "
           f"({t['seconds']['total']:.0f} s); wrote {args.out}/")
+
+
+def _add_movie_truth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--movie", type=Path, default=None, metavar="M.tif",
+                   help="train on this movie instead of simulating (needs --truth)")
+    p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
+                   help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+
+
+def _given(flags: dict) -> dict:
+    """The options the user gave, as nested overrides (None = not given)."""
+    return {k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+            for k, v in flags.items() if v is not None}
 
 
 def _add_train_common(p: argparse.ArgumentParser) -> None:

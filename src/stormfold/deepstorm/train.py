@@ -240,6 +240,22 @@ def _build(config: DeepStormTrainConfig, device: torch.device) -> _State:
     return state
 
 
+def _training_patches(config: DeepStormTrainConfig, movie: str | Path | None,
+                      truth: str | Path | None) -> tuple[TrainingData, PatchSet]:
+    """The training frames (simulated, or the given movie) and the patches drawn from them."""
+    pcfg = config.patches
+    if movie is not None:
+        data = movie_data(movie, truth, fallback_pixel_size_nm=config.simulation.pixel_size_nm,
+                          fallback_camera=(config.simulation.camera,
+                                           "configuration simulation.camera"))
+    else:
+        data = simulated_data(config.simulation)
+    patches = extract_patches(data.photons, data.truth, data.pixel_size_nm, pcfg.n_patches,
+                              pcfg.patch_px, pcfg.min_emitters, config.architecture.upsampling,
+                              seed=config.seed)
+    return data, patches
+
+
 def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                     movie: str | Path | None = None, truth: str | Path | None = None,
                     resume: bool = False, device: torch.device | str | None = None,
@@ -282,15 +298,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                         f"multiple of 8")
     t_start = time.perf_counter()
 
-    if movie is not None:
-        data = movie_data(movie, truth, fallback_pixel_size_nm=config.simulation.pixel_size_nm,
-                          fallback_camera=(config.simulation.camera,
-                                           "configuration simulation.camera"))
-    else:
-        data = simulated_data(config.simulation)
+    data, patches = _training_patches(config, movie, truth)
     normalization = fit_normalization(data.photons)
-    patches = extract_patches(data.photons, data.truth, data.pixel_size_nm, pcfg.n_patches,
-                              pcfg.patch_px, pcfg.min_emitters, L, seed=config.seed)
     train_set, val_set = split_patches(patches, pcfg.val_fraction, config.seed)
     loss_fn = DeepStormLoss().to(device)
     st = _build(config, device)
@@ -304,6 +313,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     def epoch_step(epoch: int) -> dict:
         t_epoch = time.perf_counter()
         last_val = st.history[-1]["val_loss"] if st.history else None
+
         def on_step(step: int, mean_loss: float) -> None:
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{mean_loss:.4g}",
