@@ -1,6 +1,8 @@
 """Localization tables: ThunderSTORM CSV, Picasso HDF5, format dispatch, conversion, CLI."""
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -102,7 +104,7 @@ def test_csv_header_only_gives_empty_table(tmp_path):
 @pytest.mark.parametrize("content, needle", [
     ('"frame","y [nm]"\n1,2\n', '"x [nm]"'),
     ('"x [nm]","y [nm]"\n1,2\n', '"frame"'),
-    ('"frame","x [px]","y [px]"\n1,2,3\n', "not in nm"),
+    ('"frame","x [px]","y [px]"\n1,2,3\n', "pass --pixel-size"),
     ('"frame","x [nm]","y [nm]"\n0,2,3\n', "1-based"),
     ('"frame","x [nm]","y [nm]"\n1,abc,3\n', "non-numeric"),
     ('"frame","x [nm]","y [nm]","intensity [photon]"\n1,2,3,lots\n', "intensity [photon]"),
@@ -310,3 +312,111 @@ def test_thunderstorm_writer_appends_chunks_and_resumes(tmp_path):
     assert list(table["frame"]) == [0, 0, 3, 5, 6]
     assert list(table["confidence"]) == [0.5, 0.25, 0.75, 1.0, 0.125]
     assert not writer.partial_path.exists()
+
+
+# --------------------------------------------------------------------------- other tools' CSV
+@pytest.mark.parametrize("x, y", [
+    ("x [nm]", "y [nm]"), ("x_nm", "y_nm"), ("x (nm)", "y (nm)"), ("xnm", "ynm"),
+    ("X [nm]", "Y [nm]"), ("X_NM", "Y_NM"), ("X (nm)", "Y (nm)"), ("Xnm", "Ynm"), ("x[nm]", "y[nm]"),
+])
+@pytest.mark.parametrize("frame", ["frame", "Frame", "FRAME", "frame_ix"])
+def test_csv_position_and_frame_aliases(tmp_path, x, y, frame):
+    path = tmp_path / "other.csv"
+    pd.DataFrame({frame: [1, 4, 4], x: [10.5, 20.0, 30.25], y: [1.0, 2.0, 3.5],
+                  "photons": [100.0, 200.0, 300.0]}).to_csv(path, index=False)
+    table = read_table(path, frame_base=1)
+    assert table["x_nm"].tolist() == [10.5, 20.0, 30.25]
+    assert table["y_nm"].tolist() == [1.0, 2.0, 3.5]
+    assert table["photons"].tolist() == [100.0, 200.0, 300.0]
+    assert table["frame"].tolist() == [0, 3, 3]
+
+
+@pytest.mark.parametrize("x, y", [("x [px]", "y [px]"), ("x_pix", "y_pix"), ("X_PIX", "Y_PIX"),
+                                  ("x (px)", "y (px)"), ("x_px", "y_px"), ("xpix", "ypix")])
+def test_csv_positions_in_pixels_need_a_pixel_size(tmp_path, x, y):
+    path = tmp_path / "pix.csv"
+    pd.DataFrame({"frame_ix": [0, 1], x: [1.5, 20.0], y: [0.25, 3.0]}).to_csv(path, index=False)
+    with pytest.raises(UserError, match=r"in pixels.*--pixel-size"):
+        read_table(path)
+    table = read_table(path, pixel_size_nm=160.0)
+    # ThunderSTORM's pixel units: origin at the pixel corner, x_nm = x_px · px
+    assert table["x_nm"].tolist() == [240.0, 3200.0] and table["y_nm"].tolist() == [40.0, 480.0]
+    (tmp_path / "simulation.yaml").write_text("pixel_size_nm: 100.0\n")
+    assert read_table(path)["x_nm"].tolist() == [150.0, 2000.0]  # from the YAML next to it
+
+
+def test_csv_thunderstorm_pixel_export_is_one_based(tmp_path):
+    path = tmp_path / "ts_px.csv"
+    path.write_text('"id","frame","x [px]","y [px]","sigma [px]"\n1,1,2.5,3.0,1.1\n2,7,4.0,5.0,1.2\n')
+    table = read_thunderstorm_csv(path, pixel_size_nm=100.0)
+    assert table["frame"].tolist() == [0, 6]
+    assert table["x_nm"].tolist() == [250.0, 400.0]
+    assert table["sigma_px"].tolist() == [1.1, 1.2]  # other pixel columns kept as they are
+
+
+def test_csv_frame_base_inference(tmp_path):
+    from stormfold.io.thunderstorm import FrameBaseWarning
+
+    path = tmp_path / "smap.csv"
+    # SMAP-like: 1-based frames, xnm/ynm, phot and locprecnm
+    pd.DataFrame({"frame": [1, 1, 2], "xnm": [5.0, 6.0, 7.0], "ynm": [1.0, 2.0, 3.0],
+                  "phot": [900.0, 800.0, 700.0], "locprecnm": [9.0, 8.0, 7.0]}).to_csv(path, index=False)
+    with pytest.warns(FrameBaseWarning, match=r"frames start at 1.*1-based \(a guess\).*--frame-base"):
+        table = read_table(path)
+    assert table["frame"].tolist() == [0, 0, 1]
+    assert table["photons"].tolist() == [900.0, 800.0, 700.0]
+    assert table["uncertainty_nm"].tolist() == [9.0, 8.0, 7.0]
+    # stated: no guess, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_table(path, frame_base=1)["frame"].tolist() == [0, 0, 1]
+        assert read_table(path, frame_base=0)["frame"].tolist() == [1, 1, 2]
+        # the movie length next to the file: a last frame equal to it can only be 1-based
+        (tmp_path / "simulation.yaml").write_text("pixel_size_nm: 100.0\nn_frames: 2\n")
+        assert read_table(path)["frame"].tolist() == [0, 0, 1]
+    # a frame 0 in the file: 0-based, certain (even with a look-alike of ThunderSTORM's header)
+    pd.DataFrame({"Frame": [0, 5], "X [nm]": [1.0, 2.0], "Y [nm]": [1.0, 2.0]}).to_csv(
+        tmp_path / "zero_based.csv", index=False)
+    assert read_table(tmp_path / "zero_based.csv")["frame"].tolist() == [0, 5]
+    # frame_ix is an index: 0-based by its name
+    pd.DataFrame({"frame_ix": [4, 5], "x_nm": [1.0, 2.0], "y_nm": [1.0, 2.0]}).to_csv(
+        tmp_path / "decode.csv", index=False)
+    assert read_table(tmp_path / "decode.csv")["frame"].tolist() == [4, 5]
+    with pytest.raises(UserError, match=r"frame numbers must be >= 1 \(frame base 1\)"):
+        pd.DataFrame({"frame": [0, 5], "x_nm": [1.0, 2.0], "y_nm": [1.0, 2.0]}).to_csv(
+            tmp_path / "zero.csv", index=False)
+        read_table(tmp_path / "zero.csv", frame_base=1)
+
+
+def test_csv_unknown_layout_names_found_and_expected_columns(tmp_path):
+    path = tmp_path / "mystery.csv"
+    pd.DataFrame({"t": [1], "pos_a": [2.0], "pos_b": [3.0]}).to_csv(path, index=False)
+    with pytest.raises(UserError) as info:
+        read_table(path)
+    message = str(info.value)
+    assert "\n" not in message and "mystery.csv" in message
+    assert 'found "t", "pos_a", "pos_b"' in message
+    for expected in ('"frame"', '"frame_ix"', '"x [nm]"', '"x_nm"', '"x (nm)"', '"xnm"',
+                     '"x [px]"', '"x_pix"'):
+        assert expected in message
+    assert "no frame/x/y column" in message
+    pd.DataFrame({"frame": [1], "x_nm": [2.0], "y [px]": [3.0]}).to_csv(path, index=False)
+    with pytest.raises(UserError, match="different units"):
+        read_table(path)
+
+
+def test_csv_from_other_tools_is_written_in_thunderstorm_layout(tmp_path, run_cli):
+    src = tmp_path / "other.csv"
+    pd.DataFrame({"Frame": [0, 2], "x (nm)": [10.0, 20.0], "y (nm)": [30.0, 40.0]}).to_csv(
+        src, index=False)
+    code, _, err = run_cli("convert", src, tmp_path / "ts.csv")
+    assert code == 0 and err == ""
+    lines = (tmp_path / "ts.csv").read_text().splitlines()
+    assert lines == ['"id","frame","x [nm]","y [nm]"', "1,1,10.0,30.0", "2,3,20.0,40.0"]
+    # a guessed base is one warning line on the command line; --frame-base states it
+    pd.DataFrame({"frame": [1, 2], "x_nm": [1.0, 2.0], "y_nm": [3.0, 4.0]}).to_csv(src, index=False)
+    code, _, err = run_cli("convert", src, tmp_path / "g.csv")
+    assert code == 0 and err.count("\n") == 1 and "warning: " in err and "a guess" in err
+    code, _, err = run_cli("convert", src, tmp_path / "s.csv", "--frame-base", "0")
+    assert code == 0 and err == ""
+    assert read_thunderstorm_csv(tmp_path / "s.csv")["frame"].tolist() == [1, 2]

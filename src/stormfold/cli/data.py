@@ -101,6 +101,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="image width in pixels for Picasso output")
     p.add_argument("--height", type=positive_int, default=None, metavar="PX",
                    help="image height in pixels for Picasso output")
+    p.add_argument("--frame-base", type=int, choices=(0, 1), default=None,
+                   help="first frame number of a CSV from another tool (default: stated by "
+                        "its layout, else inferred, with a warning when it is a guess)")
     p.set_defaults(func=_cmd_convert)
 
 
@@ -108,7 +111,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from stormfold.io.tables import convert_table
 
     table = convert_table(args.input, args.output, pixel_size_nm=args.pixel_size,
-                          width_px=args.width, height_px=args.height)
+                          width_px=args.width, height_px=args.height, frame_base=args.frame_base)
     print(f"wrote {args.output} ({len(table)} localizations)")
 
 

@@ -48,20 +48,24 @@ def table_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def read_table(path: str | Path, pixel_size_nm: float | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, pixel_size_nm: float | None = None,
+               frame_base: int | None = None) -> pd.DataFrame:
     """Read a localization table (nm, 0-based frames) from ThunderSTORM CSV or Picasso HDF5.
 
     Parameters
     ----------
     path : str or Path
-        ``.csv``, ``.hdf5`` or ``.h5`` file.
+        ``.csv``, ``.hdf5`` or ``.h5`` file. CSV files from other tools are accepted
+        (column aliases and the frame-base rule: :mod:`stormfold.io.thunderstorm`).
     pixel_size_nm : float, optional
-        Camera pixel size (nm) for Picasso files; overrides their YAML sidecar.
-        Ignored for CSV (already in nm).
+        Camera pixel size (nm): overrides a Picasso file's YAML sidecar; converts a CSV's
+        positions in pixels (ignored for positions in nm).
+    frame_base : {0, 1}, optional
+        First frame number of a CSV that does not state it (ignored for Picasso, 0-based).
     """
     if table_format(path) == "picasso":
         return read_picasso_hdf5(path, pixel_size_nm)[0]
-    return read_thunderstorm_csv(path)
+    return read_thunderstorm_csv(path, pixel_size_nm=pixel_size_nm, frame_base=frame_base)
 
 
 def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | None = None,
@@ -166,7 +170,8 @@ def _geometry(found: dict, source: Path) -> dict:
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
-                  width_px: int | None = None, height_px: int | None = None) -> pd.DataFrame:
+                  width_px: int | None = None, height_px: int | None = None,
+                  frame_base: int | None = None) -> pd.DataFrame:
     """Convert a localization table between ThunderSTORM CSV and Picasso HDF5.
 
     Parameters
@@ -180,6 +185,9 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     width_px, height_px : int, optional
         Image size for a Picasso output (default: from the Picasso input or the
         YAML next to the CSV, else just covering the localizations).
+    frame_base : {0, 1}, optional
+        First frame number of a CSV input from another tool (default: stated by its
+        layout or inferred; see :mod:`stormfold.io.thunderstorm`).
 
     Returns
     -------
@@ -202,7 +210,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
         geometry = {k: info[k] for k in ("pixel_size_nm", "width_px", "height_px", "n_frames")
                     if info.get(k) is not None}
     else:
-        table = read_thunderstorm_csv(src)
+        table = read_thunderstorm_csv(src, pixel_size_nm=pixel_size_nm, frame_base=frame_base)
         if out_format == "picasso" and (pixel_size_nm is None or width_px is None
                                         or height_px is None):
             geometry = geometry_near(src)

@@ -19,11 +19,37 @@ read round trip therefore gives the same table.
 
 Floats are written with Python's shortest round-trip representation, so float64 values
 read back bit for bit.
+
+**Tables from other tools.** The reader also accepts the columns other software writes
+(:func:`resolve_layout`), in any letter case:
+
+* positions in nm: ``x [nm]``, ``x_nm``, ``x (nm)``, ``xnm`` (and the same for y);
+* positions in camera pixels: ``x [px]``, ``x (px)``, ``x_px``, ``x_pix``, ``xpix``,
+  converted with a pixel size as x_nm = x_px · px (ThunderSTORM's pixel units: origin at
+  the pixel corner; Picasso's centre-at-integer pixels come as HDF5 instead);
+* frames: ``frame`` (any case) or ``frame_ix``;
+* SMAP's ``phot`` and ``locprecnm`` for photons and uncertainty.
+
+The frame base (0 or 1) is *stated* by the caller (``frame_base``) or by the layout, else
+*inferred*, conservatively (:func:`infer_frame_base`):
+
+1. ``frame_base`` given → used.
+2. ThunderSTORM layout (``frame`` with ``x [nm]``/``x [px]``, spelt exactly so) → 1-based,
+   its format's definition (a frame 0 is then an error, not a guess).
+3. ``frame_ix`` (an index, as DECODE names it) → 0-based.
+4. Otherwise: a frame 0 in the file → 0-based (certain); the largest frame equal to the
+   movie length from a ``simulation.yaml``/``run.yaml`` next to the file → 1-based (certain);
+   else 1-based *as a guess*, with a :class:`FrameBaseWarning` that says how to state it.
+
+A layout with no recognisable frame/x/y columns is refused with one line naming the
+columns found and the ones expected.
 """
 from __future__ import annotations
 
 import os
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +74,19 @@ CANONICAL = (
     ("detections", "detections"),
     ("cluster", "cluster"),
 )
-#: Extra headers the reader accepts for a canonical column.
-READ_ALIASES = {"uncertainty_xy [nm]": "uncertainty_nm"}
+#: Extra headers the reader accepts for a canonical column (SMAP: phot, locprecnm).
+READ_ALIASES = {"uncertainty_xy [nm]": "uncertainty_nm", "phot": "photons",
+                "locprecnm": "uncertainty_nm"}
+#: Position headers by unit, as templates for the axis letter (compared in lower case, after
+#: :func:`_normalise_header`).
+POSITION_ALIASES = {
+    "nm": ("{a} [nm]", "{a}_nm", "{a}nm"),
+    "px": ("{a} [px]", "{a}_px", "{a}_pix", "{a}pix"),
+}
+#: Frame headers (lower case) → the base they state (None: the base must be stated or inferred).
+FRAME_ALIASES = {"frame": None, "frame_ix": 0}
+#: Headers of the ThunderSTORM layout, whose frames are 1-based by the format's definition.
+THUNDERSTORM_POSITIONS = ("x [nm]", "x [px]")
 #: Units that sanitise reversibly: "name [unit]" ↔ name_<code>.
 UNIT_CODES = {"nm": "nm", "px": "px", "photon": "photon", "a.u.": "au", "deg": "deg",
               "rad": "rad", "s": "s", "ms": "ms", "um": "um", "µm": "µm", "%": "pct"}
@@ -58,7 +95,6 @@ _HEADER_TO_COLUMN = dict(CANONICAL)
 _COLUMN_TO_HEADER = {column: header for header, column in CANONICAL}
 _CODE_TO_UNIT = {code: unit for unit, code in UNIT_CODES.items()}
 _FLOAT_COLUMNS = ("x_nm", "y_nm", "sigma_nm", "photons", "bg", "uncertainty_nm", "confidence")
-_REQUIRED_HEADERS = ("frame", "x [nm]", "y [nm]")
 _BRACKETED = re.compile(r"(\w+) \[(.+)\]")
 _SANITISED = re.compile(r"(\w+)_(" + "|".join(re.escape(c) for c in _CODE_TO_UNIT) + r")")
 
@@ -86,13 +122,123 @@ def column_to_header(column: str) -> str:
 
 
 # --------------------------------------------------------------------------- reading
-def read_thunderstorm_csv(path: str | Path) -> pd.DataFrame:
-    """Read a ThunderSTORM CSV file into a localization table.
+class FrameBaseWarning(UserWarning):
+    """The frame base (0 or 1) of a table was guessed, not stated or certain."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which columns of a table file hold the frame and the position, and in what units.
+
+    Attributes
+    ----------
+    frame, x, y : str
+        Headers as they appear in the file.
+    unit : {"nm", "px"}
+        Unit of the position columns.
+    frame_base : int or None
+        Base stated by the layout (ThunderSTORM: 1, ``frame_ix``: 0), None when not stated.
+    """
+
+    frame: str
+    x: str
+    y: str
+    unit: str
+    frame_base: int | None
+
+
+def _normalise_header(header: str) -> str:
+    """Lower case, single spaces, ``(unit)`` and ``[unit]`` alike, a space before a bracket."""
+    text = " ".join(str(header).strip().lower().split())
+    text = text.replace("(", "[").replace(")", "]")
+    return re.sub(r"\s*\[\s*(.*?)\s*\]", r" [\1]", text)
+
+
+def _find_position(by_norm: dict[str, str], axis: str) -> tuple[str, str] | None:
+    for unit, templates in POSITION_ALIASES.items():
+        for template in templates:
+            header = by_norm.get(template.format(a=axis))
+            if header is not None:
+                return header, unit
+    return None
+
+
+def resolve_layout(headers, source: str = "table") -> Layout:
+    """Recognise the frame and x/y columns of a table file (see the module docstring).
+
+    Parameters
+    ----------
+    headers : sequence of str
+        Column headers as read from the file.
+    source : str
+        File name for error messages.
+
+    Raises
+    ------
+    UserError
+        No frame or x/y column recognised (one line naming the columns found and the
+        ones expected), or x and y in different units.
+    """
+    headers = [str(h).strip() for h in headers]
+    by_norm: dict[str, str] = {}
+    for header in headers:
+        by_norm.setdefault(_normalise_header(header), header)
+    frame = next((by_norm[name] for name in FRAME_ALIASES if name in by_norm), None)
+    x, y = _find_position(by_norm, "x"), _find_position(by_norm, "y")
+    if frame is None or x is None or y is None:
+        missing = [name for name, value in (("frame", frame), ("x", x), ("y", y)) if value is None]
+        found = ", ".join(f'"{h}"' for h in headers) or "none"
+        raise UserError(f"{source}: unknown table layout (no {'/'.join(missing)} column): found "
+                        f"{found}; expected a frame column (\"frame\", \"Frame\" or "
+                        f"\"frame_ix\") and x/y positions in nm (\"x [nm]\", \"x_nm\", "
+                        f"\"x (nm)\", \"xnm\") or in pixels with a pixel size (\"x [px]\", "
+                        f"\"x_pix\")")
+    if x[1] != y[1]:
+        raise UserError(f"{source}: x and y are in different units (\"{x[0]}\", \"{y[0]}\")")
+    # Only ThunderSTORM's own spelling states the base; look-alikes are other tools' tables.
+    if frame == "frame" and x[0] in THUNDERSTORM_POSITIONS:
+        base = 1
+    else:
+        base = FRAME_ALIASES[_normalise_header(frame)]
+    return Layout(frame, x[0], y[0], x[1], base)
+
+
+def infer_frame_base(frames: np.ndarray, n_frames: int | None = None,
+                     source: str = "table") -> int:
+    """The base (0 or 1) of frame numbers whose file does not state it.
+
+    A frame 0 means 0-based; a largest frame equal to ``n_frames`` (the movie length)
+    means 1-based. Otherwise the answer is 1 as a guess (most tools that write their own
+    CSV count from 1; a 0-based table with an empty first frame is the rare case), and a
+    :class:`FrameBaseWarning` says so.
+    """
+    if not len(frames):
+        return 1
+    if int(np.min(frames)) == 0:
+        return 0
+    if n_frames is not None and int(np.max(frames)) == int(n_frames):
+        return 1
+    warnings.warn(f"{source}: frame base not stated; frames start at {int(np.min(frames))}, "
+                  f"so they are read as 1-based (a guess). State it with `stormfold convert "
+                  f"IN OUT --frame-base 0|1` (API: frame_base=0|1)", FrameBaseWarning,
+                  stacklevel=3)
+    return 1
+
+
+def read_thunderstorm_csv(path: str | Path, pixel_size_nm: float | None = None,
+                          frame_base: int | None = None) -> pd.DataFrame:
+    """Read a ThunderSTORM CSV file (or another tool's CSV table) into a localization table.
 
     Parameters
     ----------
     path : str or Path
-        CSV file with at least ``frame``, ``x [nm]``, ``y [nm]`` columns.
+        CSV file with a frame column and x/y positions (aliases in the module docstring).
+    pixel_size_nm : float, optional
+        Camera pixel size (nm) for positions in pixels; default: the ``pixel_size_nm`` of a
+        ``simulation.yaml``/``run.yaml`` next to the file. Ignored for positions in nm.
+    frame_base : {0, 1}, optional
+        First frame number of the file; default: stated by the layout or inferred
+        (module docstring).
 
     Returns
     -------
@@ -103,20 +249,26 @@ def read_thunderstorm_csv(path: str | Path) -> pd.DataFrame:
     Raises
     ------
     UserError
-        Missing or unreadable file, a missing frame/x/y column, positions in units
-        other than nm, non-numeric values, frame numbers below 1.
+        Missing or unreadable file, unknown layout, positions in pixels without a pixel
+        size, non-numeric values, frame numbers below the base.
     """
     path = Path(path)
+    if frame_base is not None and frame_base not in (0, 1):
+        raise UserError(f"frame base must be 0 or 1, got {frame_base}")
     raw = _read_csv(path)
     raw.columns = [str(c).strip() for c in raw.columns]
-    for header in _REQUIRED_HEADERS:
-        if header not in raw.columns:
-            raise UserError(_missing_message(path, header, raw.columns))
+    layout = resolve_layout(raw.columns, str(path))
+    positions = {layout.frame: "frame", layout.x: "x_nm", layout.y: "y_nm"}
     columns: dict[str, str] = {}
     for header in raw.columns:
-        name = header_to_column(header)
-        # Keep the header verbatim when its sanitised name is already taken.
-        columns[header] = header if name in columns.values() else name
+        name = positions.get(header) or header_to_column(header)
+        used = set(columns.values()) | (set(positions.values()) if header not in positions else set())
+        # Keep the header verbatim when its sanitised name is already taken (numbered if
+        # that is taken too, e.g. a second x column in nm).
+        for candidate in (name, header, *(f"{header}_{i}" for i in range(1, len(raw.columns) + 1))):
+            if candidate not in used:
+                columns[header] = candidate
+                break
     table = raw.rename(columns=columns)
     for name in [c for c in _FLOAT_COLUMNS + ("frame", "id", "detections", "cluster")
                  if c in table.columns]:
@@ -124,13 +276,42 @@ def read_thunderstorm_csv(path: str | Path) -> pd.DataFrame:
     for name in _FLOAT_COLUMNS:
         if name in table.columns:
             table[name] = table[name].astype(np.float64)
-    if len(table) and (table["frame"] < 1).any():
-        raise UserError(f"{path}: frame numbers must be >= 1 (ThunderSTORM frames are "
-                        f"1-based), found {table['frame'].min():g}")
-    table["frame"] = table["frame"] - 1
-    if "last_frame" in table.columns:  # written by linking; 1-based in the file like frame
-        table["last_frame"] = _numeric(table["last_frame"], path, "last_frame") - 1
+    if layout.unit == "px":
+        px = _pixel_size_for(path, layout, pixel_size_nm)
+        table["x_nm"] = table["x_nm"] * px
+        table["y_nm"] = table["y_nm"] * px
+    base = frame_base if frame_base is not None else layout.frame_base
+    if base is None:
+        base = infer_frame_base(table["frame"].to_numpy(), _geometry(path).get("n_frames"),
+                                str(path))
+    if len(table) and (table["frame"] < base).any():
+        rule = "ThunderSTORM frames are 1-based" if layout.frame_base == 1 else \
+            f"frame base {base}"
+        raise UserError(f"{path}: frame numbers must be >= {base} ({rule}), found "
+                        f"{table['frame'].min():g}")
+    table["frame"] = table["frame"] - base
+    if "last_frame" in table.columns:  # written by linking; same base as frame in the file
+        table["last_frame"] = _numeric(table["last_frame"], path, "last_frame") - base
     return validate_table(table, source=str(path))
+
+
+def _geometry(path: Path) -> dict:
+    # Imported here: tables.py imports this module.
+    from stormfold.io.tables import geometry_near
+
+    return geometry_near(path)
+
+
+def _pixel_size_for(path: Path, layout: Layout, pixel_size_nm: float | None) -> float:
+    from stormfold.io.movie import check_pixel_size
+
+    if pixel_size_nm is not None:
+        return check_pixel_size(pixel_size_nm, str(path))
+    found = _geometry(path).get("pixel_size_nm")
+    if found is None:
+        raise UserError(f"{path}: columns \"{layout.x}\", \"{layout.y}\" are in pixels and the "
+                        f"pixel size is unknown: pass --pixel-size NM")
+    return found
 
 
 _CSV_BLOCK_ROWS = 200_000
@@ -150,16 +331,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
             ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable CSV file ({detail})") from None
-
-
-def _missing_message(path: Path, header: str, present) -> str:
-    axis = header.split(" ")[0]
-    other_units = [c for c in present if c.startswith(f"{axis} [")]
-    if header != "frame" and other_units:
-        return (f"{path}: column \"{other_units[0]}\" is not in nm; export the table from "
-                f"ThunderSTORM with nm units (column \"{header}\")")
-    return (f"{path}: missing column \"{header}\" (a ThunderSTORM CSV needs "
-            f"\"frame\", \"x [nm]\", \"y [nm]\")")
 
 
 def _header_of(columns: dict[str, str], name: str) -> str:

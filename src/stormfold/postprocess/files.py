@@ -119,7 +119,7 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
                             info["height_px"], info["n_frames"], list(info["documents"]),
                             info["sidecar"])
     else:
-        table = read_thunderstorm_csv(path)
+        table = read_thunderstorm_csv(path, pixel_size_nm=pixel_size_nm)
         geometry = geometry_near(path)
         if pixel_size_nm is not None and not math.isclose(
                 geometry.get("pixel_size_nm", pixel_size_nm), pixel_size_nm):
