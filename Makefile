@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, so the package's torch range is already satisfied by the CPU build
 	$(BIN)/pip install "$(TORCH_SPEC)"
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,napari]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Qt without a window system (the napari plugin tests); set before anything imports Qt.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Keep the test suite predictable on small CI machines.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

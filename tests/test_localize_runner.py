@@ -93,3 +93,61 @@ def test_cli_localize_errors(tmp_path, run_cli, movie):
     code, _, err = run_cli("localize", movie, "--model", "builtin:nope", "--out", tmp_path / "o3")
     assert code == 2 and "unknown built-in model" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
+
+
+def test_runner_callback_reports_progress_and_can_stop(movie, tmp_path):
+    seen = []
+    res = localize_movie(movie, BrightestPixel(), None, batch_frames=4, start=1, progress=False,
+                         callback=lambda done, n: seen.append((done, n)))
+    assert seen == [(4, 4), (8, 8), (9, 9)] and len(res.locs) == 9
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(done, n):
+        raise Stop()
+
+    out = tmp_path / "stopped"
+    with pytest.raises(Stop):
+        localize_movie(movie, BrightestPixel(), out, batch_frames=4, progress=False,
+                       callback=stop_after_first)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, no partial file
+
+
+def test_runner_on_a_movie_in_memory(movie):
+    from stormfold.io.memory import movie_from_array
+    from stormfold.io.movie import open_movie
+
+    with open_movie(movie) as mv:
+        frames, metadata, px = mv[:], mv.metadata, mv.pixel_size_nm
+    from_file = localize_movie(movie, BrightestPixel(), None, progress=False)
+    in_memory = movie_from_array(frames, px, {"info": metadata["info"]}, name="sim")
+    from_array = localize_movie(in_memory, BrightestPixel(), None, progress=False)
+    pd.testing.assert_frame_equal(from_array.locs, from_file.locs)
+    assert from_array.run["camera_source"] == "movie metadata"
+    np.testing.assert_array_equal(from_array.superres, from_file.superres)
+
+
+def test_movie_from_array_reads_numpy_and_dask_and_refuses_bad_input():
+    import dask.array as da
+
+    from stormfold.io.memory import movie_from_array
+
+    frames = np.arange(5 * 4 * 3, dtype=np.uint16).reshape(5, 4, 3)
+    for source in (frames, da.from_array(frames, chunks=(2, 4, 3))):
+        mv = movie_from_array(source, 100.0)
+        assert (mv.n_frames, mv.shape, mv.dtype) == (5, (4, 3), np.uint16)
+        batches = list(mv.iter_batches(2))
+        assert [first for first, _ in batches] == [0, 2, 4]
+        np.testing.assert_array_equal(np.concatenate([b for _, b in batches]), frames)
+        assert isinstance(batches[0][1], np.ndarray)
+    one = movie_from_array(frames[0])
+    assert one.n_frames == 1 and one.pixel_size_nm is None
+    with pytest.raises(UserError, match="pixel size unknown"):
+        one.require_pixel_size()
+    with pytest.raises(UserError, match="stack of 2-D frames"):
+        movie_from_array(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(UserError, match="empty movie"):
+        movie_from_array(np.zeros((0, 3, 4)))
+    with pytest.raises(UserError, match="must be numbers"):
+        movie_from_array(np.zeros((1, 3, 4), dtype=bool))

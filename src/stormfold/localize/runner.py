@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -123,7 +123,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
                    pixel_size_nm: float | None = None, camera: Camera | CameraOverrides | None = None,
                    batch_frames: int = 16, start: int = 0, stop: int | None = None,
                    progress: bool = True, keep_table: bool | None = None,
-                   command: list[str] | None = None) -> LocalizeResult:
+                   command: list[str] | None = None,
+                   callback: Callable[[int, int], None] | None = None) -> LocalizeResult:
     """Localize every frame of ``movie`` with ``engine``, streaming batches of frames.
 
     Parameters
@@ -146,6 +147,9 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         Frame range (0-based, stop exclusive).
     keep_table : bool, optional
         Also return the table in memory (default: only when ``out_dir`` is None).
+    callback : callable, optional
+        Called after every batch with (frames done, localizations so far), e.g. by a GUI
+        for its progress bar; an exception it raises stops the run (nothing is written).
     """
     from tqdm import tqdm
 
@@ -196,6 +200,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
                 n_locs += len(batch.locs)
                 bar.update(batch.n_frames)
                 bar.set_postfix(locs=n_locs)
+                if callback is not None:
+                    callback(batch.first_frame + batch.n_frames - start, n_locs)
         except BaseException:
             if writer is not None:
                 writer.abort()

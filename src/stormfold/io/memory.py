@@ -1,0 +1,70 @@
+"""Movies held in memory (numpy or dask arrays) behind the :class:`~stormfold.io.movie.Movie`
+interface, so the streaming runner, calibration and SOFI take them like files.
+
+Used for frames that have no file of their own: a simulation kept in memory, an image
+layer of a viewer, a stack computed in a notebook. A dask array stays lazy: frames are
+computed batch by batch as the runner asks for them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stormfold.errors import UserError
+from stormfold.io.movie import Movie, check_pixel_size
+
+
+class _ArrayReader:
+    """Frame ranges of an array-like ``(frames, rows, cols)`` as owned numpy copies."""
+
+    def __init__(self, frames: Any):
+        self._frames = frames
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        # np.array copies a numpy slice and computes a dask one: the caller owns the result.
+        return np.array(self._frames[start:stop])
+
+    def close(self) -> None:
+        self._frames = None
+
+
+def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
+                     metadata: dict | None = None, name: str = "<array>") -> Movie:
+    """A :class:`Movie` reading from an array of frames.
+
+    Parameters
+    ----------
+    frames : array-like, shape (n_frames, rows, cols) or (rows, cols)
+        Camera frames in ADU (numpy, dask or any array with ``shape``, ``dtype`` and
+        slicing). The array is not copied; a single 2-D frame is a one-frame movie.
+    pixel_size_nm : float, optional
+        Camera pixel size (nm).
+    metadata : dict, optional
+        As :attr:`Movie.metadata`; ``{"info": {"camera": {...}}}`` gives the camera the way
+        a stormfold-written TIFF does (see :func:`stormfold.localize.runner.resolve_camera`).
+    name : str
+        What error messages and ``run.yaml`` call the movie.
+
+    Raises
+    ------
+    UserError
+        Not a stack of 2-D frames, no frames, colour or non-numeric pixels, bad pixel size.
+    """
+    shape = tuple(int(n) for n in getattr(frames, "shape", ()))
+    dtype = np.dtype(getattr(frames, "dtype", np.float64))
+    if len(shape) == 2:
+        frames = frames[None]
+        shape = (1, *shape)
+    if len(shape) != 3:
+        raise UserError(f"{name}: a movie is a stack of 2-D frames (frames, rows, cols), got "
+                        f"an array of shape {shape}")
+    if min(shape) < 1:
+        raise UserError(f"{name}: empty movie (shape {shape})")
+    if dtype.kind not in "uif":
+        raise UserError(f"{name}: pixel values must be numbers, got dtype {dtype}")
+    px = None if pixel_size_nm is None else check_pixel_size(pixel_size_nm, name)
+    note = None if px is not None else "an array without a pixel size"
+    meta = {"format": "array", **(metadata or {})}
+    return Movie(Path(name), _ArrayReader(frames), shape[0], shape[1:], dtype, px, meta, note)

@@ -1,0 +1,106 @@
+"""The Calibrate dock widget: ``stormfold calibrate`` on a movie layer.
+
+Shows the estimated camera, PSF, photons, background and density, and sends the camera to
+the Localize widget (with the ``simulation.yaml`` it wrote, when an output folder is set).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import CheckBox, FileEdit, FloatSpinBox, PushButton, SpinBox, TextEdit
+
+from stormfold.errors import UserError
+from stormfold.napari._base import ImageLayerChoice, JobWidget
+from stormfold.napari._jobs import (CalibrateSettings, calibration_summary, movie_facts,
+                                    movie_source_of_layer, run_calibrate)
+
+
+class CalibrateWidget(JobWidget):
+    """Estimate camera, PSF, photons and density of a movie (``stormfold calibrate``)."""
+
+    title = "stormfold calibrate"
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__(napari_viewer, labels=True)
+        self.movie = ImageLayerChoice(napari_viewer, label="movie")
+        self.pixel_size_nm = FloatSpinBox(value=0.0, min=0.0, max=1e5, step=1.0,
+                                          label="pixel size (nm)")
+        self.first_frame = SpinBox(value=0, min=0, max=10**9, label="first frame")
+        self.n_frames = SpinBox(value=0, min=0, max=10**9, label="frames",
+                                tooltip="0 = to the end of the movie")
+        self.emccd = CheckBox(value=False, text="EMCCD")
+        self.qe = FloatSpinBox(value=1.0, min=0.01, max=1.0, step=0.01, label="QE")
+        self.em_gain = FloatSpinBox(value=100.0, min=1.0, max=10000.0, label="EM gain")
+        self.threshold = FloatSpinBox(value=5.0, min=0.1, max=100.0, label="threshold (σ)")
+        self.out_dir = FileEdit(mode="d", label="save to",
+                                tooltip="optional folder: simulation.yaml, calibration.html, "
+                                        "calibration.png")
+        self.estimate = TextEdit(value="", label="estimate")
+        self.estimate.native.setReadOnly(True)
+        self.send_button = PushButton(text="Send camera to Localize", enabled=False)
+        self.extend([self.movie, self.pixel_size_nm, self.first_frame, self.n_frames, self.emccd,
+                     self.qe, self.em_gain, self.threshold, self.out_dir])
+        self.add_job_controls()
+        self.extend([self.estimate, self.send_button])
+        self.result = None
+        self.localize_target = None  # a LocalizeWidget; default: the viewer's dock widget
+        self.movie.changed.connect(self._on_movie)
+        self.send_button.changed.connect(self._on_send)
+        self._on_movie(self.movie.value)
+
+    def _on_movie(self, layer: Any) -> None:
+        if layer is None:
+            return
+        try:
+            facts = movie_facts(movie_source_of_layer(layer), tuple(layer.scale))
+        except Exception:  # unreadable: the Run button will say why
+            return
+        self.pixel_size_nm.value = facts.pixel_size_nm or 0.0
+
+    def run(self) -> None:
+        layer = self.movie.value
+        if layer is None:
+            raise UserError("no movie layer: open a movie or simulate one first")
+        out = self.out_dir.value
+        out_dir = Path(out) if out is not None and str(out).strip() not in ("", ".") else None
+        first, count = int(self.first_frame.value), int(self.n_frames.value)
+        settings = CalibrateSettings(
+            pixel_size_nm=float(self.pixel_size_nm.value) or None, start=first,
+            stop=first + count if count else None, emccd=bool(self.emccd.value),
+            qe=float(self.qe.value), em_gain=float(self.em_gain.value),
+            threshold=float(self.threshold.value), out_dir=out_dir)
+        self.send_button.enabled = False
+        self.start_job(run_calibrate, movie_source_of_layer(layer), settings,
+                       on_result=lambda result: self._show(layer, result))
+
+    def _show(self, layer: Any, result) -> None:
+        self.result = (layer, result)
+        self.estimate.value = calibration_summary(result)
+        self.status.value = "done" + (f"; wrote {result.outputs['config'].parent}"
+                                      if result.outputs else "")
+        self.send_button.enabled = True
+
+    def _on_send(self, *_) -> None:
+        from stormfold.napari._base import notify_error
+
+        try:
+            self.send_camera()
+        except Exception as exc:
+            notify_error(self.title, exc)
+
+    def send_camera(self) -> Any:
+        """Fill the Localize widget's movie and camera with this calibration; returns it."""
+        if self.result is None:
+            raise UserError("run the calibration first")
+        layer, result = self.result
+        target = self.localize_target
+        if target is None:
+            from stormfold.napari._localize import localize_widget_of
+
+            target = localize_widget_of(self.viewer)
+        if layer in self.viewer.layers:
+            target.movie.value = layer
+        target.set_camera(result.simulation["camera"], f"calibration of {layer.name}",
+                          camera_file=result.outputs.get("config"))
+        return target
