@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stormfold-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean napari-display
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+# Optional: an X server for the napari canvas in headless tests (Debian/Ubuntu, as root).
+# Without it the napari tests run on the viewer model and skip the screenshot check.
+napari-display:
+	command -v Xvfb >/dev/null || (apt-get update && apt-get install -y xvfb)
 
 clean:
 	rm -rf $(VENV) demo_output build dist src/*.egg-info

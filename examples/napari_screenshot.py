@@ -34,7 +34,7 @@ def main(out: Path) -> None:
         widget.engine.value = "builtin:deepstorm-zerocost"
         widget.render_pixel_nm.value = 20.0
         widget.drift.value = True
-        widget.drift_bins.value = 4
+        widget.drift_bins.value = 3
         widget._on_run()
         app = QApplication.instance()
         t0 = time.perf_counter()

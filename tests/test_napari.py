@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,24 +29,39 @@ DEMO_FRAMES = 10
 WAIT_MS = 240_000  # a busy machine: the jobs take seconds, the bound only stops a hang
 
 
-@pytest.fixture(scope="module")
-def gl_display():
-    """True when napari can draw (an X server for GLX), False for the canvas-free mode."""
+def _end_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the parent (this test process) ends."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+@pytest.fixture(scope="session")
+def _x_display(request):
+    """``(server, display)`` for Qt's GLX, or None: ``(None, $DISPLAY)``, else a private Xvfb
+    when installed.
+
+    Qt must see ``DISPLAY`` when the QApplication is made (here, pytest-qt's ``qapp``) and
+    when napari makes its first OpenGL context.
+    """
+    from qtpy.QtWidgets import QApplication
+
     if os.environ.get("STORMFOLD_TEST_NO_CANVAS"):
-        yield False
+        yield None
         return
     if os.environ.get("DISPLAY"):
-        yield True
+        yield None, os.environ["DISPLAY"]
         return
     xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        yield False
+    if xvfb is None or QApplication.instance() is not None:
+        yield None  # no X server, or Qt already started without one
         return
     read_fd, write_fd = os.pipe()
-    # -terminate: the server exits when its last client (this process's Qt) disconnects.
     proc = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24",
-                             "-nolisten", "tcp", "-terminate"], pass_fds=(write_fd,),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-nolisten", "tcp"], pass_fds=(write_fd,),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_end_with_parent)
     os.close(write_fd)
     # Xvfb writes the display number and a newline once it is ready; the pipe stays open
     # while it runs (it is a fatal error for Xvfb when its write fails).
@@ -61,21 +75,30 @@ def gl_display():
         proc.kill()
         proc.wait()
         os.close(read_fd)
+        yield None
+        return
+    os.environ["DISPLAY"] = display = f":{number.decode().strip()}"
+    request.getfixturevalue("qapp")
+    try:
+        yield proc, display
+    finally:
+        # Not killed here: killing the server under Qt's live connection makes Xlib end this
+        # process with status 1. It gets SIGTERM when this process has ended.
+        os.close(read_fd)
+
+
+@pytest.fixture(scope="module")
+def gl_display(_x_display):
+    """True when napari can draw, False for the canvas-free mode. A private display is set
+    for this module only: the tests after it see the environment they had."""
+    if _x_display is None:
         yield False
         return
-    os.environ["DISPLAY"] = f":{number.decode().strip()}"
-    try:
-        yield True
-    finally:
-        os.environ.pop("DISPLAY", None)  # later test modules see no screen, as before
-        from qtpy.QtWidgets import QApplication
-
-        # Killing the server under a live Qt connection makes Xlib exit the process with
-        # status 1; with a QApplication, -terminate ends the server when this process ends.
-        if QApplication.instance() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        os.close(read_fd)
+    server, display = _x_display
+    os.environ["DISPLAY"] = display
+    yield True
+    if server is not None:
+        os.environ.pop("DISPLAY", None)
 
 
 @pytest.fixture
@@ -308,6 +331,20 @@ def test_reader_and_writer_round_trip_hdf5(viewer, tmp_path):
     pd.testing.assert_frame_equal(back[expected.columns], expected)
 
 
+def test_writer_needs_a_pixel_size_for_picasso(tmp_path):
+    from stormfold.errors import UserError
+    from stormfold.napari._io import write_points
+
+    data = np.array([[0.0, 150.0, 250.0], [2.0, 350.0, 50.0]])
+    assert write_points(str(tmp_path / "a.csv"), data, {"metadata": {}}) == [str(tmp_path / "a.csv")]
+    back = read_thunderstorm_csv(tmp_path / "a.csv")
+    assert back["frame"].tolist() == [0, 2] and back["x_nm"].tolist() == [250.0, 50.0]
+    with pytest.raises(UserError, match="needs the camera pixel size"):
+        write_points(str(tmp_path / "a.hdf5"), data, {"metadata": {}})
+    with pytest.raises(UserError, match="whole numbers"):
+        write_points(str(tmp_path / "b.csv"), data + [[0.5, 0, 0]], {"metadata": {}})
+
+
 def test_table_reader_leaves_other_files_to_napari(tmp_path):
     from stormfold.napari._io import get_movie_reader, get_table_reader
 
@@ -382,6 +419,14 @@ def test_calibrate_widget_sends_camera_to_localize(viewer, qtbot, tmp_path):
         result.simulation["camera"]["baseline_adu"]
     assert localize.settings().camera.camera_file == tmp_path / "calib" / "simulation.yaml"
     assert "calibration of low density" in localize.camera_source.value
+    # the same camera from the calibration folder chosen in the Localize widget itself
+    localize.set_camera(None, None)
+    localize.calibration.value = tmp_path / "calib"
+    assert float(localize.camera_fields["e_per_adu"].value) == pytest.approx(
+        result.simulation["camera"]["e_per_adu"])
+    assert localize.camera_source.value.startswith("camera: file ")
+    localize.calibration.value = tmp_path / "nothing_here"
+    assert "no simulation.yaml" in _errors()[-1]
 
 
 def test_engine_choices_follow_the_package():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
+                              PushButton, SpinBox)
 from qtpy.QtCore import QObject, Signal
 
 from stormfold.errors import UserError
@@ -155,6 +156,58 @@ class JobWidget(Container):
         self.cancel_button.enabled = False
 
 
+class MovieJobWidget(JobWidget):
+    """A job on a movie layer: the movie chooser, its pixel size (prefilled from the movie)
+    and a frame range; subclasses place these widgets among their own."""
+
+    def __init__(self, napari_viewer: Any, **kwargs):
+        super().__init__(napari_viewer, **kwargs)
+        self.movie = ImageLayerChoice(napari_viewer, label="movie")
+        self.pixel_size_nm = FloatSpinBox(value=0.0, min=0.0, max=1e5, step=1.0,
+                                          label="pixel size (nm)",
+                                          tooltip="camera pixel size; 0 = unknown")
+        self.first_frame = SpinBox(value=0, min=0, max=10**9, label="first frame")
+        self.n_frames = SpinBox(value=0, min=0, max=10**9, label="frames",
+                                tooltip="0 = to the end of the movie")
+        self.movie.changed.connect(self._on_movie)
+
+    def _on_movie(self, layer: Any) -> None:
+        """Prefill from the movie's metadata (as the command line's defaults)."""
+        from stormfold.napari._jobs import movie_facts, movie_source_of_layer
+
+        if layer is None:
+            return
+        try:
+            facts = movie_facts(movie_source_of_layer(layer), tuple(layer.scale))
+        except Exception as exc:  # a movie that cannot be read: say so, keep the fields
+            notify_error(self.title, exc)
+            return
+        self.pixel_size_nm.value = facts.pixel_size_nm or 0.0
+        self.movie_changed(facts)
+
+    def movie_changed(self, facts: Any) -> None:
+        """More prefilling from the movie's :class:`~stormfold.napari._jobs.MovieFacts`."""
+
+    def frame_range(self) -> tuple[int, int | None]:
+        """``(start, stop)`` of the frame fields (stop None: to the end)."""
+        first, count = int(self.first_frame.value), int(self.n_frames.value)
+        return first, (first + count if count else None)
+
+    def chosen_movie(self) -> Any:
+        layer = self.movie.value
+        if layer is None:
+            raise UserError("no movie layer: open a movie or simulate one first")
+        return layer
+
+
+def folder_or_none(edit: FileEdit) -> Any:
+    """The folder of an optional FileEdit, None when left empty."""
+    from pathlib import Path
+
+    value = edit.value
+    return Path(value) if value is not None and str(value).strip() not in ("", ".") else None
+
+
 class ImageLayerChoice(ComboBox):
     """A chooser of the viewer's image layers that follows layers being added or removed."""
 
@@ -179,4 +232,8 @@ class ImageLayerChoice(ComboBox):
                 and stormfold_metadata(layer).get("kind") != "render"]
 
     def _refresh(self, *_) -> None:
-        self.reset_choices()
+        try:
+            self.reset_choices()
+        except RuntimeError:  # the Qt widget is gone (dock closed) while the viewer lives on
+            for event in ("inserted", "removed", "moved"):
+                getattr(self._viewer.layers.events, event).disconnect(self._refresh)

@@ -5,30 +5,23 @@ the Localize widget (with the ``simulation.yaml`` it wrote, when an output folde
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, FileEdit, FloatSpinBox, PushButton, SpinBox, TextEdit
+from magicgui.widgets import CheckBox, FileEdit, FloatSpinBox, PushButton, TextEdit
 
 from stormfold.errors import UserError
-from stormfold.napari._base import ImageLayerChoice, JobWidget
-from stormfold.napari._jobs import (CalibrateSettings, calibration_summary, movie_facts,
+from stormfold.napari._base import MovieJobWidget, folder_or_none
+from stormfold.napari._jobs import (CalibrateSettings, calibration_summary,
                                     movie_source_of_layer, run_calibrate)
 
 
-class CalibrateWidget(JobWidget):
+class CalibrateWidget(MovieJobWidget):
     """Estimate camera, PSF, photons and density of a movie (``stormfold calibrate``)."""
 
     title = "stormfold calibrate"
 
     def __init__(self, napari_viewer: Any):
         super().__init__(napari_viewer, labels=True)
-        self.movie = ImageLayerChoice(napari_viewer, label="movie")
-        self.pixel_size_nm = FloatSpinBox(value=0.0, min=0.0, max=1e5, step=1.0,
-                                          label="pixel size (nm)")
-        self.first_frame = SpinBox(value=0, min=0, max=10**9, label="first frame")
-        self.n_frames = SpinBox(value=0, min=0, max=10**9, label="frames",
-                                tooltip="0 = to the end of the movie")
         self.emccd = CheckBox(value=False, text="EMCCD")
         self.qe = FloatSpinBox(value=1.0, min=0.01, max=1.0, step=0.01, label="QE")
         self.em_gain = FloatSpinBox(value=100.0, min=1.0, max=10000.0, label="EM gain")
@@ -45,31 +38,17 @@ class CalibrateWidget(JobWidget):
         self.extend([self.estimate, self.send_button])
         self.result = None
         self.localize_target = None  # a LocalizeWidget; default: the viewer's dock widget
-        self.movie.changed.connect(self._on_movie)
         self.send_button.changed.connect(self._on_send)
         self._on_movie(self.movie.value)
 
-    def _on_movie(self, layer: Any) -> None:
-        if layer is None:
-            return
-        try:
-            facts = movie_facts(movie_source_of_layer(layer), tuple(layer.scale))
-        except Exception:  # unreadable: the Run button will say why
-            return
-        self.pixel_size_nm.value = facts.pixel_size_nm or 0.0
-
     def run(self) -> None:
-        layer = self.movie.value
-        if layer is None:
-            raise UserError("no movie layer: open a movie or simulate one first")
-        out = self.out_dir.value
-        out_dir = Path(out) if out is not None and str(out).strip() not in ("", ".") else None
-        first, count = int(self.first_frame.value), int(self.n_frames.value)
+        layer = self.chosen_movie()
+        start, stop = self.frame_range()
         settings = CalibrateSettings(
-            pixel_size_nm=float(self.pixel_size_nm.value) or None, start=first,
-            stop=first + count if count else None, emccd=bool(self.emccd.value),
-            qe=float(self.qe.value), em_gain=float(self.em_gain.value),
-            threshold=float(self.threshold.value), out_dir=out_dir)
+            pixel_size_nm=float(self.pixel_size_nm.value) or None, start=start, stop=stop,
+            emccd=bool(self.emccd.value), qe=float(self.qe.value),
+            em_gain=float(self.em_gain.value), threshold=float(self.threshold.value),
+            out_dir=folder_or_none(self.out_dir))
         self.send_button.enabled = False
         self.start_job(run_calibrate, movie_source_of_layer(layer), settings,
                        on_result=lambda result: self._show(layer, result))

@@ -13,9 +13,9 @@ from typing import Any
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, Label, LineEdit, SpinBox
 
 from stormfold.errors import UserError
-from stormfold.napari._base import ImageLayerChoice, JobWidget, notify_error, notify_warning
+from stormfold.napari._base import MovieJobWidget, notify_error, notify_warning
 from stormfold.napari._jobs import (MODEL_FOLDER, LocalizeSettings, engine_choices,
-                                    movie_facts, movie_source_of_layer, run_localize)
+                                    movie_source_of_layer, run_localize)
 from stormfold.napari._layers import WorldFrame, contrast_limits, table_to_points
 
 #: Camera fields: widget name → (label, CameraOverrides attribute).
@@ -39,17 +39,13 @@ def _number(text: str, what: str) -> float | None:
         raise UserError(f"{what}: {text!r} is not a number") from None
 
 
-class LocalizeWidget(JobWidget):
+class LocalizeWidget(MovieJobWidget):
     """Localize emitters in a movie layer with any engine (``stormfold localize``)."""
 
     title = "stormfold localize"
 
     def __init__(self, napari_viewer: Any):
         super().__init__(napari_viewer, labels=True)
-        self.movie = ImageLayerChoice(napari_viewer, label="movie")
-        self.pixel_size_nm = FloatSpinBox(value=0.0, min=0.0, max=1e5, step=1.0,
-                                          label="pixel size (nm)",
-                                          tooltip="camera pixel size; 0 = unknown")
         self.engine = ComboBox(choices=engine_choices(), label="engine")
         self.model_folder = FileEdit(mode="d", label="model folder", visible=False)
         self.threshold = LineEdit(value="", label="threshold",
@@ -60,9 +56,6 @@ class LocalizeWidget(JobWidget):
         self.camera_fields = {key: LineEdit(value="", label=label, tooltip=_BLANK_HINT)
                               for key, (label, _) in CAMERA_FIELDS.items()}
         self.camera_source = Label(value=_BLANK_HINT)
-        self.first_frame = SpinBox(value=0, min=0, max=10**9, label="first frame")
-        self.n_frames = SpinBox(value=0, min=0, max=10**9, label="frames",
-                                tooltip="0 = to the end of the movie")
         self.batch_frames = SpinBox(value=16, min=1, max=4096, label="batch frames")
         self.render_pixel_nm = FloatSpinBox(value=10.0, min=0.1, max=1e4, step=1.0,
                                             label="render pixel (nm)")
@@ -78,7 +71,6 @@ class LocalizeWidget(JobWidget):
         self.drift_plot = _DriftPlot()
         self.native.layout().addWidget(self.drift_plot.canvas)
         self.engine.changed.connect(self._on_engine)
-        self.movie.changed.connect(self._on_movie)
         self.calibration.changed.connect(self._on_calibration)
         self.result = None
         self._on_movie(self.movie.value)
@@ -87,16 +79,8 @@ class LocalizeWidget(JobWidget):
     def _on_engine(self, value: str) -> None:
         self.model_folder.visible = value == MODEL_FOLDER
 
-    def _on_movie(self, layer: Any) -> None:
-        """Prefill pixel size and camera from the movie's metadata (as the CLI defaults)."""
-        if layer is None:
-            return
-        try:
-            facts = movie_facts(movie_source_of_layer(layer), tuple(layer.scale))
-        except Exception as exc:  # a movie that cannot be read: say so, keep the fields
-            notify_error(self.title, exc)
-            return
-        self.pixel_size_nm.value = facts.pixel_size_nm or 0.0
+    def movie_changed(self, facts) -> None:
+        """The camera of the movie's metadata, unless a camera file was chosen."""
         if self._camera_file is None:
             self.set_camera(facts.camera, "movie metadata" if facts.camera else None)
 
@@ -140,24 +124,20 @@ class LocalizeWidget(JobWidget):
         values = {key: _number(widget.value, CAMERA_FIELDS[key][0])
                   for key, widget in self.camera_fields.items()}
         px = float(self.pixel_size_nm.value) or None
-        first = int(self.first_frame.value)
-        count = int(self.n_frames.value)
+        start, stop = self.frame_range()
         model_folder = self.model_folder.value if self.engine.value == MODEL_FOLDER else None
         return LocalizeSettings(
             engine=self.engine.value, pixel_size_nm=px,
             camera=CameraOverrides(self._camera_file, values["baseline_adu"],
                                    values["e_per_adu"], values["em_gain"], values["qe"]),
             threshold=_number(self.threshold.value, "threshold"), model_folder=model_folder,
-            start=first, stop=first + count if count else None,
-            batch_frames=int(self.batch_frames.value),
+            start=start, stop=stop, batch_frames=int(self.batch_frames.value),
             render_pixel_nm=float(self.render_pixel_nm.value),
             render_method=self.render_method.value, drift=bool(self.drift.value),
             drift_bins=int(self.drift_bins.value))
 
     def run(self) -> None:
-        layer = self.movie.value
-        if layer is None:
-            raise UserError("no movie layer: open a movie or simulate one first")
+        layer = self.chosen_movie()
         settings = self.settings()
         source = movie_source_of_layer(layer)
         n_total = int(layer.data.shape[0]) if layer.ndim >= 3 else 1

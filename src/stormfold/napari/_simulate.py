@@ -5,12 +5,11 @@ compare the points with the truth layer.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from magicgui.widgets import ComboBox, FileEdit, SpinBox
 
-from stormfold.napari._base import JobWidget
+from stormfold.napari._base import JobWidget, folder_or_none
 from stormfold.napari._jobs import Simulated, run_simulate
 from stormfold.napari._layers import WorldFrame, movie_layer_kwargs, table_to_points
 
@@ -40,10 +39,9 @@ class SimulateWidget(JobWidget):
         self.result: Simulated | None = None
 
     def run(self) -> None:
-        out = self.out_dir.value
-        out_dir = Path(out) if out is not None and str(out).strip() not in ("", ".") else None
         self.start_job(run_simulate, self.preset.value, int(self.n_frames.value),
-                       int(self.seed.value), out_dir, on_result=self._add_layers)
+                       int(self.seed.value), folder_or_none(self.out_dir),
+                       on_result=self._add_layers)
 
     def _add_layers(self, sim: Simulated) -> None:
         from stormfold.config import to_dict
