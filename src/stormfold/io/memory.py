@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from stormfold.errors import UserError
-from stormfold.io.movie import Movie, check_pixel_size
+from stormfold.io.metadata import check_pixel_size
+from stormfold.io.movie import Movie
 
 
 class _ArrayReader:

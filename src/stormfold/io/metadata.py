@@ -185,3 +185,69 @@ def pixel_size_from_documents(documents: Sequence[Mapping],
                       f"and {others} nm); using {found[0]:g} nm from the first one "
                       f"(pass --pixel-size to choose)", UserWarning, stacklevel=3)
     return found[0]
+
+
+# --------------------------------------------------------------------------- CSV geometry
+#: Files next to a localization CSV that may describe its camera geometry, in order
+#: (written by ``stormfold simulate`` / ``stormfold localize``).
+GEOMETRY_FILES = ("simulation.yaml", "run.yaml")
+_GEOMETRY_KEYS = ("pixel_size_nm", "n_rows", "n_cols", "shape", "n_frames")
+
+
+def geometry_near(path: str | Path) -> dict:
+    """Camera geometry from a ``simulation.yaml`` / ``run.yaml`` next to ``path``.
+
+    The first occurrence, at any nesting depth, of these keys is used: ``pixel_size_nm``
+    (camera pixel size, nm); ``n_rows`` and ``n_cols``, or ``shape`` (``[rows, cols]`` or
+    ``[frames, rows, cols]``) — image size in pixels; ``n_frames`` — movie length.
+
+    Returns
+    -------
+    dict
+        Any of ``pixel_size_nm``, ``height_px``, ``width_px``, ``n_frames`` and
+        ``source`` (the YAML file) found in the first of :data:`GEOMETRY_FILES` that
+        holds a pixel size; empty when none does.
+    """
+    folder = Path(path).parent
+    for name in GEOMETRY_FILES:
+        candidate = folder / name
+        if not candidate.is_file():
+            continue
+        try:
+            document = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise UserError(f"{candidate}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+        found = _find_keys(document, _GEOMETRY_KEYS, {})
+        if "pixel_size_nm" not in found:
+            continue
+        return _geometry(found, candidate)
+    return {}
+
+
+def _find_keys(node: Any, keys: tuple[str, ...], found: dict) -> dict:
+    """First occurrence of each key, depth-first through mappings and lists."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in keys and key not in found and not isinstance(value, Mapping):
+                found[key] = value
+        for value in node.values():
+            _find_keys(value, keys, found)
+    elif isinstance(node, list):
+        for value in node:
+            _find_keys(value, keys, found)
+    return found
+
+
+def _geometry(found: dict, source: Path) -> dict:
+    geometry: dict[str, Any] = {"pixel_size_nm": check_pixel_size(found["pixel_size_nm"],
+                                                                   str(source)),
+                                "source": source}
+    rows, cols = found.get("n_rows"), found.get("n_cols")
+    shape = found.get("shape")
+    if (rows is None or cols is None) and isinstance(shape, list) and len(shape) in (2, 3):
+        rows, cols = shape[-2], shape[-1]
+    sizes = (("height_px", rows), ("width_px", cols), ("n_frames", found.get("n_frames")))
+    for key, value in sizes:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            geometry[key] = value
+    return geometry

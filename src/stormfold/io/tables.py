@@ -4,39 +4,27 @@
 are Picasso HDF5 (:mod:`stormfold.io.picasso`). Picasso files store positions in
 camera pixels, so writing one needs the pixel size and the image size.
 
-Where CSV → HDF5 conversion finds that geometry when it is not given
-(:func:`geometry_near`): a ``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
-(written by ``stormfold simulate`` / ``stormfold localize``). The first occurrence, at
-any nesting depth, of these keys is used:
-
-* ``pixel_size_nm`` — camera pixel size (nm);
-* ``n_rows`` and ``n_cols``, or ``shape`` (``[rows, cols]`` or ``[frames, rows, cols]``)
-  — image size in pixels;
-* ``n_frames`` — movie length.
-
-Without a pixel size the conversion is refused (asking for ``--pixel-size``); without
+Where CSV → HDF5 conversion finds that geometry when it is not given: a
+``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
+(:func:`stormfold.io.metadata.geometry_near`). Without a pixel size the conversion is refused (asking for ``--pixel-size``); without
 an image size, width and height default to ``ceil(max coordinate / pixel size)``.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
-import yaml
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
-from stormfold.io.metadata import check_pixel_size
+from stormfold.io.metadata import GEOMETRY_FILES, check_pixel_size, geometry_near
 from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of, validate_table
 
 FORMATS = {".csv": "thunderstorm", ".hdf5": "picasso", ".h5": "picasso"}
-#: Files next to a CSV that may describe its camera geometry, in order.
-GEOMETRY_FILES = ("simulation.yaml", "run.yaml")
-_GEOMETRY_KEYS = ("pixel_size_nm", "n_rows", "n_cols", "shape", "n_frames")
 
 
 def table_format(path: str | Path) -> str:
@@ -112,61 +100,6 @@ def default_image_size(table: pd.DataFrame, pixel_size_nm: float) -> tuple[int, 
     width = math.ceil(float(table["x_nm"].max()) / pixel_size_nm)
     height = math.ceil(float(table["y_nm"].max()) / pixel_size_nm)
     return max(width, 1), max(height, 1)
-
-
-def geometry_near(path: str | Path) -> dict:
-    """Camera geometry from a ``simulation.yaml`` / ``run.yaml`` next to ``path``.
-
-    Returns
-    -------
-    dict
-        Any of ``pixel_size_nm``, ``height_px``, ``width_px``, ``n_frames`` and
-        ``source`` (the YAML file) found in the first of :data:`GEOMETRY_FILES` that
-        holds a pixel size; empty when none does. See the module docstring for keys.
-    """
-    folder = Path(path).parent
-    for name in GEOMETRY_FILES:
-        candidate = folder / name
-        if not candidate.is_file():
-            continue
-        try:
-            document = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{candidate}: cannot read YAML ({str(exc).splitlines()[0]})") from None
-        found = _find_keys(document, _GEOMETRY_KEYS, {})
-        if "pixel_size_nm" not in found:
-            continue
-        return _geometry(found, candidate)
-    return {}
-
-
-def _find_keys(node: Any, keys: tuple[str, ...], found: dict) -> dict:
-    """First occurrence of each key, depth-first through mappings and lists."""
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key in keys and key not in found and not isinstance(value, Mapping):
-                found[key] = value
-        for value in node.values():
-            _find_keys(value, keys, found)
-    elif isinstance(node, list):
-        for value in node:
-            _find_keys(value, keys, found)
-    return found
-
-
-def _geometry(found: dict, source: Path) -> dict:
-    geometry: dict[str, Any] = {"pixel_size_nm": check_pixel_size(found["pixel_size_nm"],
-                                                                   str(source)),
-                                "source": source}
-    rows, cols = found.get("n_rows"), found.get("n_cols")
-    shape = found.get("shape")
-    if (rows is None or cols is None) and isinstance(shape, list) and len(shape) in (2, 3):
-        rows, cols = shape[-2], shape[-1]
-    sizes = (("height_px", rows), ("width_px", cols), ("n_frames", found.get("n_frames")))
-    for key, value in sizes:
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            geometry[key] = value
-    return geometry
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,

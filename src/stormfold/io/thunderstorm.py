@@ -57,6 +57,7 @@ import pandas as pd
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path
+from stormfold.io.metadata import check_pixel_size, geometry_near
 from stormfold.table import validate_table
 
 #: (file header, table column) pairs in the canonical file order.
@@ -282,7 +283,7 @@ def read_thunderstorm_csv(path: str | Path, pixel_size_nm: float | None = None,
         table["y_nm"] = table["y_nm"] * px
     base = frame_base if frame_base is not None else layout.frame_base
     if base is None:
-        base = infer_frame_base(table["frame"].to_numpy(), _geometry(path).get("n_frames"),
+        base = infer_frame_base(table["frame"].to_numpy(), geometry_near(path).get("n_frames"),
                                 str(path))
     if len(table) and (table["frame"] < base).any():
         rule = "ThunderSTORM frames are 1-based" if layout.frame_base == 1 else \
@@ -295,19 +296,10 @@ def read_thunderstorm_csv(path: str | Path, pixel_size_nm: float | None = None,
     return validate_table(table, source=str(path))
 
 
-def _geometry(path: Path) -> dict:
-    # Imported here: tables.py imports this module.
-    from stormfold.io.tables import geometry_near
-
-    return geometry_near(path)
-
-
 def _pixel_size_for(path: Path, layout: Layout, pixel_size_nm: float | None) -> float:
-    from stormfold.io.movie import check_pixel_size
-
     if pixel_size_nm is not None:
         return check_pixel_size(pixel_size_nm, str(path))
-    found = _geometry(path).get("pixel_size_nm")
+    found = geometry_near(path).get("pixel_size_nm")
     if found is None:
         raise UserError(f"{path}: columns \"{layout.x}\", \"{layout.y}\" are in pixels and the "
                         f"pixel size is unknown: pass --pixel-size NM")
