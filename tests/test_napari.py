@@ -430,13 +430,20 @@ def test_calibrate_widget_sends_camera_to_localize(viewer, qtbot, tmp_path):
 
 
 def test_engine_choices_follow_the_package():
-    from stormfold.localize.registry import MODEL_FREE
+    from stormfold.localize.registry import ENGINES, register_engine
     from stormfold.modelfile import list_builtin
     from stormfold.napari._jobs import MODEL_FOLDER, engine_choices
 
     choices = engine_choices()
-    assert {f"builtin:{n}" for n in list_builtin()} | set(MODEL_FREE) | {MODEL_FOLDER} == set(choices)
+    assert {f"builtin:{n}" for n in list_builtin()} <= set(choices)
     assert "builtin:deepstorm-zerocost" in choices and "classic" in choices
+    assert choices[-1] == MODEL_FOLDER and "sofi" not in choices  # sofi needs a model file
+    # an engine registered later appears by itself
+    register_engine("toy-model-free", builder="stormfold.localize.classic.engine:build_engine")
+    try:
+        assert "toy-model-free" in engine_choices()
+    finally:
+        del ENGINES["toy-model-free"]
 
 
 def test_manifest_is_valid():

@@ -26,10 +26,16 @@ class Cancelled(Exception):
 def engine_choices() -> list[str]:
     """Engines offered by the Localize widget: every shipped model, every model-free engine,
     and a model folder. Models and engines added to the package later appear by themselves."""
-    from stormfold.localize.registry import MODEL_FREE
     from stormfold.modelfile import BUILTIN_PREFIX, list_builtin
 
-    return [BUILTIN_PREFIX + name for name in list_builtin()] + sorted(MODEL_FREE) + [MODEL_FOLDER]
+    return [BUILTIN_PREFIX + name for name in list_builtin()] + model_free_engines() + [MODEL_FOLDER]
+
+
+def model_free_engines() -> list[str]:
+    """Engines of the registry that are built from options, without a model file."""
+    from stormfold.localize.registry import ENGINES
+
+    return sorted(name for name, entry in ENGINES.items() if entry.builder is not None)
 
 
 # --------------------------------------------------------------------------- movies
@@ -104,7 +110,7 @@ class MovieFacts:
 def movie_facts(source: MovieSource, layer_scale: tuple | None = None) -> MovieFacts:
     """Pixel size and camera of a movie from its metadata (the command line's defaults)."""
     from stormfold.config import to_dict
-    from stormfold.localize.runner import resolve_camera
+    from stormfold.localize.camera import resolve_camera
 
     with source.open() as movie:
         camera, where = resolve_camera(None, movie, None)
@@ -159,14 +165,12 @@ class LocalizeOutcome:
 
 def engine_arguments(settings: LocalizeSettings) -> dict[str, Any]:
     """``model=`` or ``engine=`` for :func:`stormfold.localize.load_engine`."""
-    from stormfold.localize.registry import MODEL_FREE
-
     if settings.engine == MODEL_FOLDER:
         if settings.model_folder is None or not str(settings.model_folder).strip():
             raise UserError("choose the model folder (a folder with model.yaml and "
                             "weights.safetensors)")
         return {"model": str(settings.model_folder)}
-    if settings.engine in MODEL_FREE:
+    if settings.engine in model_free_engines():
         return {"engine": settings.engine}
     return {"model": settings.engine}
 

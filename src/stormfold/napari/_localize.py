@@ -97,7 +97,7 @@ class LocalizeWidget(MovieJobWidget):
     def use_calibration(self, path: Path) -> None:
         """Take the camera of a ``stormfold calibrate`` folder (or a camera YAML file)."""
         from stormfold.config import to_dict
-        from stormfold.localize.runner import camera_from_file
+        from stormfold.localize.camera import camera_from_file
 
         path = Path(path)
         file = path / "simulation.yaml" if path.is_dir() else path
@@ -119,7 +119,7 @@ class LocalizeWidget(MovieJobWidget):
     # ------------------------------------------------------------------ run
     def settings(self) -> LocalizeSettings:
         """The fields as :class:`LocalizeSettings` (UserError for a bad value)."""
-        from stormfold.localize.runner import CameraOverrides
+        from stormfold.localize.camera import CameraOverrides
 
         values = {key: _number(widget.value, CAMERA_FIELDS[key][0])
                   for key, widget in self.camera_fields.items()}
