@@ -40,7 +40,7 @@ class EnginePlugin(WorkerPlugin):
         self.engine = None
 
 
-def _localize_chunk(movie_paths: list[str], pixel_size_nm: float | None, camera: dict,
+def _localize_chunk(movie_paths: list[str], movie_options: dict, camera: dict,
                     geometry: FrameGeometry, start: int, stop: int, batch_frames: int):
     from distributed import get_worker
 
@@ -48,7 +48,7 @@ def _localize_chunk(movie_paths: list[str], pixel_size_nm: float | None, camera:
     from stormfold.localize.runner import localize_range
 
     engine = get_worker().plugins[PLUGIN_NAME].engine
-    with open_movies(movie_paths, pixel_size_nm=pixel_size_nm) as movie:
+    with open_movies(movie_paths, **movie_options) as movie:
         return localize_range(movie, engine, Camera(**camera), geometry, start, stop, batch_frames)
 
 
@@ -85,8 +85,8 @@ def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, s
         plugin = EnginePlugin(spec.model, spec.engine, spec.threshold, dict(spec.options),
                               None if device is None else str(device))
         client.register_plugin(plugin, name=PLUGIN_NAME)
-        paths = [str(p) for p in getattr(movie, "_parts", None) or [movie.path]]
-        given_px = getattr(movie, "_given_pixel_size", None)
+        paths, movie_options = movie.open_spec()
+        paths = [str(p) for p in paths]
         cam = to_dict(camera)
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         window = deque()
@@ -96,8 +96,8 @@ def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, s
             nxt = next(todo, None)
             if nxt is None:
                 return False
-            window.append(client.submit(_localize_chunk, paths, given_px, cam, geometry, nxt[0],
-                                        nxt[1], spec.batch_frames, pure=False))
+            window.append(client.submit(_localize_chunk, paths, movie_options, cam, geometry,
+                                        nxt[0], nxt[1], spec.batch_frames, pure=False))
             return True
 
         for _ in range(n_workers * in_flight_per_worker):

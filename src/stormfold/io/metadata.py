@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 #: Pixel sizes above this (nm) are taken as placeholder DPI values, not a calibration:
 #: 72 dpi gives 352,778 nm, far beyond any microscope camera pixel in sample space.
 MAX_PLAUSIBLE_PIXEL_NM = 1e5
+#: Camera pixel sizes in the sample plane (nm) accepted for a movie: a 6.5 µm sCMOS pixel
+#: behind a 150× objective is 43 nm, a 24 µm EMCCD pixel behind 20× is 1200 nm; values
+#: outside this range are a unit mistake (µm for nm, a DPI tag, a rendered image).
+CAMERA_PIXEL_RANGE_NM = (10.0, 2000.0)
 
 # Nanometres per length unit as written by ImageJ, OME and TIFF writers. ImageJ writes
 # the micro sign escaped as the six characters "\u00B5"; those are normalised first.
@@ -52,6 +56,22 @@ def check_pixel_size(value: Any, source: str = "pixel size") -> float:
     return px
 
 
+def check_camera_pixel_size(value: Any, source: str = "pixel size") -> float:
+    """Return ``value`` as a camera pixel size (nm) within :data:`CAMERA_PIXEL_RANGE_NM`.
+
+    Raises
+    ------
+    UserError
+        Not a number, not finite, or outside 10–2000 nm (naming the value and the range).
+    """
+    px = check_pixel_size(value, source)
+    low, high = CAMERA_PIXEL_RANGE_NM
+    if not low <= px <= high:
+        raise UserError(f"{source}: camera pixel size {px:g} nm is outside {low:g}–{high:g} nm "
+                        f"(the pixel size in the sample plane, in nm: e.g. 100)")
+    return px
+
+
 def unit_to_nm(unit: str | None) -> float | None:
     """Nanometres per ``unit`` (ImageJ/OME spelling), or ``None`` for no or unknown unit."""
     if unit is None:
@@ -61,11 +81,21 @@ def unit_to_nm(unit: str | None) -> float | None:
     return _UNIT_NM.get(text.lower())
 
 
-def _plausible(px: float | None, what: str) -> tuple[float | None, str | None]:
+def plausible_pixel_size(px: float | None, what: str) -> tuple[float | None, str | None]:
+    """A camera pixel size (nm) read from a file, and a note when it is not one.
+
+    ``(px, None)`` for a value within :data:`CAMERA_PIXEL_RANGE_NM`; ``(None, note)`` for a
+    placeholder DPI or a value outside that range (``what`` names the source in the note);
+    ``(None, None)`` for no value at all.
+    """
     if px is None or not math.isfinite(px) or px <= 0:
         return None, None
     if px > MAX_PLAUSIBLE_PIXEL_NM:
         return None, f"{what} gives {px:.6g} nm per pixel (a placeholder DPI, not a calibration)"
+    low, high = CAMERA_PIXEL_RANGE_NM
+    if not low <= px <= high:
+        return None, (f"{what} gives {px:.6g} nm per pixel, outside the {low:g}–{high:g} nm "
+                      f"of camera pixels")
     return px, None
 
 
@@ -79,7 +109,7 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str | None]:
     if tif.is_ome:
         px = _ome_pixel_size(tif.ome_metadata)
         if px is not None:
-            return _plausible(px, "OME PhysicalSizeX")
+            return plausible_pixel_size(px, "OME PhysicalSizeX")
     page = tif.pages[0]
     xres, yres = (float(v) for v in page.resolution)
     unit = (tif.imagej_metadata or {}).get("unit")
@@ -93,7 +123,7 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str | None]:
     px_x, px_y = scale / xres, scale / yres
     if not math.isclose(px_x, px_y, rel_tol=1e-6):
         return None, f"non-square pixels {px_x:.6g} x {px_y:.6g} nm"
-    return _plausible(px_x, what)
+    return plausible_pixel_size(px_x, what)
 
 
 def _ome_pixel_size(xml: str | None) -> float | None:

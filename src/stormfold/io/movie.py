@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,100 +29,16 @@ import numpy as np
 import tifffile
 
 from stormfold.errors import UserError
-from stormfold.io.metadata import (check_pixel_size, load_yaml_documents,
-                                   pixel_size_from_documents, tiff_pixel_size)
+from stormfold.io.metadata import (check_camera_pixel_size, load_yaml_documents,
+                                   pixel_size_from_documents, plausible_pixel_size,
+                                   tiff_pixel_size)
+from stormfold.io.readers import (ConcatReader, ContiguousReader, FolderReader, TiffPagesReader,
+                                  check_frame_memory, first_line)
+from stormfold.io.tiff_layout import frame_layout, tifffile_messages
 from stormfold.physics.geometry import FrameGeometry
 
 #: File suffixes recognised as TIFF when listing a folder of frames.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
-
-# --------------------------------------------------------------------------- readers
-class _ContiguousReader:
-    """Frames from a contiguous block of a file (uncompressed TIFF stack, Picasso .raw).
-
-    Frames are read with positional reads into fresh arrays rather than through a memory
-    map: a map keeps every page it touched in the process's resident memory, so streaming
-    a long movie would look as if it held the whole file.
-    """
-
-    def __init__(self, path: Path, dtype: np.dtype, offset: int, shape: tuple[int, int, int]):
-        self._fh = open(path, "rb")
-        self._dtype = dtype
-        self._native = dtype.newbyteorder("=")
-        self._offset = int(offset)
-        self._frame_shape = tuple(int(v) for v in shape[1:])
-        self._frame_bytes = dtype.itemsize * int(np.prod(self._frame_shape))
-        self._path = path
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((stop - start, *self._frame_shape), dtype=self._dtype)
-        if out.nbytes:
-            position = self._offset + start * self._frame_bytes
-            if hasattr(os, "preadv"):  # positional: safe when threads share the reader
-                got = os.preadv(self._fh.fileno(), [memoryview(out).cast("B")], position)
-            else:
-                self._fh.seek(position)
-                got = self._fh.readinto(memoryview(out).cast("B"))
-            if got != out.nbytes:
-                raise UserError(f"{self._path}: file is truncated (frames {start}:{stop} "
-                                f"not all present)")
-        return out.astype(self._native, copy=False)
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-class _TiffPagesReader:
-    """Frames read page by page (compressed or non-contiguous TIFF)."""
-
-    def __init__(self, tif: tifffile.TiffFile, series: int | None, frame_shape: tuple[int, int],
-                 dtype: np.dtype):
-        self._tif = tif
-        self._series = series
-        self._frame_shape = frame_shape
-        self._dtype = dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if stop <= start:
-            return np.empty((0, *self._frame_shape), self._dtype)
-        data = self._tif.asarray(key=range(start, stop), series=self._series)
-        return np.asarray(data, dtype=self._dtype).reshape(stop - start, *self._frame_shape)
-
-    def close(self) -> None:
-        self._tif.close()
-
-
-class _FolderReader:
-    """Frames from a sorted list of single-image TIFF files, one file per frame."""
-
-    def __init__(self, files: list[Path], frame_shape: tuple[int, int], dtype: np.dtype):
-        self._files = files
-        self._frame_shape = frame_shape
-        self._dtype = dtype
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        out = np.empty((max(stop - start, 0), *self._frame_shape), self._dtype)
-        for i, file in enumerate(self._files[start:stop]):
-            out[i] = self._read_one(file)
-        return out
-
-    def _read_one(self, file: Path) -> np.ndarray:
-        try:
-            image = tifffile.imread(file)
-        except Exception as exc:  # any tifffile/OS failure is a bad input file
-            raise UserError(f"{file}: not a readable TIFF file ({_first_line(exc)})") from None
-        image = np.squeeze(image)
-        if image.shape != self._frame_shape:
-            raise UserError(f"{file}: frame of shape {image.shape} in a folder of "
-                            f"{self._frame_shape[0]}x{self._frame_shape[1]} frames")
-        if image.dtype != self._dtype:
-            raise UserError(f"{file}: data type {image.dtype} differs from the first frame "
-                            f"({self._dtype})")
-        return image
-
-    def close(self) -> None:
-        pass
-
 
 # --------------------------------------------------------------------------- Movie
 class Movie:
@@ -143,12 +58,15 @@ class Movie:
         Camera pixel size in the sample plane (nm); ``None`` when unknown.
     metadata : dict
         Camera and acquisition information found in the file (``format``, ImageJ
-        entries, Picasso camera keys, stormfold's own ``info`` ...).
+        entries, Picasso camera keys, stormfold's own ``info``, the ``axes`` and plane
+        ``selection`` used ...).
+    nan_policy : {"error", "zero"}
+        What :meth:`read` does with NaN/Inf pixels (see :func:`open_movie`).
     """
 
     def __init__(self, path: Path, reader: Any, n_frames: int, shape: tuple[int, int],
                  dtype: np.dtype, pixel_size_nm: float | None, metadata: dict,
-                 pixel_size_note: str | None = None):
+                 pixel_size_note: str | None = None, nan_policy: str = "error"):
         self.path = Path(path)
         self._reader = reader
         self.n_frames = int(n_frames)
@@ -156,8 +74,12 @@ class Movie:
         self.dtype = np.dtype(dtype).newbyteorder("=")
         self.pixel_size_nm = pixel_size_nm
         self.metadata = metadata
+        self.nan_policy = check_nan_policy(nan_policy)
         self._pixel_size_note = pixel_size_note
-        self._given_pixel_size: float | None = None
+        self._spec: tuple[list[Path], dict] = ([self.path], {})
+        # frame index -> non-finite pixels replaced there (nan_policy "zero"); one entry
+        # per damaged frame, so a frame read twice is counted once.
+        self._repaired: dict[int, int] = {}
 
     def __len__(self) -> int:
         return self.n_frames
@@ -168,11 +90,14 @@ class Movie:
                 f"dtype={self.dtype}, pixel_size={px})")
 
     def __reduce__(self):
-        # Re-open by path in another process (e.g. a dask worker) instead of pickling maps.
-        parts = getattr(self, "_parts", None)
-        if parts:
-            return (open_movies, (parts, self._given_pixel_size))
-        return (open_movie, (self.path, self._given_pixel_size))
+        # Re-open by path in another process (e.g. a dask worker) instead of pickling handles.
+        return (_reopen, self.open_spec())
+
+    def open_spec(self) -> tuple[list[Path], dict]:
+        """``(paths, options)`` such that ``open_movies(paths, **options)`` opens this movie
+        again (e.g. in a worker process): the pixel size given and the reader options."""
+        paths, options = self._spec
+        return list(paths), dict(options)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Read frames ``start`` (inclusive) to ``stop`` (exclusive).
@@ -181,6 +106,12 @@ class Movie:
         -------
         numpy.ndarray
             Array ``(stop - start, rows, cols)`` of :attr:`dtype`, a copy owned by the caller.
+
+        Raises
+        ------
+        UserError
+            A damaged or truncated frame, NaN/Inf pixels (``nan_policy="error"``), or frames
+            that do not fit in memory; the message names the file and the frames.
         """
         start, stop = int(start), int(stop)
         if not 0 <= start <= stop <= self.n_frames:
@@ -188,7 +119,39 @@ class Movie:
                              f"{self.n_frames} frames")
         if self._reader is None:
             raise ValueError(f"movie {self.path} is closed")
-        return self._reader.read(start, stop)
+        frames = self._reader.read(start, stop)
+        if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+            self._non_finite(frames, start)
+        return frames
+
+    def _non_finite(self, frames: np.ndarray, start: int) -> None:
+        bad = ~np.isfinite(frames)
+        per_frame = bad.reshape(len(frames), -1).sum(axis=1)
+        hit = np.flatnonzero(per_frame)
+        if self.nan_policy == "error":
+            listed = ", ".join(str(start + int(i)) for i in hit[:5])
+            more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+            raise UserError(f"{self.path}: {int(per_frame.sum())} NaN/Inf pixels in frame(s) "
+                            f"{listed}{more} (0-based); pass nan_policy='zero' "
+                            f"(--nan-policy zero) to replace them by 0 and count them")
+        frames[bad] = 0
+        for i in hit:
+            self._repaired[start + int(i)] = int(per_frame[i])
+
+    def repairs(self) -> dict | None:
+        """What ``nan_policy="zero"`` replaced in the frames read so far (None: nothing).
+
+        Returns
+        -------
+        dict or None
+            ``nan_policy``, ``frames_repaired``, ``pixels_replaced`` and the first
+            ``frames`` (0-based, up to 20): the record ``run.yaml`` states.
+        """
+        if not self._repaired:
+            return None
+        frames = sorted(self._repaired)
+        return {"nan_policy": self.nan_policy, "frames_repaired": len(frames),
+                "pixels_replaced": int(sum(self._repaired.values())), "frames": frames[:20]}
 
     def __getitem__(self, key: int | slice) -> np.ndarray:
         """One frame ``(rows, cols)`` for an int, a stack ``(n, rows, cols)`` for a slice."""
@@ -251,8 +214,24 @@ class Movie:
         self.close()
 
 
+def _reopen(paths: list[Path], options: dict) -> Movie:
+    return open_movies(paths, **options)
+
+
 # --------------------------------------------------------------------------- open_movie
-def open_movie(path: str | Path, pixel_size_nm: float | None = None) -> Movie:
+NAN_POLICIES = ("error", "zero")
+
+
+def check_nan_policy(value: str) -> str:
+    """``value`` if it is one of :data:`NAN_POLICIES`, else :class:`UserError`."""
+    if value not in NAN_POLICIES:
+        raise UserError(f"nan_policy {value!r}: choose one of {', '.join(NAN_POLICIES)}")
+    return value
+
+
+def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
+               nan_policy: str = "error", axes: str | None = None, z: int | None = None,
+               channel: int | None = None) -> Movie:
     """Open a movie without reading its pixel data.
 
     Parameters
@@ -261,7 +240,18 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None) -> Movie:
         A TIFF/BigTIFF/OME-TIFF stack, a folder of single-frame TIFFs, or a Picasso
         ``.raw`` file (with ``<stem>.yaml`` next to it).
     pixel_size_nm : float, optional
-        Camera pixel size in nm; overrides whatever the file says.
+        Camera pixel size in nm (10–2000); overrides whatever the file says.
+    nan_policy : {"error", "zero"}
+        NaN/Inf pixels (float movies) are an error naming the frames when they are read
+        (default), or replaced by 0 and counted (:meth:`Movie.repairs`). The check runs on
+        each batch as it is read, not in an extra pass over the movie.
+    axes : str, optional
+        TIFF stacks: the image's dimensions in order, e.g. ``"TZYX"`` (letters T, Z, C,
+        Y, X), overriding the names in the file. Needed for images with more than three
+        dimensions whose file does not name them T/Z/C.
+    z, channel : int, optional
+        TIFF stacks: the focal plane and channel (0-based) to read from a
+        multi-dimensional image; every Z or C axis of more than one plane needs one.
 
     Returns
     -------
@@ -270,61 +260,61 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None) -> Movie:
     Raises
     ------
     UserError
-        Missing path, unreadable or unsupported file, RGB image, empty stack, frames of
-        different shapes, missing or inconsistent Picasso sidecar, bad pixel size.
+        Missing path, unreadable or unsupported file, colour image, an image of more
+        than three dimensions without a plane choice, empty stack, truncated or damaged
+        file (naming the frames declared and present), frames of different shapes or
+        too large for memory, int8 pixels, missing or inconsistent Picasso sidecar, bad
+        pixel size or option.
     """
     path = Path(path)
-    given = None if pixel_size_nm is None else check_pixel_size(pixel_size_nm, str(path))
+    given = None if pixel_size_nm is None else check_camera_pixel_size(pixel_size_nm, str(path))
+    check_nan_policy(nan_policy)
+    for name, value in (("z", z), ("channel", channel)):
+        if value is not None and (int(value) != value or value < 0):
+            raise UserError(f"{name} must be a plane index ≥ 0, got {value!r}")
     if not path.exists():
         raise UserError(f"movie not found: {path}")
-    if path.is_dir():
-        movie = _open_folder(path)
-    elif path.suffix.lower() == ".raw":
-        movie = _open_picasso_raw(path)
+    planes = {"axes": axes, "z": z, "channel": channel}
+    if path.is_dir() or path.suffix.lower() == ".raw":
+        chosen = [f"{k}={v!r}" for k, v in planes.items() if v is not None]
+        if chosen:
+            raise UserError(f"{path}: {', '.join(chosen)} apply to TIFF stacks; this movie "
+                            f"has one plane per frame")
+        movie = _open_folder(path) if path.is_dir() else _open_picasso_raw(path)
     else:
-        movie = _open_tiff_file(path)
+        movie = _open_tiff_file(path, axes, z, channel)
+    movie.nan_policy = nan_policy
+    options = {"nan_policy": nan_policy, **{k: v for k, v in planes.items() if v is not None}}
     if given is not None:
         movie.pixel_size_nm = given
-        movie._given_pixel_size = given
+        options["pixel_size_nm"] = given
+    movie._spec = ([path], options)
+    if movie.dtype == np.int8:
+        movie.close()
+        raise UserError(f"{path}: int8 pixels cannot be camera counts (an 8-bit camera "
+                        f"counts 0…255, which int8 wraps to negative above 127): save the "
+                        f"movie as uint8 or uint16")
     return movie
 
 
-class _ConcatReader:
-    """Frames of several movies of one acquisition, end to end (e.g. split OME-TIFF files)."""
-
-    def __init__(self, movies: list[Movie]):
-        self.movies = movies
-        self.offsets = np.cumsum([0] + [m.n_frames for m in movies])
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        parts = []
-        for movie, lo, hi in zip(self.movies, self.offsets[:-1], self.offsets[1:]):
-            a, b = max(start, lo), min(stop, hi)
-            if a < b:
-                parts.append(movie.read(int(a - lo), int(b - lo)))
-        if not parts:
-            return np.empty((0, *self.movies[0].shape), self.movies[0].dtype)
-        return np.concatenate(parts)
-
-    def close(self) -> None:
-        for movie in self.movies:
-            movie.close()
-
-
-def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None) -> Movie:
+def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
+                **options: Any) -> Movie:
     """Open several movies of one acquisition as one movie (frames end to end).
 
     All parts must have the same frame shape and data type; the pixel size and metadata
     are the first part's (parts with a different known pixel size are refused).
+    ``options`` are the keyword arguments of :func:`open_movie` (``nan_policy``, ``axes``,
+    ``z``, ``channel``), applied to every part; NaN/Inf pixels are checked (or repaired
+    and counted) by the parts.
     """
     if len(paths) == 1:
-        return open_movie(paths[0], pixel_size_nm)
+        return open_movie(paths[0], pixel_size_nm, **options)
     if not paths:
         raise UserError("no movie given")
     movies: list[Movie] = []
     try:
         for path in paths:
-            movies.append(open_movie(path, pixel_size_nm))
+            movies.append(open_movie(path, pixel_size_nm, **options))
         first = movies[0]
         for movie in movies[1:]:
             if movie.shape != first.shape or movie.dtype != first.dtype:
@@ -338,83 +328,65 @@ def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None) -> 
         for movie in movies:
             movie.close()
         raise
-    combined = Movie(first.path, _ConcatReader(movies), sum(m.n_frames for m in movies),
-                     first.shape, first.dtype, first.pixel_size_nm,
-                     {**first.metadata, "parts": [str(m.path) for m in movies]})
-    combined._given_pixel_size = first._given_pixel_size
-    combined._parts = [m.path for m in movies]
+    combined = _CombinedMovie(first.path, ConcatReader(movies), sum(m.n_frames for m in movies),
+                              first.shape, first.dtype, first.pixel_size_nm,
+                              {**first.metadata, "parts": [str(m.path) for m in movies]},
+                              nan_policy=first.nan_policy)
+    combined._spec = ([m.path for m in movies],
+                      {**options, **({} if pixel_size_nm is None else {"pixel_size_nm": pixel_size_nm})})
     return combined
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+class _CombinedMovie(Movie):
+    """The parts of :func:`open_movies`: NaN/Inf pixels are handled (and counted) by them."""
+
+    def _non_finite(self, frames: np.ndarray, start: int) -> None:  # parts did it already
+        return None
+
+    def repairs(self) -> dict | None:
+        reports = [(int(lo), movie.repairs())
+                   for movie, lo in zip(self._reader.movies, self._reader.offsets)]
+        reports = [(lo, r) for lo, r in reports if r]
+        if not reports:
+            return None
+        return {"nan_policy": self.nan_policy,
+                "frames_repaired": sum(r["frames_repaired"] for _, r in reports),
+                "pixels_replaced": sum(r["pixels_replaced"] for _, r in reports),
+                "frames": [lo + f for lo, r in reports for f in r["frames"]][:20]}
 
 
-def _open_tiff(path: Path) -> tifffile.TiffFile:
+def _open_tiff(path: Path, messages: list[str]) -> tifffile.TiffFile:
     try:
         return tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises several types for non-TIFF input
-        raise UserError(f"{path}: not a TIFF file ({_first_line(exc)}); movies must be TIFF "
-                        f"stacks, folders of TIFFs or Picasso .raw files") from None
+        broken = f"; {messages[0]}" if messages else ""
+        raise UserError(f"{path}: not a TIFF file ({first_line(exc)}{broken}); movies must be "
+                        f"TIFF stacks, folders of TIFFs or Picasso .raw files") from None
 
 
-def _open_tiff_file(path: Path) -> Movie:
-    tif = _open_tiff(path)
-    try:
-        layout = _tiff_layout(tif, path)
-        pixel, note = tiff_pixel_size(tif)
-        metadata = _tiff_metadata(tif)
-    except Exception:
-        tif.close()
-        raise
-    n_frames, shape, dtype, series, offset = layout
-    if offset is not None:
-        reader: Any = _ContiguousReader(path, dtype.newbyteorder(tif.byteorder), offset,
-                                    (n_frames, *shape))
+def _open_tiff_file(path: Path, axes: str | None = None, z: int | None = None,
+                    channel: int | None = None) -> Movie:
+    with tifffile_messages() as messages:
+        tif = _open_tiff(path, messages)
+        try:
+            layout = frame_layout(tif, path, axes, z, channel, messages)
+            check_frame_memory(path, layout.shape)
+            pixel, note = tiff_pixel_size(tif)
+            metadata = _tiff_metadata(tif)
+        except Exception:
+            tif.close()
+            raise
+    metadata["axes"] = layout.axes
+    if layout.selection:
+        metadata["selection"] = dict(layout.selection)
+    if layout.offset is not None:
+        reader: Any = ContiguousReader(path, layout.dtype.newbyteorder(tif.byteorder),
+                                        layout.offset, layout.shape, layout.first_plane,
+                                        layout.plane_step)
         tif.close()
     else:
-        reader = _TiffPagesReader(tif, series, shape, dtype.newbyteorder("="))
-    return Movie(path, reader, n_frames, shape, dtype, pixel, metadata, note)
-
-
-def _tiff_layout(tif: tifffile.TiffFile, path: Path):
-    """(n_frames, (rows, cols), dtype, series index or None, data offset or None)."""
-    all_series = tif.series
-    if not all_series:
-        raise UserError(f"{path}: TIFF file holds no images")
-    series = all_series[0]
-    axes, dims = series.axes, tuple(series.shape)
-    if "S" in axes and dims[axes.index("S")] > 1:
-        raise UserError(f"{path}: RGB or multi-sample image (axes {axes}, shape {dims}); "
-                        f"stormfold needs single-channel grayscale frames")
-    dims = tuple(d for a, d in zip(axes, dims) if a != "S")
-    if len(dims) < 2 or math.prod(dims) == 0:
-        raise UserError(f"{path}: empty stack (0 frames)")
-    shape = (int(dims[-2]), int(dims[-1]))
-    n_frames = int(math.prod(dims[:-2]))
-    dtype = np.dtype(series.dtype)
-    if _pages_are_frames(all_series, shape, dtype):
-        # Some writers put each page in its own series; the pages are still the frames.
-        return len(tif.pages), shape, dtype, None, None
-    offset = series.dataoffset
-    if offset is not None:
-        needed = offset + n_frames * shape[0] * shape[1] * dtype.itemsize
-        if needed > path.stat().st_size:
-            raise UserError(f"{path}: file is truncated ({path.stat().st_size} bytes, "
-                            f"{n_frames} frames need {needed})")
-        return n_frames, shape, dtype, 0, int(offset)
-    if len(series.pages) != n_frames:
-        raise UserError(f"{path}: unsupported TIFF layout ({len(series.pages)} pages for "
-                        f"{n_frames} frames of axes {axes})")
-    return n_frames, shape, dtype, 0, None
-
-
-def _pages_are_frames(all_series: list, shape: tuple[int, int], dtype: np.dtype) -> bool:
-    if len(all_series) < 2:
-        return False
-    return all(tuple(s.shape) == shape and np.dtype(s.dtype) == dtype and len(s.pages) == 1
-               for s in all_series)
+        reader = TiffPagesReader(tif, layout, layout.dtype.newbyteorder("="), path)
+    return Movie(path, reader, layout.n_frames, layout.shape, layout.dtype, pixel, metadata, note)
 
 
 def _tiff_metadata(tif: tifffile.TiffFile) -> dict:
@@ -454,6 +426,54 @@ def _decode_info(info: Any) -> Any:
     return info
 
 
+# --------------------------------------------------------------------------- checks
+#: Frames read by :func:`sample_statistics` (evenly spaced over the movie).
+SAMPLE_FRAMES = 16
+
+
+def sample_statistics(movie: Movie, n_frames: int = SAMPLE_FRAMES) -> dict:
+    """Pixel statistics of up to ``n_frames`` frames spread evenly over the movie.
+
+    Cheap enough to run before any work (a few frames are read), and what the checks
+    :func:`adu_warnings` and :func:`stormfold.physics.camera.check_baseline` use.
+
+    Returns
+    -------
+    dict
+        ``frames`` (the 0-based indices read), ``dtype``, ``min``, ``p1``, ``p50``,
+        ``p99``, ``max`` (in the movie's units, usually ADU).
+    """
+    count = max(1, min(int(n_frames), movie.n_frames))
+    frames = np.unique(np.linspace(0, movie.n_frames - 1, count).round().astype(np.int64))
+    values = np.stack([movie[int(i)] for i in frames]).astype(np.float64)
+    p1, p50, p99 = np.percentile(values, [1, 50, 99])
+    return {"frames": frames.tolist(), "dtype": str(movie.dtype), "min": float(values.min()),
+            "p1": float(p1), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
+
+
+def adu_warnings(stats: dict) -> list[str]:
+    """Reasons to doubt that a movie holds raw camera counts (ADU), from
+    :func:`sample_statistics`; empty when nothing looks wrong.
+
+    int8 movies are refused when opened (:func:`open_movie`). Float and signed-integer
+    movies are accepted — simulations and corrected data are legitimately float — but the
+    ADU → photon conversion (baseline, e⁻ per ADU) assumes camera counts, so values that
+    cannot be counts are reported: negative pixels (background-subtracted or converted
+    data), an image normalised to [0, 1], or constant frames.
+    """
+    found = []
+    if stats["max"] == stats["min"]:
+        found.append(f"the sampled frames are constant ({stats['min']:g}): no signal")
+    elif np.dtype(stats["dtype"]).kind == "f" and stats["min"] >= 0 and stats["max"] <= 1:
+        found.append(f"pixel values lie in [0, 1] ({stats['dtype']}): a normalised image, not "
+                     f"camera counts; baseline and e-/ADU conversions will not give photons")
+    if stats["min"] < 0:
+        found.append(f"negative pixel values (down to {stats['min']:g}): camera counts are "
+                     f"≥ 0, so the data were processed (background-subtracted or converted); "
+                     f"photon counts and thresholds will be off")
+    return found
+
+
 # --------------------------------------------------------------------------- folders
 def _natural_key(path: Path) -> tuple:
     """Sort key comparing digit runs as numbers: 2.tif < 10.tif, 00001.tif < 00002.tif."""
@@ -477,19 +497,22 @@ def _open_folder(path: Path) -> Movie:
                             f"{shape[0]}x{shape[1]} frames (first file {files[0].name})")
     metadata = {**metadata, "format": "tiff-folder", "n_files": len(files),
                 "first_file": files[0].name}
-    return Movie(path, _FolderReader(files, shape, dtype), len(files), shape, dtype, pixel,
+    return Movie(path, FolderReader(files, shape, dtype), len(files), shape, dtype, pixel,
                  metadata, note)
 
 
 def _folder_frame_info(file: Path):
-    tif = _open_tiff(file)
-    with tif:
-        n_frames, shape, dtype, _, _ = _tiff_layout(tif, file)
-        if n_frames != 1:
-            raise UserError(f"{file}: holds {n_frames} frames; a folder movie needs one "
-                            f"frame per file")
-        pixel, note = tiff_pixel_size(tif)
-        return shape, dtype.newbyteorder("="), pixel, note, _tiff_metadata(tif)
+    with tifffile_messages() as messages:
+        tif = _open_tiff(file, messages)
+        with tif:
+            layout = frame_layout(tif, file, messages=messages)
+            if layout.n_frames != 1:
+                raise UserError(f"{file}: holds {layout.n_frames} frames; a folder movie needs "
+                                f"one frame per file")
+            check_frame_memory(file, layout.shape)
+            pixel, note = tiff_pixel_size(tif)
+            return (layout.shape, layout.dtype.newbyteorder("="), pixel, note,
+                    _tiff_metadata(tif))
 
 
 # --------------------------------------------------------------------------- Picasso raw
@@ -507,18 +530,24 @@ def _open_picasso_raw(path: Path) -> Movie:
         raise UserError(f"{sidecar}: missing {exc.args[0]!r} in the first YAML document "
                         f"(needs Width, Height, Frames, Data Type)") from None
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{sidecar}: bad movie description ({_first_line(exc)})") from None
+        raise UserError(f"{sidecar}: bad movie description ({first_line(exc)})") from None
     if min(width, height, n_frames) <= 0:
         raise UserError(f"{path}: empty movie ({n_frames} frames of {height}x{width} px)")
-    expected = n_frames * height * width * dtype.itemsize
+    frame_bytes = height * width * dtype.itemsize
+    expected = n_frames * frame_bytes
     actual = path.stat().st_size
     if actual != expected:
-        raise UserError(f"{path}: size {actual} bytes does not match {sidecar.name} "
-                        f"({n_frames} frames x {height} x {width} x {dtype.itemsize} bytes "
-                        f"= {expected})")
-    pixel = pixel_size_from_documents(documents, sidecar)
-    note = None if pixel is not None else f"no Pixelsize in {sidecar.name}"
+        present, extra = divmod(actual, frame_bytes)
+        tail = f" and {extra} bytes" if extra else ""
+        raise UserError(f"{path}: size {actual} bytes does not match {sidecar.name}: it "
+                        f"declares {n_frames} frames of {height} x {width} x {dtype.itemsize} "
+                        f"bytes ({expected} bytes), the file holds {present} frames{tail}")
+    check_frame_memory(path, (height, width))
+    pixel, note = plausible_pixel_size(pixel_size_from_documents(documents, sidecar),
+                                       f"Pixelsize in {sidecar.name}")
+    if pixel is None and note is None:
+        note = f"no Pixelsize in {sidecar.name}"
     metadata = {"format": "picasso-raw",
                 "picasso": {k: v for k, v in first.items() if _small_scalar(v)}}
-    reader = _ContiguousReader(path, dtype, 0, (n_frames, height, width))
+    reader = ContiguousReader(path, dtype, 0, (height, width))
     return Movie(path, reader, n_frames, (height, width), dtype, pixel, metadata, note)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stormfold.errors import UserError
 from stormfold.localize.engine import Engine
 from stormfold.modelfile import read_model_meta
@@ -63,6 +65,18 @@ def _import(target: str):
     return getattr(importlib.import_module(module), func)
 
 
+def check_threshold(value: Any, source: str = "--threshold") -> float:
+    """``value`` as a positive finite float, else :class:`UserError` (an infinite threshold
+    would detect nothing, zero or a negative one every pixel)."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: threshold must be a number, got {value!r}") from None
+    if not np.isfinite(threshold) or threshold <= 0:
+        raise UserError(f"{source}: threshold must be a positive finite number, got {value!r}")
+    return threshold
+
+
 def load_engine(model: str | Path | None = None, engine: str | None = None, device: Any = None,
                 threshold: float | None = None, options: dict[str, Any] | None = None) -> Engine:
     """Build the engine for ``--model`` (a folder or ``builtin:NAME``) or ``--engine NAME``.
@@ -82,6 +96,8 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
     """
     if (model is None) == (engine is None):
         raise UserError("give either --model MODEL_DIR|builtin:NAME or --engine NAME")
+    if threshold is not None:
+        threshold = check_threshold(threshold)
     if model is not None:
         meta = read_model_meta(model)
         name = meta["engine"]

@@ -17,6 +17,37 @@ from stormfold.errors import UserError
 ADU_MAX = 65535
 
 
+def check_baseline(baseline_adu: float, p99_adu: float, source: str = "baseline") -> None:
+    """Refuse a baseline above the movie's 99th percentile of pixel values.
+
+    The baseline is the camera's dark offset: background and emitters add to it, so most
+    pixels of a movie lie above it. Above the 99th percentile, ≥ 99 % of the pixels would
+    become negative photon counts and the engines find thousands of 1-photon "emitters"
+    in the noise.
+
+    Parameters
+    ----------
+    baseline_adu : float
+        The baseline to be used (ADU).
+    p99_adu : float
+        The 99th percentile of the movie's pixels (ADU), e.g. from
+        :func:`stormfold.io.movie.sample_statistics`.
+    source : str
+        Where the baseline came from, for the message (``--baseline``, a camera file).
+
+    Raises
+    ------
+    UserError
+    """
+    if not np.isfinite(baseline_adu):
+        raise UserError(f"{source}: baseline must be a finite number of ADU, got {baseline_adu}")
+    if baseline_adu > p99_adu:
+        raise UserError(f"{source}: baseline {baseline_adu:g} ADU is above the 99th percentile "
+                        f"of the movie's pixels ({p99_adu:g} ADU): almost every pixel would "
+                        f"be negative; the baseline is the camera's dark offset (read it on "
+                        f"dark frames or with `stormfold calibrate`)")
+
+
 @dataclass
 class Camera:
     """Camera parameters and its forward / backward model.
@@ -58,8 +89,10 @@ class Camera:
             raise UserError(f"camera.em_gain must be ≥ 1 (1 = no EM gain), got {self.em_gain}")
         if self.readout_e < 0:
             raise UserError(f"camera.readout_e must be ≥ 0, got {self.readout_e}")
-        if not self.e_per_adu > 0:
+        if not self.e_per_adu > 0 or not np.isfinite(self.e_per_adu):
             raise UserError(f"camera.e_per_adu must be > 0, got {self.e_per_adu}")
+        if not np.isfinite(self.baseline_adu):
+            raise UserError(f"camera.baseline_adu must be a finite number, got {self.baseline_adu}")
 
     # ------------------------------------------------------------------ forward
     def mean_electrons(self, photons: np.ndarray) -> np.ndarray:
