@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, run_isolated  # noqa: E402
+from _common import report, run_isolated, run_main  # noqa: E402
 
 MODEL = "builtin:deepstorm-zerocost"
 
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

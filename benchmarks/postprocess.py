@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, run_isolated  # noqa: E402
+from _common import report, run_isolated, run_main  # noqa: E402
 
 N_FRAMES = 20_000
 FOV_PX = 512
@@ -140,11 +140,11 @@ def main() -> None:
         for step in steps:
             row = run_isolated(case, folder, step)
             if "error" in row:
-                row = {"step": step, "accuracy": row["error"]}
+                row = {"step": step, "error": row["error"]}
             rows.append(row)
             print(row, flush=True)
     report("postprocess", rows, ["step", "n", "seconds", "peak_rss_mb", "accuracy"])
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, run_isolated  # noqa: E402
+from _common import report, run_isolated, run_main  # noqa: E402
 
 
 def case(preset: str, n_frames: int, overrides: list[str]) -> dict:
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, run_isolated  # noqa: E402
+from _common import report, run_isolated, run_main  # noqa: E402
 
 
 def _frames(n: int, seed: int = 0):
@@ -89,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

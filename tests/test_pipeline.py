@@ -47,7 +47,10 @@ def test_run_writes_everything_and_the_report(sim, tmp_path):
         assert f'id="{section}"' in html, section
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(images) >= 4 and all(len(i) > 1000 for i in images)
-    assert "http" not in html.split("<body>")[1].split("stormfold")[0]  # self-contained
+    # Self-contained: every resource is embedded, nothing is fetched from anywhere.
+    assert re.findall(r'\bsrc="([^"]*)"', html) and all(
+        src.startswith("data:image/png;base64,") for src in re.findall(r'\bsrc="([^"]*)"', html))
+    assert not re.search(r"https?://|<link\b|<script\b[^>]*\bsrc=|@import|url\(", html)
     from stormfold.io.picasso import read_picasso_hdf5
 
     h5, info = read_picasso_hdf5(out / "localizations.hdf5")

@@ -24,7 +24,7 @@ from stormfold.postprocess.drift import residual_rms_nm
 from stormfold.postprocess.frc import frc_curve, split_halves
 from stormfold.figures import scale_bar_nm
 from stormfold.simulate import build_config, simulate_to_folder, simulate_truth
-from stormfold.table import make_table
+from stormfold.table import make_table, validate_table
 
 
 def _jitter(table, sigma_nm, seed):
@@ -145,6 +145,107 @@ def test_drift_after_localizing_a_drifting_movie(tmp_path):
     print(f"localized movie ({res.run['n_localizations']} localizations): residual drift "
           f"{residual:.2f} nm RMS")
     assert residual < 10.0
+
+
+# --------------------------------------------------------------------------- drift reliability
+def _filament_locs(n_frames, seed, drift_nm=0.0):
+    """Truth of a filament movie with 15 nm localization noise and, optionally, a linear
+    drift of ``drift_nm`` along the diagonal over the movie."""
+    velocity = drift_nm / n_frames / math.sqrt(2)
+    cfg = build_config("challenge2016", n_frames=n_frames, seed=seed,
+                       overrides=[f"drift.velocity_nm_per_frame=[{velocity},{-velocity}]"])
+    truth, drift = simulate_truth(cfg)
+    return _jitter(truth, 15.0, seed), drift
+
+
+def test_driftless_movie_is_left_alone():
+    locs, true_drift = _filament_locs(1000, seed=11)
+    corrected, result = correct_drift(locs, "rcc", n_frames=1000, bins=10, pixel_nm=20)
+    r = result.reliability
+    residual = residual_rms_nm(result.drift, true_drift)
+    print(f"driftless: estimate residual {residual:.2f} nm, {r.summary()}")
+    assert residual < 1.4  # measured 0.9 nm
+    assert r.verdict == "not significant" and not result.stats["reliability"]["applied"]
+    pd.testing.assert_frame_equal(corrected, locs)  # nothing applied: never worse
+    assert r.locs_per_bin_min == 2000 and r.pairs_rejected == 0 and r.peak_z_median > 20
+    assert yaml.safe_load(yaml.safe_dump(r.to_dict())) == r.to_dict()
+
+
+def test_rcc_recovers_a_300_nm_drift():
+    locs, true_drift = _filament_locs(2000, seed=11, drift_nm=300.0)
+    assert np.hypot(*true_drift[["dx_nm", "dy_nm"]].iloc[-1]) == pytest.approx(300, rel=0.01)
+    corrected, result = correct_drift(locs, "rcc", n_frames=2000, bins=10, pixel_nm=20)
+    residual = residual_rms_nm(result.drift, true_drift)
+    print(f"300 nm drift: residual {residual:.2f} nm, {result.reliability.summary()}")
+    assert result.reliability.verdict == "applied"
+    assert residual < 3.0  # measured 2.0 nm
+    assert result.reliability.precision_nm < 1.2  # measured 0.8 nm
+
+
+def test_twenty_frame_movie_without_structure_is_refused(tmp_path, run_cli):
+    """Issue 13: a 20-frame driftless simulation (zerocost: fresh random emitters every
+    frame), localized, RCC with 4 bins once "corrected" a drift of about 2 µm."""
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.postprocess.drift import DriftUnsupported
+
+    simulate_to_folder(build_config("zerocost", n_frames=20, seed=1), tmp_path / "sim",
+                       progress=False)
+    res = localize_movie(tmp_path / "sim" / "movie.tif", load_engine(engine="classic"),
+                         progress=False)
+    locs = res.locs
+    with pytest.raises(DriftUnsupported, match="no structure common to the time bins"):
+        correct_drift(locs, "rcc", n_frames=20, bins=4)
+    with pytest.warns(UserWarning, match="not supported by the data"):
+        corrected, result = correct_drift(locs, "rcc", n_frames=20, bins=4,
+                                          on_unsupported="warn")
+    pd.testing.assert_frame_equal(corrected, validate_table(locs))
+    assert result.reliability.peak_z_median < 8 and result.reliability.drift_max_nm > 1000
+    # The command: exit 2, one line, nothing written.
+    write_table(tmp_path / "locs.csv", locs)
+    code, out, err = run_cli("drift", tmp_path / "locs.csv", "--out", tmp_path / "d.csv",
+                             "--bins", "4")
+    assert code == 2 and err.count("\n") == 1 and "not supported by the data" in err
+    assert not (tmp_path / "d.csv").exists() and not (tmp_path / "d_drift.csv").exists()
+
+
+def test_sparse_bins_are_refused():
+    """Filaments, 20 frames, 4 bins: 100 localizations per bin give bin drifts off by
+    13–34 nm (docs/postprocess.md); refused, with advice."""
+    from stormfold.postprocess.drift import DriftUnsupported
+
+    locs, _ = _filament_locs(20, seed=11)
+    with pytest.raises(DriftUnsupported, match=r"too few localizations per bin \(100 < 150"):
+        correct_drift(locs, "rcc", n_frames=20, bins=4)
+
+
+def test_drift_larger_than_a_fifth_of_the_field_is_refused():
+    rng = np.random.default_rng(3)
+    sites = rng.uniform(0, 4000, (3000, 2))
+    shift = np.array([1200.0, 0.0])
+    pos = np.vstack([sites + rng.normal(0, 10, sites.shape),
+                     sites + shift + rng.normal(0, 10, sites.shape)])
+    frame = np.r_[np.zeros(len(sites), int), np.full(len(sites), 10)]
+    table = make_table(frame, pos[:, 0], pos[:, 1])
+    result = estimate_drift_rcc(table, n_bins=2, pixel_nm=20, field_nm=4000)
+    assert result.reliability.verdict == "unsupported"
+    assert "exceeds 20% of the 4000 nm field" in result.reliability.problems[0]
+    result = estimate_drift_rcc(table, n_bins=2, pixel_nm=20, field_nm=4000,
+                                max_drift_fraction=0.5)
+    assert result.reliability.verdict == "applied"
+    measured = result.points[["dx_nm", "dy_nm"]].to_numpy()
+    np.testing.assert_allclose(measured[1] - measured[0], shift, atol=1.0)
+
+
+def test_chain_records_reliability_and_writes_what_was_applied():
+    locs, _ = _filament_locs(1000, seed=11)
+    result = run_chain(locs, {"steps": ["drift"]}, fov_nm=(6400, 6400), n_frames=1000)
+    record = result.record()["drift"]["results"]
+    assert record["applied"] is False and record["reliability"]["verdict"] == "not significant"
+    assert record["reliability"]["field_nm"] == 6400
+    assert not result.outputs["drift"][["dx_nm", "dy_nm"]].to_numpy().any()
+    assert "no significant drift" in result.log["drift"]
+    pd.testing.assert_frame_equal(result.table, locs)
 
 
 # --------------------------------------------------------------------------- linking

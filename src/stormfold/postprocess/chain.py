@@ -37,7 +37,7 @@ from stormfold.io.atomic import atomic_path
 from stormfold.io.tables import table_format
 from stormfold.postprocess import files
 from stormfold.postprocess.cluster import ClusterParams, cluster
-from stormfold.postprocess.drift import DriftParams, apply_drift, estimate_drift
+from stormfold.postprocess.drift import DriftParams, apply_drift, drift_to_apply, estimate_drift
 from stormfold.postprocess.filters import FilterParams, filter_table
 from stormfold.postprocess.frc import FrcParams, frc
 from stormfold.postprocess.link import LinkParams, link
@@ -90,16 +90,26 @@ def _drift(table: pd.DataFrame, p: DriftParams, ctx: Context) -> StepOutput:
 
     n_frames = ctx.n_frames if ctx.n_frames and len(table) and \
         ctx.n_frames > int(table["frame"].max()) else None
-    options = {k: v for k, v in to_dict(p).items() if k != "method"}
+    options = {k: v for k, v in to_dict(p).items() if k not in ("method", "on_unsupported")}
+    if ctx.fov_nm is not None:
+        options["field_nm"] = min(ctx.fov_nm)
     result = estimate_drift(table, p.method, n_frames=n_frames, **options)
-    corrected = apply_drift(table, result.drift)
-    s = result.stats
+    applied = drift_to_apply(result, p.on_unsupported)
+    corrected = apply_drift(table, applied)
+    s = dict(result.stats)
+    reliability = result.reliability
+    s["applied"] = reliability is None or reliability.applied
+    verdict = "" if reliability is None or reliability.applied else \
+        f" ({reliability.verdict}: not applied)"
     fig = drift_figure(result.drift, result.points,
-                       title=f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm")
+                       title=f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm{verdict}")
     summary = (f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm, range "
                f"{s['drift_range_x_nm']:.1f} × {s['drift_range_y_nm']:.1f} nm")
+    if reliability is not None:
+        summary = f"drift ({p.method}): {reliability.summary()}"
+    # drift.csv is what was subtracted: zeros when the estimate was not applied.
     return StepOutput("drift", corrected, s,
-                      [Artefact("drift_table", "csv", result.drift, float_format="%.4f"),
+                      [Artefact("drift_table", "csv", applied, float_format="%.4f"),
                        Artefact("drift_plot", "figure", fig)], summary)
 
 
