@@ -91,9 +91,10 @@ def test_crlb_matches_spread_of_noisy_fits(gamma):
     for k, name in enumerate(PARAMETERS):
         sd = float(crlb_truth[k].sqrt())
         assert abs(float(bias[k])) < 4 * sd / n ** 0.5 + 0.01 * sd, (name, bias[k], sd)
-        assert float(spread[k]) == pytest.approx(sd, rel=0.06), name
+        # About 1.5 × the largest measured deviations (1.8 % and 0.4 %).
+        assert float(spread[k]) == pytest.approx(sd, rel=0.03), name
         # The CRLB reported at the estimates agrees with the one at the truth.
-        assert float(res.crlb[:, k].double().mean().sqrt()) == pytest.approx(sd, rel=0.03), name
+        assert float(res.crlb[:, k].double().mean().sqrt()) == pytest.approx(sd, rel=0.006), name
 
 
 def test_early_stopping_matches_full_iterations():
@@ -107,9 +108,9 @@ def test_early_stopping_matches_full_iterations():
     early = fit_spots(data, th0, iterations=12)
     full = fit_spots(data, th0, iterations=12, tolerance=0.0)
     diff = ((early.theta - full.theta).abs() / full.crlb.sqrt()).amax(1)
-    # Far below the statistical error: typically < 0.01 CRLB, and no ROI beyond 0.1 CRLB.
-    assert float(diff.quantile(0.999)) < 0.02
-    assert float(diff.max()) < 0.1
+    # Far below the statistical error: measured 0.0051 CRLB (99.9 % quantile), 0.0062 at most.
+    assert float(diff.quantile(0.999)) < 0.008
+    assert float(diff.max()) < 0.01
 
 
 def test_fixed_sigma_is_kept_and_tightens_the_bounds():
@@ -158,9 +159,9 @@ def test_noise_estimate_on_white_noise():
     dog, smooth = band_pass(x, 1.0, return_smooth=True)
     expected = 3.0 * band_pass_noise_gain(1.0)
     assert float(dog[:, 10:-10, 10:-10].std()) == pytest.approx(expected, rel=0.03)
-    assert float(robust_noise(dog).mean()) == pytest.approx(expected, rel=0.05)
-    # The dark-pixel variant sees the same noise (it is white: no dark regions).
-    assert float(robust_noise(dog, smooth).mean()) == pytest.approx(expected, rel=0.15)
+    assert float(robust_noise(dog).mean()) == pytest.approx(expected, rel=0.016)  # −1.1 %
+    # The dark-pixel variant sees the same noise (it is white: no dark regions); −8.6 %.
+    assert float(robust_noise(dog, smooth).mean()) == pytest.approx(expected, rel=0.13)
 
 
 def test_detection_on_hand_made_frames():
@@ -214,7 +215,7 @@ def test_engine_low_density_accuracy(preset):
                       for a in range(0, cfg.n_frames, 64)], ignore_index=True)
     fov = (cfg.n_cols * px, cfg.n_rows * px)
     m = evaluate(sim.truth, locs, tolerances_nm=(50, 100), border_nm=450, fov_nm=fov)
-    assert float(m.loc[m.tolerance_nm == 100, "jaccard"].iloc[0]) >= 0.9
+    assert float(m.loc[m.tolerance_nm == 100, "jaccard"].iloc[0]) >= 0.92  # measured 0.946, 0.931
     truth = sim.truth[border_mask(sim.truth.x_nm.values, sim.truth.y_nm.values, 450, fov)]
     inner = locs[border_mask(locs.x_nm.values, locs.y_nm.values, 450, fov)]
     pairs = match(truth.reset_index(drop=True), inner.reset_index(drop=True), 50)
@@ -223,9 +224,10 @@ def test_engine_low_density_accuracy(preset):
     assert rmse == pytest.approx(crlb, rel=0.2)
     t = truth.reset_index(drop=True).iloc[pairs.truth_index]
     l = inner.reset_index(drop=True).iloc[pairs.locs_index]
-    assert np.median(l.photons.to_numpy() / t.photons.to_numpy()) == pytest.approx(1, abs=0.02)
-    assert np.median(l.sigma_nm.to_numpy() / t.sigma_nm.to_numpy()) == pytest.approx(1, abs=0.02)
-    assert np.median(l.bg) == pytest.approx(cfg.background.photons, rel=0.05)
+    # About 1.5 × the largest measured deviations (0.4 %, 0.74 %, 0.41 %).
+    assert np.median(l.photons.to_numpy() / t.photons.to_numpy()) == pytest.approx(1, abs=0.007)
+    assert np.median(l.sigma_nm.to_numpy() / t.sigma_nm.to_numpy()) == pytest.approx(1, abs=0.012)
+    assert np.median(l.bg) == pytest.approx(cfg.background.photons, rel=0.007)
     assert (locs.llr > 0).all() and engine.describe()["counts"]["localizations"] == len(locs)
 
 
@@ -255,8 +257,8 @@ def test_cli_localize_classic(tmp_path, run_cli):
     for col in ("photons", "sigma_nm", "uncertainty_nm"):
         assert locs[col].notna().all() and (locs[col] > 0).all()
     # No background in zerocost: with read noise the estimate scatters around 0.
-    assert locs.bg.notna().all() and abs(locs.bg.median()) < 1.0
-    assert len(locs) > 0.8 * 30 * 0.2 * cfg.area_um2
+    assert locs.bg.notna().all() and abs(locs.bg.median()) < 0.3  # measured 0.19
+    assert len(locs) > 0.87 * 30 * 0.2 * cfg.area_um2  # measured 225 of 246 emitters (91.5 %)
     code, _, err = run_cli("localize", tmp_path / "sim" / "movie.tif", "--engine", "classic",
                            "--out", tmp_path / "bad", "--set", "roi_px=4")
     assert code == 2 and "roi_px" in err and not (tmp_path / "bad").exists()

@@ -127,7 +127,7 @@ def test_target_decoding_has_no_bias():
     dy = table["y_nm"].to_numpy() - y_nm[cell_of]
     fine = px / L
     assert np.abs(dx).max() <= fine / 2 + 1e-6 and np.abs(dy).max() <= fine / 2 + 1e-6
-    assert abs(dx.mean()) < 2.0 and abs(dy.mean()) < 2.0
+    assert abs(dx.mean()) < 0.3 and abs(dy.mean()) < 0.3  # measured 0.014, 0.034 nm
     # The original 1-based rounding (one fine pixel early) would be biased by about −6 nm.
     assert abs((dx - fine).mean()) > 5.0
 
@@ -469,8 +469,10 @@ def test_shipped_model_on_fresh_simulation_is_accurate_and_unbiased():
     engine = load_engine(model="builtin:deepstorm-zerocost")
     out = engine.process(cfg.camera.backward(sim.movie), 0, cfg.pixel_size_nm)
     m = evaluate(sim.truth, out.locs, tolerances_nm=(100,)).iloc[0]
-    assert m["jaccard"] > 0.8
-    assert abs(m["bias_x_nm"]) < 2.0 and abs(m["bias_y_nm"]) < 2.0
+    # Deterministic inference: measured Jaccard 0.870 (README, 100 frames: 0.872), bias
+    # 0.95 / 0.04 nm.
+    assert m["jaccard"] == pytest.approx(0.870, abs=0.01)
+    assert abs(m["bias_x_nm"]) < 1.5 and abs(m["bias_y_nm"]) < 1.5
     # superres = the batch sum of the clamped predictions / target_scale.
     expected = engine.predict(cfg.camera.backward(sim.movie)).sum(0) / engine.target_scale
     np.testing.assert_allclose(out.superres, expected.numpy(), rtol=1e-5, atol=1e-7)

@@ -69,7 +69,7 @@ def test_operator_is_blur_then_block_sum_and_norm():
         v = v / v.norm()
     norm_sq = (op.A(v).norm() ** 2).item()
     assert norm_sq <= op.norm_sq * (1 + 1e-9)
-    assert norm_sq > 0.95 * op.norm_sq
+    assert norm_sq > 0.985 * op.norm_sq  # measured 0.991
 
 
 def test_lambda_max_is_the_zero_solution_threshold():
@@ -172,7 +172,8 @@ def test_em_gain_excess_noise_factor_is_two():
     e = np.full(200_000, 30.0)
     adu = cam.forward(e, rng).astype(np.float64)
     # Var / (gain² · mean electrons) = F² = 2 for a high-gain EM register.
-    assert adu.var() / (100.0 ** 2 * 30.0) == pytest.approx(2.0, rel=0.02)
+    # 2 × 10⁵ draws: ≈ 3 standard errors (measured −0.18 %).
+    assert adu.var() / (100.0 ** 2 * 30.0) == pytest.approx(2.0, rel=0.01)
 
 
 def test_camera_validation():

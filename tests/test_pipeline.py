@@ -41,7 +41,7 @@ def test_run_writes_everything_and_the_report(sim, tmp_path):
     assert meta["n_localizations"]["final"] == len(result.locs) > 0
     assert meta["camera_source"] == "movie metadata"
     row = result.evaluation.set_index("tolerance_nm").loc[100.0]
-    assert row["jaccard"] > 0.8
+    assert row["jaccard"] > 0.88  # measured 0.895 (deterministic)
     html = (out / "report.html").read_text()
     for section in ("summary-0", "images-0", "histograms-0", "counts-0", "frc-0", "evaluation-0"):
         assert f'id="{section}"' in html, section
@@ -195,7 +195,7 @@ def test_drift_is_corrected_and_evaluated_in_the_corrected_frame(tmp_path):
                          evaluation={"truth": str(sim / "truth.csv"),
                                      "truth_drift": str(sim / "drift.csv")}), quiet=True)
     residual = float(re.search(r"residual ([\d.]+) nm", result.meta["postprocess"]["drift vs truth"])[1])
-    assert residual < 10.0
+    assert residual < 5.3  # measured 3.5 nm
     # In the corrected frame the drift costs nothing: the Jaccard equals that of the raw
     # localizations against the drifting truth, while the corrected table against the drifting
     # truth misses by up to the 160 × 96 nm the stage moved.
@@ -205,8 +205,9 @@ def test_drift_is_corrected_and_evaluated_in_the_corrected_frame(tmp_path):
     corrected = result.evaluation.set_index("tolerance_nm")["jaccard"]
     raw = evaluate(truth, result.raw_locs, tolerances_nm=[50.0, 100.0]).set_index("tolerance_nm")["jaccard"]
     naive = evaluate(truth, result.locs, tolerances_nm=[50.0]).set_index("tolerance_nm")["jaccard"]
-    assert abs(corrected[50.0] - raw[50.0]) < 0.03 and abs(corrected[100.0] - raw[100.0]) < 0.03
-    assert corrected[50.0] > 0.5 and corrected[50.0] > naive[50.0] + 0.3
+    # Measured: differences 0.0004 and 0.0020; 0.567 corrected against 0.101 naive.
+    assert abs(corrected[50.0] - raw[50.0]) < 0.003 and abs(corrected[100.0] - raw[100.0]) < 0.003
+    assert corrected[50.0] > 0.55 and corrected[50.0] > naive[50.0] + 0.4
     html = (out / "report.html").read_text()
     assert 'id="drift-0"' in html and "drift vs truth" in html
     assert (out / "drift.csv").is_file()

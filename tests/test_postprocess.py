@@ -56,7 +56,7 @@ def test_rcc_recovers_simulated_drift_from_noisy_truth():
     residual = residual_rms_nm(result.drift, drift)
     print(f"RCC on noisy truth: residual drift {residual:.2f} nm RMS "
           f"(drift RMS {result.stats['drift_rms_nm']:.1f} nm)")
-    assert residual < 10.0
+    assert residual < 6.7  # measured 4.45 nm (docs: 4.5)
     assert list(result.drift["frame"]) == list(range(cfg.n_frames))
     assert result.drift.iloc[0][["dx_nm", "dy_nm"]].abs().max() < 1e-9  # anchored at frame 0
     # The corrected table is the drift-free structure (up to the jitter and residual).
@@ -64,7 +64,7 @@ def test_rcc_recovers_simulated_drift_from_noisy_truth():
     free["x_nm"] -= drift["dx_nm"].to_numpy()[free["frame"]]
     free["y_nm"] -= drift["dy_nm"].to_numpy()[free["frame"]]
     err = np.hypot(corrected["x_nm"] - free["x_nm"], corrected["y_nm"] - free["y_nm"])
-    assert np.sqrt(np.mean(err ** 2)) < np.sqrt(2) * 15.0 + 10.0
+    assert np.sqrt(np.mean(err ** 2)) < 25.0  # measured 23.4 nm; the jitter alone is 15√2 = 21.2
 
 
 def test_rcc_pair_shift_is_subpixel_accurate():
@@ -144,7 +144,7 @@ def test_drift_after_localizing_a_drifting_movie(tmp_path):
     residual = residual_rms_nm(result.drift, true_drift)
     print(f"localized movie ({res.run['n_localizations']} localizations): residual drift "
           f"{residual:.2f} nm RMS")
-    assert residual < 10.0
+    assert residual < 2.7  # measured 1.83 nm (docs: 1.8)
 
 
 # --------------------------------------------------------------------------- drift reliability
@@ -306,8 +306,8 @@ def test_linking_recovers_simulated_on_events():
           f"{len(result.table)} groups; pairwise precision {scores['precision']:.4f}, "
           f"recall {scores['recall']:.4f}")
     assert scores["true_pairs"] > 10000
-    assert scores["precision"] > 0.97 and scores["recall"] > 0.97
-    assert abs(len(result.table) - (events.max() + 1)) < 0.05 * (events.max() + 1)
+    assert scores["precision"] > 0.985 and scores["recall"] > 0.99  # measured 0.990, 0.994
+    assert abs(len(result.table) - (events.max() + 1)) < 0.003 * (events.max() + 1)  # 4 of 2337
 
 
 def test_pair_precision_recall_matches_brute_force():
@@ -472,10 +472,10 @@ def test_gaussian_rendering_matches_direct_sum(per_point):
     # Bilinear spreading costs a few % of the peak; σ bins of ratio 1.1 (σ within ±5 %,
     # peak height ∝ 1/σ² within ±10 %) somewhat more, and finer bins converge.
     error = np.abs(image - expected).max() / expected.max()
-    assert error < (0.1 if per_point else 0.03)
+    assert error < (0.068 if per_point else 0.01)  # measured 4.5 % and 0.65 % of the peak
     if per_point:
         fine = render_gaussian(table, 10.0, "uncertainty", fov_nm=(2000, 1500), sigma_ratio=1.01)
-        assert np.abs(fine - expected).max() / expected.max() < 0.03
+        assert np.abs(fine - expected).max() / expected.max() < 0.022  # measured 1.45 %
 
 
 def test_render_of_truth_shows_the_structure():
@@ -529,7 +529,7 @@ def test_frc_resolution_follows_localization_precision(sigma_nm):
     result = frc(table, pixel_nm=sigma_nm / 2, split="random", seed=1)
     predicted = 2 * np.pi * sigma_nm / np.sqrt(np.log(3 * (n - 1)))
     print(f"FRC σ={sigma_nm:g} nm: {result.resolution_nm:.1f} nm (predicted {predicted:.1f})")
-    assert result.resolution_nm == pytest.approx(predicted, rel=0.12)
+    assert result.resolution_nm == pytest.approx(predicted, rel=0.07)  # measured ≤ 4.6 %
 
 
 def test_frc_block_split_and_errors():

@@ -96,12 +96,14 @@ def test_zerocost_looks_like_the_deepstorm_demo_movie(shared_data):
     cfg = build_config("zerocost", seed=3)
     sim = simulate(cfg)
     ours_n = _normalised(sim.movie, cfg.camera.baseline_adu, sim.truth.groupby("frame")["photons"].sum().mean())
-    assert len(sim.truth) / 20 == pytest.approx(len(truth) / 20, rel=0.02)
+    # About 1.5 × the measured differences: emitters per frame −0.7 %, percentiles within
+    # 2.0–5.9 %, autocorrelations within 0.0073.
+    assert len(sim.truth) / 20 == pytest.approx(len(truth) / 20, rel=0.011)
     for q in (50, 75, 95, 99):
-        assert np.percentile(ours_n, q) == pytest.approx(np.percentile(demo_n, q), rel=0.12)
+        assert np.percentile(ours_n, q) == pytest.approx(np.percentile(demo_n, q), rel=0.09)
     ac_demo, ac_ours = _autocorrelation(demo_n), _autocorrelation(ours_n)
-    np.testing.assert_allclose(ac_ours[0, 1:4], ac_demo[0, 1:4], atol=0.03)
-    np.testing.assert_allclose(ac_ours[1:4, 0], ac_demo[1:4, 0], atol=0.03)
+    np.testing.assert_allclose(ac_ours[0, 1:4], ac_demo[0, 1:4], atol=0.011)
+    np.testing.assert_allclose(ac_ours[1:4, 0], ac_demo[1:4, 0], atol=0.011)
 
 
 def test_same_seed_same_movie_and_different_seed_differs():
@@ -119,8 +121,9 @@ def test_telegraph_kinetics_statistics():
     n, frames = 2000, 600
     fluo, frame, frac = telegraph_on_fractions(n, frames, cfg, rng)
     assert frac.min() > 0 and frac.max() <= 1.0
-    # Stationary ON probability = t_on / (t_on + t_off) = 0.1 of the time.
-    assert frac.sum() / (n * frames) == pytest.approx(0.1, rel=0.03)
+    # Stationary ON probability = t_on / (t_on + t_off) = 0.1 of the time; ~2.4 × 10⁵
+    # independent samples (ON times of 3 frames): SE 0.6 %, bound 2 SE (measured +0.19 %).
+    assert frac.sum() / (n * frames) == pytest.approx(0.1, rel=0.012)
     # No duplicate (fluorophore, frame) pairs.
     assert len(np.unique(fluo * frames + frame)) == len(fluo)
 
@@ -131,7 +134,7 @@ def test_bleaching_removes_emitters_over_time():
     on_early = frac[frame < 20].sum() / 20
     on_late = frac[(frame >= 200) & (frame < 220)].sum() / 20
     # Survival exp(-t/100): about e^-2.1 ≈ 0.12 of the early level at t ≈ 210.
-    assert on_late / on_early == pytest.approx(np.exp(-2.0), rel=0.25)
+    assert on_late / on_early == pytest.approx(np.exp(-2.0), rel=0.07)  # measured +4.6 %
 
 
 def test_kinetics_truth_has_persistent_emitters():
@@ -149,7 +152,7 @@ def test_filaments_concentrate_labels_on_curves():
     truth, _ = simulate_truth(cfg)
     # Render the truth at 100 nm: most pixels stay empty for filaments (not for uniform).
     h, _, _ = np.histogram2d(truth["y_nm"], truth["x_nm"], bins=64, range=[[0, 6400], [0, 6400]])
-    assert (h > 0).mean() < 0.5
+    assert (h > 0).mean() < 0.2  # measured 0.13 (uniform: 1.0)
     cfg_u = build_config("challenge2016", n_frames=100, seed=2,
                          overrides=["structure.kind=uniform", "activation.density_per_um2=10"])
     tu, _ = simulate_truth(cfg_u)

@@ -122,7 +122,7 @@ def test_squared_operator_norm_bound_is_tight():
         nrm = v.norm()
         v = v / nrm
     assert float(nrm) <= G.norm_sq * (1 + 1e-9)
-    assert float(nrm) > 0.97 * G.norm_sq
+    assert float(nrm) > 0.993 * G.norm_sq  # measured 0.9956
 
 
 def test_squared_operator_gradient_in_sigma():
@@ -284,7 +284,9 @@ def trained(tmp_path_factory):
 def test_learned_sigma_within_10_percent_from_30_percent_off(trained):
     for sigma, (_, meta) in trained.items():
         assert abs(meta["sigma_init_nm"] / sigma - 1) == pytest.approx(0.3)
-        assert abs(meta["sigma_nm"] / sigma - 1) < 0.10, (sigma, meta["sigma_nm"])
+        # README: σ recovered within 2.3 % (full experiment); here 0.7 % and 3.9 % (smaller
+        # training runs).
+        assert abs(meta["sigma_nm"] / sigma - 1) < 0.058, (sigma, meta["sigma_nm"])
         assert meta["training"]["final_loss"] < meta["training"]["initial_loss"]
 
 
@@ -301,7 +303,7 @@ def test_binarised_reconstruction_beats_plain_support(trained):
     truth = test.targets > 0
     plain = pixel_jaccard(x > 0, truth, radius=1).jaccard
     binary = pixel_jaccard(model.binarise(x) > 0, truth, radius=1).jaccard
-    assert binary > plain + 0.02, (plain, binary)
+    assert binary > plain + 0.04, (plain, binary)  # measured +0.066; README: +0.04–0.17
 
 
 # --------------------------------------------------------------------------- model file & CLI

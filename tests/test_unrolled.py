@@ -224,7 +224,10 @@ def test_kl_requires_positive_background_and_estimates():
     frames = torch.poisson(torch.full((4, 64, 64), 30.0, dtype=D), generator=gen)
     frames[:, 10:14, 10:14] += 500.0
     b = estimate_background(frames, quantile=0.1)
-    assert b.shape == (4,) and torch.all((b > 27) & (b < 31))
+    # 10 % quantile of a 3 × 3 mean of Poisson(30): ≈ 30 − 1.2816·√(30/9) = 27.66 (measured
+    # 27.44–27.78).
+    expected = 30.0 - 1.2816 * (30.0 / 9) ** 0.5
+    assert b.shape == (4,) and torch.all((b - expected).abs() < 0.35)
 
 
 # --------------------------------------------------------------------------- SGP
@@ -284,7 +287,7 @@ def test_sgp_reaches_known_minimiser_of_box_constrained_quadratic(memory, shared
         if opt2.converged:
             break
     assert opt2.converged
-    assert float((torch.cat([b.detach() for b in start]) - theta_star).abs().max()) < 1e-2
+    assert float((torch.cat([b.detach() for b in start]) - theta_star).abs().max()) < 1e-4  # 2.3e-5
 
 
 def test_projected_adam_stays_in_box_and_decreases():
@@ -303,7 +306,7 @@ def test_projected_adam_stays_in_box_and_decreases():
         opt.step(closure)
         assert float(th.detach().min()) >= 0.0 and float(th.detach().max()) <= 1.0
     assert float(closure().detach()) < first
-    assert float((th.detach() - theta_star).abs().max()) < 0.05
+    assert float((th.detach() - theta_star).abs().max()) < 1e-6  # measured 8.4e-8
 
 
 # --------------------------------------------------------------------------- extraction

@@ -126,7 +126,8 @@ def tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[float | None, str | None]:
     return plausible_pixel_size(px_x, what)
 
 
-def _ome_pixel_size(xml: str | None) -> float | None:
+def ome_pixels(xml: str | None) -> dict | None:
+    """Attributes of the first OME ``Pixels`` element (the first image), or None."""
     if not xml:
         return None
     try:
@@ -134,14 +135,21 @@ def _ome_pixel_size(xml: str | None) -> float | None:
     except ET.ParseError:
         return None
     for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == "Pixels" and "PhysicalSizeX" in element.attrib:
-            scale = unit_to_nm(element.attrib.get("PhysicalSizeXUnit", "µm"))
-            try:
-                value = float(element.attrib["PhysicalSizeX"])
-            except ValueError:
-                return None
-            return None if scale is None else value * scale
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            return dict(element.attrib)
     return None
+
+
+def _ome_pixel_size(xml: str | None) -> float | None:
+    pixels = ome_pixels(xml)
+    if pixels is None or "PhysicalSizeX" not in pixels:
+        return None
+    scale = unit_to_nm(pixels.get("PhysicalSizeXUnit", "µm"))
+    try:
+        value = float(pixels["PhysicalSizeX"])
+    except ValueError:
+        return None
+    return None if scale is None else value * scale
 
 
 # --------------------------------------------------------------------------- Picasso YAML sidecars

@@ -332,8 +332,8 @@ def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
                               first.shape, first.dtype, first.pixel_size_nm,
                               {**first.metadata, "parts": [str(m.path) for m in movies]},
                               nan_policy=first.nan_policy)
-    combined._spec = ([m.path for m in movies],
-                      {**options, **({} if pixel_size_nm is None else {"pixel_size_nm": pixel_size_nm})})
+    given = {} if pixel_size_nm is None else {"pixel_size_nm": pixel_size_nm}
+    combined._spec = ([m.path for m in movies], {**options, **given})
     return combined
 
 

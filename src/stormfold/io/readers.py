@@ -132,13 +132,14 @@ class TiffPagesReader:
         planes = self._layout.planes(start, stop)
         per_page = self._layout.planes_per_page
         pages = planes // per_page
-        _allocate((len(pages) * per_page, rows, cols), self._dtype, self._path, start, stop)
         try:
-            with tifffile_messages():
+            with tifffile_messages() as messages:
                 data = self._tif.asarray(key=pages.tolist(), series=self._layout.series)
+            if messages:  # tifffile logs some damage and fills the pixels with zeros
+                raise ValueError(messages[0])
         except MemoryError:
-            raise _memory_error(self._path, start, stop,
-                                len(pages) * per_page * rows * cols * self._dtype.itemsize) from None
+            n_bytes = len(pages) * per_page * rows * cols * self._dtype.itemsize
+            raise _memory_error(self._path, start, stop, n_bytes) from None
         except Exception as exc:  # tifffile/codec errors: a damaged page
             raise UserError(f"{self._path}: cannot read frames {start}:{stop} (0-based): "
                             f"{first_line(exc)}") from None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import tifffile
 
 from stormfold.errors import UserError
+from stormfold.io.metadata import ome_pixels
 
 #: Axis letters a caller may use in ``axes`` (time, focal plane, channel, rows, columns).
 AXIS_LETTERS = "TZCYX"
@@ -299,19 +299,13 @@ def declared_planes(tif: tifffile.TiffFile, shape: tuple[int, int]) -> Optional[
 
 
 def _ome_planes(xml: Optional[str]) -> Optional[int]:
-    if not xml:
+    pixels = ome_pixels(xml)
+    if pixels is None:
         return None
     try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
+        return math.prod(int(pixels.get(k, 1)) for k in ("SizeT", "SizeZ", "SizeC"))
+    except ValueError:
         return None
-    for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == "Pixels":
-            try:
-                return math.prod(int(element.attrib.get(k, 1)) for k in ("SizeT", "SizeZ", "SizeC"))
-            except ValueError:
-                return None
-    return None
 
 
 def _check_damage(tif: tifffile.TiffFile, path: Path, layout: FrameLayout,
