@@ -12,10 +12,21 @@ on the movie length: uncompressed contiguous data (ImageJ stacks, tifffile stack
 Picasso ``.raw``) are read frame range by frame range with positional reads, and anything
 else (compressed or scattered pages) page by page. Opening a movie reads headers only, never pixel data.
 
-Pixel size (nm) comes from, in order: the ``pixel_size_nm`` argument; OME
+Pixel size (nm) comes from, in order: the ``pixel_size_nm`` argument (10–2000 nm); OME
 ``PhysicalSizeX``; the ImageJ ``unit`` with the resolution tags; the TIFF
 ``ResolutionUnit`` (inch or centimetre) with the resolution tags; Picasso's
-``Pixelsize`` / ``Camera.Pixelsize``. Otherwise it is unknown (``None``).
+``Pixelsize`` / ``Camera.Pixelsize``. Otherwise, or when the file's value is no camera
+pixel (outside 10–2000 nm), it is unknown (``None``).
+
+Nothing is accepted silently: :func:`open_movie` checks the frame count against the
+metadata and the file size (:mod:`stormfold.io.tiff_layout`), refuses colour, images of
+more than three dimensions without a plane choice (``axes``, ``z``, ``channel``), int8
+pixels and frames too large for memory; :meth:`Movie.read` names a damaged frame and
+NaN/Inf pixels (or repairs and counts them, ``nan_policy="zero"``). The checks a command
+runs before any work are here too: :func:`check_camera_pixel_size`,
+:func:`sample_statistics` with :func:`adu_warnings` (and
+:func:`stormfold.physics.camera.check_baseline`,
+:func:`stormfold.localize.registry.check_threshold`).
 """
 from __future__ import annotations
 

@@ -211,7 +211,7 @@ def frame_layout(tif: tifffile.TiffFile, path: Path, axes: Optional[str] = None,
         raise UserError(f"{path}: {len(dims)}-D image of shape {dims} (axes {file_axes}): "
                         f"say which axis is time and choose one plane of the others, e.g. "
                         f"axes={_axes_hint(len(outer))!r} with z=0")
-    layout = _select(path, letters, outer, shape, dtype, z, channel, axes is not None)
+    layout = _select(path, letters, outer, shape, dtype, z, channel)
     layout.planes_per_page = ppp
     n_planes = math.prod(outer)
     if series.dataoffset is not None:
@@ -222,18 +222,18 @@ def frame_layout(tif: tifffile.TiffFile, path: Path, axes: Optional[str] = None,
         raise UserError(f"{path}: file is truncated or damaged: the {where} declares "
                         f"{n_planes} frames, the file holds {present}")
     elif len(series.pages) * ppp != n_planes:
-        layout = _refuse_layout(tif, path, series, n_planes, ppp, file_axes, messages or [])
+        raise _layout_error(path, series, n_planes, ppp, file_axes, messages or [])
     _check_damage(tif, path, layout, messages or [], n_planes)
     return layout
 
 
-def _refuse_layout(tif, path, series, n_planes, ppp, file_axes, messages) -> FrameLayout:
+def _layout_error(path, series, n_planes, ppp, file_axes, messages) -> UserError:
     broken = _page_chain_broken(messages)
     if broken:
-        raise UserError(f"{path}: file is truncated or damaged: {len(series.pages) * ppp} of "
-                        f"{n_planes} planes found (tifffile: {broken})")
-    raise UserError(f"{path}: unsupported TIFF layout ({len(series.pages)} pages for "
-                    f"{n_planes} planes of axes {file_axes})")
+        return UserError(f"{path}: file is truncated or damaged: {len(series.pages) * ppp} of "
+                         f"{n_planes} planes found (tifffile: {broken})")
+    return UserError(f"{path}: unsupported TIFF layout ({len(series.pages)} pages for "
+                     f"{n_planes} planes of axes {file_axes})")
 
 
 def _axes_hint(n_outer: int) -> str:
@@ -241,11 +241,8 @@ def _axes_hint(n_outer: int) -> str:
 
 
 def _select(path: Path, letters: str, outer: tuple[int, ...], shape: tuple[int, int],
-            dtype: np.dtype, z: Optional[int], channel: Optional[int],
-            named: bool) -> FrameLayout:
-    """Frames along T for the chosen Z and C planes (one outer axis is always time)."""
-    if len(letters) == 1 and not named and z is None and channel is None:
-        letters = "T"
+            dtype: np.dtype, z: Optional[int], channel: Optional[int]) -> FrameLayout:
+    """Frames along T for the chosen Z and C planes."""
     strides = [math.prod(outer[k + 1:]) for k in range(len(outer))]
     wanted = {"Z": ("z", z), "C": ("channel", channel)}
     first, step, n_frames, selection = 0, 0, 1, {}
