@@ -22,9 +22,10 @@ Nothing is accepted silently: :func:`open_movie` checks the frame count against 
 metadata and the file size (:mod:`stormfold.io.tiff_layout`), refuses colour, images of
 more than three dimensions without a plane choice (``axes``, ``z``, ``channel``), int8
 pixels and frames too large for memory; :meth:`Movie.read` names a damaged frame and
-NaN/Inf pixels (or repairs and counts them, ``nan_policy="zero"``). The checks a command
-runs before any work are here too: :func:`check_camera_pixel_size`,
-:func:`sample_statistics` with :func:`adu_warnings` (and
+NaN/Inf pixels (or repairs and counts them, ``nan_policy="zero"``); the readers
+(:mod:`stormfold.io.readers`) name the file and frames of any damage. Of the checks a
+command runs before any work, :func:`sample_statistics` with :func:`adu_warnings` are here
+(the others: :func:`stormfold.io.metadata.check_camera_pixel_size`,
 :func:`stormfold.physics.camera.check_baseline`,
 :func:`stormfold.localize.registry.check_threshold`).
 """

@@ -1,0 +1,34 @@
+"""Lateral drift estimation and correction (SPEC §8).
+
+Convention: the drift d(t) = (dx_nm, dy_nm) of frame t is where the sample has moved
+by then, so a measured position is the true position plus d(t) and the correction
+subtracts it. Only drift *changes* can be measured, so the trajectory is anchored at
+d(0) = 0 (frame 0 keeps its coordinates, as in the simulator's ``drift.csv``).
+
+One module per concept:
+
+* :mod:`~stormfold.postprocess.drift.rcc` — redundant cross-correlation of time bins,
+  without fiducials (Wang et al., Opt. Express 22:15982, 2014);
+* :mod:`~stormfold.postprocess.drift.fiducials` — averaged tracks of long-lived emitters;
+* :mod:`~stormfold.postprocess.drift.reliability` — whether the data support an RCC
+  estimate and whether it is significant, hence what is applied;
+* :mod:`~stormfold.postprocess.drift.trajectory` — the result, applying and reading a
+  trajectory, comparing two;
+* :mod:`~stormfold.postprocess.drift.estimate` — the step's parameters, the choice of
+  estimator and the correction.
+"""
+from stormfold.postprocess.drift.estimate import (METHODS, DriftParams, correct_drift,
+                                                  estimate_drift)
+from stormfold.postprocess.drift.fiducials import estimate_drift_fiducials
+from stormfold.postprocess.drift.rcc import estimate_drift_rcc, rcc_shifts
+from stormfold.postprocess.drift.reliability import (DriftReliability, DriftUnsupported,
+                                                     assess_rcc, drift_to_apply)
+from stormfold.postprocess.drift.trajectory import (DriftResult, apply_drift, read_drift_csv,
+                                                    residual_rms_nm)
+
+__all__ = [
+    "METHODS", "DriftParams", "DriftResult", "DriftReliability", "DriftUnsupported",
+    "apply_drift", "assess_rcc", "correct_drift", "drift_to_apply", "estimate_drift",
+    "estimate_drift_fiducials", "estimate_drift_rcc", "rcc_shifts", "read_drift_csv",
+    "residual_rms_nm",
+]

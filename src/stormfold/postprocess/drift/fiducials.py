@@ -1,0 +1,105 @@
+"""Drift from fiducial markers (SPEC §8).
+
+Long-lived emitters (beads) are found by linking
+(:func:`stormfold.postprocess.link.link_groups`): groups present in at least
+``min_fraction`` of the frames. Their tracks pₖ(t) = d(t) + cₖ + noise are averaged with
+the per-fiducial offsets cₖ estimated jointly (alternating least squares), frames without
+a fiducial are interpolated, and the trajectory is optionally smoothed with a moving
+average.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from scipy.ndimage import uniform_filter1d
+
+from stormfold.errors import UserError
+from stormfold.postprocess.drift.trajectory import (DriftResult, drift_table, frames_spanned,
+                                                    interpolate_linear, rounded,
+                                                    trajectory_summary)
+from stormfold.table import validate_table
+
+
+def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_dark: int = 2,
+                             min_fraction: float = 0.5, n_frames: Optional[int] = None,
+                             smooth_frames: int = 1, iterations: int = 20) -> DriftResult:
+    """Drift from fiducial markers (long-lived emitters; see the module docstring).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Localization table including the fiducials.
+    radius_nm : float
+        Linking radius (nm): must exceed the fiducials' frame-to-frame motion plus noise.
+    max_dark : int
+        Frames a fiducial may be missed and still be linked.
+    min_fraction : float
+        A track with detections in at least this fraction of the frames is a fiducial.
+    n_frames : int, optional
+        Movie length (default: last frame + 1).
+    smooth_frames : int
+        Moving-average window (frames) of the averaged track (1: no smoothing).
+    iterations : int
+        Alternating least-squares sweeps for the track offsets.
+
+    Returns
+    -------
+    DriftResult
+        ``stats`` also lists the fiducials (mean positions, detections).
+    """
+    from stormfold.postprocess.link import link_groups
+
+    table = validate_table(table)
+    if not 0 < min_fraction <= 1:
+        raise UserError(f"min_fraction must be in (0, 1], got {min_fraction}")
+    if int(smooth_frames) != smooth_frames or smooth_frames < 1:
+        raise UserError(f"smooth_frames must be a positive integer, got {smooth_frames}")
+    n_frames = frames_spanned(table, n_frames)
+    labels = link_groups(table, radius_nm, max_dark)
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
+    fiducial_labels = np.flatnonzero(counts >= min_fraction * n_frames)
+    if not len(fiducial_labels):
+        longest = int(counts.max()) if len(counts) else 0
+        raise UserError(f"no fiducials found: no track is present in ≥ {min_fraction:g} of "
+                        f"the {n_frames} frames (longest: {longest} frames); lower "
+                        f"--min-fraction, raise --radius-nm or use --method rcc")
+    index = np.full(len(counts), -1, np.int64)
+    index[fiducial_labels] = np.arange(len(fiducial_labels))
+    rows = np.flatnonzero(index[labels] >= 0)
+    k = index[labels[rows]]
+    f = table["frame"].to_numpy()[rows]
+    pos = np.column_stack([table["x_nm"].to_numpy()[rows], table["y_nm"].to_numpy()[rows]])
+    nk = len(fiducial_labels)
+    per_frame = np.bincount(f, minlength=n_frames)
+    per_fiducial = np.bincount(k, minlength=nk)
+    offsets = np.column_stack([np.bincount(k, pos[:, a], nk) / per_fiducial for a in (0, 1)])
+    present = per_frame > 0
+    track = np.zeros((n_frames, 2))
+    for _ in range(iterations):
+        rel = pos - offsets[k]
+        for a in (0, 1):
+            track[present, a] = (np.bincount(f, rel[:, a], n_frames)[present]
+                                 / per_frame[present])
+        rel = pos - track[f]
+        offsets = np.column_stack([np.bincount(k, rel[:, a], nk) / per_fiducial for a in (0, 1)])
+    t = np.arange(n_frames, dtype=np.float64)
+    known = np.flatnonzero(present)
+    trajectory = interpolate_linear(known.astype(np.float64), track[known], t) if len(known) > 1 else \
+        np.repeat(track[known], n_frames, axis=0)
+    if smooth_frames > 1:
+        trajectory = uniform_filter1d(trajectory, int(smooth_frames), axis=0, mode="nearest")
+    offset = trajectory[0].copy()
+    trajectory -= offset
+    points = pd.DataFrame({"frame": known, "dx_nm": track[known, 0] - offset[0],
+                           "dy_nm": track[known, 1] - offset[1]})
+    scatter = pos - offsets[k] - track[f]
+    fiducials = [{"x_nm": rounded(offsets[q, 0]), "y_nm": rounded(offsets[q, 1]),
+                  "detections": int(per_fiducial[q])} for q in range(nk)]
+    stats = {"method": "fiducials", "radius_nm": float(radius_nm), "max_dark": int(max_dark),
+             "min_fraction": float(min_fraction), "smooth_frames": int(smooth_frames),
+             "n_fiducials": nk, "frames_with_fiducials": int(present.sum()),
+             "fiducial_scatter_rms_nm": rounded(np.sqrt(np.mean(np.sum(scatter ** 2, 1)) / 2)),
+             "fiducials": fiducials, **trajectory_summary(trajectory)}
+    return DriftResult(drift_table(trajectory), points, stats)
