@@ -186,6 +186,24 @@ def test_nan_policy_in_multi_part_movies_and_workers(tmp_path):
         open_movie(path, nan_policy="drop")
 
 
+def test_movies_in_memory_get_the_same_checks(tmp_path):
+    from stormfold.io.memory import movie_from_array
+
+    _, data = _float_movie(tmp_path)
+    with pytest.raises(UserError, match=r"layer: 3 NaN/Inf pixels in frame\(s\) 7, 12"):
+        movie_from_array(data, name="layer").read(0, N)
+    repaired = movie_from_array(data, name="layer", nan_policy="zero")
+    np.testing.assert_array_equal(repaired.read(0, N),
+                                  np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0))
+    assert repaired.repairs()["frames"] == [7, 12]
+    with pytest.raises(UserError, match="layer: int8 pixels cannot be camera counts"):
+        movie_from_array(np.zeros((2, 4, 4), np.int8), name="layer")
+    with pytest.raises(UserError, match="outside 10–2000 nm"):
+        movie_from_array(_frames(n=2), 1e9)
+    with pytest.raises(UserError, match="nan_policy 'drop'"):
+        movie_from_array(_frames(n=2), nan_policy="drop")
+
+
 # --------------------------------------------------------------------------- dimensions
 @pytest.fixture()
 def stacks(tmp_path):

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from stormfold.errors import UserError
-from stormfold.io.metadata import check_pixel_size
-from stormfold.io.movie import Movie
+from stormfold.io.metadata import check_camera_pixel_size
+from stormfold.io.movie import Movie, check_count_dtype, check_nan_policy
 
 
 class _ArrayReader:
@@ -32,7 +32,8 @@ class _ArrayReader:
 
 
 def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
-                     metadata: dict | None = None, name: str = "<array>") -> Movie:
+                     metadata: dict | None = None, name: str = "<array>",
+                     nan_policy: str = "error") -> Movie:
     """A :class:`Movie` reading from an array of frames.
 
     Parameters
@@ -41,17 +42,21 @@ def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
         Camera frames in ADU (numpy, dask or any array with ``shape``, ``dtype`` and
         slicing). The array is not copied; a single 2-D frame is a one-frame movie.
     pixel_size_nm : float, optional
-        Camera pixel size (nm).
+        Camera pixel size (nm, 10–2000), as for :func:`stormfold.io.movie.open_movie`.
     metadata : dict, optional
         As :attr:`Movie.metadata`; ``{"info": {"camera": {...}}}`` gives the camera the way
         a stormfold-written TIFF does (see :func:`stormfold.localize.runner.resolve_camera`).
     name : str
         What error messages and ``run.yaml`` call the movie.
+    nan_policy : {"error", "zero"}
+        NaN/Inf pixels are an error when read, or replaced by 0 and counted
+        (:meth:`Movie.repairs`), as for files.
 
     Raises
     ------
     UserError
-        Not a stack of 2-D frames, no frames, colour or non-numeric pixels, bad pixel size.
+        Not a stack of 2-D frames, no frames, colour, non-numeric or int8 pixels, bad pixel
+        size or ``nan_policy``.
     """
     shape = tuple(int(n) for n in getattr(frames, "shape", ()))
     dtype = np.dtype(getattr(frames, "dtype", np.float64))
@@ -65,7 +70,9 @@ def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
         raise UserError(f"{name}: empty movie (shape {shape})")
     if dtype.kind not in "uif":
         raise UserError(f"{name}: pixel values must be numbers, got dtype {dtype}")
-    px = None if pixel_size_nm is None else check_pixel_size(pixel_size_nm, name)
+    check_count_dtype(dtype, name)
+    px = None if pixel_size_nm is None else check_camera_pixel_size(pixel_size_nm, name)
     note = None if px is not None else "an array without a pixel size"
     meta = {"format": "array", **(metadata or {})}
-    return Movie(Path(name), _ArrayReader(frames), shape[0], shape[1:], dtype, px, meta, note)
+    return Movie(Path(name), _ArrayReader(frames), shape[0], shape[1:], dtype, px, meta, note,
+                 nan_policy=check_nan_policy(nan_policy))

@@ -301,12 +301,21 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
         movie.pixel_size_nm = given
         options["pixel_size_nm"] = given
     movie._spec = ([path], options)
-    if movie.dtype == np.int8:
+    try:
+        check_count_dtype(movie.dtype, path)
+    except UserError:
         movie.close()
-        raise UserError(f"{path}: int8 pixels cannot be camera counts (an 8-bit camera "
+        raise
+    return movie
+
+
+def check_count_dtype(dtype: np.dtype, source: str | Path) -> None:
+    """Refuse int8 pixels: an 8-bit camera counts 0…255, which int8 wraps to negative
+    above 127, so they cannot be camera counts (:class:`UserError` naming ``source``)."""
+    if np.dtype(dtype) == np.int8:
+        raise UserError(f"{source}: int8 pixels cannot be camera counts (an 8-bit camera "
                         f"counts 0…255, which int8 wraps to negative above 127): save the "
                         f"movie as uint8 or uint16")
-    return movie
 
 
 def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
