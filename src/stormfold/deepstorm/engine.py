@@ -8,7 +8,9 @@ grid and cropped at the image edges exactly as the whole frame would be), so the
 result equals the untiled one to float precision while memory does not grow with the frame
 size. Negative outputs are clamped to 0. Localizations: 3×3 local maxima above
 ``threshold · target_scale``, 3×3 centre of gravity, confidence = 3×3 sum / target_scale
-(:mod:`stormfold.localize.peaks`).
+(:mod:`stormfold.localize.peaks`). A model with calibrated estimates
+(:mod:`stormfold.deepstorm.estimates`) adds ``photons`` and ``uncertainty_nm``, both
+estimates; without them the table has no such columns (nothing is filled in).
 
 The super-resolved image returned per batch is the sum of the clamped predictions divided by
 ``target_scale`` (the unit of ``confidence``: a localization's 3×3 neighbourhood in the
@@ -25,11 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from stormfold.config import from_dict
+from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
+from stormfold.deepstorm.estimates import DeepStormEstimates
 from stormfold.deepstorm.model import SIZE_MULTIPLE, DeepSTORM, build_model, count_parameters
 from stormfold.deepstorm.normalization import Normalization, upsample
 from stormfold.errors import UserError
 from stormfold.localize.engine import Engine, EngineOutput
-from stormfold.localize.peaks import find_peaks, peaks_to_table
+from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
 from stormfold.physics.camera import Camera
 
 ENGINE = "deepstorm"
@@ -77,6 +81,9 @@ class DeepStormEngine(Engine):
         Camera of the training data (used when a movie carries none).
     source : str, optional
         Where the model came from (for run.yaml).
+    estimates : DeepStormEstimates, optional
+        Calibrated photons and uncertainty tables (model.yaml ``estimates``); without them
+        the tables have no ``photons`` / ``uncertainty_nm`` columns.
     """
 
     name = ENGINE
@@ -86,7 +93,7 @@ class DeepStormEngine(Engine):
                  device: torch.device | str = "cpu", tile_px: int = DEFAULT_TILE_PX,
                  batch_pixels: int = DEFAULT_BATCH_PIXELS, precision: str = "float32",
                  pixel_size_nm: float | None = None, camera: Camera | None = None,
-                 source: str | None = None):
+                 source: str | None = None, estimates: DeepStormEstimates | None = None):
         if upsampling not in UPSAMPLINGS:
             raise UserError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling}")
         if not threshold > 0:
@@ -115,6 +122,7 @@ class DeepStormEngine(Engine):
         self._pixel_size_nm = pixel_size_nm
         self._camera = camera
         self.source = source
+        self.estimates = estimates
 
     # ------------------------------------------------------------------ Engine API
     def training_camera(self) -> Camera | None:
@@ -128,7 +136,11 @@ class DeepStormEngine(Engine):
                 "threshold": self.threshold, "target_scale": self.target_scale,
                 "tile_px": self.tile_px, "batch_pixels": self.batch_pixels,
                 "precision": self.precision, "device": str(self.device),
-                "superres_unit": "sum of predictions / target_scale"}
+                "superres_unit": "sum of predictions / target_scale",
+                "columns_estimated": self.estimated_columns()}
+
+    def estimated_columns(self) -> dict[str, str]:
+        return dict(ESTIMATED_COLUMNS) if self.estimates is not None else {}
 
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
         maps = self.predict(photons)
@@ -142,8 +154,15 @@ class DeepStormEngine(Engine):
         """Localization table of predicted maps (n, rows·L, cols·L) (absolute frames)."""
         thr = self.threshold if threshold is None else threshold
         peaks = find_peaks(maps, thr * self.target_scale)
+        columns = {}
+        if self.estimates is not None:
+            est = self.estimates
+            integrated = window_sum(maps, peaks, est.window_fine_px) / self.target_scale
+            confidence = peaks.mass.double().cpu().numpy() / self.target_scale
+            columns = {"photons": est.photons(integrated.cpu().numpy()),
+                       "uncertainty_nm": est.uncertainty_nm(confidence)}
         return peaks_to_table(peaks, first_frame, pixel_size_nm / self.upsampling,
-                              confidence_scale=self.target_scale)
+                              confidence_scale=self.target_scale, **columns)
 
     def tiles(self, rows: int, cols: int) -> list[tuple[slice, slice, slice, slice]]:
         """Tiles of a (rows, cols) frame in camera pixels (rows, cols multiples of align_px).
@@ -275,9 +294,12 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
             raise UserError(f"Deep-STORM option {key} must be {_OPTIONS[key].__name__}, "
                             f"got {value!r}")
         opts[key] = value
+    estimates = None
+    if isinstance(meta.get("estimates"), dict) and "photons" in meta["estimates"]:
+        estimates = DeepStormEstimates.from_meta(meta["estimates"], source)
     return DeepStormEngine(model, int(upsampling), target_scale, normalization, float(thr),
                            device=device if device is not None else "cpu", pixel_size_nm=px,
-                           camera=camera, source=source, **opts)
+                           camera=camera, source=source, estimates=estimates, **opts)
 
 
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,

@@ -5,7 +5,9 @@ Deep-STORM supplies its network, loss and decoder to the training lifecycle of
 truth) → fix the normalisation from these frames → draw patches (≥ ``min_emitters``
 emitters each; targets on the fine grid) → 70/30 train/validation split → Adam with
 ReduceLROnPlateau on the validation loss, keeping the best-validation weights → calibrate
-the extraction threshold on held-back frames (maximum Jaccard at 100 nm) → write the model.
+the extraction threshold on held-back frames (maximum Jaccard at 100 nm) and, at that
+threshold, the photons and uncertainty estimates (:mod:`stormfold.deepstorm.estimates`)
+→ write the model.
 
 Every epoch ends with a checkpoint (model, optimizer, scheduler, best weights, history).
 The data order of epoch e is a permutation seeded by (seed, e) and the model is initialised
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stormfold import __version__
 from stormfold.config import to_dict
 from stormfold.deepstorm.config import DeepStormTrainConfig, build_train_config
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
@@ -130,20 +133,37 @@ def calibrate_threshold(engine: DeepStormEngine, photons: np.ndarray, truth: pd.
     return calibrate_by_jaccard(decode, truth, thresholds, tolerance_nm, len(photons), source)
 
 
-def _calibrate(config: DeepStormTrainConfig, engine: DeepStormEngine, data: TrainingData,
-               val_set: PatchSet, from_movie: bool) -> Calibration:
-    """Threshold calibration on fresh simulated frames (seed + 1), or the validation patches."""
-    cal_cfg = config.calibration
+def _calibration_frames(config: DeepStormTrainConfig, data: TrainingData, val_set: PatchSet,
+                        from_movie: bool) -> tuple[np.ndarray, pd.DataFrame, str]:
+    """Held-back frames for the calibrations: fresh simulated frames (seed + 1), or the
+    validation patches of a given movie. Returns (photons, truth, description)."""
     if not from_movie:
         sim = copy.deepcopy(config.simulation)
-        sim.seed, sim.n_frames = config.seed + 1, cal_cfg.n_frames
+        sim.seed, sim.n_frames = config.seed + 1, config.calibration.n_frames
         cal = simulated_data(sim)
-        return calibrate_threshold(engine, cal.photons, cal.truth, data.pixel_size_nm,
-                                   cal_cfg.thresholds, cal_cfg.tolerance_nm,
-                                   source=f"{cal_cfg.n_frames} simulated frames, seed {sim.seed}")
-    return calibrate_threshold(engine, val_set.images, val_set.truth_table(data.pixel_size_nm),
-                               data.pixel_size_nm, cal_cfg.thresholds, cal_cfg.tolerance_nm,
-                               source=f"{len(val_set)} validation patches")
+        return cal.photons, cal.truth, (f"{sim.n_frames} simulated frames of the training "
+                                        f"simulation (preset {sim.preset}), seed {sim.seed}")
+    return (val_set.images, val_set.truth_table(data.pixel_size_nm),
+            f"{len(val_set)} validation patches")
+
+
+def _calibrate(config: DeepStormTrainConfig, engine: DeepStormEngine, data: TrainingData,
+               val_set: PatchSet, from_movie: bool) -> tuple[Calibration, dict]:
+    """Threshold calibration, then the photons/uncertainty estimates at that threshold, on
+    the same held-back frames (:func:`_calibration_frames`)."""
+    from stormfold.deepstorm.estimates import DeepStormEstimates, calibrate_estimates
+
+    cal_cfg = config.calibration
+    photons, truth, source = _calibration_frames(config, data, val_set, from_movie)
+    calibration = calibrate_threshold(engine, photons, truth, data.pixel_size_nm,
+                                      cal_cfg.thresholds, cal_cfg.tolerance_nm, source=source)
+    engine.threshold = calibration.threshold
+    estimates = calibrate_estimates(engine, photons, truth, data.pixel_size_nm,
+                                    cal_cfg.tolerance_nm)
+    estimates = {"frames": source, "stormfold_version": __version__, **estimates}
+    if "photons" in estimates:
+        engine.estimates = DeepStormEstimates.from_meta(estimates)
+    return calibration, estimates
 
 
 # ---------------------------------------------------------------------- training
@@ -353,12 +373,13 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     engine = DeepStormEngine(copy.deepcopy(st.model), L, arch.target_scale, normalization,
                              threshold=1.0, device=device, pixel_size_nm=data.pixel_size_nm,
                              camera=data.camera, precision="float32")
-    calibration = _calibrate(config, engine, data, val_set, from_movie=movie is not None)
-    engine.threshold = calibration.threshold
+    calibration, estimates = _calibrate(config, engine, data, val_set,
+                                        from_movie=movie is not None)
     meta = model_metadata(config, st.model, normalization, data, calibration, st.history,
                           st.best_val, st.best_epoch, precision, train_seconds,
                           time.perf_counter() - t_start, len(train_set), len(val_set),
                           run.commands, movie is not None)
+    meta["estimates"] = estimates
     from stormfold.modelfile import save_model
 
     save_model(run.out_dir, {k: v.cpu() for k, v in st.model.state_dict().items()}, meta)

@@ -79,6 +79,12 @@ class Engine(abc.ABC):
         """Pixel size (nm) the model was trained for; None when the engine works at any size."""
         return None
 
+    def estimated_columns(self) -> dict[str, str]:
+        """Columns of the table that are estimates rather than measurements, each with how
+        it is estimated (recorded as ``columns_estimated`` in run.yaml and the Picasso
+        sidecar). Default: none."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """Parameters to record in ``run.yaml``."""
         return {"engine": self.name, "upsampling": self.upsampling}

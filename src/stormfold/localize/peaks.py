@@ -102,8 +102,39 @@ def find_peaks(maps: torch.Tensor, min_value: float) -> Peaks:
     return Peaks(idx, r, c, maps[idx, r, c], y, x, mass)
 
 
+def window_sum(maps: torch.Tensor, peaks: Peaks, size: int) -> torch.Tensor:
+    """Sum of ``maps`` over the ``size``×``size`` window centred on each detection.
+
+    One gather of ``size²`` values per detection (pixels outside the map count as 0), so
+    the cost grows with the number of detections, not with the map area.
+
+    Parameters
+    ----------
+    maps : (n, rows, cols) float tensor
+        The maps the detections were found in.
+    peaks : Peaks
+        From :func:`find_peaks` on ``maps``.
+    size : int
+        Odd window side in map pixels (3 gives :attr:`Peaks.mass`).
+
+    Returns
+    -------
+    (n_peaks,) float32 tensor on the maps' device.
+    """
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"window size must be a positive odd number, got {size}")
+    half = size // 2
+    offsets = torch.arange(-half, half + 1, device=maps.device)
+    dr = offsets.repeat_interleave(size)
+    dc = offsets.repeat(size)
+    padded = F.pad(maps.float(), (half, half, half, half))
+    win = padded[peaks.index[:, None], peaks.row[:, None] + half + dr,
+                 peaks.col[:, None] + half + dc]
+    return win.sum(1)
+
+
 def peaks_to_table(peaks: Peaks, first_frame: int, fine_pixel_nm: float,
-                   confidence_scale: float = 1.0) -> pd.DataFrame:
+                   confidence_scale: float = 1.0, **columns: np.ndarray) -> pd.DataFrame:
     """Localization table (SPEC §1) of detections.
 
     Parameters
@@ -116,10 +147,14 @@ def peaks_to_table(peaks: Peaks, first_frame: int, fine_pixel_nm: float,
         Size of one map pixel in nm (camera pixel size / L).
     confidence_scale : float
         ``confidence = mass / confidence_scale`` (Deep-STORM: ``target_scale``).
+    **columns : array
+        Further columns, one value per detection in the order of ``peaks``.
     """
     frame = peaks.index.cpu().numpy().astype(np.int64) + int(first_frame)
     x_nm = peaks.x_px.cpu().numpy() * fine_pixel_nm
     y_nm = peaks.y_px.cpu().numpy() * fine_pixel_nm
     confidence = peaks.mass.double().cpu().numpy() / confidence_scale
     order = np.lexsort((x_nm, y_nm, frame))
-    return make_table(frame[order], x_nm[order], y_nm[order], confidence=confidence[order])
+    extra = {name: np.asarray(values)[order] for name, values in columns.items()}
+    return make_table(frame[order], x_nm[order], y_nm[order], confidence=confidence[order],
+                      **extra)

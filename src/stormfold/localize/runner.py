@@ -220,6 +220,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             "superres_pixel_size_nm": geometry.fine_pixel_nm,
             "camera": to_dict(cam), "camera_source": cam_source,
             "engine": engine.describe(), "batch_frames": batch_frames,
+            "columns_estimated": engine.estimated_columns(),
             "n_localizations": n_locs,
             "timing": {"seconds": round(seconds, 3), "frames_per_s": round(n / seconds, 3),
                        "read_and_convert_s": round(t_read, 3), "engine_s": round(t_engine, 3)},
