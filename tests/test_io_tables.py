@@ -14,6 +14,7 @@ import yaml
 from stormfold.errors import UserError
 from stormfold.io import (convert_table, read_picasso_hdf5, read_table, read_thunderstorm_csv,
                           write_picasso_hdf5, write_table, write_thunderstorm_csv)
+from stormfold.io.picasso import STANDIN_KEY as STANDIN
 from stormfold.io.thunderstorm import column_to_header, header_to_column
 from stormfold.table import make_table
 
@@ -139,7 +140,8 @@ def test_picasso_pixel_convention_by_hand(tmp_path):
     assert locs["y"].tolist() == pytest.approx([0.0, 9.99])
     assert locs["sx"].tolist() == locs["sy"].tolist() == pytest.approx([1.2, 1.0])
     assert locs["lpx"].tolist() == pytest.approx([0.1, 0.2])
-    assert locs["photons"].tolist() == [0.0, 0.0] and locs["bg"].tolist() == [0.0, 0.0]
+    # photons and bg were not measured: the fields are left out, not filled with 0
+    assert locs.dtype.names == ("frame", "x", "y", "sx", "sy", "lpx", "lpy")
     assert locs["frame"].tolist() == [0, 3]
     sidecar = yaml.safe_load((tmp_path / "hand.yaml").read_text())
     assert sidecar["Width"] == 16 and sidecar["Height"] == 12 and sidecar["Frames"] == 5
@@ -187,7 +189,79 @@ def test_real_picasso_file(shared_data, tmp_path):
     np.testing.assert_allclose(copy["x_nm"], table["x_nm"], rtol=0,
                                atol=_float32_atol(160.0, table))
     assert copy["iterations"].tolist() == table["iterations"].tolist()
+    with h5py.File(tmp_path / "copy.hdf5") as fh:
+        rewritten = fh["locs"][()]
+    assert set(rewritten.dtype.names) == set(raw.dtype.names)  # nothing dropped, nothing added
+    assert picasso_keeps(rewritten, 32, 32).all()
     assert read_picasso_hdf5(path, pixel_size_nm=100.0)[1]["pixel_size_nm"] == 100.0
+
+
+def picasso_keeps(locs: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Rows Picasso Render keeps on loading, by its documented sanity rules
+    (``picasso.lib.ensure_sanity``): every field finite, 0 ≤ x < Width, 0 ≤ y < Height,
+    lpx, lpy, photons, sx, sy ≥ 0; older Picasso also needs lpx, lpy > 0."""
+    keep = np.ones(len(locs), bool)
+    for name in locs.dtype.names:
+        keep &= np.isfinite(locs[name].astype(np.float64))
+    keep &= (locs["x"] >= 0) & (locs["x"] < width) & (locs["y"] >= 0) & (locs["y"] < height)
+    for name in ("lpx", "lpy", "photons", "sx", "sy"):
+        if name in locs.dtype.names:
+            keep &= locs[name] >= 0
+    return keep & (locs["lpx"] > 0) & (locs["lpy"] > 0)
+
+
+def test_picasso_never_writes_unmeasured_values(tmp_path):
+    """Positions only (SOFI, unrolled-like tables): Picasso's required lpx/lpy are a named
+    stand-in, the optional fields are absent, and every row survives Picasso's checks."""
+    table = make_table([0, 2, 2], [150.0, 1234.0, 3000.0], [50.0, 777.0, 2950.0],
+                       confidence=[0.2, 0.5, 0.9])
+    path = tmp_path / "pos.hdf5"
+    write_picasso_hdf5(path, table, 100.0, 32, 32)
+    with h5py.File(path) as fh:
+        locs = fh["locs"][()]
+    assert locs.dtype.names == ("frame", "x", "y", "lpx", "lpy", "confidence")
+    assert locs["lpx"].tolist() == locs["lpy"].tolist() == pytest.approx([12 ** -0.5] * 3)
+    assert picasso_keeps(locs, 32, 32).all()
+    first = yaml.safe_load((tmp_path / "pos.yaml").read_text())
+    assert "not measured" in first["Stand-in fields"]["lpx"] and "Estimated fields" not in first
+    back, info = read_picasso_hdf5(path)
+    assert "uncertainty_nm" not in back.columns and "photons" not in back.columns
+    assert info["columns_estimated"] == {}
+    # rows without an uncertainty get the stand-in, the others keep theirs
+    partial = table.assign(uncertainty_nm=[10.0, np.nan, 30.0])
+    write_picasso_hdf5(tmp_path / "part.hdf5", partial, 100.0, 32, 32)
+    with h5py.File(tmp_path / "part.hdf5") as fh:
+        assert fh["locs"]["lpx"].tolist() == pytest.approx([0.1, 12 ** -0.5, 0.3])
+    assert "1 of 3 rows" in yaml.safe_load((tmp_path / "part.yaml").read_text())[
+        "Stand-in fields"]["lpy"]
+
+
+def test_picasso_estimated_fields_round_trip(tmp_path):
+    table = make_table([0, 1], [150.0, 250.0], [150.0, 250.0], photons=[2200.0, 2300.0],
+                       uncertainty_nm=[8.0, 12.0], confidence=[0.3, 0.4])
+    how = {"photons": "calibrated estimate", "uncertainty_nm": "calibrated RMSE"}
+    write_picasso_hdf5(tmp_path / "e.hdf5", table, 100.0, 8, 8, estimated=how)
+    first = yaml.safe_load((tmp_path / "e.yaml").read_text())
+    assert first["Estimated fields"] == {"photons": "calibrated estimate",
+                                         "lpx": "calibrated RMSE", "lpy": "calibrated RMSE"}
+    assert STANDIN not in first
+    back, info = read_picasso_hdf5(tmp_path / "e.hdf5")
+    assert info["columns_estimated"] == how
+    np.testing.assert_allclose(back["uncertainty_nm"], [8.0, 12.0], rtol=1e-6)
+    # a Picasso → Picasso conversion keeps the description
+    convert_table(tmp_path / "e.hdf5", tmp_path / "f.hdf5")
+    assert yaml.safe_load((tmp_path / "f.yaml").read_text())["Estimated fields"] == \
+        first["Estimated fields"]
+
+
+def test_convert_carries_estimated_columns_from_run_yaml(tmp_path):
+    table = make_table([0], [150.0], [150.0], photons=[2200.0], uncertainty_nm=[8.0])
+    write_thunderstorm_csv(tmp_path / "localizations.csv", table)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(
+        {"pixel_size_nm": 100.0, "columns_estimated": {"photons": "Deep-STORM estimate"}}))
+    convert_table(tmp_path / "localizations.csv", tmp_path / "l.hdf5")
+    first = yaml.safe_load((tmp_path / "l.yaml").read_text())
+    assert first["Estimated fields"] == {"photons": "Deep-STORM estimate"}
 
 
 def test_picasso_bad_inputs(tmp_path):

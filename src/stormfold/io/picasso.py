@@ -13,6 +13,24 @@ multi-document YAML file; the first document has ``Width``, ``Height``, ``Frames
 Column mapping: ``photons`` ↔ photons; mean of ``sx``, ``sy`` (px) × px ↔ ``sigma_nm``
 (written as sx = sy = sigma_nm / px); ``bg`` ↔ bg; mean of ``lpx``, ``lpy`` × px ↔
 ``uncertainty_nm`` (same rule); extra fields pass through under their own names.
+
+**Nothing unmeasured is written as a value.** Picasso's minimum fields are ``frame``,
+``x``, ``y``, ``lpx`` and ``lpy``; ``photons``, ``sx``, ``sy`` and ``bg`` are optional, and
+Picasso Render drops, on loading, every row with a NaN or infinite value in any field and
+every row with a negative ``lpx``, ``lpy``, ``photons``, ``sx`` or ``sy``
+(``picasso.lib.ensure_sanity``; older versions also drop ``lpx``/``lpy`` ≤ 0). So:
+
+* ``photons``, ``sx``/``sy`` and ``bg`` are written only when the table has the column
+  (an engine that does not measure them leaves them out);
+* ``lpx``/``lpy`` come from ``uncertainty_nm`` when the table has it. Without it (or for
+  rows where it is NaN) they hold a *stand-in*, :data:`LP_STANDIN_PX` = 1/√12 camera
+  pixel (the standard deviation of a position known only to the pixel), so that Picasso
+  can open and render the file; the sidecar's first document lists them under
+  ``Stand-in fields`` and :func:`read_picasso_hdf5` then does not turn them back into
+  ``uncertainty_nm``;
+* columns that are estimates rather than measurements (e.g. Deep-STORM's ``photons`` and
+  ``uncertainty_nm``, given as ``estimated``) are listed under ``Estimated fields``, and
+  read back as ``info["columns_estimated"]``.
 """
 from __future__ import annotations
 
@@ -33,8 +51,18 @@ from stormfold.io.metadata import (check_pixel_size, load_yaml_documents,
 from stormfold.table import n_frames_of, validate_table
 
 LOCS_DATASET = "locs"
-#: The fields Picasso expects, in its order (frame uint32, the rest float32).
+#: The fields Picasso knows, in its order (frame uint32, the rest float32).
 BASE_FIELDS = ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy")
+#: Fields every Picasso localization file must have (Picasso's file-format documentation).
+REQUIRED_FIELDS = ("frame", "x", "y", "lpx", "lpy")
+#: lpx/lpy (camera pixels) written when the localization uncertainty is unknown.
+LP_STANDIN_PX = 1.0 / math.sqrt(12.0)
+#: Sidecar keys (first document) naming estimated fields and stand-in fields.
+ESTIMATED_KEY = "Estimated fields"
+STANDIN_KEY = "Stand-in fields"
+#: Table column → Picasso fields.
+COLUMN_FIELDS = {"photons": ("photons",), "sigma_nm": ("sx", "sy"), "bg": ("bg",),
+                 "uncertainty_nm": ("lpx", "lpy")}
 # Table columns consumed by the base fields (everything else becomes an extra field).
 _MAPPED_COLUMNS = ("frame", "x_nm", "y_nm", "photons", "sigma_nm", "bg", "uncertainty_nm")
 def _first_int(documents: Sequence[Mapping], key: str) -> int | None:
@@ -63,11 +91,12 @@ def read_picasso_hdf5(path: str | Path,
     -------
     table : pandas.DataFrame
         ``frame``, ``x_nm``, ``y_nm`` and, when the fields exist, ``photons``,
-        ``sigma_nm``, ``bg``, ``uncertainty_nm`` (nm), then extra fields unchanged
-        (floats as float64, integers as int64).
+        ``sigma_nm``, ``bg``, ``uncertainty_nm`` (nm; not from stand-in ``lpx``/``lpy``),
+        then extra fields unchanged (floats as float64, integers as int64).
     info : dict
         ``pixel_size_nm``, ``width_px``, ``height_px``, ``n_frames`` (``None`` when the
-        sidecar lacks them), ``documents`` (the sidecar's YAML documents),
+        sidecar lacks them), ``columns_estimated`` (table column → how it was estimated,
+        from the sidecar's ``Estimated fields``), ``documents`` (the sidecar's YAML documents),
         ``extra_fields`` (names of the pass-through fields), ``sidecar`` (path or None).
 
     Raises
@@ -88,8 +117,11 @@ def read_picasso_hdf5(path: str | Path,
             raise UserError(f"{path}: pixel size unknown (no Pixelsize in "
                             f"{sidecar.name if documents else 'a YAML sidecar'}): "
                             f"pass --pixel-size NM")
-    table, extras = _locs_to_table(locs, px, str(path))
+    first = documents[0] if documents else {}
+    standin = first.get(STANDIN_KEY) if isinstance(first.get(STANDIN_KEY), Mapping) else {}
+    table, extras = _locs_to_table(locs, px, str(path), skip=tuple(standin))
     info = {"pixel_size_nm": px,
+            "columns_estimated": _estimated_columns(first.get(ESTIMATED_KEY)),
             "width_px": _first_int(documents, "Width"),
             "height_px": _first_int(documents, "Height"),
             "n_frames": _first_int(documents, "Frames"),
@@ -122,8 +154,22 @@ def _mean_fields(locs: np.ndarray, names: tuple[str, str]) -> np.ndarray | None:
     return None if not present else sum(present) / len(present)
 
 
-def _locs_to_table(locs: np.ndarray, px: float, source: str) -> tuple[pd.DataFrame, list[str]]:
-    fields = locs.dtype.names
+def _estimated_columns(value: Any) -> dict[str, str]:
+    """Table columns named by a sidecar's ``Estimated fields`` (field → description)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for column, fields in COLUMN_FIELDS.items():
+        for name in fields:
+            if name in value:
+                out[column] = str(value[name])
+                break
+    return out
+
+
+def _locs_to_table(locs: np.ndarray, px: float, source: str,
+                   skip: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+    fields = tuple(name for name in locs.dtype.names if name not in skip)
     columns: dict[str, np.ndarray] = {
         "frame": locs["frame"].astype(np.int64),
         # float32 pixel values widened before the shift so no precision is lost twice
@@ -132,12 +178,12 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str) -> tuple[pd.DataFra
     }
     if "photons" in fields:
         columns["photons"] = locs["photons"].astype(np.float64)
-    sigma = _mean_fields(locs, ("sx", "sy"))
+    sigma = _mean_fields(locs, tuple(n for n in ("sx", "sy") if n in fields))
     if sigma is not None:
         columns["sigma_nm"] = sigma * px
     if "bg" in fields:
         columns["bg"] = locs["bg"].astype(np.float64)
-    lp = _mean_fields(locs, ("lpx", "lpy"))
+    lp = _mean_fields(locs, tuple(n for n in ("lpx", "lpy") if n in fields))
     if lp is not None:
         columns["uncertainty_nm"] = lp * px
     extras = []
@@ -158,7 +204,8 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str) -> tuple[pd.DataFra
 # --------------------------------------------------------------------------- writing
 def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: float,
                        width_px: int, height_px: int, n_frames: int | None = None,
-                       info: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> Path:
+                       info: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+                       estimated: Mapping[str, str] | None = None) -> Path:
     """Write a localization table as Picasso HDF5 plus its YAML sidecar (both atomic).
 
     Parameters
@@ -177,12 +224,18 @@ def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: flo
         A dict adds keys to the first sidecar document (it cannot replace Width,
         Height, Frames, Pixelsize, Generated by); a list of dicts is appended as
         further documents (e.g. the history of a file being converted).
+    estimated : dict, optional
+        Table columns that are estimates, not measurements (column → how it was
+        estimated), listed in the sidecar under ``Estimated fields``.
 
     Notes
     -----
-    Missing optional columns are written as 0 because Picasso expects every base
-    field. Other numeric columns become extra fields (floats as float32, integers as
-    int32 when they fit); non-numeric columns are skipped with a warning.
+    Only the fields the table has are written, except ``lpx``/``lpy``, which Picasso
+    requires: without ``uncertainty_nm`` they are the stand-in :data:`LP_STANDIN_PX`,
+    named in the sidecar (see the module docstring). Other numeric columns become extra
+    fields (floats as float32, integers as int32 when they fit); non-numeric columns are
+    skipped with a warning. Rows with a NaN in any field are dropped by Picasso Render on
+    loading; a warning counts them.
     """
     path = Path(path)
     table = validate_table(table)
@@ -194,9 +247,17 @@ def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: flo
         raise UserError(f"{path}: {frames} frames given but the table reaches frame {last - 1}")
     if last and table["frame"].max() > np.iinfo(np.uint32).max:
         raise UserError(f"{path}: frame index too large for Picasso's uint32 frames")
-    records = _table_to_locs(table, px, path)
+    records, n_standin = _table_to_locs(table, px, path)
     document = {"Generated by": f"stormfold {__version__}", "Width": width, "Height": height,
                 "Frames": int(frames), "Pixelsize": _plain(px)}
+    fields_estimated = {field: str(how) for column, how in (estimated or {}).items()
+                        if column in table.columns for field in COLUMN_FIELDS.get(column, ())}
+    if fields_estimated:
+        document[ESTIMATED_KEY] = fields_estimated
+    if n_standin:
+        what = (f"{LP_STANDIN_PX:.6f} camera px (1/sqrt(12): a position known to the pixel), "
+                f"not measured; {n_standin} of {len(table)} rows")
+        document[STANDIN_KEY] = {"lpx": what, "lpy": what}
     documents = [document]
     if isinstance(info, Mapping):
         document.update({str(k): _plain(v) for k, v in info.items() if k not in document})
@@ -263,24 +324,47 @@ def _extra_columns(table: pd.DataFrame, path: Path) -> list[tuple[str, np.dtype]
     return extras
 
 
-def _table_to_locs(table: pd.DataFrame, px: float, path: Path) -> np.ndarray:
+def _table_to_locs(table: pd.DataFrame, px: float, path: Path) -> tuple[np.ndarray, int]:
+    """Picasso records of a table and the number of rows whose lpx/lpy are stand-ins."""
     extras = _extra_columns(table, path)
-    dtype = np.dtype([("frame", np.uint32)] + [(n, np.float32) for n in BASE_FIELDS[1:]]
-                     + extras)
+    present = [name for name in BASE_FIELDS[1:]
+               if name in ("x", "y", "lpx", "lpy")
+               or any(name in fields and _has_values(table, column)
+                      for column, fields in COLUMN_FIELDS.items())]
+    dtype = np.dtype([("frame", np.uint32)] + [(n, np.float32) for n in present] + extras)
     records = np.zeros(len(table), dtype=dtype)
     records["frame"] = table["frame"].to_numpy()
     records["x"] = table["x_nm"].to_numpy() / px - 0.5
     records["y"] = table["y_nm"].to_numpy() / px - 0.5
-    if "photons" in table:
-        records["photons"] = table["photons"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if "sigma_nm" in table:
-        sigma_px = table["sigma_nm"].to_numpy(dtype=np.float64, na_value=np.nan) / px
-        records["sx"] = records["sy"] = sigma_px
-    if "bg" in table:
-        records["bg"] = table["bg"].to_numpy(dtype=np.float64, na_value=np.nan)
-    if "uncertainty_nm" in table:
-        lp_px = table["uncertainty_nm"].to_numpy(dtype=np.float64, na_value=np.nan) / px
-        records["lpx"] = records["lpy"] = lp_px
+    if "photons" in present:
+        records["photons"] = _floats(table, "photons")
+    if "sx" in present:
+        records["sx"] = records["sy"] = _floats(table, "sigma_nm") / px
+    if "bg" in present:
+        records["bg"] = _floats(table, "bg")
+    lp_px = _floats(table, "uncertainty_nm") / px if "uncertainty_nm" in table \
+        else np.full(len(table), np.nan)
+    standin = ~np.isfinite(lp_px)
+    lp_px[standin] = LP_STANDIN_PX
+    records["lpx"] = records["lpy"] = lp_px
     for name, field_dtype in extras:
         records[name] = table[name].to_numpy().astype(field_dtype)
-    return records
+    bad = np.zeros(len(table), bool)
+    for name in records.dtype.names:
+        if records.dtype[name].kind == "f":
+            bad |= ~np.isfinite(records[name])
+    if bad.any():
+        warnings.warn(f"{path}: {int(bad.sum())} of {len(table)} localizations have a NaN or "
+                      f"infinite value; Picasso Render drops such rows when it loads the file",
+                      UserWarning, stacklevel=3)
+    return records, int(standin.sum())
+
+
+def _has_values(table: pd.DataFrame, column: str) -> bool:
+    """The table has ``column`` with at least one number (an all-NaN column is left out)."""
+    return column in table.columns and bool(np.isfinite(_floats(table, column)).any())
+
+
+def _floats(table: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64,
+                                                                   na_value=np.nan)

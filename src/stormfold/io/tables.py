@@ -8,14 +8,19 @@ Where CSV → HDF5 conversion finds that geometry when it is not given: a
 ``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
 (:func:`stormfold.io.metadata.geometry_near`). Without a pixel size the conversion is refused (asking for ``--pixel-size``); without
 an image size, width and height default to ``ceil(max coordinate / pixel size)``.
+
+Which columns are estimates rather than measurements travels with the table: from the
+``columns_estimated`` of a ``run.yaml`` next to a CSV (:func:`estimated_near`) or the
+``Estimated fields`` of a Picasso sidecar, into the sidecar of a Picasso output.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
+import yaml
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
@@ -58,7 +63,8 @@ def read_table(path: str | Path, pixel_size_nm: float | None = None,
 
 def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | None = None,
                 width_px: int | None = None, height_px: int | None = None,
-                n_frames: int | None = None) -> Path:
+                n_frames: int | None = None,
+                estimated: Mapping[str, str] | None = None) -> Path:
     """Write a localization table as ThunderSTORM CSV or Picasso HDF5 (atomically).
 
     Parameters
@@ -74,6 +80,8 @@ def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | No
         ``ceil(max y / px)``).
     n_frames : int, optional
         Movie length for Picasso (default: last frame + 1).
+    estimated : dict, optional
+        Columns that are estimates (column → how), named in a Picasso sidecar.
 
     Callers that write next to their inputs should refuse ``path`` when
     :func:`stormfold.io.atomic.same_file` says it is an input.
@@ -90,7 +98,25 @@ def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | No
     return write_picasso_hdf5(path, table, px,
                               default_w if width_px is None else width_px,
                               default_h if height_px is None else height_px,
-                              n_frames=n_frames)
+                              n_frames=n_frames, estimated=estimated)
+
+
+def write_frames_csv(path: str | Path, table: pd.DataFrame, frame_columns: tuple[str, ...] = (),
+                     float_format: str | None = None) -> Path:
+    """Write a plain CSV table (atomically) with its ``frame_columns`` 1-based.
+
+    Every CSV stormfold writes numbers frames from 1, as ThunderSTORM does; in memory they
+    are 0-based. Used for the drift trajectories and the cluster summaries.
+    """
+    from stormfold.io.atomic import atomic_path
+
+    out = table.copy()
+    for column in frame_columns:
+        if column in out.columns:
+            out[column] = out[column] + 1
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format=float_format)
+    return Path(path)
 
 
 def default_image_size(table: pd.DataFrame, pixel_size_nm: float) -> tuple[int, int]:
@@ -100,6 +126,20 @@ def default_image_size(table: pd.DataFrame, pixel_size_nm: float) -> tuple[int, 
     width = math.ceil(float(table["x_nm"].max()) / pixel_size_nm)
     height = math.ceil(float(table["y_nm"].max()) / pixel_size_nm)
     return max(width, 1), max(height, 1)
+
+
+def estimated_near(path: str | Path) -> dict[str, str]:
+    """``columns_estimated`` (column → how it was estimated) of a ``run.yaml`` next to
+    ``path`` (written by ``stormfold localize``/``run``); empty when there is none."""
+    run = Path(path).parent / "run.yaml"
+    if not run.is_file():
+        return {}
+    try:
+        document = yaml.safe_load(run.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    found = document.get("columns_estimated") if isinstance(document, Mapping) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
@@ -142,8 +182,10 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
         table, info = read_picasso_hdf5(src, pixel_size_nm)
         geometry = {k: info[k] for k in ("pixel_size_nm", "width_px", "height_px", "n_frames")
                     if info.get(k) is not None}
+        estimated = info["columns_estimated"]
     else:
         table = read_thunderstorm_csv(src, pixel_size_nm=pixel_size_nm, frame_base=frame_base)
+        estimated = estimated_near(src)
         if out_format == "picasso" and (pixel_size_nm is None or width_px is None
                                         or height_px is None):
             geometry = geometry_near(src)
@@ -163,5 +205,5 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     write_table(dst, table, px,
                 width_px if width_px is not None else geometry.get("width_px"),
                 height_px if height_px is not None else geometry.get("height_px"),
-                n_frames=n_frames)
+                n_frames=n_frames, estimated=estimated)
     return table

@@ -308,7 +308,8 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
     out, g, config = p.output, p.geometry, p.config
     write_thunderstorm_csv(out / "localizations.csv", pp.table)
     write_picasso_hdf5(out / "localizations.hdf5", pp.table, pixel_size_nm=g.pixel_size_nm,
-                       width_px=g.cols, height_px=g.rows, n_frames=p.stop)
+                       width_px=g.cols, height_px=g.rows, n_frames=p.stop,
+                       estimated=p.engine.estimated_columns())
     write_images(out / "superres.tif", out / "widefield.tif", s.superres, s.widefield, g,
                  p.engine.name)
     outputs = {"localizations": "localizations.csv", "localizations_hdf5": "localizations.hdf5",
@@ -328,6 +329,7 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
                   "frame_shape": list(g.shape), "pixel_size_nm": g.pixel_size_nm},
         "camera": to_dict(p.camera), "camera_source": p.camera_source,
         "engine": p.engine.describe(),
+        "columns_estimated": p.engine.estimated_columns(),
         "n_localizations": {"raw": int(len(s.raw)), "final": int(len(pp.table))},
         "postprocess": pp.log,
         "evaluation": None if evaluation is None else evaluation.to_dict(orient="records"),

@@ -26,7 +26,7 @@ from stormfold.config import dump_yaml
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
-from stormfold.io.tables import default_image_size, geometry_near, table_format
+from stormfold.io.tables import default_image_size, estimated_near, geometry_near, table_format
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of
 
@@ -51,6 +51,9 @@ class InputTable:
         The Picasso sidecar's documents of an HDF5 input (its history).
     geometry_source : str or None
         Where the geometry came from.
+    columns_estimated : dict
+        Columns that are estimates, not measurements (column → how), from the Picasso
+        sidecar or the ``run.yaml`` next to a CSV; carried to the outputs.
     """
 
     path: Path
@@ -61,6 +64,7 @@ class InputTable:
     n_frames: Optional[int] = None
     documents: list = field(default_factory=list)
     geometry_source: Optional[str] = None
+    columns_estimated: dict = field(default_factory=dict)
 
     @property
     def fov_nm(self) -> Optional[tuple[float, float]]:
@@ -117,7 +121,7 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
         table, info = read_picasso_hdf5(path, pixel_size_nm)
         result = InputTable(path, table, info["pixel_size_nm"], info["width_px"],
                             info["height_px"], info["n_frames"], list(info["documents"]),
-                            info["sidecar"])
+                            info["sidecar"], info["columns_estimated"])
     else:
         table = read_thunderstorm_csv(path, pixel_size_nm=pixel_size_nm)
         geometry = geometry_near(path)
@@ -127,7 +131,8 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
         result = InputTable(path, table, pixel_size_nm or geometry.get("pixel_size_nm"),
                             geometry.get("width_px"), geometry.get("height_px"),
                             geometry.get("n_frames"),
-                            geometry_source=str(geometry["source"]) if geometry else None)
+                            geometry_source=str(geometry["source"]) if geometry else None,
+                            columns_estimated=estimated_near(path))
         if result.width_px is None and result.pixel_size_nm is not None:
             shape = _frame_shape(path)
             if shape is not None and (not geometry or Path(geometry["source"]).name == "run.yaml"):
@@ -189,6 +194,7 @@ def make_record(step: str, source: InputTable, parameters: Any, results: dict,
             "n_input": int(len(source.table)),
             "camera_pixel_size_nm": source.pixel_size_nm,
             "geometry_source": source.geometry_source,
+            "columns_estimated": {k: v for k, v in source.columns_estimated.items()},
             "parameters": parameters,
             "results": results,
             "outputs": [str(Path(p).name) for p in outputs]}
@@ -226,5 +232,6 @@ def write_output_table(path: str | Path, table: pd.DataFrame, source: InputTable
         else None
     history = [doc for doc in source.documents if isinstance(doc, dict)]
     write_picasso_hdf5(path, table, px, width, height, n_frames=n_frames,
-                       info=history + [yaml.safe_load(dump_yaml(record))])
+                       info=history + [yaml.safe_load(dump_yaml(record))],
+                       estimated=source.columns_estimated)
     return [path, sidecar_path(path)]
