@@ -20,7 +20,7 @@ from stormfold.postprocess import (apply_drift, check_chain, cluster_summary, co
                                    local_density, merge_groups, on_events,
                                    pair_precision_recall, render_gaussian, render_histogram,
                                    run_chain)
-from stormfold.postprocess.drift import residual_rms_nm
+from stormfold.postprocess.drift import read_drift_csv, residual_rms_nm, write_drift_csv
 from stormfold.postprocess.frc import frc_curve, split_halves
 from stormfold.figures import scale_bar_nm
 from stormfold.simulate import build_config, simulate_to_folder, simulate_truth
@@ -81,6 +81,40 @@ def test_rcc_pair_shift_is_subpixel_accurate():
     np.testing.assert_allclose(measured[1] - measured[0], shift, atol=1.0)
 
 
+def test_drift_files_have_one_based_frames_and_round_trip(tmp_path):
+    """simulate's drift.csv and write_drift_csv number frames from 1; read_drift_csv gives
+    back the 0-based trajectory; a 0-based file of stormfold 0.1 still reads, with a warning."""
+    from stormfold.simulate import simulate
+
+    cfg = build_config("zerocost", n_frames=12, seed=3,
+                       overrides=["n_rows=16", "n_cols=16", "drift.velocity_nm_per_frame=[2,-1]",
+                                  "drift.random_walk_nm=1.5"])
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    lines = (tmp_path / "sim" / "drift.csv").read_text().splitlines()
+    assert lines[0] == "frame,dx_nm,dy_nm" and lines[1].startswith("1,0.0000,0.0000")
+    assert lines[-1].startswith("12,")
+    truth = simulate(cfg).drift
+    back = read_drift_csv(tmp_path / "sim" / "drift.csv")
+    assert back["frame"].tolist() == list(range(12))
+    np.testing.assert_allclose(back[["dx_nm", "dy_nm"]], truth[["dx_nm", "dy_nm"]], atol=5e-5)
+    write_drift_csv(tmp_path / "again.csv", back)
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "sim" / "drift.csv").read_text()
+    # the truth table of the same simulation is 1-based too: frame f of drift.csv is
+    # frame f of truth.csv
+    truth_csv = pd.read_csv(tmp_path / "sim" / "truth.csv")
+    assert truth_csv["frame"].min() >= 1
+    legacy = tmp_path / "legacy.csv"
+    truth.to_csv(legacy, index=False)  # what stormfold 0.1 wrote: frames 0..n-1
+    with pytest.warns(UserWarning, match="0-based"):
+        old = read_drift_csv(legacy)
+    pd.testing.assert_frame_equal(old, truth.astype({"frame": np.int64}))
+    (tmp_path / "neg.csv").write_text("frame,dx_nm,dy_nm\n-1,0,0\n")
+    with pytest.raises(UserError, match="negative frame"):
+        read_drift_csv(tmp_path / "neg.csv")
+    with pytest.raises(UserError, match="not found"):
+        read_drift_csv(tmp_path / "none.csv")
+
+
 def test_apply_drift_subtracts_per_frame():
     table = make_table([0, 1, 2, 1], [10.0, 20.0, 30.0, 40.0], [5.0, 5.0, 5.0, 5.0], photons=1.0)
     drift = pd.DataFrame({"frame": [0, 1, 2], "dx_nm": [0.0, 2.0, 5.0], "dy_nm": [0.0, -1.0, 3.0]})
@@ -138,7 +172,7 @@ def test_drift_after_localizing_a_drifting_movie(tmp_path):
     res = localize_movie(tmp_path / "sim" / "movie.tif", engine, tmp_path / "loc",
                          batch_frames=100, progress=False)
     locs = read_table(tmp_path / "loc" / "localizations.csv")
-    true_drift = pd.read_csv(tmp_path / "sim" / "drift.csv")
+    true_drift = read_drift_csv(tmp_path / "sim" / "drift.csv")
     assert np.ptp(true_drift["dx_nm"]) > 200
     _, result = correct_drift(locs, "rcc", n_frames=cfg.n_frames, bins=8, pixel_nm=20)
     residual = residual_rms_nm(result.drift, true_drift)
@@ -578,6 +612,7 @@ def test_cli_single_steps_write_outputs_and_records(sim_dir, tmp_path, run_cli):
     assert out.count("\n") == 1 and "drift (rcc)" in out
     drift = pd.read_csv(tmp_path / "d_drift.csv")
     assert list(drift.columns) == ["frame", "dx_nm", "dy_nm"] and len(drift) == 300
+    assert drift["frame"].tolist() == list(range(1, 301))  # 1-based, like every CSV written
     assert (tmp_path / "d_drift.png").stat().st_size > 1000
     record = yaml.safe_load((tmp_path / "d.yaml").read_text())
     assert record["step"] == "drift" and record["input"] == str(truth)
@@ -651,7 +686,12 @@ def test_cli_postprocess_chain_from_yaml(sim_dir, tmp_path, run_cli):
     code, _, err = run_cli("postprocess", sim_dir / "truth.csv", "--out", tmp_path / "pp2",
                            "--config", config, "--steps", "link,cluster")
     assert code == 0, err
-    assert (tmp_path / "pp2" / "clusters.csv").is_file()
+    clusters = pd.read_csv(tmp_path / "pp2" / "clusters.csv")
+    linked = read_table(tmp_path / "pp2" / "postprocessed.csv")  # 0-based in memory
+    for _, row in clusters.head(5).iterrows():
+        members = linked[linked["cluster"] == row["cluster"]]
+        assert row["first_frame"] == members["frame"].min() + 1
+        assert row["last_frame"] == members["frame"].max() + 1
 
 
 def test_cli_bad_inputs_exit_2_with_one_line_and_write_nothing(sim_dir, tmp_path, run_cli):

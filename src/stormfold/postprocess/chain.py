@@ -33,8 +33,7 @@ import pandas as pd
 
 from stormfold.config import from_dict, load_yaml, to_dict
 from stormfold.errors import UserError
-from stormfold.io.atomic import atomic_path
-from stormfold.io.tables import table_format
+from stormfold.io.tables import table_format, write_frames_csv
 from stormfold.postprocess import files
 from stormfold.postprocess.cluster import ClusterParams, cluster
 from stormfold.postprocess.drift import DriftParams, apply_drift, drift_to_apply, estimate_drift
@@ -53,8 +52,9 @@ STEPS = tuple(PARAMS)
 class Artefact:
     """Something a step produced besides the table.
 
-    ``kind`` is ``"csv"`` (``value`` a DataFrame), ``"figure"`` (a matplotlib Figure) or
-    ``"image"`` (a 2-D array with ``pixel_nm`` and ``metadata``).
+    ``kind`` is ``"csv"`` (``value`` a DataFrame, its ``frame_columns`` 0-based in memory
+    and written 1-based), ``"figure"`` (a matplotlib Figure) or ``"image"`` (a 2-D array
+    with ``pixel_nm`` and ``metadata``).
     """
 
     name: str
@@ -63,6 +63,7 @@ class Artefact:
     pixel_nm: Optional[float] = None
     metadata: Optional[dict] = None
     float_format: Optional[str] = None
+    frame_columns: tuple = ()
 
 
 @dataclass
@@ -109,7 +110,8 @@ def _drift(table: pd.DataFrame, p: DriftParams, ctx: Context) -> StepOutput:
         summary = f"drift ({p.method}): {reliability.summary()}"
     # drift.csv is what was subtracted: zeros when the estimate was not applied.
     return StepOutput("drift", corrected, s,
-                      [Artefact("drift_table", "csv", applied, float_format="%.4f"),
+                      [Artefact("drift_table", "csv", applied, float_format="%.4f",
+                                frame_columns=("frame",)),
                        Artefact("drift_plot", "figure", fig)], summary)
 
 
@@ -132,8 +134,9 @@ def _filter(table: pd.DataFrame, p: FilterParams, ctx: Context) -> StepOutput:
 def _cluster(table: pd.DataFrame, p: ClusterParams, ctx: Context) -> StepOutput:
     labelled, summary_table, s = cluster(table, p.eps_nm, p.min_samples)
     summary = f"cluster: {s['n_clusters']} clusters, {s['n_noise']} noise localizations"
-    return StepOutput("cluster", labelled, s, [Artefact("clusters", "csv", summary_table)],
-                      summary)
+    return StepOutput("cluster", labelled, s,
+                      [Artefact("clusters", "csv", summary_table,
+                                frame_columns=("first_frame", "last_frame"))], summary)
 
 
 def _render(table: pd.DataFrame, p: RenderParams, ctx: Context) -> StepOutput:
@@ -375,8 +378,7 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
 # --------------------------------------------------------------------------- files
 def _write_artefact(artefact: Artefact, path: Path) -> None:
     if artefact.kind == "csv":
-        with atomic_path(path) as tmp:
-            artefact.value.to_csv(tmp, index=False, float_format=artefact.float_format)
+        write_frames_csv(path, artefact.value, artefact.frame_columns, artefact.float_format)
     elif artefact.kind == "figure":
         from stormfold.postprocess.plots import save_figure
 

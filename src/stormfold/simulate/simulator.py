@@ -62,14 +62,14 @@ def _draw_photons(config: SimulationConfig, n: int, rng: np.random.Generator) ->
     e = config.emitters
     if e.photons_distribution == "uniform":
         return rng.uniform(e.photons_min, e.photons_max, n)
-    return np.maximum(rng.normal(e.photons_mean, e.photons_std, n), 0.0)
+    return np.maximum(rng.normal(e.photons_mean, e.photons_spread, n), 0.0)
 
 
 def _draw_sigma(config: SimulationConfig, n: int, rng: np.random.Generator) -> np.ndarray:
     e = config.emitters
     # A PSF narrower than a tenth of a pixel is unphysical for a camera-sampled microscope.
     floor = 0.1 * config.pixel_size_nm
-    return np.maximum(rng.normal(e.sigma_nm, e.sigma_std_nm, n), floor)
+    return np.maximum(rng.normal(e.sigma_nm, e.sigma_spread_nm, n), floor)
 
 
 def simulate_truth(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -217,10 +217,9 @@ def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
     write_thunderstorm_csv(out_dir / "truth.csv", truth)
     outputs = {"movie": "movie.tif", "truth": "truth.csv"}
     if config.drift.active:
-        from stormfold.io.atomic import atomic_path
+        from stormfold.postprocess.drift import write_drift_csv
 
-        with atomic_path(out_dir / "drift.csv") as tmp:
-            drift.to_csv(tmp, index=False, float_format="%.4f")
+        write_drift_csv(out_dir / "drift.csv", drift)  # 1-based frames, like truth.csv
         outputs["drift"] = "drift.csv"
     meta = simulation_metadata(config, outputs=outputs, n_emitters=int(len(truth)),
                                seconds=round(time.perf_counter() - t0, 3))

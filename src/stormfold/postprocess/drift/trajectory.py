@@ -4,6 +4,7 @@ reading it from a file, comparing two, and the helpers both estimators share.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -90,18 +91,49 @@ def interpolate_linear(t_known: np.ndarray, values: np.ndarray, t: np.ndarray) -
     return out
 
 
+DRIFT_COLUMNS = ("frame", "dx_nm", "dy_nm")
+
+
+def write_drift_csv(path: str | Path, drift: pd.DataFrame) -> Path:
+    """Write a drift trajectory (0-based ``frame``, ``dx_nm``, ``dy_nm`` in memory) as CSV
+    with 1-based frames (atomically)."""
+    from stormfold.io.tables import write_frames_csv
+
+    return write_frames_csv(path, drift[list(DRIFT_COLUMNS)], ("frame",), float_format="%.4f")
+
+
 def read_drift_csv(path: str | Path) -> pd.DataFrame:
-    """Read a drift trajectory (``frame`` 0-based, ``dx_nm``, ``dy_nm``), e.g. the
-    ``drift.csv`` of ``stormfold simulate`` or of the drift step."""
+    """Read a drift trajectory file, e.g. the ``drift.csv`` of ``stormfold simulate`` or of
+    the drift step.
+
+    Returns ``frame`` (0-based), ``dx_nm``, ``dy_nm``. The file's frames are 1-based; a
+    file holding frame 0 is a 0-based file of stormfold 0.1 and is read as such, with a
+    warning.
+    """
     try:
         table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise UserError(f"drift file not found: {path}") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not a readable drift CSV ({type(exc).__name__})") from None
-    missing = [c for c in ("frame", "dx_nm", "dy_nm") if c not in table.columns]
+    missing = [c for c in DRIFT_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"{path}: drift table lacks column(s) {', '.join(missing)}")
-    return table[["frame", "dx_nm", "dy_nm"]].astype(
-        {"frame": np.int64, "dx_nm": np.float64, "dy_nm": np.float64})
+    try:
+        table = table[list(DRIFT_COLUMNS)].astype(
+            {"frame": np.int64, "dx_nm": np.float64, "dy_nm": np.float64})
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: drift table holds non-numeric values") from None
+    frames = table["frame"].to_numpy()
+    if len(frames) and frames.min() < 0:
+        raise UserError(f"{path}: negative frame number {frames.min()} (frames are 1-based)")
+    if len(frames) and frames.min() == 0:
+        warnings.warn(f"{path}: frame 0 found, so its frames are read as 0-based (a drift file "
+                      f"of stormfold 0.1); files written now number frames from 1",
+                      UserWarning, stacklevel=2)
+        return table
+    table["frame"] = frames - 1
+    return table
 
 
 def apply_drift(table: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
