@@ -1,4 +1,6 @@
 """Calibration: statistics helpers, round trips on simulations, real data, CLI."""
+import math
+
 import numpy as np
 import pytest
 import tifffile
@@ -153,6 +155,8 @@ def test_round_trip_emccd(tmp_path):
     assert em.sigma_nm == pytest.approx(cfg.emitters.sigma_nm, rel=0.005)
     assert em.photons_mean == pytest.approx(3000, rel=0.005)
     assert r.simulation["camera"]["em_gain"] == 100.0  # the split does not matter
+    assert r.e_per_adu == pytest.approx(100 / (300 / 45), rel=0.02)
+    assert "e_per_adu 15" in r.summary() and "(EM gain 100)" in r.summary()
     # Without --emccd the gain is the doubled "Poisson" gain (the documentation's correction).
     r2 = calibrate(movie, qe=0.9, start=0, stop=300)
     assert r2.camera.adu_per_e == pytest.approx(2 * 300 / 45, rel=0.04)  # measured +2.5 %
@@ -189,6 +193,34 @@ def test_deepstorm_demo_movie(shared_data, tmp_path):
     assert em.density_per_um2 == pytest.approx(6.05, rel=0.13)  # measured −8.6 %
 
 
+def test_unknown_spreads_are_written_as_null_and_simulated_without_spread(tmp_path):
+    """A spread calibrate cannot estimate is null in simulation.yaml (not a measured 0);
+    the simulator draws it as no spread, exactly as an explicit 0."""
+    from stormfold.calibrate.core import simulation_parameters
+    from stormfold.calibrate.estimate import CameraEstimate, EmitterEstimate
+    from stormfold.config import dump_yaml
+    from stormfold.simulate import simulate
+
+    camera = CameraEstimate(baseline_adu=50.0, adu_per_e=1.0, excess_factor=1.0,
+                            read_noise_adu=4.5, background_e=0.0, background_mean_adu=50.0,
+                            background_std_adu=4.5, gain_source="given", split_source="x")
+    emitters = EmitterEstimate(n_spots=3, photons_mean=2000.0, photons_std=math.nan,
+                               sigma_nm=110.0, sigma_std_nm=math.nan, density_per_um2=1.0,
+                               density_counted_per_um2=0.5, source="fluctuation covariance")
+    params = simulation_parameters(camera, emitters, (16, 16), 4, 100.0, 1.0, 100.0)
+    assert params["emitters"]["photons_std"] is None
+    assert params["emitters"]["sigma_std_nm"] is None
+    (tmp_path / "sim.yaml").write_text(dump_yaml(params))
+    assert "photons_std: null" in (tmp_path / "sim.yaml").read_text()
+    unknown = build_config(config_file=tmp_path / "sim.yaml", seed=5)
+    assert unknown.emitters.photons_std is None and unknown.emitters.photons_spread == 0.0
+    zero = build_config(config_file=tmp_path / "sim.yaml", seed=5,
+                        overrides=["emitters.photons_std=0", "emitters.sigma_std_nm=0"])
+    a, b = simulate(unknown), simulate(zero)
+    np.testing.assert_array_equal(a.movie, b.movie)
+    assert a.truth["photons"].nunique() == 1 and a.truth["photons"].iloc[0] == 2000.0
+
+
 # ---------------------------------------------------------------------------- CLI
 def test_cli_calibrate_then_simulate(tmp_path, run_cli):
     _, movie = _sim(tmp_path, "zerocost", 150, ["activation.density_per_um2=0.5"])
@@ -196,7 +228,11 @@ def test_cli_calibrate_then_simulate(tmp_path, run_cli):
                              "--roi", "0,0,48,64", "--frames", "0:150")
     assert code == 0, err
     assert "lower bound" in out
+    # one name for the gain everywhere: e_per_adu, as localize --e-per-adu takes it
+    assert "e_per_adu 1" in out and "ADU/e" not in out
     meta = yaml.safe_load((tmp_path / "cal" / "simulation.yaml").read_text())
+    assert "adu_per_e" not in meta["provenance"]["camera"]
+    assert meta["provenance"]["camera"]["e_per_adu"] == meta["camera"]["e_per_adu"]
     assert meta["n_cols"] == 48 and meta["n_rows"] == 64 and "provenance" in meta
     html = (tmp_path / "cal" / "calibration.html").read_text()
     assert "data:image/png;base64," in html and "simulation.yaml" in html

@@ -46,6 +46,25 @@ class CalibrationResult:
     provenance: dict
     outputs: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def e_per_adu(self) -> float:
+        """Photo-electrons per ADU, as ``localize --e-per-adu`` and the camera files take it
+        (for an EMCCD: at the output of the EM register, with ``em_gain``)."""
+        return float(self.simulation["camera"]["e_per_adu"])
+
+    def summary(self) -> str:
+        """One line of the estimates (the gain as ``e_per_adu``, as everywhere)."""
+        cam, em = self.camera, self.emitters
+        gain = self.simulation["camera"]["em_gain"]
+        spread = "" if not math.isfinite(em.photons_std) else f" +- {em.photons_std:.0f}"
+        return (f"baseline {cam.baseline_adu:.1f} ADU, e_per_adu {self.e_per_adu:.4g} e-/ADU"
+                + (f" (EM gain {gain:g})" if gain > 1 else "")
+                + f", read noise {cam.read_noise_adu:.3g} ADU, background "
+                f"{self.simulation['background']['photons']:.3g} photons; sigma "
+                f"{em.sigma_nm:.1f} nm, {em.photons_mean:.0f}{spread} photons, "
+                f"{em.density_per_um2:.3g}/um2 (counted: {em.density_counted_per_um2:.3g}, a "
+                f"lower bound)")
+
 
 def parse_roi(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """``"x0,y0,x1,y1"`` (pixels, x along columns, end exclusive) checked against the frame."""
@@ -67,13 +86,31 @@ def _finite(x: float, name: str) -> float:
     return float(x)
 
 
+def _camera_record(cam: CameraEstimate, sim_camera: dict) -> dict:
+    """The camera estimate for the output files, its gain as ``e_per_adu`` (with its
+    standard error) like every camera file, instead of the internal ADU per e⁻."""
+    record = {k: v for k, v in asdict(cam).items() if k not in ("notes", "adu_per_e",
+                                                                 "adu_per_e_se")}
+    e_per_adu = float(sim_camera["e_per_adu"])
+    record["e_per_adu"] = e_per_adu
+    record["e_per_adu_se"] = e_per_adu * cam.adu_per_e_se / cam.adu_per_e
+    record["em_gain"] = float(sim_camera["em_gain"])
+    return record
+
+
+def _or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, shape: tuple[int, int],
                           n_frames: int, pixel_size_nm: float, qe: float,
                           em_gain: float) -> dict[str, Any]:
     """The nested simulation parameters (``build_config`` keys) from the estimates.
 
     The EM gain only splits g (ADU per photo-electron) into ``em_gain`` / ``e_per_adu``;
-    for an EMCCD any split gives the same simulated ADU statistics.
+    for an EMCCD any split gives the same simulated ADU statistics. A spread that could
+    not be estimated (NaN) is written as ``None`` (null: unknown), which the simulator
+    draws without spread — never as a measured 0.
     """
     g = camera.adu_per_e
     gain = em_gain if camera.excess_factor > 1 else 1.0
@@ -88,9 +125,9 @@ def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, sha
                        "density_std_per_um2": 0.0},
         "emitters": {"photons_distribution": "normal",
                      "photons_mean": _finite(emitters.photons_mean, "the photons per emitter"),
-                     "photons_std": float(np.nan_to_num(emitters.photons_std)),
+                     "photons_std": _or_none(emitters.photons_std),
                      "sigma_nm": _finite(emitters.sigma_nm, "the PSF σ"),
-                     "sigma_std_nm": float(np.nan_to_num(emitters.sigma_std_nm))},
+                     "sigma_std_nm": _or_none(emitters.sigma_std_nm)},
         "background": {"photons": float(camera.background_e / qe)},
         "drift": {"velocity_nm_per_frame": [0.0, 0.0], "random_walk_nm": 0.0},
         "camera": {"qe": float(qe), "spurious_charge": 0.0, "em_gain": float(gain),
@@ -209,7 +246,7 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
             "frames": [start, stop], "roi": [x0, y0, x1, y1], "pixel_size_nm": px,
             "options": {"emccd": emccd, "qe": qe, "em_gain": em_gain, "baseline_adu": baseline_adu,
                         "e_per_adu": e_per_adu, "scan": asdict(settings)},
-            "camera": {k: v for k, v in asdict(cam).items() if k != "notes"},
+            "camera": _camera_record(cam, simulation["camera"]),
             "mean_variance": {"slope_adu": line.slope, "intercept_adu2": line.intercept,
                               "slope_se_adu": line.slope_se, "identifiable": line.identifiable,
                               "reason": line.reason},

@@ -286,18 +286,19 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
         gain_source = ("background skewness, EMCCD with negligible read noise "
                        "(κ₃ / 3κ₂)")
         if line.identifiable and abs(line.slope / f - g) > 0.05 * g:
-            notes.append(f"the mean–variance slope of the spot residuals gives "
-                         f"{line.slope / f:.4g} ADU/e⁻, {100 * (line.slope / f / g - 1):+.0f} % "
-                         f"from the background's {g:.4g}: the spots are probably crowded "
-                         f"(residuals inflated by neighbours); the background value is used")
+            notes.append(f"the gain from the mean–variance slope of the spot residuals is "
+                         f"{100 * (line.slope / f / g - 1):+.0f} % from the background's: the "
+                         f"spots are probably crowded (residuals inflated by neighbours); the "
+                         f"background value is used")
     elif line.identifiable:
         g, g_se = line.slope / f, slope_se / f
         gain_source = f"mean–variance slope ({line.reason})"
     else:
         g, g_se = 1.0 / f, math.nan
-        gain_source = f"assumed 1 ADU per Poisson count: cannot be told ({line.reason})"
-        notes.append(f"the gain cannot be told from the data ({line.reason}); assumed 1 ADU "
-                     f"per Poisson count — give --e-per-adu if you know it")
+        gain_source = f"assumed one Poisson count per ADU: cannot be told ({line.reason})"
+        notes.append(f"the gain cannot be told from the data ({line.reason}); assumed one "
+                     f"Poisson count per ADU (e_per_adu 1 without EM gain) — give --e-per-adu "
+                     f"if you know it")
     told = adu_per_e is not None or line.identifiable or gain_source.startswith("background")
     lam_skew = k3 / (c3 * g ** 3)
     lam, lam_max = _split(g, k2, k3, f, c3)
@@ -475,12 +476,13 @@ def estimate_emitters(stats: ScanStats, camera: CameraEstimate, pixel_size_nm: f
     elif fl.ok:
         source = "fluctuation covariance (too few isolated spots)"
         photons_mean, sigma = photons_fl, sigma_fl
-        photons_std = p_std if n_spots >= 20 else 0.0
-        sigma_std = s_std if n_spots >= 20 else 0.0
+        photons_std = p_std if n_spots >= 20 else math.nan
+        sigma_std = s_std if n_spots >= 20 else math.nan
         notes.append(f"only {n_spots} well-isolated spots: σ, photons and density come from the "
                      f"covariance of the frame-to-frame fluctuations, which assumes emitters "
                      f"drawn independently in every frame; their spreads are "
-                     + ("from the few spots" if n_spots >= 20 else "unknown (set to 0)"))
+                     + ("from the few spots" if n_spots >= 20 else
+                        "unknown (written as null: simulated without spread)"))
     else:
         source = "none"
         photons_mean = photons_std = sigma = sigma_std = math.nan

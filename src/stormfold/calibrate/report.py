@@ -52,7 +52,8 @@ def calibration_figure(result) -> bytes:
                          max(line.x.max() if line.x.size else 1, cam.background_mean_adu), 50)
         ax.plot(xs, line.slope * xs + line.intercept, "C3",
                 label=f"fit: slope {line.slope:.4g} ADU")
-    ax.set(title=f"mean–variance: g = {cam.adu_per_e:.4g} ADU/e⁻ (F = {cam.excess_factor:g})",
+    ax.set(title=f"mean–variance: e_per_adu = {result.e_per_adu:.4g} e⁻/ADU "
+                 f"(F = {cam.excess_factor:g})",
            xlabel="expected ADU", ylabel="variance (ADU²)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
@@ -124,7 +125,10 @@ def calibration_html(result, png: bytes) -> str:
     sim = result.simulation
     rows = [
         ("baseline", f"{cam.baseline_adu:.2f} ADU", cam.split_source),
-        ("ADU per photo-electron g", f"{cam.adu_per_e:.4g}", cam.gain_source),
+        ("e_per_adu (photo-electrons per ADU)",
+         f"{result.e_per_adu:.4g}" + (f" at EM gain {sim['camera']['em_gain']:g}"
+                                      if sim["camera"]["em_gain"] > 1 else ""),
+         cam.gain_source),
         ("read noise", f"{cam.read_noise_adu:.3g} ADU", "background variance minus shot noise"),
         ("background", f"{sim['background']['photons']:.4g} photons/px/frame",
          "background mean minus baseline"),

@@ -159,12 +159,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
                            e_per_adu=args.e_per_adu,
                            settings=ScanSettings(threshold=args.threshold),
                            progress=not args.quiet, command=command_line())
-    cam, em = result.camera, result.emitters
-    print(f"baseline {cam.baseline_adu:.1f} ADU, {cam.adu_per_e:.4g} ADU/e-, read noise "
-          f"{cam.read_noise_adu:.3g} ADU, background {result.simulation['background']['photons']:.3g} "
-          f"photons; sigma {em.sigma_nm:.1f} nm, {em.photons_mean:.0f} +- {em.photons_std:.0f} "
-          f"photons, {em.density_per_um2:.3g}/um2 (counted: {em.density_counted_per_um2:.3g}, a "
-          f"lower bound)")
+    print(result.summary())
     for note in result.provenance.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {args.out / 'simulation.yaml'}, calibration.html, calibration.png")

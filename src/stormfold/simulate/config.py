@@ -105,23 +105,39 @@ class EmitterConfig:
         Photons reaching the camera per emitter and frame (before QE).
     sigma_nm, sigma_std_nm : float
         Gaussian PSF σ drawn Normal(sigma_nm, sigma_std_nm) per emitter, in nm.
+
+    A spread (``photons_std``, ``sigma_std_nm``) of ``null`` is *unknown* — what
+    ``stormfold calibrate`` writes when it cannot estimate it — and is simulated as no
+    spread (every emitter gets the mean); see :attr:`photons_spread` and
+    :attr:`sigma_spread_nm`.
     """
 
     photons_distribution: Literal["normal", "uniform"] = "normal"
     photons_mean: float = 2000.0
-    photons_std: float = 0.0
+    photons_std: Optional[float] = 0.0
     photons_min: float = 0.0
     photons_max: float = 0.0
     sigma_nm: float = 110.0
-    sigma_std_nm: float = 0.0
+    sigma_std_nm: Optional[float] = 0.0
 
     def validate(self) -> None:
-        if self.photons_distribution == "normal" and (self.photons_mean < 0 or self.photons_std < 0):
+        if self.photons_distribution == "normal" and (self.photons_mean < 0
+                                                      or self.photons_spread < 0):
             raise UserError("emitters: photons_mean and photons_std must be ≥ 0")
         if self.photons_distribution == "uniform" and not 0 <= self.photons_min <= self.photons_max:
             raise UserError("emitters: need 0 ≤ photons_min ≤ photons_max for a uniform distribution")
-        if self.sigma_nm <= 0 or self.sigma_std_nm < 0:
+        if self.sigma_nm <= 0 or self.sigma_spread_nm < 0:
             raise UserError("emitters: sigma_nm must be > 0 and sigma_std_nm ≥ 0")
+
+    @property
+    def photons_spread(self) -> float:
+        """Standard deviation of the photons drawn: ``photons_std``, 0 when unknown (null)."""
+        return 0.0 if self.photons_std is None else float(self.photons_std)
+
+    @property
+    def sigma_spread_nm(self) -> float:
+        """Standard deviation of the PSF σ drawn: ``sigma_std_nm``, 0 when unknown (null)."""
+        return 0.0 if self.sigma_std_nm is None else float(self.sigma_std_nm)
 
     @property
     def mean_photons(self) -> float:

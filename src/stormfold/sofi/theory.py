@@ -68,7 +68,7 @@ def photon_moments(emitters: Any) -> tuple[float, float]:
     if emitters.photons_distribution == "uniform":
         a, b = float(emitters.photons_min), float(emitters.photons_max)
         return 0.5 * (a + b), (a * a + a * b + b * b) / 3.0
-    mu, s = float(emitters.photons_mean), float(emitters.photons_std)
+    mu, s = float(emitters.photons_mean), float(emitters.photons_spread)
     if s == 0:
         m = max(mu, 0.0)
         return m, m * m
