@@ -50,3 +50,25 @@ def run_cli(capsys):
         return code, out, err
 
     return _run
+
+
+def _picasso_keeps(locs):
+    """Rows whose values pass Picasso Render's loading checks (``picasso.lib.ensure_sanity``):
+    every field finite; lpx, lpy, photons, sx, sy ≥ 0; older Picasso versions also need
+    lpx, lpy > 0. (Picasso also drops x < 0 or y < 0: a position in the outer half of the
+    first pixel column or row, as its own fits can give; not checked here.)"""
+    import numpy as np
+
+    keep = np.ones(len(locs), bool)
+    for name in locs.dtype.names:
+        keep &= np.isfinite(locs[name].astype(np.float64))
+    for name in ("lpx", "lpy", "photons", "sx", "sy"):
+        if name in locs.dtype.names:
+            keep &= locs[name] >= 0
+    return keep & (locs["lpx"] > 0) & (locs["lpy"] > 0)
+
+
+@pytest.fixture()
+def picasso_keeps():
+    """The row filter Picasso applies to a localization file it opens (see _picasso_keeps)."""
+    return _picasso_keeps

@@ -221,3 +221,25 @@ def test_localize_writes_estimates_and_says_so(tmp_path, run_cli):
     first = yaml.safe_load_all((tmp_path / "loc" / "locs.yaml").read_text()).__next__()
     assert set(first["Estimated fields"]) == {"photons", "lpx", "lpy"}
     assert "Stand-in fields" not in first
+
+
+def test_run_writes_estimated_fields_into_the_picasso_sidecar(tmp_path, picasso_keeps):
+    """stormfold run with Deep-STORM: localizations.hdf5 has photons and lpx/lpy from the
+    estimates (no σ, no background), its sidecar and run.yaml say they are estimates."""
+    from stormfold.pipeline import load_run_config, run
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    simulate_to_folder(build_config("zerocost", n_frames=2, seed=45), tmp_path / "sim",
+                       progress=False)
+    config = load_run_config(overrides={"movie": str(tmp_path / "sim" / "movie.tif"),
+                                        "output": str(tmp_path / "out"), "report": False,
+                                        "engine": {"model": MODEL, "device": "cpu"}})
+    run(config, quiet=True)
+    meta = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert set(meta["columns_estimated"]) == {"photons", "uncertainty_nm"}
+    with h5py.File(tmp_path / "out" / "localizations.hdf5") as fh:
+        locs = fh["locs"][()]
+    assert locs.dtype.names[:6] == ("frame", "x", "y", "photons", "lpx", "lpy")
+    assert not {"sx", "sy", "bg"} & set(locs.dtype.names) and picasso_keeps(locs).all()
+    first = next(yaml.safe_load_all((tmp_path / "out" / "localizations.yaml").read_text()))
+    assert set(first["Estimated fields"]) == {"photons", "lpx", "lpy"}

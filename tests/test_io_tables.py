@@ -168,7 +168,7 @@ def test_picasso_round_trip(tmp_path):
         np.testing.assert_allclose(back[column], table[column], rtol=1e-6)
 
 
-def test_real_picasso_file(shared_data, tmp_path):
+def test_real_picasso_file(shared_data, tmp_path, picasso_keeps):
     path = shared_data / "picasso-testdata" / "testdata_locs.hdf5"
     with _picasso_warning():  # Camera.Pixelsize 160 (simulation) vs Localize's 130
         table, info = read_picasso_hdf5(path)
@@ -192,25 +192,11 @@ def test_real_picasso_file(shared_data, tmp_path):
     with h5py.File(tmp_path / "copy.hdf5") as fh:
         rewritten = fh["locs"][()]
     assert set(rewritten.dtype.names) == set(raw.dtype.names)  # nothing dropped, nothing added
-    assert picasso_keeps(rewritten, 32, 32).all()
+    assert picasso_keeps(rewritten).all()
     assert read_picasso_hdf5(path, pixel_size_nm=100.0)[1]["pixel_size_nm"] == 100.0
 
 
-def picasso_keeps(locs: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Rows Picasso Render keeps on loading, by its documented sanity rules
-    (``picasso.lib.ensure_sanity``): every field finite, 0 ≤ x < Width, 0 ≤ y < Height,
-    lpx, lpy, photons, sx, sy ≥ 0; older Picasso also needs lpx, lpy > 0."""
-    keep = np.ones(len(locs), bool)
-    for name in locs.dtype.names:
-        keep &= np.isfinite(locs[name].astype(np.float64))
-    keep &= (locs["x"] >= 0) & (locs["x"] < width) & (locs["y"] >= 0) & (locs["y"] < height)
-    for name in ("lpx", "lpy", "photons", "sx", "sy"):
-        if name in locs.dtype.names:
-            keep &= locs[name] >= 0
-    return keep & (locs["lpx"] > 0) & (locs["lpy"] > 0)
-
-
-def test_picasso_never_writes_unmeasured_values(tmp_path):
+def test_picasso_never_writes_unmeasured_values(tmp_path, picasso_keeps):
     """Positions only (SOFI, unrolled-like tables): Picasso's required lpx/lpy are a named
     stand-in, the optional fields are absent, and every row survives Picasso's checks."""
     table = make_table([0, 2, 2], [150.0, 1234.0, 3000.0], [50.0, 777.0, 2950.0],
@@ -221,7 +207,7 @@ def test_picasso_never_writes_unmeasured_values(tmp_path):
         locs = fh["locs"][()]
     assert locs.dtype.names == ("frame", "x", "y", "lpx", "lpy", "confidence")
     assert locs["lpx"].tolist() == locs["lpy"].tolist() == pytest.approx([12 ** -0.5] * 3)
-    assert picasso_keeps(locs, 32, 32).all()
+    assert picasso_keeps(locs).all()
     first = yaml.safe_load((tmp_path / "pos.yaml").read_text())
     assert "not measured" in first["Stand-in fields"]["lpx"] and "Estimated fields" not in first
     back, info = read_picasso_hdf5(path)

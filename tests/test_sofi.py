@@ -417,6 +417,16 @@ def test_cli_train_sofi_reconstruct_and_resume(run_cli, sofi_movie, tmp_path):
     assert (locs["frame"] == 0).all()
     record = yaml.safe_load((out / "sofi.yaml").read_text())
     assert record["n_localizations"] == len(locs) and record["model"]["lag"] == 0
+    # SOFI measures neither photons nor a precision: Picasso gets positions and a named
+    # lpx/lpy stand-in, nothing filled with 0
+    code, _, err = run_cli("convert", out / "localizations.csv", out / "l.hdf5",
+                           "--pixel-size", "100")
+    assert code == 0, err
+    import h5py
+
+    with h5py.File(out / "l.hdf5") as fh:
+        assert fh["locs"].dtype.names == ("frame", "x", "y", "lpx", "lpy", "confidence")
+    assert "Stand-in fields" in yaml.safe_load_all((out / "l.yaml").read_text()).__next__()
 
     code, _, err = run_cli("sofi", movie, "--out", tmp_path / "x", "--model", model_dir,
                            "--lag", "1")

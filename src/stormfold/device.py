@@ -1,5 +1,7 @@
-"""The one place where the compute device is chosen."""
+"""The one place where the compute device is chosen, and what it can do fast."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -23,3 +25,43 @@ def get_device(name: str | None = None) -> torch.device:
             raise UserError(f"device {name!r} requested but CUDA is not available on this machine")
         return torch.device(name)
     raise UserError(f"unknown device {name!r}: use cpu, cuda or auto")
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic: AVX-512 BF16 (Intel
+#: Cooper Lake and later, AMD Zen 4 and later) and AMX (Intel Sapphire Rapids and later).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """Feature flags of the CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (so bf16 autocast is faster).
+
+    CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). CPU: one of
+    :data:`BF16_CPU_FLAGS`. Without them bf16 is emulated and several times slower than
+    float32 on a CPU.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"auto"`` → ``"bfloat16"`` where :func:`native_bf16`, else ``"float32"``; other
+    values are returned unchanged."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bf16(device) else "float32"

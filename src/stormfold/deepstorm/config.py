@@ -83,7 +83,8 @@ class ScheduleConfig:
         Adam learning rate and its plateau schedule.
     precision : {"auto", "float32", "bfloat16"}
         Arithmetic of the forward/backward pass (weights stay float32). ``auto`` uses
-        bfloat16 autocast on CPUs with native bf16 support, else float32.
+        bfloat16 autocast where the device has native bf16 (CPUs with AVX-512 BF16 or AMX,
+        CUDA GPUs from Ampere on: :func:`stormfold.device.native_bf16`), else float32.
     """
 
     epochs: int = 100

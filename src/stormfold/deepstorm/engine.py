@@ -31,6 +31,7 @@ from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
 from stormfold.deepstorm.estimates import DeepStormEstimates
 from stormfold.deepstorm.model import SIZE_MULTIPLE, DeepSTORM, build_model, count_parameters
 from stormfold.deepstorm.normalization import Normalization, upsample
+from stormfold.device import resolve_precision
 from stormfold.errors import UserError
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
@@ -43,7 +44,7 @@ UPSAMPLINGS = (4, 8, 16)
 RECEPTIVE_MARGIN_FINE = 40
 DEFAULT_TILE_PX = 128
 DEFAULT_BATCH_PIXELS = 2 ** 20
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -72,9 +73,12 @@ class DeepStormEngine(Engine):
         tiled. Memory per tile ∝ (tile_px·L)².
     batch_pixels : int
         Fine pixels per forward pass (tiles of several frames are batched up to this).
-    precision : {"float32", "bfloat16"}
-        Arithmetic of the forward pass; bfloat16 autocast is faster on CPUs with native
-        bf16 (AMX/AVX-512 BF16) at a small cost in precision.
+    precision : {"float32", "bfloat16", "auto"}
+        Arithmetic of the forward pass. float32 (default) everywhere gives the same
+        results; bfloat16 autocast is about twice as fast where bf16 is native (CPUs with
+        AVX-512 BF16 or AMX, recent GPUs) at a small cost in precision, and several times
+        slower where it is emulated (e.g. AVX2-only CPUs); ``auto`` picks bfloat16 exactly
+        where it is native (:func:`stormfold.device.native_bf16`).
     pixel_size_nm : float, optional
         Camera pixel size the model was trained for.
     camera : Camera, optional
@@ -108,7 +112,8 @@ class DeepStormEngine(Engine):
         self.target_scale = float(target_scale)
         self.normalization = normalization
         self.threshold = float(threshold)
-        self.precision = precision
+        self.precision_requested = precision
+        self.precision = resolve_precision(precision, self.device)
         self.batch_pixels = int(batch_pixels)
         # Tile geometry in camera pixels: every tile start is on the 8-fine-pixel pooling grid.
         self.align_px = SIZE_MULTIPLE // math.gcd(SIZE_MULTIPLE, self.upsampling)
@@ -135,7 +140,8 @@ class DeepStormEngine(Engine):
         return {"engine": self.name, "model": self.source, "upsampling": self.upsampling,
                 "threshold": self.threshold, "target_scale": self.target_scale,
                 "tile_px": self.tile_px, "batch_pixels": self.batch_pixels,
-                "precision": self.precision, "device": str(self.device),
+                "precision": self.precision, "precision_requested": self.precision_requested,
+                "device": str(self.device),
                 "superres_unit": "sum of predictions / target_scale",
                 "columns_estimated": self.estimated_columns()}
 

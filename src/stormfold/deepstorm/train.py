@@ -34,6 +34,7 @@ from stormfold.deepstorm.engine import ENGINE, DeepStormEngine
 from stormfold.deepstorm.loss import DeepStormLoss
 from stormfold.deepstorm.model import DeepSTORM, count_parameters
 from stormfold.deepstorm.normalization import Normalization, fit_normalization, upsample
+from stormfold.device import resolve_precision
 from stormfold.errors import UserError
 from stormfold.training import (Budget, Calibration, TrainingData, TrainingRun, movie_data,
                                 run_loop, simulated_data, without, write_history)
@@ -45,20 +46,8 @@ HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "lr", "seconds")
 __all__ = ["DeepStormTrainConfig", "TrainResult", "build_train_config", "calibrate_threshold",
            "train_deepstorm", "train_from_cli"]
 
+
 # ---------------------------------------------------------------------- helpers
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bfloat16 on CPUs with native bf16 (oneDNN), else float32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cpu":
-        try:
-            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                return "bfloat16"
-        except (AttributeError, RuntimeError):
-            pass
-    return "float32"
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Data order of an epoch: a permutation seeded by (seed, epoch) alone."""
     return np.random.default_rng([seed, 0xE90C, epoch]).permutation(n)
