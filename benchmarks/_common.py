@@ -97,9 +97,7 @@ def report(name: str, rows: list[dict], columns: list[str]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "python": sys.version.split()[0]},
-               "failed": len(failed), "rows": rows}
+               "machine": machine(), "failed": len(failed), "rows": rows}
     path.write_text(json.dumps(payload, indent=2))
     print(f"(written to {path})")
     if failed:
@@ -113,6 +111,26 @@ def run_main(main: Callable[[], None]) -> None:
     if _FAILED_TABLES:
         print(f"failed cases in: {', '.join(_FAILED_TABLES)}", file=sys.stderr)
         raise SystemExit(1)
+
+
+def machine() -> dict:
+    """CPU model, its native-bf16 flags, core count, platform and the load average now (the
+    machine is shared: timings are only comparable within one run)."""
+    from stormfold.device import BF16_CPU_FLAGS, cpu_flags
+
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(),
+            "bf16_flags": sorted(cpu_flags() & set(BF16_CPU_FLAGS)),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "platform": platform.platform(), "python": sys.version.split()[0]}
 
 
 def _fmt(v: Any) -> str:

@@ -31,6 +31,8 @@ def test_cpu_flags_are_read_from_proc_cpuinfo():
 ])
 def test_auto_picks_bfloat16_only_with_native_support(monkeypatch, flags, expected):
     monkeypatch.setattr(dev, "cpu_flags", lambda: flags)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     assert dev.resolve_precision("auto", "cpu") == expected
     assert dev.resolve_precision("float32", "cpu") == "float32"
     assert dev.resolve_precision("bfloat16", "cpu") == "bfloat16"
@@ -39,6 +41,14 @@ def test_auto_picks_bfloat16_only_with_native_support(monkeypatch, flags, expect
     assert engine.precision == expected
     described = engine.describe()
     assert described["precision"] == expected and described["precision_requested"] == "auto"
+
+
+def test_a_onednn_cap_below_bf16_means_float32(monkeypatch):
+    monkeypatch.setattr(dev, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert dev.resolve_precision("auto", "cpu") == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert dev.resolve_precision("auto", "cpu") == "bfloat16"
 
 
 def test_default_precision_is_float32():

@@ -1,6 +1,7 @@
 """The one place where the compute device is chosen, and what it can do fast."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +31,10 @@ def get_device(name: str | None = None) -> torch.device:
 #: CPU flags (Linux ``/proc/cpuinfo``) of native bfloat16 arithmetic: AVX-512 BF16 (Intel
 #: Cooper Lake and later, AMD Zen 4 and later) and AMX (Intel Sapphire Rapids and later).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: oneDNN instruction-set caps (``ONEDNN_MAX_CPU_ISA``) below AVX-512 BF16: with one of them
+#: set, bf16 is emulated even on a CPU that has the flags.
+NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                "AVX512_CORE_VNNI")
 
 
 def cpu_flags() -> set[str]:
@@ -48,14 +53,17 @@ def native_bf16(device: torch.device | str) -> bool:
     """Whether ``device`` computes in bfloat16 natively (so bf16 autocast is faster).
 
     CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later). CPU: one of
-    :data:`BF16_CPU_FLAGS`. Without them bf16 is emulated and several times slower than
-    float32 on a CPU.
+    :data:`BF16_CPU_FLAGS`, unless oneDNN is capped below it (``ONEDNN_MAX_CPU_ISA`` in
+    :data:`NO_BF16_ISAS`). Without them bf16 is emulated and several times slower than
+    float32 on a CPU (benchmarks/deepstorm.py --isa AVX2).
     """
     device = torch.device(device)
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+        cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+               or "").strip().upper()
+        return bool(cpu_flags() & set(BF16_CPU_FLAGS)) and cap not in NO_BF16_ISAS
     return False
 
 
