@@ -30,20 +30,17 @@ under ``columns_estimated``; the Picasso sidecar says so too.
 
 Calibration runs at the end of ``stormfold train deepstorm`` (on the threshold-calibration
 frames) and, for an existing model, with ``python -m stormfold.deepstorm.calibrate MODEL``
-(:func:`calibrate_model`), which rewrites ``model.yaml`` only (weights unchanged).
+(:func:`stormfold.deepstorm.calibrate.calibrate_model`), which rewrites ``model.yaml`` only (weights unchanged).
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from stormfold import __version__
 from stormfold.errors import UserError
 
 #: Default side (fine pixels) of the window integrated for the photons estimate: ±3 σ of
@@ -248,69 +245,3 @@ def calibrate_estimates(engine, photons: np.ndarray, truth: pd.DataFrame, pixel_
 def _round(value: float, digits: int = 4) -> float | None:
     value = float(value)
     return None if not math.isfinite(value) else round(value, digits)
-
-
-# --------------------------------------------------------------------------- existing models
-def training_simulation(meta: dict, source: str):
-    """The :class:`SimulationConfig` a model was trained on (UserError when it has none)."""
-    from stormfold.simulate.config import PROVENANCE_KEYS, build_config
-
-    data = meta.get("training_data")
-    data = data if isinstance(data, dict) else {}
-    sim = data.get("simulation")
-    if data.get("source") != "simulation" or not isinstance(sim, dict):
-        raise UserError(f"{source}: the model was not trained on a simulation, so there is no "
-                        f"training simulation to calibrate its estimates on")
-    overrides = {k: v for k, v in sim.items() if k not in PROVENANCE_KEYS}
-    return build_config(preset=sim.get("preset"), overrides=overrides)
-
-
-def calibrate_model(model: str | Path, n_frames: int = 100, seed: int | None = None,
-                    tolerance_nm: float | None = None,
-                    window_fine_px: int = DEFAULT_WINDOW_FINE_PX, device: Any = None,
-                    command: list[str] | None = None, write: bool = True) -> dict:
-    """Calibrate (or recalibrate) the estimates of an existing Deep-STORM model.
-
-    Simulates ``n_frames`` frames of the model's training simulation with ``seed``
-    (default: the training seed + 2; the threshold was calibrated on seed + 1), runs the
-    model at its threshold and writes the ``estimates`` section into its ``model.yaml``
-    (atomically; the weights are not touched).
-
-    Returns
-    -------
-    dict
-        The ``estimates`` section written.
-    """
-    from stormfold.config import dump_yaml
-    from stormfold.deepstorm.engine import ENGINE, engine_from_meta
-    from stormfold.deepstorm.train import simulated_data
-    from stormfold.io.atomic import write_text
-    from stormfold.modelfile import META, load_model, resolve_model_dir
-
-    if n_frames < 1:
-        raise UserError(f"--frames must be ≥ 1, got {n_frames}")
-    if window_fine_px < 1 or window_fine_px % 2 == 0:
-        raise UserError(f"--window must be a positive odd number, got {window_fine_px}")
-    folder = resolve_model_dir(model)
-    tensors, meta = load_model(folder, engine=ENGINE)
-    meta = dict(meta)
-    meta.pop("estimates", None)  # recalibrate from the network alone
-    sim = training_simulation(meta, str(model))
-    if seed is None:
-        seed = int(meta.get("training", {}).get("seed", 0)) + 2
-    sim = copy.deepcopy(sim)
-    sim.seed, sim.n_frames = int(seed), int(n_frames)
-    tol = float(tolerance_nm if tolerance_nm is not None
-                else (meta.get("calibration") or {}).get("tolerance_nm", 100.0))
-    engine = engine_from_meta(meta, tensors, device=device or "cpu", source=str(model))
-    data = simulated_data(sim)
-    record = calibrate_estimates(engine, data.photons, data.truth, data.pixel_size_nm, tol,
-                                 window_fine_px)
-    record = {"frames": f"{n_frames} simulated frames of the training simulation "
-                        f"(preset {sim.preset}), seed {seed}",
-              "seed": int(seed), "n_frames": int(n_frames), "command": command,
-              "stormfold_version": __version__, **record}
-    if write:
-        meta["estimates"] = record
-        write_text(folder / META, dump_yaml(meta))
-    return record

@@ -34,6 +34,7 @@ every row with a negative ``lpx``, ``lpy``, ``photons``, ``sx`` or ``sy``
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
