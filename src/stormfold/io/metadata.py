@@ -225,19 +225,84 @@ def pixel_size_from_documents(documents: Sequence[Mapping],
     return found[0]
 
 
-# --------------------------------------------------------------------------- CSV geometry
+# --------------------------------------------------------------------------- next to a table
 #: Files next to a localization CSV that may describe its camera geometry, in order
-#: (written by ``stormfold simulate`` / ``stormfold localize``).
+#: (written by ``stormfold simulate``, ``localize`` and ``run``).
 GEOMETRY_FILES = ("simulation.yaml", "run.yaml")
-_GEOMETRY_KEYS = ("pixel_size_nm", "n_rows", "n_cols", "shape", "n_frames")
+#: The record of ``stormfold localize`` / ``run`` next to the tables they write.
+RUN_RECORD = "run.yaml"
+_GEOMETRY_KEYS = ("pixel_size_nm", "n_rows", "n_cols", "frame_shape", "shape", "frames",
+                  "n_frames")
 
 
-def geometry_near(path: str | Path) -> dict:
+def load_yaml_mapping(path: str | Path, strict: bool = False) -> Mapping | None:
+    """The YAML mapping in ``path``; None when absent or not a mapping. A file that cannot be
+    read raises :class:`UserError` when ``strict``, else counts as absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        if strict:
+            raise UserError(f"{path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+        return None
+    return document if isinstance(document, Mapping) else None
+
+
+def _recorded(document: Mapping, keys: tuple[str, ...]) -> dict:
+    """The non-null ``keys`` of the ``movie`` section, then of the top level: the movie as it
+    was read (``run.yaml`` of ``stormfold run``) or described (``simulation.yaml``, ``run.yaml``
+    of ``localize``) — never the user's settings in ``config`` (``null`` there means "from the
+    movie") nor the pixel size a model was trained for."""
+    found: dict = {}
+    for section in (document.get("movie"), document):
+        if not isinstance(section, Mapping):
+            continue
+        for key in keys:
+            if key not in found and section.get(key) is not None:
+                found[key] = section[key]
+    return found
+
+
+def _frame_range(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value) \
+            and 0 <= value[0] < value[1]:
+        return int(value[0]), int(value[1])
+    return None
+
+
+def frames_near(path: str | Path) -> tuple[int, int, Path] | None:
+    """The frames ``[first, stop)`` (0-based) a table covers, as the ``run.yaml`` next to it
+    records them (``stormfold localize --frames``, ``run`` with ``frames``), and that file;
+    None when no run.yaml records them."""
+    record = Path(path).parent / RUN_RECORD
+    document = load_yaml_mapping(record)
+    if document is None:
+        return None
+    frames = _frame_range(_recorded(document, ("frames",)).get("frames"))
+    return None if frames is None else (*frames, record)
+
+
+def geometry_near(path: str | Path, pixel_size_nm: float | None = None) -> dict:
     """Camera geometry from a ``simulation.yaml`` / ``run.yaml`` next to ``path``.
 
-    The first occurrence, at any nesting depth, of these keys is used: ``pixel_size_nm``
-    (camera pixel size, nm); ``n_rows`` and ``n_cols``, or ``shape`` (``[rows, cols]`` or
-    ``[frames, rows, cols]``) — image size in pixels; ``n_frames`` — movie length.
+    These keys are read, first from the document's ``movie`` section (the movie as it was
+    read, in the ``run.yaml`` of ``stormfold run``, whose ``config`` section holds the user's
+    settings), then from its top level (``simulation.yaml``, the ``run.yaml`` of ``localize``);
+    a ``null`` counts as absent: ``pixel_size_nm`` (camera pixel size, nm); ``n_rows`` and
+    ``n_cols``, or ``frame_shape`` (``[rows, cols]``), or ``shape`` (``[rows, cols]`` or
+    ``[frames, rows, cols]``) — image size in pixels; ``frames`` (``[first, stop)``: the
+    movie is at least ``stop`` frames long) or else ``n_frames`` — movie length.
+
+    Parameters
+    ----------
+    path : str or Path
+        The table.
+    pixel_size_nm : float, optional
+        A pixel size given by the user: it wins over the files, and a file whose own pixel
+        size is unreadable is then passed over instead of refused.
 
     Returns
     -------
@@ -249,31 +314,18 @@ def geometry_near(path: str | Path) -> dict:
     folder = Path(path).parent
     for name in GEOMETRY_FILES:
         candidate = folder / name
-        if not candidate.is_file():
+        document = load_yaml_mapping(candidate, strict=pixel_size_nm is None)
+        if document is None:
             continue
-        try:
-            document = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UserError(f"{candidate}: cannot read YAML ({str(exc).splitlines()[0]})") from None
-        found = _find_keys(document, _GEOMETRY_KEYS, {})
+        found = _recorded(document, _GEOMETRY_KEYS)
         if "pixel_size_nm" not in found:
             continue
-        return _geometry(found, candidate)
+        try:
+            return _geometry(found, candidate)
+        except UserError:
+            if pixel_size_nm is None:
+                raise
     return {}
-
-
-def _find_keys(node: Any, keys: tuple[str, ...], found: dict) -> dict:
-    """First occurrence of each key, depth-first through mappings and lists."""
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            if key in keys and key not in found and not isinstance(value, Mapping):
-                found[key] = value
-        for value in node.values():
-            _find_keys(value, keys, found)
-    elif isinstance(node, list):
-        for value in node:
-            _find_keys(value, keys, found)
-    return found
 
 
 def _geometry(found: dict, source: Path) -> dict:
@@ -281,10 +333,12 @@ def _geometry(found: dict, source: Path) -> dict:
                                                                    str(source)),
                                 "source": source}
     rows, cols = found.get("n_rows"), found.get("n_cols")
-    shape = found.get("shape")
+    shape = found.get("frame_shape", found.get("shape"))
     if (rows is None or cols is None) and isinstance(shape, list) and len(shape) in (2, 3):
         rows, cols = shape[-2], shape[-1]
-    sizes = (("height_px", rows), ("width_px", cols), ("n_frames", found.get("n_frames")))
+    frames = _frame_range(found.get("frames"))
+    n_frames = frames[1] if frames is not None else found.get("n_frames")
+    sizes = (("height_px", rows), ("width_px", cols), ("n_frames", n_frames))
     for key, value in sizes:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             geometry[key] = value

@@ -4,10 +4,14 @@
 are Picasso HDF5 (:mod:`stormfold.io.picasso`). Picasso files store positions in
 camera pixels, so writing one needs the pixel size and the image size.
 
-Where CSV → HDF5 conversion finds that geometry when it is not given: a
-``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
-(:func:`stormfold.io.metadata.geometry_near`). Without a pixel size the conversion is refused (asking for ``--pixel-size``); without
-an image size, width and height default to ``ceil(max coordinate / pixel size)``.
+Where CSV → HDF5 conversion and the post-processing commands find that geometry when it
+is not given: a ``simulation.yaml`` or ``run.yaml`` in the folder of the CSV
+(:func:`stormfold.io.metadata.geometry_near`, which reads the movie's geometry, never the
+``null`` of a run configuration). A pixel size given by the user (``--pixel-size``) overrides
+it. Without any, the conversion is refused (asking for ``--pixel-size``); without an image
+size, width and height default to ``ceil(max coordinate / pixel size)``.
+:func:`stormfold.io.metadata.frames_near` gives the frames a table covers, for the
+evaluation.
 
 Which columns are estimates rather than measurements travels with the table: from the
 ``columns_estimated`` of a ``run.yaml`` next to a CSV (:func:`estimated_near`) or the
@@ -20,11 +24,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
-import yaml
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
-from stormfold.io.metadata import GEOMETRY_FILES, check_pixel_size, geometry_near
+from stormfold.io.metadata import (GEOMETRY_FILES, RUN_RECORD, check_pixel_size, frames_near,
+                                   geometry_near, load_yaml_mapping)
 from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of, validate_table
@@ -131,15 +135,14 @@ def default_image_size(table: pd.DataFrame, pixel_size_nm: float) -> tuple[int, 
 def estimated_near(path: str | Path) -> dict[str, str]:
     """``columns_estimated`` (column → how it was estimated) of a ``run.yaml`` next to
     ``path`` (written by ``stormfold localize``/``run``); empty when there is none."""
-    run = Path(path).parent / "run.yaml"
-    if not run.is_file():
-        return {}
-    try:
-        document = yaml.safe_load(run.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    found = document.get("columns_estimated") if isinstance(document, Mapping) else None
+    document = load_yaml_mapping(Path(path).parent / RUN_RECORD)
+    found = document.get("columns_estimated") if document is not None else None
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
+
+
+__all__ = ["FORMATS", "GEOMETRY_FILES", "convert_table", "default_image_size",
+           "estimated_near", "frames_near", "geometry_near", "read_table", "table_format",
+           "write_frames_csv", "write_table"]
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
@@ -188,7 +191,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
         estimated = estimated_near(src)
         if out_format == "picasso" and (pixel_size_nm is None or width_px is None
                                         or height_px is None):
-            geometry = geometry_near(src)
+            geometry = geometry_near(src, pixel_size_nm)
             if pixel_size_nm is not None and not math.isclose(
                     geometry.get("pixel_size_nm", pixel_size_nm), pixel_size_nm):
                 geometry = {}  # image size in another pixel size does not apply

@@ -26,7 +26,8 @@ from stormfold.config import dump_yaml
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
-from stormfold.io.tables import default_image_size, estimated_near, geometry_near, table_format
+from stormfold.io.tables import (RUN_RECORD, default_image_size, estimated_near, geometry_near,
+                                 table_format)
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of
 
@@ -81,22 +82,6 @@ class InputTable:
         return paths
 
 
-def _frame_shape(path: Path) -> Optional[tuple[int, int]]:
-    """``frame_shape`` [rows, cols] from a ``run.yaml`` next to ``path`` (stormfold localize)."""
-    run = path.parent / "run.yaml"
-    if not run.is_file():
-        return None
-    try:
-        document = yaml.safe_load(run.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    shape = document.get("frame_shape") if isinstance(document, dict) else None
-    if isinstance(shape, list) and len(shape) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-        return int(shape[0]), int(shape[1])
-    return None
-
-
 def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> InputTable:
     """Read a localization table and its camera geometry (see the module docstring).
 
@@ -124,19 +109,19 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
                             info["sidecar"], info["columns_estimated"])
     else:
         table = read_thunderstorm_csv(path, pixel_size_nm=pixel_size_nm)
-        geometry = geometry_near(path)
-        if pixel_size_nm is not None and not math.isclose(
-                geometry.get("pixel_size_nm", pixel_size_nm), pixel_size_nm):
-            geometry = {}
+        geometry = geometry_near(path, pixel_size_nm)
+        if pixel_size_nm is not None and geometry and not math.isclose(
+                geometry["pixel_size_nm"], pixel_size_nm):
+            # The given pixel size wins; the frame size in camera pixels that localize/run
+            # recorded still holds, a simulation's field in another pixel size does not.
+            kept = ("width_px", "height_px", "source") if geometry["source"].name == RUN_RECORD \
+                else ()
+            geometry = {k: v for k, v in geometry.items() if k in kept}
         result = InputTable(path, table, pixel_size_nm or geometry.get("pixel_size_nm"),
                             geometry.get("width_px"), geometry.get("height_px"),
                             geometry.get("n_frames"),
                             geometry_source=str(geometry["source"]) if geometry else None,
                             columns_estimated=estimated_near(path))
-        if result.width_px is None and result.pixel_size_nm is not None:
-            shape = _frame_shape(path)
-            if shape is not None and (not geometry or Path(geometry["source"]).name == "run.yaml"):
-                result.height_px, result.width_px = shape
     if result.n_frames is not None and result.n_frames < n_frames_of(result.table):
         result.n_frames = None
     return result
