@@ -48,6 +48,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fov-nm", type=float_list, default=None, metavar="W,H",
                    help="field of view in nm for --border-nm (default: from simulation.yaml "
                         "next to the truth file)")
+    p.add_argument("--frames", default=None, metavar="A:B",
+                   help="score frames A to B only (0-based, B exclusive; default: the frames "
+                        "the localizations cover, as the run.yaml next to them records, "
+                        "else all)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="also write the metrics and parameters to this JSON file")
     p.set_defaults(func=_cmd_evaluate)
@@ -76,14 +80,40 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                             f"(no {sim_yaml} found)")
     truth = read_table(args.truth)
     locs = read_table(args.locs)
+    frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
     metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
-                       border_nm=args.border_nm, fov_nm=fov)
+                       border_nm=args.border_nm, fov_nm=fov, frames=frames)
+    if frames is not None:
+        print(f"frames {frames[0]}:{frames[1]} ({frames_source})")
     print(format_table(metrics))
     if args.json is not None:
         report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
-                                   args.matching, args.border_nm, fov)
+                                   args.matching, args.border_nm, fov, frames, frames_source)
         write_text(args.json, report_json(report))
         print(f"wrote {args.json}")
+
+
+def _evaluation_frames(text: str | None, locs_path: Path, truth):
+    """The frames to score and where they come from: ``--frames``, else the run.yaml next to
+    the localizations (with a warning when the truth spans more), else all (None)."""
+    import warnings
+
+    from stormfold.evaluate.metrics import check_frames, frames_warning
+    from stormfold.io.tables import frames_near
+
+    if text is not None:
+        first, stop = frame_range(text)
+        if stop is None:
+            stop = int(truth["frame"].max()) + 1 if len(truth) else first + 1
+        return check_frames((first, stop)), "--frames"
+    recorded = frames_near(locs_path)
+    if recorded is None:
+        return None, "all"
+    first, stop, record = recorded
+    note = frames_warning(truth, (first, stop), f"{record} says the localizations cover")
+    if note:
+        warnings.warn(f"{note}; give --frames A:B to choose", UserWarning, stacklevel=2)
+    return (first, stop), f"from {record}"
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:

@@ -122,7 +122,8 @@ def metrics_row(m: Matching, tolerance_nm: float) -> dict:
 def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
              tolerances_nm: float | Iterable[float] = (50, 100, 250),
              method: str = "hungarian", border_nm: float = 0.0,
-             fov_nm: Sequence[float] | None = None) -> pd.DataFrame:
+             fov_nm: Sequence[float] | None = None,
+             frames: tuple[int, int] | None = None) -> pd.DataFrame:
     """Compare a localization table with the ground truth at several tolerances.
 
     Parameters
@@ -141,6 +142,9 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     fov_nm : (float, float), optional
         Field of view (width along x, height along y) in nm; needed when
         ``border_nm`` > 0.
+    frames : (int, int), optional
+        Score only frames ``[first, stop)`` (0-based) of both tables: the frames that were
+        localized (:func:`frames_warning` says when the truth spans more). Default: all.
 
     Returns
     -------
@@ -148,7 +152,7 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
         One row per tolerance, columns ``tolerance_nm, n_truth, n_locs, tp, fp, fn,
         jaccard, precision, recall, f1, rmse_x_nm, rmse_y_nm, rmse_lateral_nm,
         bias_x_nm, bias_y_nm, efficiency`` (see the module docstring). ``n_truth`` and
-        ``n_locs`` count the rows kept after border exclusion.
+        ``n_locs`` count the rows kept after the frame range and the border exclusion.
 
     Raises
     ------
@@ -165,6 +169,10 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     border, fov = _check_fov(border_nm, fov_nm)
     t = table_arrays(truth, "ground truth")
     l = table_arrays(locs, "localizations")
+    if frames is not None:
+        first, stop = check_frames(frames)
+        t = tuple(a[(t[0] >= first) & (t[0] < stop)] for a in t)
+        l = tuple(a[(l[0] >= first) & (l[0] < stop)] for a in l)
     if border > 0:
         t = tuple(a[border_mask(t[1], t[2], border, fov)] for a in t)
         l = tuple(a[border_mask(l[1], l[2], border, fov)] for a in l)
@@ -175,6 +183,34 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     for col in ("n_truth", "n_locs", "tp", "fp", "fn"):
         df[col] = df[col].astype(np.int64)
     return df
+
+
+def check_frames(frames: Sequence[int]) -> tuple[int, int]:
+    """``(first, stop)`` as ints with 0 ≤ first < stop, else :class:`UserError`."""
+    try:
+        first, stop = (int(v) for v in frames)
+    except (TypeError, ValueError):
+        raise UserError(f"frames must be two numbers A:B, got {frames!r}") from None
+    if not 0 <= first < stop:
+        raise UserError(f"frame range {first}:{stop} is empty (0-based, end exclusive)")
+    return first, stop
+
+
+def frames_warning(truth: pd.DataFrame, frames: Sequence[int], what: str) -> str | None:
+    """One line when the truth has emitters outside the frames scored, else None.
+
+    ``what`` names who chose the frames ("the run localized", ...). Scoring all the truth
+    against a table that covers part of the movie counts every emitter of the other frames
+    as missed, so the evaluation keeps to ``frames`` and says so.
+    """
+    first, stop = check_frames(frames)
+    f = truth["frame"].to_numpy()
+    outside = (f < first) | (f >= stop)
+    if not outside.any():
+        return None
+    return (f"the truth spans frames {int(f.min())}:{int(f.max()) + 1} but {what} "
+            f"{first}:{stop} (0-based, end exclusive): scoring those frames only, "
+            f"{int(outside.sum())} truth rows outside them left out")
 
 
 _FORMATS = {"n_truth": "{:d}", "n_locs": "{:d}", "tp": "{:d}", "fp": "{:d}", "fn": "{:d}",

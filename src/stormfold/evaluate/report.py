@@ -67,7 +67,8 @@ def _clean(value: Any) -> Any:
 
 def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: str | Path,
                       tolerances_nm: Sequence[float], method: str, border_nm: float,
-                      fov_nm: Sequence[float] | None) -> dict:
+                      fov_nm: Sequence[float] | None, frames: Sequence[int] | None = None,
+                      frames_source: str = "all") -> dict:
     """The JSON-ready record of an evaluation.
 
     Parameters
@@ -78,6 +79,8 @@ def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: 
         The input files.
     tolerances_nm, method, border_nm, fov_nm
         The parameters used (nm).
+    frames, frames_source
+        The frames scored (``[first, stop)``, 0-based; None: all) and where that came from.
 
     Returns
     -------
@@ -97,6 +100,8 @@ def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: 
             "matching": method,
             "border_nm": float(border_nm),
             "fov_nm": None if fov_nm is None else [float(v) for v in fov_nm],
+            "frames": None if frames is None else [int(v) for v in frames],
+            "frames_source": frames_source,
         },
         "metrics": rows,
     }
