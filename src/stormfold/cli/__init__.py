@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stormfold`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # One line per warning, named after the command; the API's format comes back after.
+    default_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: (
         f"stormfold {args.command}: warning: {message}\n")
     try:
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stormfold {args.command}: internal error: {type(exc).__name__}: {exc} "
               f"(set STORMFOLD_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = default_format
     return 0
 
 

@@ -55,13 +55,16 @@ def positive_float(text: str) -> float:
 
 def add_camera_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("camera (ADU → photons; default: movie metadata, else the "
-                             "model's training camera)")
+                             "model's training camera, with a warning)")
     g.add_argument("--camera", type=Path, default=None, metavar="CAMERA.yaml",
                    help="camera parameters (or a simulation.yaml with a camera section)")
-    g.add_argument("--baseline", type=float, default=None, metavar="ADU", help="camera offset")
+    g.add_argument("--baseline", type=float, default=None, metavar="ADU",
+                   help="camera offset (ThunderSTORM: base level; Picasso: Baseline)")
     g.add_argument("--e-per-adu", type=positive_float, default=None, metavar="X",
-                   help="electrons per ADU")
-    g.add_argument("--em-gain", type=positive_float, default=None, metavar="G", help="EM gain")
+                   help="e_per_adu: photoelectrons per ADU (ThunderSTORM: photoelectrons per "
+                        "A/D count; Picasso: Sensitivity)")
+    g.add_argument("--em-gain", type=positive_float, default=None, metavar="G",
+                   help="EM gain (1 for sCMOS/CCD)")
     g.add_argument("--qe", type=positive_float, default=None, metavar="Q", help="quantum efficiency")
 
 

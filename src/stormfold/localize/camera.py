@@ -35,44 +35,101 @@ class CameraOverrides:
                                   ("em_gain", self.em_gain), ("qe", self.qe)) if v is not None}
 
 
+#: The camera fields that set the photon scale: when one of them comes from a default or from
+#: the model rather than from the user's data, the photons, uncertainties and (for a learned
+#: engine) the detections may be wrong, and :attr:`CameraChoice.warning` says so.
+KEY_FIELDS = ("baseline_adu", "e_per_adu")
+SOURCE_DEFAULT = "default (baseline 0 ADU, 1 e-/ADU, no gain)"
+SOURCE_MODEL = "model training simulation"
+_GIVE = ("give --camera FILE or --baseline ADU --e-per-adu X [--em-gain G] (run configuration: "
+         "its camera section; README: \"Your own data\")")
+
+
+@dataclass
+class CameraChoice:
+    """The camera that converts a movie, where it came from, and what was assumed.
+
+    Attributes
+    ----------
+    camera : Camera
+    source : str
+        Where it came from (recorded as ``camera_source`` in run.yaml).
+    assumed : tuple of str
+        Fields of :data:`KEY_FIELDS` that come from a default or from the model's training
+        simulation rather than from the user (options, camera file, movie metadata).
+    """
+
+    camera: Camera
+    source: str
+    assumed: tuple[str, ...] = ()
+
+    @property
+    def warning(self) -> str | None:
+        """One line to print when the camera is (partly) assumed; None otherwise."""
+        if not self.assumed:
+            return None
+        c = self.camera
+        origin = "an ideal camera" if self.source.startswith("default") else \
+            "the model's training camera"
+        return (f"camera {' and '.join(self.assumed)} not given: using {origin} (baseline "
+                f"{c.baseline_adu:g} ADU, e_per_adu {c.e_per_adu:g}, EM gain {c.em_gain:g}), so "
+                f"photons, uncertainties and detections are right only if your camera matches "
+                f"it; {_GIVE}")
+
+
 def camera_from_file(path: str | Path) -> Camera:
     """A camera from YAML: a mapping of :class:`Camera` fields, or any stormfold YAML
     (``simulation.yaml``, ``model.yaml``, ``run.yaml``) with a ``camera`` section."""
+    return from_dict(Camera, _camera_fields(path), where="camera")
+
+
+def _camera_fields(path: str | Path) -> dict:
     data = load_yaml(path)
     if isinstance(data, dict) and isinstance(data.get("camera"), dict):
         data = data["camera"]
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected camera parameters (baseline_adu, e_per_adu, ...)")
-    return from_dict(Camera, data, where="camera")
+    return data
 
 
-def resolve_camera(overrides: CameraOverrides | None, movie=None, engine=None,
-                   fallback: tuple[Camera, str] | None = None) -> tuple[Camera, str]:
-    """The camera to convert ADU to photons, and where it came from.
+def choose_camera(overrides: CameraOverrides | None, movie=None, engine=None,
+                  fallback: tuple[Camera, str] | None = None) -> CameraChoice:
+    """The camera to convert ADU to photons, where it came from, and what was assumed.
 
     Order: ``--camera FILE``; else the camera stored in a stormfold-written movie
     (:class:`~stormfold.io.movie.Movie`); else the camera of the model's training simulation
     (an :class:`~stormfold.localize.engine.Engine` or anything with ``training_camera()``);
-    else ``fallback`` (camera, source); else an ideal camera (baseline 0, 1 e⁻/ADU).
-    Individual options (``--baseline`` ...) then override single fields.
+    else ``fallback`` (camera, source: the caller's configuration); else an ideal camera
+    (baseline 0, 1 e⁻/ADU). Individual options (``--baseline`` ...) then override single
+    fields. The fields of :data:`KEY_FIELDS` that end up from the model or the ideal camera
+    (or that a camera file leaves out) are :attr:`CameraChoice.assumed`.
     """
     overrides = overrides or CameraOverrides()
+    given: set[str] = set()
     if overrides.camera_file is not None:
-        camera, source = camera_from_file(overrides.camera_file), f"file {overrides.camera_file}"
+        fields = _camera_fields(overrides.camera_file)
+        camera = from_dict(Camera, fields, where="camera")
+        source, given = f"file {overrides.camera_file}", set(fields)
     elif movie is not None and isinstance(movie.metadata.get("info"), dict) \
             and isinstance(movie.metadata["info"].get("camera"), dict):
         camera = from_dict(Camera, movie.metadata["info"]["camera"], where="movie camera")
-        source = "movie metadata"
+        source, given = "movie metadata", set(KEY_FIELDS)
     elif engine is not None and engine.training_camera() is not None:
-        camera, source = engine.training_camera(), "model training simulation"
+        camera, source = engine.training_camera(), SOURCE_MODEL
     elif fallback is not None:
-        camera, source = fallback
+        (camera, source), given = fallback, set(KEY_FIELDS)
     else:
-        camera, source = Camera(), "default (baseline 0 ADU, 1 e-/ADU, no gain)"
+        camera, source = Camera(), SOURCE_DEFAULT
     fields = overrides.fields()
     if fields:
         camera = from_dict(Camera, {**to_dict(camera), **fields}, where="camera")
         source += " + command-line " + ", ".join(fields)
-    return camera, source
+    assumed = tuple(k for k in KEY_FIELDS if k not in given and k not in fields)
+    return CameraChoice(camera, source, assumed)
 
 
+def resolve_camera(overrides: CameraOverrides | None, movie=None, engine=None,
+                   fallback: tuple[Camera, str] | None = None) -> tuple[Camera, str]:
+    """``(camera, source)`` of :func:`choose_camera`."""
+    choice = choose_camera(overrides, movie, engine, fallback)
+    return choice.camera, choice.source

@@ -9,6 +9,7 @@ the frame size, not on the movie length.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.movie import Movie, open_movie
-from stormfold.localize.camera import CameraOverrides, resolve_camera
+from stormfold.localize.camera import CameraChoice, CameraOverrides, choose_camera, resolve_camera
 
 __all__ = ["CameraOverrides", "LocalizeResult", "iter_localize",
            "localize_movie", "localize_range", "resolve_camera", "resolve_geometry",
@@ -140,7 +141,9 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
     pixel_size_nm : float, optional
         Camera pixel size (nm) when the movie's metadata has none (or overriding it).
     camera : Camera or CameraOverrides, optional
-        ADU → photon conversion; see :func:`resolve_camera` for the defaults.
+        ADU → photon conversion; see :func:`~stormfold.localize.camera.choose_camera` for
+        the defaults. When it is (partly) a default or the model's camera, a warning says so
+        and ``run.yaml`` records it (``camera_assumed``, ``camera_warning``).
     batch_frames : int
         Frames per batch (memory ∝ batch_frames × frame size).
     start, stop : int
@@ -161,10 +164,11 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own_movie else movie
     try:
         geometry = resolve_geometry(mv, engine)
-        if isinstance(camera, Camera):
-            cam, cam_source = camera, "given"
-        else:
-            cam, cam_source = resolve_camera(camera, mv, engine)
+        choice = CameraChoice(camera, "given") if isinstance(camera, Camera) else \
+            choose_camera(camera, mv, engine)
+        cam = choice.camera
+        if choice.warning:
+            warnings.warn(choice.warning, UserWarning, stacklevel=2)
         stop = mv.n_frames if stop is None else min(stop, mv.n_frames)
         if not 0 <= start < stop:
             raise UserError(f"frame range {start}:{stop} is empty for a movie of {mv.n_frames} frames")
@@ -218,7 +222,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             "frame_shape": list(geometry.shape),
             "pixel_size_nm": geometry.pixel_size_nm,
             "superres_pixel_size_nm": geometry.fine_pixel_nm,
-            "camera": to_dict(cam), "camera_source": cam_source,
+            "camera": to_dict(cam), "camera_source": choice.source,
+            "camera_assumed": list(choice.assumed), "camera_warning": choice.warning,
             "engine": engine.describe(), "batch_frames": batch_frames,
             "columns_estimated": engine.estimated_columns(),
             "n_localizations": n_locs,

@@ -24,6 +24,7 @@ Outputs in OUT_DIR:
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     from stormfold.io.movie import Movie, open_movie
     from stormfold.io.tables import write_table
     from stormfold.io.tiff import write_tiff
-    from stormfold.localize.camera import resolve_camera
+    from stormfold.localize.camera import CameraChoice, choose_camera
     from stormfold.localize.runner import resolve_pixel_size
     from stormfold.physics.camera import Camera
     from stormfold.sofi.model import SofiModel, load_sofi_model
@@ -110,10 +111,11 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own else movie
     try:
         px = resolve_pixel_size(mv, model) if model is not None else mv.pixel_size_nm
-        if isinstance(camera, Camera):
-            cam, cam_source = camera, "given"
-        else:
-            cam, cam_source = resolve_camera(camera, mv, model)
+        choice = CameraChoice(camera, "given") if isinstance(camera, Camera) else \
+            choose_camera(camera, mv, model)
+        cam, cam_source = choice.camera, choice.source
+        if choice.warning:
+            warnings.warn(choice.warning, UserWarning, stacklevel=2)
         stop = mv.n_frames if stop is None else min(int(stop), mv.n_frames)
         if not 0 <= start < stop:
             raise UserError(f"frame range {start}:{stop} is empty for a movie of "
@@ -145,6 +147,7 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
             "input": str(mv.path), "frames": [int(start), int(stop)], "n_frames": int(n),
             "order": int(order), "lag": int(lag), "pixel_size_nm": px, "units": units,
             "camera": to_dict(cam), "camera_source": cam_source,
+            "camera_assumed": list(choice.assumed),
             "estimator": ("(1/T) sum_t (F_t - mean)^2" if lag == 0 else
                           "(1/(T-1)) sum_t (F_t - mean)(F_t+1 - mean)"),
             "outputs": {k: p.name for k, p in paths.items()},
