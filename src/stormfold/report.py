@@ -1,7 +1,9 @@
 """A self-contained HTML report of one or several runs (images embedded as PNG).
 
-Sections per run: summary, widefield and super-resolved images side by side with zoomed
-insets, the drift trajectory, histograms of photons / confidence / uncertainty, counts per
+Sections per run: warnings (a camera that was assumed, a truth that spans more frames than
+were localized...), summary, the widefield image and the super-resolved image of the
+*post-processed* table side by side with zoomed insets, the drift trajectory with the
+figures of its reliability, histograms of photons / confidence / uncertainty, counts per
 frame, the FRC curve, and the evaluation table when a ground truth was given. Several
 runs (the demo runs two engines on one movie) get a comparison table on top.
 """
@@ -38,8 +40,12 @@ def _display_range(image: np.ndarray) -> tuple[float, float]:
 
 
 def images_figure(widefield: np.ndarray, superres: np.ndarray, pixel_size_nm: float,
-                  upsampling: int, label: str) -> str:
-    """Widefield and super-resolved images side by side, each with a zoomed inset below."""
+                  upsampling: int, label: str, what: str = "super-resolved") -> str:
+    """Widefield and super-resolved images side by side, each with a zoomed inset below.
+
+    ``superres`` is ``upsampling`` times finer than ``widefield``; ``what`` names it in its
+    title.
+    """
     from matplotlib.patches import Rectangle
     from scipy.ndimage import uniform_filter
 
@@ -55,7 +61,7 @@ def images_figure(widefield: np.ndarray, superres: np.ndarray, pixel_size_nm: fl
     axes = fig.subplots(2, 2)
     for col, (image, px, title) in enumerate([(widefield, pixel_size_nm, "widefield (sum of frames)"),
                                               (superres, pixel_size_nm / upsampling,
-                                               f"super-resolved ({label}, ×{upsampling})")]):
+                                               f"{what} ({label}, ×{upsampling})")]):
         f = 1 if col == 0 else upsampling
         vmin, vmax = _display_range(image) if col else (float(image.min()), float(image.max()))
         cmap = "magma" if col else "gray"
@@ -149,6 +155,36 @@ COMPARISON_COLUMNS = ["tolerance_nm", "jaccard", "precision", "recall", "rmse_la
                       "efficiency"]
 
 
+def _warnings_box(meta: dict) -> str:
+    lines = meta.get("warnings") or []
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(str(line))}</li>" for line in lines)
+    return f'<div class="warnings"><strong>Warnings</strong><ul>{items}</ul></div>'
+
+
+def _camera_row(meta: dict) -> str:
+    cam = meta["camera"]
+    text = (f"baseline {cam['baseline_adu']:g} ADU, e_per_adu {cam['e_per_adu']:g}, "
+            f"EM gain {cam['em_gain']:g}, QE {cam['qe']:g} (from {meta['camera_source']})")
+    assumed = meta.get("camera_assumed") or []
+    if assumed:
+        text += f" — {', '.join(assumed)} ASSUMED, not from your data"
+    return text
+
+
+def _drift_figures(meta: dict) -> pd.DataFrame | None:
+    """The drift step's own figures (its reliability check when it has one), as a table."""
+    results = ((meta.get("postprocess_results") or {}).get("drift") or {}).get("results")
+    if not isinstance(results, dict):
+        return None
+    figures = results.get("reliability")
+    figures = figures if isinstance(figures, dict) else results
+    rows = [(str(k), ", ".join(map(str, v)) if isinstance(v, list) else v)
+            for k, v in figures.items() if not isinstance(v, dict)]
+    return pd.DataFrame(rows, columns=["", ""]) if rows else None
+
+
 def _run_section(result, index: int) -> str:
     meta = result.meta
     title = html.escape(result.label or meta["engine"].get("engine", "run"))
@@ -158,21 +194,35 @@ def _run_section(result, index: int) -> str:
         ("frames", f"{frames[0] + 1}–{frames[1]} of {meta['movie']['n_frames']}"),
         ("frame size", "{} × {} px, {:g} nm".format(*meta["movie"]["frame_shape"], result.pixel_size_nm)),
         ("engine", ", ".join(f"{k}: {v}" for k, v in meta["engine"].items() if not isinstance(v, (dict, list)))),
-        ("camera", f"baseline {meta['camera']['baseline_adu']:g} ADU, {meta['camera']['e_per_adu']:g} e⁻/ADU, "
-                   f"EM gain {meta['camera']['em_gain']:g}, QE {meta['camera']['qe']:g} ({meta['camera_source']})"),
+        ("camera", _camera_row(meta)),
         ("localizations", f"{meta['n_localizations']['raw']} raw, {meta['n_localizations']['final']} after post-processing"),
         ("speed", f"{meta['timing']['frames_per_s']:.1f} frames/s (localization), {meta['timing']['seconds']:.1f} s in all"),
     ] + [(f"post-processing: {k}", v) for k, v in meta.get("postprocess", {}).items()],
         columns=["", ""])
-    parts = [f'<section id="run-{index}"><h2>{title}</h2>',
+    image = getattr(result, "image", None)
+    if image is not None:
+        superres, factor, what = image, result.image_upsampling, "post-processed"
+        caption = (f"Right: the {meta['n_localizations']['final']} localizations after "
+                   f"post-processing ({', '.join(meta.get('postprocess_results') or {}) or 'no step'}), "
+                   f"{result.image_title}. The engine's own super-resolved map, before "
+                   f"post-processing, is superres.tif.")
+    else:
+        superres, factor, what = result.superres, result.upsampling, "super-resolved"
+        caption = "Right: the engine's super-resolved map (before post-processing)."
+    parts = [f'<section id="run-{index}"><h2>{title}</h2>', _warnings_box(meta),
              f'<div class="summary" id="summary-{index}">{_table(summary)}</div>',
              f'<h3 id="images-{index}">Widefield and super-resolved images</h3>',
-             _img(images_figure(result.widefield, result.superres, result.pixel_size_nm,
-                                result.upsampling, title), "widefield and super-resolved images")]
+             _img(images_figure(result.widefield, superres, result.pixel_size_nm,
+                                factor, title, what), "widefield and super-resolved images"),
+             f"<p>{html.escape(caption)}</p>"]
     drift = result.postprocess.get("drift")
     if drift is not None:
         parts += [f'<h3 id="drift-{index}">Drift</h3>',
                   _img(drift_figure(drift, result.true_drift), "drift trajectory")]
+        figures = _drift_figures(meta)
+        if figures is not None:
+            parts += [f'<p id="drift-figures-{index}">What the drift step measured '
+                      f'(its reliability check):</p>', _table(figures, "{:.4g}")]
     hist = histograms_figure(result.locs)
     if hist is not None:
         parts += [f'<h3 id="histograms-{index}">Histograms</h3>', _img(hist, "histograms")]
@@ -205,7 +255,8 @@ def build_report(results: Sequence, title: str = "stormfold report") -> str:
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;display:block;overflow-x:auto}td,th{border:1px solid #ccc;padding:3px 8px;
 font-size:0.9em;text-align:right}td:first-child{text-align:left}img{max-width:100%}
-h2{border-bottom:2px solid #444;margin-top:2em}"""
+h2{border-bottom:2px solid #444;margin-top:2em}
+.warnings{border:2px solid #c60;background:#fff4e5;padding:0.3em 1em;margin:1em 0}"""
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>stormfold {__version__}</p>{comparison}{''.join(sections)}</body></html>")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class RunResult:
     truth: pd.DataFrame | None = None
     true_drift: pd.DataFrame | None = None  # in the frame of the corrected table, like ``truth``
     label: str = ""
+    #: The post-processed table rendered on a fine grid (what the report shows), its
+    #: upsampling of the camera grid and how it was rendered.
+    image: np.ndarray | None = None
+    image_upsampling: int = 1
+    image_title: str = ""
 
 
 @dataclass
@@ -73,7 +79,18 @@ class RunPlan:
     stop: int
     camera: Any = None
     camera_source: str = ""
+    camera_assumed: tuple = ()
     log: logging.Logger | None = None
+    warnings: list = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        """One warning line on stderr (also with ``--quiet``), in run.log, run.yaml and the
+        report."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+            warnings.warn(text, UserWarning, stacklevel=2)
+            if self.log is not None:
+                self.log.warning(text)
 
 
 @dataclass
@@ -97,6 +114,8 @@ def _logger(output: Path, quiet: bool) -> logging.Logger:
     if not quiet:
         sh = logging.StreamHandler()
         sh.setFormatter(logging.Formatter("%(message)s"))
+        # Warnings reach the console once, through the warnings module (RunPlan.warn).
+        sh.addFilter(lambda record: record.levelno < logging.WARNING)
         log.addHandler(sh)
     return log
 
@@ -168,14 +187,17 @@ def _train_engine(p: RunPlan, quiet: bool) -> None:
 
 def _prepare(p: RunPlan, quiet: bool) -> None:
     """From here on the run writes: output folder, log, engine (trained if asked), camera."""
-    from stormfold.localize.camera import resolve_camera
+    from stormfold.localize.camera import choose_camera
 
     p.output.mkdir(parents=True, exist_ok=True)
     (p.output / STATE_DIR).mkdir(exist_ok=True)
     p.log = _logger(p.output, quiet)
     if p.engine is None:
         _train_engine(p, quiet)
-    p.camera, p.camera_source = resolve_camera(p.config.camera.overrides(), p.movie, p.engine)
+    choice = choose_camera(p.config.camera.overrides(), p.movie, p.engine)
+    p.camera, p.camera_source, p.camera_assumed = choice.camera, choice.source, choice.assumed
+    if choice.warning:
+        p.warn(choice.warning)
     g = p.geometry
     p.log.info(f"movie {', '.join(p.config.movies)}: {p.movie.n_frames} frames of "
                f"{g.rows}×{g.cols} px, {g.pixel_size_nm:g} nm; camera from {p.camera_source}")
@@ -276,17 +298,25 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
         p.log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")
     if p.truth is not None:
         from stormfold.evaluate import evaluate, format_table
+        from stormfold.evaluate.metrics import frames_warning
 
         ev = config.evaluation
+        frames = (p.start, p.stop)
+        note = frames_warning(truth, frames, "the run localized")
+        if note:
+            p.warn(f"evaluation: {note}")
         evaluation = evaluate(truth, pp.table, tolerances_nm=ev.tolerances_nm, method=ev.matching,
-                              border_nm=ev.border_nm, fov_nm=p.geometry.fov_nm)
-        p.log.info("evaluation against " + ev.truth + "\n" + format_table(evaluation))
+                              border_nm=ev.border_nm, fov_nm=p.geometry.fov_nm, frames=frames)
+        p.log.info(f"evaluation against {ev.truth}, frames {p.start}:{p.stop}\n"
+                   + format_table(evaluation))
+    image, factor, image_title = final_image(pp, p.geometry)
     meta = write_outputs(p, s, pp, evaluation, seconds=time.perf_counter() - t0)
     result = RunResult(p.output, pp.table, s.raw, s.superres.astype(np.float32),
                        s.widefield.astype(np.float32), p.geometry.pixel_size_nm,
                        p.geometry.upsampling, meta, postprocess=pp.outputs,
                        evaluation=evaluation, truth=truth, true_drift=true_drift,
-                       label=label or p.engine.name)
+                       label=label or p.engine.name, image=image, image_upsampling=factor,
+                       image_title=image_title)
     if config.report:
         from stormfold.report import write_report
 
@@ -296,6 +326,28 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
         (state_dir / name).unlink(missing_ok=True)
     state_dir.rmdir()
     return result
+
+
+def final_image(pp: Any, geometry: FrameGeometry) -> tuple[np.ndarray, int, str]:
+    """The post-processed table as an image on a grid ``factor`` times finer than the
+    camera's, for the report: the chain's ``render`` step when its pixel divides the camera
+    pixel, else a Gaussian rendering (σ one fine pixel) on the engine's fine grid.
+
+    Returns ``(image, factor, title)``.
+    """
+    from stormfold.postprocess.render import render
+
+    px = geometry.pixel_size_nm
+    step = pp.params.get("render")
+    if step is not None and "render" in pp.outputs:
+        factor = px / step.pixel_nm
+        if factor >= 1 and abs(factor - round(factor)) < 1e-6:
+            return (np.asarray(pp.outputs["render"], np.float32), int(round(factor)),
+                    f"render step ({step.method}, {step.pixel_nm:g} nm pixels)")
+    factor = geometry.upsampling
+    fine = px / factor
+    image = render(pp.table, fine, "gaussian", fine, geometry.fov_nm)
+    return image, factor, f"Gaussian rendering, σ {fine:g} nm, {fine:g} nm pixels"
 
 
 def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | None,
@@ -328,11 +380,15 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
         "movie": {"paths": config.movies, "n_frames": p.movie.n_frames, "frames": [p.start, p.stop],
                   "frame_shape": list(g.shape), "pixel_size_nm": g.pixel_size_nm},
         "camera": to_dict(p.camera), "camera_source": p.camera_source,
+        "camera_assumed": list(p.camera_assumed),
         "engine": p.engine.describe(),
         "columns_estimated": p.engine.estimated_columns(),
         "n_localizations": {"raw": int(len(s.raw)), "final": int(len(pp.table))},
         "postprocess": pp.log,
+        "postprocess_results": pp.record(),
         "evaluation": None if evaluation is None else evaluation.to_dict(orient="records"),
+        "evaluation_frames": None if evaluation is None else [p.start, p.stop],
+        "warnings": list(p.warnings),
         "timing": {"seconds": round(seconds, 3), "localize_s": round(s.seconds, 3),
                    "frames_per_s": round((p.stop - p.start) / max(s.seconds, 1e-9), 3)},
         "outputs": outputs,
