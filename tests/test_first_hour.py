@@ -147,9 +147,35 @@ def test_the_report_shows_the_post_processed_table(outputs):
     folder, _ = outputs["run"]
     html = (folder / "report.html").read_text()
     meta = yaml.safe_load((folder / "run.yaml").read_text())
-    assert "after post-processing (drift, frc)" in html and "post-processed (classic" not in html
+    assert f"Right: the {meta['n_localizations']['final']} localizations after post-processing " \
+           f"(drift, frc)" in html
     assert 'id="drift-figures-0"' in html
     assert meta["postprocess_results"]["drift"]["results"]["pairs"] > 0
+
+
+def test_the_report_image_is_the_drift_corrected_table(filaments, tmp_path):
+    from stormfold.pipeline import load_run_config, run
+    from stormfold.postprocess.render import render
+
+    config = load_run_config(overrides={
+        "movie": str(filaments / "movie.tif"), "output": str(tmp_path / "run"),
+        "engine": {"engine": "classic"}, "postprocess": {"steps": ["drift"]}, "report": False})
+    result = run(config, quiet=True)
+    fine = 100.0 / result.upsampling
+    assert result.image_upsampling == result.upsampling == 8
+    np.testing.assert_array_equal(result.image, render(result.locs, fine, "gaussian", fine,
+                                                       (6400.0, 6400.0)))
+    raw = render(result.raw_locs, fine, "gaussian", fine, (6400.0, 6400.0))
+    # The drift (about 60 × 40 nm over the movie) moved the image: it is not the raw table's.
+    assert np.abs(result.image - raw).sum() > 0.5 * np.abs(raw).sum()
+    # With a render step whose pixel divides the camera pixel, the report shows its image.
+    config = load_run_config(overrides={
+        "movie": str(filaments / "movie.tif"), "output": str(tmp_path / "run2"),
+        "engine": {"engine": "classic"}, "report": False,
+        "postprocess": {"steps": ["drift", "render"], "render": {"pixel_nm": 20.0}}})
+    result = run(config, quiet=True)
+    assert result.image_upsampling == 5 and result.image.shape == (320, 320)
+    assert result.image.sum() == pytest.approx(len(result.locs), abs=0.01 * len(result.locs))
 
 
 # --------------------------------------------------------------------------- frame ranges
