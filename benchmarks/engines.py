@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, run_isolated  # noqa: E402
+from _common import report, run_isolated, run_main  # noqa: E402
 
 #: (label, keyword arguments of ``stormfold.localize.registry.load_engine``, frames timed).
 #: Slow engines time fewer frames; every engine sees the same first frames of a movie.
@@ -78,7 +78,8 @@ def main() -> None:
                         help="run only these engines (labels of ENGINES)")
     args = parser.parse_args()
     engines = [e for e in ENGINES if args.only is None or e[0] in args.only]
-    rows = [run_isolated(case, label, spec, density, frames)
+    rows = [{"engine": label, "density_per_um2": density,
+             **run_isolated(case, label, spec, density, frames)}
             for density in args.densities for label, spec, frames in engines]
     reference = {r["density_per_um2"]: r["frames_per_s"] for r in rows
                  if r.get("engine") == "classic"}
@@ -87,8 +88,8 @@ def main() -> None:
             r["speed_vs_classic"] = r["frames_per_s"] / reference[r["density_per_um2"]]
     report("engines", rows, ["engine", "density_per_um2", "frames", "frames_per_s",
                              "speed_vs_classic", "jaccard_100nm", "rmse_nm", "locs_per_frame",
-                             "emitters_per_frame", "peak_rss_mb", "error"])
+                             "emitters_per_frame", "peak_rss_mb"])
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

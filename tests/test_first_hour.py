@@ -25,13 +25,14 @@ FILAMENTS = {"structure": {"kind": "filaments", "n_filaments": 6, "label_spread_
              "activation": {"density_per_um2": 0.5},
              "emitters": {"photons_mean": 1500.0, "photons_std": 300.0},
              "background": {"photons": 20.0},
-             "drift": {"velocity_nm_per_frame": [0.3, -0.2], "random_walk_nm": 0.3},
+             "drift": {"velocity_nm_per_frame": [0.6, -0.4], "random_walk_nm": 0.3},
              "camera": {"baseline_adu": 100.0, "e_per_adu": 0.5}}
 
 
 @pytest.fixture(scope="module")
 def filaments(tmp_path_factory):
-    """A drifting filament movie, enough for RCC: 200 frames, about 20 emitters per frame."""
+    """A drifting filament movie, enough for RCC to correct its drift (about 120 × 80 nm):
+    200 frames, about 20 emitters per frame."""
     folder = tmp_path_factory.mktemp("filaments")
     simulate_to_folder(build_config("zerocost", n_frames=200, seed=5, overrides=FILAMENTS),
                        folder, progress=False)
@@ -153,6 +154,39 @@ def test_the_report_shows_the_post_processed_table(outputs):
     assert meta["postprocess_results"]["drift"]["results"]["pairs"] > 0
 
 
+def test_the_drift_reliability_check_is_in_run_yaml_and_the_report(outputs):
+    folder, _ = outputs["run"]
+    meta = yaml.safe_load((folder / "run.yaml").read_text())
+    reliability = meta["postprocess_results"]["drift"]["results"]["reliability"]
+    assert reliability["verdict"] == "applied" and reliability["locs_per_bin_min"] > 150
+    assert meta["postprocess"]["drift"].startswith("drift (rcc): corrected (RMS")
+    html = (folder / "report.html").read_text()
+    figures = html.split('id="drift-figures-0">', 1)[1].split("</table>", 1)[0]
+    assert figures.startswith("Reliability check: applied.")
+    for name in ("locs_per_bin_min", "peak_z_median", "pairs_rejected", "precision_nm"):
+        assert f"<td>{name}</td>" in figures, name
+
+
+def test_an_unsupported_drift_estimate_is_a_warning_of_the_run(sparse, tmp_path):
+    from stormfold.pipeline import load_run_config, run
+
+    folder, _ = sparse
+    config = load_run_config(overrides={
+        "movie": str(folder / "movie.tif"), "output": str(tmp_path / "run"),
+        "engine": {"engine": "classic"},
+        "postprocess": {"steps": ["drift"], "drift": {"on_unsupported": "warn"}}})
+    with pytest.warns(UserWarning, match="post-processing: drift"):
+        run(config, quiet=True)
+    meta = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
+    reliability = meta["postprocess_results"]["drift"]["results"]["reliability"]
+    assert reliability["verdict"] == "unsupported" and reliability["problems"]
+    assert any(w.startswith("post-processing: drift (RCC)") for w in meta["warnings"])
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert 'class="warnings"' in html and "Reliability check: unsupported, nothing applied" in html
+    drift = pd.read_csv(tmp_path / "run" / "drift.csv")
+    assert (drift[["dx_nm", "dy_nm"]] == 0).all().all()  # what was subtracted: nothing
+
+
 def test_the_report_image_is_the_drift_corrected_table(filaments, tmp_path):
     from stormfold.pipeline import load_run_config, run
     from stormfold.postprocess.render import render
@@ -166,7 +200,9 @@ def test_the_report_image_is_the_drift_corrected_table(filaments, tmp_path):
     np.testing.assert_array_equal(result.image, render(result.locs, fine, "gaussian", fine,
                                                        (6400.0, 6400.0)))
     raw = render(result.raw_locs, fine, "gaussian", fine, (6400.0, 6400.0))
-    # The drift (about 60 × 40 nm over the movie) moved the image: it is not the raw table's.
+    # The drift (about 120 × 80 nm over the movie) was corrected: the image is not the raw
+    # table's.
+    assert result.meta["postprocess_results"]["drift"]["results"]["applied"]
     assert np.abs(result.image - raw).sum() > 0.5 * np.abs(raw).sum()
     # With a render step whose pixel divides the camera pixel, the report shows its image.
     config = load_run_config(overrides={

@@ -173,16 +173,24 @@ def _camera_row(meta: dict) -> str:
     return text
 
 
-def _drift_figures(meta: dict) -> pd.DataFrame | None:
-    """The drift step's own figures (its reliability check when it has one), as a table."""
+def _drift_figures(meta: dict) -> tuple[str, pd.DataFrame] | None:
+    """The drift step's reliability check (RCC) or, without one (fiducials), its figures:
+    a one-line verdict and a table."""
     results = ((meta.get("postprocess_results") or {}).get("drift") or {}).get("results")
     if not isinstance(results, dict):
         return None
     figures = results.get("reliability")
-    figures = figures if isinstance(figures, dict) else results
+    if isinstance(figures, dict):
+        verdict = str(figures.get("verdict", ""))
+        problems = figures.get("problems") or []
+        line = ("Reliability check: " + ("applied" if figures.get("applied") else
+                                         f"{verdict}, nothing applied")
+                + (f" ({'; '.join(map(str, problems))})" if problems else "") + ".")
+    else:
+        figures, line = results, "Figures of the drift estimate."
     rows = [(str(k), ", ".join(map(str, v)) if isinstance(v, list) else v)
             for k, v in figures.items() if not isinstance(v, dict)]
-    return pd.DataFrame(rows, columns=["", ""]) if rows else None
+    return line, pd.DataFrame(rows, columns=["", ""])
 
 
 def _run_section(result, index: int) -> str:
@@ -221,8 +229,8 @@ def _run_section(result, index: int) -> str:
                   _img(drift_figure(drift, result.true_drift), "drift trajectory")]
         figures = _drift_figures(meta)
         if figures is not None:
-            parts += [f'<p id="drift-figures-{index}">What the drift step measured '
-                      f'(its reliability check):</p>', _table(figures, "{:.4g}")]
+            parts += [f'<p id="drift-figures-{index}">{html.escape(figures[0])}</p>',
+                      _table(figures[1], "{:.4g}")]
     hist = histograms_figure(result.locs)
     if hist is not None:
         parts += [f'<h3 id="histograms-{index}">Histograms</h3>', _img(hist, "histograms")]

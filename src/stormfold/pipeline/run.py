@@ -285,8 +285,15 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
     from stormfold.postprocess.chain import run_chain
 
     config = p.config
-    pp = run_chain(s.raw, config.postprocess, geometry=p.geometry, n_frames=p.stop,
-                   progress=not quiet)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        pp = run_chain(s.raw, config.postprocess, geometry=p.geometry, n_frames=p.stop,
+                       progress=not quiet)
+    for w in said:  # e.g. a drift estimate the data do not support: into run.yaml and the report
+        if issubclass(w.category, UserWarning):
+            p.warn(f"post-processing: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for name, text in pp.log.items():
         p.log.info(f"post-processing {name}: {text}")
     truth, true_drift, evaluation = p.truth, p.true_drift, None
