@@ -385,7 +385,7 @@ def test_quick_start_as_written_in_the_readme(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     monkeypatch.chdir(tmp_path)
     for command in commands:
-        assert _cli(*shlex.split(command)[1:]) == 0, command
+        assert _cli(*shlex.split(command)[1:]) == 0
     meta = yaml.safe_load((tmp_path / "quickstart" / "run" / "run.yaml").read_text())
     jaccard = {row["tolerance_nm"]: row["jaccard"] for row in meta["evaluation"]}
     assert abs(jaccard[100.0] - stated) <= 0.02
