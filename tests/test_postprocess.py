@@ -676,7 +676,7 @@ def test_cli_postprocess_chain_from_yaml(sim_dir, tmp_path, run_cli):
     assert code == 0, err
     files = {p.name for p in (tmp_path / "pp").iterdir()}
     assert files == {"postprocessed.csv", "postprocess.yaml", "drift.csv", "drift.png",
-                     "render.tif"}
+                     "render.tif", "manifest.json"}
     record = yaml.safe_load((tmp_path / "pp" / "postprocess.yaml").read_text())
     assert record["steps"] == ["drift", "link", "filter", "render"]
     assert record["chain"]["link"]["parameters"]["radius_nm"] == 40

@@ -16,3 +16,8 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`UserError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UserError(message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception by the command line so that outputs are cleaned
+    up as on Ctrl-C (exit code 143 instead of 130)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import yaml
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from stormfold import __version__
 from stormfold.config import dump_yaml
 from stormfold.errors import UserError
-from stormfold.io.atomic import atomic_path, write_text
+from stormfold.io.atomic import write_text
 
 WEIGHTS = "weights.safetensors"
 META = "model.yaml"
@@ -94,16 +94,27 @@ def load_model(spec: str | Path, engine: str | None = None,
 
 
 def save_model(folder: str | Path, tensors: Mapping[str, torch.Tensor],
-               meta: Mapping[str, Any]) -> Path:
-    """Write ``weights.safetensors`` and ``model.yaml`` (each atomically; metadata last)."""
+               meta: Mapping[str, Any], adopt: Sequence[str] = ()) -> Path:
+    """Write ``weights.safetensors`` and ``model.yaml`` as one set, with ``manifest.json``.
+
+    Both files are written into a staging folder and moved in together, the manifest last
+    (:class:`stormfold.io.outputs.OutputFolder`): a model folder never holds the weights of
+    one training beside the metadata of another. ``adopt`` names files a trainer wrote in
+    the folder (its history), listed in the manifest too.
+    """
+    from stormfold.io.outputs import OutputFolder
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     full = {"engine": meta["engine"], "format_version": FORMAT_VERSION,
             "stormfold_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     full.update({k: v for k, v in meta.items() if k not in full})
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    write_text(folder / META, dump_yaml(full))
+    out = OutputFolder(folder, "model", [WEIGHTS, META])
+    with out:
+        weights = out.path(WEIGHTS)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
+        write_text(out.path(META), dump_yaml(full))
+        out.commit({k: v for k, v in full.items() if k != "created"},
+                   adopt=[name for name in adopt if (folder / name).is_file()])
     return folder
 
 

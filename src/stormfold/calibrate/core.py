@@ -25,6 +25,7 @@ from stormfold.calibrate.estimate import (CameraEstimate, EmitterEstimate, MeanV
 from stormfold.calibrate.scan import (ProvisionalCamera, ScanSettings, ScanStats,
                                       provisional_camera, scan_movie)
 from stormfold.errors import UserError
+from stormfold.io.frame_range import check_frame_range
 
 FIRST_PASS_FRAMES = 200
 OUTPUTS = {"config": "simulation.yaml", "html": "calibration.html", "png": "calibration.png"}
@@ -204,20 +205,18 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
         if min(x1 - x0, y1 - y0) < 2 * settings.roi_px:
             raise UserError(f"the analysed region {x1 - x0}×{y1 - y0} px is too small: need at "
                             f"least {2 * settings.roi_px} px on each side")
-        stop = mv.n_frames if stop is None else min(stop, mv.n_frames)
-        if not 0 <= start < stop:
-            raise UserError(f"frame range {start}:{stop} is empty for a movie of "
-                            f"{mv.n_frames} frames")
-        out_paths = {}
-        if out_dir is not None:
-            from stormfold.io.atomic import same_file
+        start, stop = check_frame_range(start, stop, mv.n_frames)
+        if baseline_adu is not None:
+            from stormfold.io.movie import sample_statistics
+            from stormfold.physics.camera import check_baseline
 
-            out_dir = Path(out_dir)
-            if out_dir.exists() and not out_dir.is_dir():
-                raise UserError(f"--out {out_dir} exists and is not a folder")
-            out_paths = {k: out_dir / v for k, v in OUTPUTS.items()}
-            if any(same_file(p, mv.path) for p in out_paths.values()):
-                raise UserError(f"an output in {out_dir} would overwrite the input movie")
+            check_baseline(baseline_adu, sample_statistics(mv)["p99"], "--baseline")
+        out = None
+        if out_dir is not None:
+            from stormfold.io.outputs import OutputFolder
+
+            out = OutputFolder(out_dir, "calibrate", OUTPUTS.values(), mv.open_spec()[0],
+                               expected_bytes=2e6).check()
         g_known = em_gain / e_per_adu if (e_per_adu is not None and emccd) else \
             (1.0 / e_per_adu if e_per_adu is not None else None)
         # Pass 1: a camera guess from the pixel values, on the first frames.
@@ -260,12 +259,15 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
             "counts": {"frames": stats.n_frames, "candidates": stats.n_candidates,
                        "good_fits": stats.n_fits, "isolated_spots": stats.n_isolated},
             "notes": notes,
+            "nan_repairs": mv.repairs(),
             "seconds": round(time.perf_counter() - t0, 3),
         })
         result = CalibrationResult(cam, emitters, line, bg, stats, spots, simulation, provenance)
-        if out_paths:
-            _write_outputs(result, out_paths)
-            result.outputs = out_paths
+        if out is not None:
+            with out:
+                _write_outputs(result, {k: out.path(v) for k, v in OUTPUTS.items()})
+                out.commit(provenance["options"], command)
+            result.outputs = {k: Path(out_dir) / v for k, v in OUTPUTS.items()}
         return result
     finally:
         if own:
@@ -282,7 +284,6 @@ def _write_outputs(result: CalibrationResult, paths: dict[str, Path]) -> None:
     config = build_config(overrides=result.simulation)  # validates every value
     meta = simulation_metadata(config, **result.provenance)
     png = calibration_figure(result)
-    paths["config"].parent.mkdir(parents=True, exist_ok=True)
     write_text(paths["config"], dump_yaml(meta))
     write_bytes(paths["png"], png)
     write_text(paths["html"], calibration_html(result, png))

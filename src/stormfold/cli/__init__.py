@@ -1,7 +1,9 @@
 """Command-line interface: a thin layer over the Python API.
 
-Exit codes: 0 success, 2 user error (one line on stderr naming the problem, nothing
-written), 1 internal error. One module per command group (:mod:`~stormfold.cli.data`,
+Exit codes: 0 success; 2 user error or an error of the environment (permission denied,
+disk full, not enough memory): one line on stderr naming the problem, nothing written;
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM): one line, the outputs cleaned up as on
+an error; 1 internal error. One module per command group (:mod:`~stormfold.cli.data`,
 :mod:`~stormfold.cli.localize`, :mod:`~stormfold.cli.train`, :mod:`~stormfold.cli.run`,
 :mod:`~stormfold.cli.postprocess`); in each, a command has an ``_add_<name>`` function that
 declares its arguments and a ``_cmd_<name>`` function that calls the API.
@@ -10,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from stormfold import __version__
 from stormfold.cli import data, localize, postprocess, run, train
 from stormfold.cli.common import Parser
-from stormfold.errors import UserError
+from stormfold.errors import Terminated, UserError
 
 #: The command groups, in the order of ``stormfold --help``.
 GROUPS = (data, localize, train, run, postprocess)
@@ -40,27 +45,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stormfold`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = f"stormfold {args.command}"
     # One line per warning, named after the command; the API's format comes back after.
     default_format = warnings.formatwarning
-    warnings.formatwarning = lambda message, category, *rest: (
-        f"stormfold {args.command}: warning: {message}\n")
+    warnings.formatwarning = lambda message, category, *rest: f"{name}: warning: {message}\n"
     try:
-        args.func(args)
+        with _sigterm_raises():
+            args.func(args)
     except UserError as exc:
-        print(f"stormfold {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"stormfold {args.command}: interrupted", file=sys.stderr)
+    except Terminated as exc:
+        print(f"{name}: terminated (SIGTERM){_note(exc)}", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt as exc:
+        print(f"{name}: interrupted{_note(exc)}", file=sys.stderr)
         return 130
+    except MemoryError:
+        print(f"{name}: error: not enough memory (try fewer frames per batch, e.g. "
+              f"--batch-frames, or a smaller movie)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from stormfold.io.outputs import environment_error, is_environment_error
+
+        if not is_environment_error(exc):
+            return _internal_error(name, exc)
+        print(f"{name}: error: {environment_error(exc, action='access')}", file=sys.stderr)
+        return 2
     except Exception as exc:  # internal error: keep it short unless debugging is asked for
-        if os.environ.get("STORMFOLD_DEBUG"):
-            traceback.print_exc()
-        print(f"stormfold {args.command}: internal error: {type(exc).__name__}: {exc} "
-              f"(set STORMFOLD_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return _internal_error(name, exc)
     finally:
         warnings.formatwarning = default_format
     return 0
+
+
+def _internal_error(name: str, exc: BaseException) -> int:
+    if os.environ.get("STORMFOLD_DEBUG"):
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    print(f"{name}: internal error: {type(exc).__name__}: {exc} "
+          f"(set STORMFOLD_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
+
+
+def _note(exc: BaseException) -> str:
+    """What an interrupted command left (set by the command as ``exc.stormfold_note``)."""
+    note = getattr(exc, "stormfold_note", None)
+    return f": {note}" if note else ": nothing was written"
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`~stormfold.errors.Terminated` while the command runs, so the
+    same clean-up as for Ctrl-C runs; a second SIGTERM during the clean-up is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

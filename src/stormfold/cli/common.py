@@ -3,6 +3,7 @@ options and frame ranges."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -17,10 +18,22 @@ class Parser(argparse.ArgumentParser):
 
 
 def float_list(text: str) -> list[float]:
+    """Comma-separated finite numbers."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text!r}")
+    return values
+
+
+def positive_list(text: str) -> list[float]:
+    """Comma-separated positive finite numbers (radii, sizes)."""
+    values = float_list(text)
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
 
 
 def positive_int(text: str) -> int:
@@ -43,13 +56,30 @@ def nonneg_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """A finite number (``inf`` and ``nan`` are refused)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A positive, finite number."""
+    value = finite_float(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value:g}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number ≥ 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0, got {value:g}")
     return value
 
 
@@ -58,7 +88,7 @@ def add_camera_options(p: argparse.ArgumentParser) -> None:
                              "model's training camera, with a warning)")
     g.add_argument("--camera", type=Path, default=None, metavar="CAMERA.yaml",
                    help="camera parameters (or a simulation.yaml with a camera section)")
-    g.add_argument("--baseline", type=float, default=None, metavar="ADU",
+    g.add_argument("--baseline", type=finite_float, default=None, metavar="ADU",
                    help="camera offset (ThunderSTORM: base level; Picasso: Baseline)")
     g.add_argument("--e-per-adu", type=positive_float, default=None, metavar="X",
                    help="e_per_adu: photoelectrons per ADU (ThunderSTORM: photoelectrons per "
@@ -77,13 +107,51 @@ def camera_overrides(args: argparse.Namespace):
 
 
 def frame_range(text: str | None) -> tuple[int, int | None]:
-    if text is None:
-        return 0, None
+    """``--frames A:B`` → ``(A, B or None)`` (a UserError for a malformed, negative or empty
+    range; the movie's length is checked when it is open)."""
+    from stormfold.io.frame_range import parse_frame_range
+
+    return parse_frame_range(text, "--frames")
+
+
+def camera_pixel_size(text: str) -> float:
+    """``--pixel-size``: a camera pixel size in nm, 10–2000."""
+    from stormfold.io.metadata import check_camera_pixel_size
+
     try:
-        a, b = text.split(":")
-        return (int(a) if a else 0), (int(b) if b else None)
-    except ValueError:
-        raise UserError(f"--frames expects A:B (0-based, B exclusive), got {text!r}") from None
+        return check_camera_pixel_size(float(text), "--pixel-size")
+    except (ValueError, UserError) as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1] if isinstance(
+            exc, UserError) else f"expected a number of nm, got {text!r}") from None
+
+
+def add_movie_options(p: argparse.ArgumentParser) -> None:
+    """How a movie is read: NaN/Inf pixels and the plane of a stack of more than 3 dimensions."""
+    g = p.add_argument_group("movie reading")
+    g.add_argument("--nan-policy", choices=["error", "zero"], default="error",
+                   help="NaN/Inf pixels: an error (default) or replaced by 0 and counted "
+                        "(the count is reported)")
+    g.add_argument("--axes", default=None, metavar="AXES",
+                   help="dimensions of a TIFF of more than 3, e.g. TZYX (letters T, Z, C, Y, X)")
+    g.add_argument("--z", type=nonneg_int, default=None, metavar="I",
+                   help="focal plane to read from a stack with a Z axis (0-based)")
+    g.add_argument("--channel", type=nonneg_int, default=None, metavar="I",
+                   help="channel to read from a stack with a C axis (0-based)")
+
+
+def movie_options(args: argparse.Namespace) -> dict:
+    """The reading options of :func:`add_movie_options` as keyword arguments of
+    :func:`stormfold.io.movie.open_movie`."""
+    return {"nan_policy": args.nan_policy, "axes": args.axes, "z": args.z,
+            "channel": args.channel}
+
+
+def repairs_line(repairs: dict | None) -> str:
+    """The NaN/Inf repair count for stdout ("" when nothing was repaired)."""
+    if not repairs:
+        return ""
+    return (f"; replaced {repairs['pixels_replaced']} NaN/Inf pixels by 0 in "
+            f"{repairs['frames_repaired']} frames (--nan-policy zero)")
 
 
 def command_line() -> list[str]:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from pathlib import Path
 
-from stormfold.cli.common import (command_line, float_list, frame_range, nonneg_int,
-                                  positive_float, positive_int)
+from stormfold.cli.common import (add_movie_options, camera_pixel_size, command_line,
+                                  finite_float, frame_range, movie_options, nonneg_float,
+                                  nonneg_int, positive_float, positive_int, positive_list,
+                                  repairs_line)
 from stormfold.errors import UserError
 
 
@@ -29,7 +32,8 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
 
     config = build_config(preset=args.preset, config_file=args.config,
                           overrides=args.overrides, n_frames=args.frames, seed=args.seed)
-    out = simulate_to_folder(config, args.out, progress=not args.quiet)
+    out = simulate_to_folder(config, args.out, progress=not args.quiet,
+                             protect=tuple(p for p in (args.config,) if p is not None))
     print(f"wrote {out / 'movie.tif'}, {out / 'truth.csv'}, {out / 'simulation.yaml'}")
 
 
@@ -39,13 +43,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="ground-truth table (ThunderSTORM .csv or Picasso .hdf5)")
     p.add_argument("--locs", type=Path, required=True,
                    help="localization table (ThunderSTORM .csv or Picasso .hdf5)")
-    p.add_argument("--tolerance", type=float_list, default=[50.0, 100.0, 250.0],
+    p.add_argument("--tolerance", type=positive_list, default=[50.0, 100.0, 250.0],
                    metavar="NM[,NM...]", help="matching radii in nm (default 50,100,250)")
     p.add_argument("--matching", choices=["hungarian", "greedy"], default="hungarian",
                    help="optimal assignment (default) or DECODE-style greedy")
-    p.add_argument("--border-nm", type=float, default=0.0,
+    p.add_argument("--border-nm", type=nonneg_float, default=0.0,
                    help="exclude points closer than this to the image edge (challenge: 450)")
-    p.add_argument("--fov-nm", type=float_list, default=None, metavar="W,H",
+    p.add_argument("--fov-nm", type=positive_list, default=None, metavar="W,H",
                    help="field of view in nm for --border-nm (default: from simulation.yaml "
                         "next to the truth file)")
     p.add_argument("--frames", default=None, metavar="A:B",
@@ -61,35 +65,42 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from stormfold.evaluate import evaluate, format_table
     from stormfold.evaluate.report import (SIMULATION_YAML, evaluation_report,
                                            fov_from_simulation_yaml, report_json)
-    from stormfold.io.atomic import same_file, write_text
+    from stormfold.io.atomic import write_text
+    from stormfold.io.outputs import OutputFiles
     from stormfold.io.tables import read_table
 
     for label, path in (("truth", args.truth), ("localization", args.locs)):
         if not path.is_file():
             raise UserError(f"{label} file not found: {path}")
-    if args.json is not None and any(same_file(args.json, p) for p in (args.truth, args.locs)):
-        raise UserError(f"--json {args.json} would overwrite an input file")
-    fov = args.fov_nm
-    if fov is not None and len(fov) != 2:
-        raise UserError(f"--fov-nm expects two numbers W,H in nm, got {len(fov)}")
-    if fov is None and args.border_nm > 0:
-        sim_yaml = args.truth.parent / SIMULATION_YAML
-        fov = fov_from_simulation_yaml(sim_yaml)
-        if fov is None:
-            raise UserError(f"--border-nm needs the field of view: give --fov-nm W,H "
-                            f"(no {sim_yaml} found)")
-    truth = read_table(args.truth)
-    locs = read_table(args.locs)
-    frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
-    metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
-                       border_nm=args.border_nm, fov_nm=fov, frames=frames)
+    target = None
+    if args.json is not None:  # writable, and no input, before any metric is printed
+        target = OutputFiles([args.json], [args.truth, args.locs]).check()
+    with target if target is not None else nullcontext():
+        if target is not None:
+            target.open()
+        fov = args.fov_nm
+        if fov is not None and len(fov) != 2:
+            raise UserError(f"--fov-nm expects two numbers W,H in nm, got {len(fov)}")
+        if fov is None and args.border_nm > 0:
+            sim_yaml = args.truth.parent / SIMULATION_YAML
+            fov = fov_from_simulation_yaml(sim_yaml)
+            if fov is None:
+                raise UserError(f"--border-nm needs the field of view: give --fov-nm W,H "
+                                f"(no {sim_yaml} found)")
+        truth = read_table(args.truth)
+        locs = read_table(args.locs)
+        frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
+        metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
+                           border_nm=args.border_nm, fov_nm=fov, frames=frames)
+        if target is not None:
+            report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
+                                       args.matching, args.border_nm, fov, frames, frames_source)
+            write_text(target.path(args.json), report_json(report))
+            target.commit()
     if frames is not None:
         print(f"frames {frames[0]}:{frames[1]} ({frames_source})")
     print(format_table(metrics))
-    if args.json is not None:
-        report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
-                                   args.matching, args.border_nm, fov, frames, frames_source)
-        write_text(args.json, report_json(report))
+    if target is not None:
         print(f"wrote {args.json}")
 
 
@@ -138,10 +149,19 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from stormfold.io.tables import convert_table
+    from stormfold.io.outputs import OutputFiles
+    from stormfold.io.picasso import sidecar_path
+    from stormfold.io.tables import convert_table, table_format
 
-    table = convert_table(args.input, args.output, pixel_size_nm=args.pixel_size,
-                          width_px=args.width, height_px=args.height, frame_base=args.frame_base)
+    formats = table_format(args.input), table_format(args.output)
+    paths = [args.output] + ([sidecar_path(args.output)] if formats[1] == "picasso" else [])
+    inputs = [args.input] + ([sidecar_path(args.input)] if formats[0] == "picasso" else [])
+    size = 3.0 * args.input.stat().st_size if args.input.is_file() else 0.0
+    with OutputFiles(paths, inputs, size).check() as target:
+        table = convert_table(args.input, target.path(args.output), pixel_size_nm=args.pixel_size,
+                              width_px=args.width, height_px=args.height,
+                              frame_base=args.frame_base)
+        target.commit()
     print(f"wrote {args.output} ({len(table)} localizations)")
 
 
@@ -156,8 +176,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                    help="analysed region in pixels (x along columns, end exclusive)")
     p.add_argument("--frames", default=None, metavar="A:B",
                    help="frame range, 0-based, B exclusive (default: all)")
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm (default: from the movie's metadata)")
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm, 10–2000 (default: from the movie's metadata)")
     p.add_argument("--emccd", action="store_true",
                    help="EMCCD camera: excess-noise factor 2 (else the gain comes out as 2× and "
                         "photons as ½, the ZeroCostDL4Mic correction)")
@@ -166,7 +186,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                         "statistics; default 100)")
     p.add_argument("--qe", type=positive_float, default=1.0, metavar="Q",
                    help="quantum efficiency: photons are reported before QE (default 1)")
-    p.add_argument("--baseline", type=float, default=None, metavar="ADU",
+    p.add_argument("--baseline", type=finite_float, default=None, metavar="ADU",
                    help="known camera offset (instead of estimating it)")
     p.add_argument("--e-per-adu", type=positive_float, default=None, metavar="X",
                    help="known electrons per ADU instead of the mean–variance estimate (with "
@@ -174,6 +194,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=positive_float, default=5.0, metavar="T",
                    help="detection threshold in multiples of the background noise (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_movie_options(p)
     p.set_defaults(func=_cmd_calibrate)
 
 
@@ -182,7 +203,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from stormfold.io.movie import open_movie
 
     start, stop = frame_range(args.frames)
-    with open_movie(args.movie, pixel_size_nm=args.pixel_size) as movie:
+    with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
         roi = parse_roi(args.roi, movie.shape) if args.roi is not None else None
         result = calibrate(movie, args.out, roi=roi, start=start, stop=stop, emccd=args.emccd,
                            qe=args.qe, em_gain=args.em_gain, baseline_adu=args.baseline,
@@ -192,6 +213,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     print(result.summary())
     for note in result.provenance.get("notes", []):
         print(f"note: {note}")
+    if result.provenance.get("nan_repairs"):
+        print(f"note: {repairs_line(result.provenance['nan_repairs'])[2:]}")
     print(f"wrote {args.out / 'simulation.yaml'}, calibration.html, calibration.png")
 
 

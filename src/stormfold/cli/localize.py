@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stormfold.cli.common import (add_camera_options, camera_overrides, command_line,
-                                  frame_range, positive_float, positive_int)
+from stormfold.cli.common import (add_camera_options, add_movie_options, camera_overrides,
+                                  camera_pixel_size, command_line, frame_range, movie_options,
+                                  positive_int, repairs_line)
 
 
 def _add_localize(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +20,8 @@ def _add_localize(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--engine", default=None, metavar="NAME",
                        help="model-free engine: classic (single-emitter MLE)")
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm (default: from the movie's metadata)")
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm, 10–2000 (default: from the movie's metadata)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="extraction threshold (default: the model's calibrated value)")
     p.add_argument("--batch-frames", type=positive_int, default=16, metavar="N",
@@ -31,6 +32,7 @@ def _add_localize(sub: argparse._SubParsersAction) -> None:
                    help="engine-specific option (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_camera_options(p)
+    add_movie_options(p)
     p.set_defaults(func=_cmd_localize)
 
 
@@ -44,7 +46,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     start, stop = frame_range(args.frames)
     overrides = camera_overrides(args)
     device = get_device(args.device)
-    with open_movie(args.movie, pixel_size_nm=args.pixel_size) as movie:
+    with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
         engine = load_engine(model=args.model, engine=args.engine, device=device,
                              threshold=args.threshold, options=parse_overrides(args.options))
         result = localize_movie(movie, engine, args.out, camera=overrides,
@@ -52,7 +54,8 @@ def _cmd_localize(args: argparse.Namespace) -> None:
                                 progress=not args.quiet, command=command_line())
     t = result.run["timing"]
     print(f"{result.run['n_localizations']} localizations in {result.run['n_frames']} frames "
-          f"({t['frames_per_s']:.1f} frames/s); wrote {args.out}/")
+          f"({t['frames_per_s']:.1f} frames/s){repairs_line(result.run['nan_repairs'])}; "
+          f"wrote {args.out}/")
 
 
 def _add_sofi(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +73,8 @@ def _add_sofi(sub: argparse._SubParsersAction) -> None:
                         "(default with --model: the model's)")
     p.add_argument("--model", default=None, metavar="MODEL_DIR|builtin:NAME",
                    help="trained SOFI model (stormfold train sofi): also reconstruct")
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm (default: from the movie's metadata)")
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm, 10–2000 (default: from the movie's metadata)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="binarisation threshold in units of the model's variance scale "
                         "(default: the learned tau)")
@@ -83,28 +86,31 @@ def _add_sofi(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_camera_options(p)
+    add_movie_options(p)
     p.set_defaults(func=_cmd_sofi)
 
 
 def _cmd_sofi(args: argparse.Namespace) -> None:
     from stormfold.device import get_device
+    from stormfold.io.movie import open_movie
     from stormfold.sofi.run import run_sofi
     from stormfold.sofi.statistics import check_order_lag
 
     check_order_lag(args.order, 0 if args.lag is None else args.lag)
     start, stop = frame_range(args.frames)
-    record = run_sofi(args.movie, args.out, order=args.order, lag=args.lag, model=args.model,
-                      camera=camera_overrides(args), pixel_size_nm=args.pixel_size,
-                      batch_frames=args.batch_frames, start=start, stop=stop,
-                      threshold=args.threshold, binarise=not args.no_binary,
-                      device=get_device(args.device), progress=not args.quiet,
-                      command=command_line())
+    overrides = camera_overrides(args)
+    with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
+        record = run_sofi(movie, args.out, order=args.order, lag=args.lag, model=args.model,
+                          camera=overrides, batch_frames=args.batch_frames, start=start,
+                          stop=stop, threshold=args.threshold, binarise=not args.no_binary,
+                          device=get_device(args.device), progress=not args.quiet,
+                          command=command_line())
     line = (f"lag-{record['lag']} cumulant of {record['n_frames']} frames "
             f"({record['timing']['frames_per_s']:.0f} frames/s, {record['units']})")
     if "model" in record:
         line += (f"; reconstructed with sigma {record['model']['sigma_nm']:.1f} nm, "
                  f"{record['n_localizations']} localizations")
-    print(f"{line}; wrote {args.out}/")
+    print(f"{line}{repairs_line(record.get('nan_repairs'))}; wrote {args.out}/")
 
 
 #: ``add(subparsers)`` of each command, in the order of ``stormfold --help``.

@@ -26,7 +26,7 @@ def _pp_params(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 
 def _pp_run(step: str, args: argparse.Namespace, params: dict) -> None:
-    from stormfold.postprocess.chain import run_command
+    from stormfold.postprocess.commands import run_command
 
     result, written = run_command(step, args.input, args.out, params, args.pixel_size)
     print(f"{result.summary}; wrote {', '.join(str(p) for p in written)}")
@@ -174,7 +174,7 @@ def _add_postprocess(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_postprocess(args: argparse.Namespace) -> None:
-    from stormfold.postprocess.chain import postprocess_file
+    from stormfold.postprocess.commands import postprocess_file
 
     result, written = postprocess_file(args.input, args.out, args.steps, args.config,
                                        args.pixel_size, progress=not args.quiet)

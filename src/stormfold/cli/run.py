@@ -22,12 +22,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _cmd_run(args: argparse.Namespace) -> None:
     from stormfold.pipeline import load_run_config, run
 
+    from stormfold.cli.common import command_line, repairs_line
+
     extra = list(args.overrides) + ([f"scheduler={args.scheduler}"] if args.scheduler else [])
     config = load_run_config(args.config, extra)
-    result = run(config, resume=args.resume, quiet=args.quiet)
+    result = run(config, resume=args.resume, quiet=args.quiet, protect=(args.config,),
+                 command_line=command_line())
     report = result.output / "report.html"
-    print(f"{len(result.locs)} localizations; outputs in {result.output}/"
-          + (f"; report: {report}" if config.report else ""))
+    print(f"{len(result.locs)} localizations{repairs_line(result.meta.get('nan_repairs'))}; "
+          f"outputs in {result.output}/" + (f"; report: {report}" if config.report else ""))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

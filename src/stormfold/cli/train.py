@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from stormfold.cli.common import Parser, command_line, nonneg_int, positive_float, positive_int
+from stormfold.cli.common import (Parser, add_movie_options, command_line, movie_options,
+                                  nonneg_int, positive_float, positive_int)
 from stormfold.errors import UserError
 
 
@@ -29,13 +30,16 @@ def _add_train_deepstorm(engines: argparse._SubParsersAction) -> None:
 def _cmd_train_deepstorm(args: argparse.Namespace) -> None:
     from stormfold.deepstorm.train import train_from_cli
     from stormfold.device import get_device
+    from stormfold.training.loop import model_folder_guard
 
-    result = train_from_cli(args.out, preset=args.preset, config_file=args.config,
-                            overrides=args.overrides, seed=args.seed, movie=args.movie,
-                            truth=args.truth, epochs=args.epochs, n_patches=args.patches,
-                            batch_size=args.batch_size, lr=args.lr, resume=args.resume,
-                            device=get_device(args.device), progress=not args.quiet,
-                            command=command_line())
+    _check_movie_out(args)
+    with model_folder_guard(args.out):
+        result = train_from_cli(args.out, preset=args.preset, config_file=args.config,
+                                overrides=args.overrides, seed=args.seed, movie=args.movie,
+                                truth=args.truth, epochs=args.epochs, n_patches=args.patches,
+                                batch_size=args.batch_size, lr=args.lr, resume=args.resume,
+                                device=get_device(args.device), progress=not args.quiet,
+                                command=command_line(), movie_options=movie_options(args))
     meta = result.meta
     print(f"best validation loss {meta['validation_loss']:.4g} (epoch "
           f"{meta['training']['best_epoch']}); threshold {meta['threshold']:.4g} "
@@ -67,20 +71,25 @@ def _add_train_unrolled(engines: argparse._SubParsersAction) -> None:
 def _cmd_train_unrolled(args: argparse.Namespace) -> None:
     from stormfold.config import merge, parse_overrides
     from stormfold.device import get_device
+    from stormfold.training.loop import model_folder_guard
     from stormfold.unrolled.train import load_train_config, train_unrolled
 
-    if (args.movie is None) != (args.truth is None):
-        raise UserError("give both --movie and --truth to train on an existing movie")
+    _check_movie_out(args)
     flags = {"seed": args.seed,
              "data": {"preset": args.preset, "n_frames": args.frames,
                       "movie": None if args.movie is None else str(args.movie),
-                      "truth": None if args.truth is None else str(args.truth)},
+                      "truth": None if args.truth is None else str(args.truth),
+                      "axes": args.axes, "z": args.z, "channel": args.channel,
+                      # the default comes from --config when not asked for
+                      "nan_policy": None if args.nan_policy == "error" else args.nan_policy},
              "solver": {"fidelity": args.fidelity, "iterations": args.iterations},
              "loss": {"kind": args.loss},
              "optim": {"outer_iterations": args.outer_iterations, "optimizer": args.optimizer}}
     config = load_train_config(args.config, merge(parse_overrides(args.overrides), _given(flags)))
-    meta = train_unrolled(config, args.out, resume=args.resume, device=get_device(args.device),
-                          progress=not args.quiet, command=command_line())
+    with model_folder_guard(args.out):
+        meta = train_unrolled(config, args.out, resume=args.resume,
+                              device=get_device(args.device), progress=not args.quiet,
+                              command=command_line())
     t = meta["training"]
     print(f"{t['loss']} loss {t['initial_loss']:.4g} → {t['final_loss']:.4g} in "
           f"{t['outer_iterations_done']} outer iterations ({t['evaluations']} evaluations, "
@@ -113,6 +122,7 @@ def _cmd_train_sofi(args: argparse.Namespace) -> None:
     from stormfold.config import merge, parse_overrides
     from stormfold.device import get_device
     from stormfold.sofi.train import load_sofi_train_config, train_sofi
+    from stormfold.training.loop import model_folder_guard
 
     flags = {"seed": args.seed,
              "data": {"preset": args.preset, "n_patterns": args.patterns,
@@ -122,8 +132,9 @@ def _cmd_train_sofi(args: argparse.Namespace) -> None:
              "tau": {"learn": False if args.no_tau else None}}
     config = load_sofi_train_config(args.config,
                                     merge(parse_overrides(args.overrides), _given(flags)))
-    meta = train_sofi(config, args.out, resume=args.resume, device=get_device(args.device),
-                      progress=not args.quiet, command=command_line())
+    with model_folder_guard(args.out):
+        meta = train_sofi(config, args.out, resume=args.resume, device=get_device(args.device),
+                          progress=not args.quiet, command=command_line())
     t = meta["training"]
     print(f"sigma {meta['sigma_init_nm']:.1f} → {meta['sigma_nm']:.1f} nm (simulation: "
           f"{', '.join(f'{s:g}' for s in t['simulation_sigma_nm'])} nm); rho "
@@ -137,6 +148,21 @@ def _add_movie_truth(p: argparse.ArgumentParser) -> None:
                    help="train on this movie instead of simulating (needs --truth)")
     p.add_argument("--truth", type=Path, default=None, metavar="T.csv",
                    help="ground truth of --movie (ThunderSTORM .csv or Picasso .hdf5)")
+    add_movie_options(p)
+
+
+def _check_movie_out(args: argparse.Namespace) -> None:
+    """Before any work: both of --movie/--truth or neither, and the model folder is neither
+    of them nor a folder they are in."""
+    from stormfold.io.outputs import check_inputs_apart
+    from stormfold.modelfile import META, WEIGHTS
+
+    if (args.movie is None) != (args.truth is None):
+        raise UserError("give both --movie and --truth to train on an existing movie")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+    check_inputs_apart([args.out / META, args.out / WEIGHTS, args.out],
+                       [args.movie, args.truth, args.config])
 
 
 def _given(flags: dict) -> dict:

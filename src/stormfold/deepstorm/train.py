@@ -250,13 +250,15 @@ def _build(config: DeepStormTrainConfig, device: torch.device) -> _State:
 
 
 def _training_patches(config: DeepStormTrainConfig, movie: str | Path | None,
-                      truth: str | Path | None) -> tuple[TrainingData, PatchSet]:
+                      truth: str | Path | None, movie_options: dict | None = None
+                      ) -> tuple[TrainingData, PatchSet]:
     """The training frames (simulated, or the given movie) and the patches drawn from them."""
     pcfg = config.patches
     if movie is not None:
         data = movie_data(movie, truth, fallback_pixel_size_nm=config.simulation.pixel_size_nm,
                           fallback_camera=(config.simulation.camera,
-                                           "configuration simulation.camera"))
+                                           "configuration simulation.camera"),
+                          movie_options=movie_options)
     else:
         data = simulated_data(config.simulation)
     patches = extract_patches(data.photons, data.truth, data.pixel_size_nm, pcfg.n_patches,
@@ -269,7 +271,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                     movie: str | Path | None = None, truth: str | Path | None = None,
                     resume: bool = False, device: torch.device | str | None = None,
                     progress: bool = True, command: list[str] | None = None,
-                    step_callback: Callable[[int, int], None] | None = None) -> TrainResult:
+                    step_callback: Callable[[int, int], None] | None = None,
+                    movie_options: dict | None = None) -> TrainResult:
     """Train a Deep-STORM model and write it to ``out_dir``.
 
     Parameters
@@ -291,6 +294,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
         The command line, recorded in model.yaml.
     step_callback : callable(epoch, step), optional
         Called after every optimisation step (0-based epoch and step within the epoch).
+    movie_options : dict, optional
+        How ``movie`` is read (``nan_policy``, ``axes``, ``z``, ``channel``).
     """
     from tqdm import tqdm
 
@@ -307,7 +312,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                         f"multiple of 8")
     t_start = time.perf_counter()
 
-    data, patches = _training_patches(config, movie, truth)
+    data, patches = _training_patches(config, movie, truth, movie_options)
     normalization = fit_normalization(data.photons)
     train_set, val_set = split_patches(patches, pcfg.val_fraction, config.seed)
     loss_fn = DeepStormLoss().to(device)
@@ -371,7 +376,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     meta["estimates"] = estimates
     from stormfold.modelfile import save_model
 
-    save_model(run.out_dir, {k: v.cpu() for k, v in st.model.state_dict().items()}, meta)
+    save_model(run.out_dir, {k: v.cpu() for k, v in st.model.state_dict().items()}, meta,
+               adopt=[HISTORY_CSV, LOSS_PNG])
     engine.source = str(run.out_dir)
     return TrainResult(run.out_dir, meta, st.history, engine)
 
@@ -430,7 +436,8 @@ def train_from_cli(out: str | Path, preset: str | None = None,
                    epochs: int | None = None, n_patches: int | None = None,
                    batch_size: int | None = None, lr: float | None = None,
                    resume: bool | None = None, device: torch.device | str | None = None,
-                   progress: bool = True, command: list[str] | None = None) -> TrainResult:
+                   progress: bool = True, command: list[str] | None = None,
+                   movie_options: dict | None = None) -> TrainResult:
     """``stormfold train deepstorm`` as one call: build the configuration, then train.
 
     Parameters are those of the command line (see :func:`build_train_config` and
@@ -445,4 +452,4 @@ def train_from_cli(out: str | Path, preset: str | None = None,
     if resume is None:
         resume = TrainingRun.unfinished(out)
     return train_deepstorm(config, out, movie=movie, truth=truth, resume=resume, device=device,
-                           progress=progress, command=command)
+                           progress=progress, command=command, movie_options=movie_options)

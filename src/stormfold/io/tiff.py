@@ -125,6 +125,23 @@ def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None 
     return Path(path)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of a memory-mapped file now: a full disk is then an ENOSPC
+    error here, not a SIGBUS while the frames are written (file systems that cannot
+    allocate ahead are left as they are)."""
+    import errno
+    import os
+
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+
+
 class TiffStackWriter:
     """Stream frames into a TIFF stack whose size is known up front.
 
@@ -170,7 +187,9 @@ class TiffStackWriter:
         self._tmp = self._atomic.__enter__()
         try:
             self._map = tifffile.memmap(self._tmp, shape=full_shape, dtype=self.dtype, **options)
+            _reserve(self._tmp)
         except BaseException as exc:
+            self._map = None
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise
         # One flag per frame (1 byte each) to catch frames never written.

@@ -133,3 +133,43 @@ def resolve_camera(overrides: CameraOverrides | None, movie=None, engine=None,
     """``(camera, source)`` of :func:`choose_camera`."""
     choice = choose_camera(overrides, movie, engine, fallback)
     return choice.camera, choice.source
+
+
+def check_camera_on_movie(camera: Camera, source: str, movie, warn=None) -> dict:
+    """Checks of a camera against the movie it converts, before any work.
+
+    Reads a few frames (:func:`stormfold.io.movie.sample_statistics`): a baseline above the
+    movie's 99th percentile is refused (:func:`stormfold.physics.camera.check_baseline`), and
+    values that cannot be camera counts (negative, normalised to [0, 1], constant) are a
+    warning (:func:`stormfold.io.movie.adu_warnings`).
+
+    Parameters
+    ----------
+    camera : Camera
+        The camera that will convert the movie.
+    source : str
+        Where it came from (as :func:`resolve_camera` says), for the message.
+    movie : Movie
+        The movie.
+    warn : callable(str), optional
+        Where the warnings go (default: :func:`warnings.warn`).
+
+    Returns
+    -------
+    dict
+        The sampled statistics.
+    """
+    import warnings
+
+    from stormfold.io.movie import adu_warnings, sample_statistics
+    from stormfold.physics.camera import check_baseline
+
+    stats = sample_statistics(movie)
+    for text in adu_warnings(stats):
+        if warn is None:
+            warnings.warn(f"{movie.path}: {text}", UserWarning, stacklevel=2)
+        else:
+            warn(f"{movie.path}: {text}")
+    origin = "--baseline" if "baseline_adu" in source else f"camera baseline (from {source})"
+    check_baseline(camera.baseline_adu, stats["p99"], origin)
+    return stats

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,9 +21,12 @@ import pandas as pd
 from stormfold import __version__
 from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
-from stormfold.io.atomic import same_file, write_text
+from stormfold.io.atomic import write_text
+from stormfold.io.frame_range import check_frame_range
 from stormfold.io.movie import Movie, open_movie
-from stormfold.localize.camera import CameraChoice, CameraOverrides, choose_camera, resolve_camera
+from stormfold.io.outputs import OutputFolder
+from stormfold.localize.camera import (CameraChoice, CameraOverrides, check_camera_on_movie,
+                                       choose_camera, resolve_camera)
 
 __all__ = ["CameraOverrides", "LocalizeResult", "iter_localize",
            "localize_movie", "localize_range", "resolve_camera", "resolve_geometry",
@@ -136,28 +140,28 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         From :func:`stormfold.localize.registry.load_engine`.
     out_dir : path, optional
         Write ``localizations.csv`` (ThunderSTORM, 1-based frames), ``superres.tif``
-        (fine pixel size in its tags), ``widefield.tif`` (sum of raw frames, ADU) and
-        ``run.yaml``. Without it nothing is written and the table is returned.
+        (fine pixel size in its tags), ``widefield.tif`` (sum of raw frames, ADU),
+        ``run.yaml`` and ``manifest.json`` (written last: the folder is complete), as one
+        transaction (:class:`stormfold.io.outputs.OutputFolder`): on any error or interrupt
+        nothing of this run is left. Without it nothing is written and the table is
+        returned.
     pixel_size_nm : float, optional
         Camera pixel size (nm) when the movie's metadata has none (or overriding it).
     camera : Camera or CameraOverrides, optional
         ADU → photon conversion; see :func:`~stormfold.localize.camera.choose_camera` for
         the defaults. When it is (partly) a default or the model's camera, a warning says so
-        and ``run.yaml`` records it (``camera_assumed``, ``camera_warning``).
+        and ``run.yaml`` records it (``camera_assumed``, ``camera_warning``). A baseline above
+        the movie's 99th percentile is refused before any work.
     batch_frames : int
         Frames per batch (memory ∝ batch_frames × frame size).
     start, stop : int
-        Frame range (0-based, stop exclusive).
+        Frame range (0-based, stop exclusive; a stop past the end is cut with a warning).
     keep_table : bool, optional
         Also return the table in memory (default: only when ``out_dir`` is None).
     callback : callable, optional
         Called after every batch with (frames done, localizations so far), e.g. by a GUI
         for its progress bar; an exception it raises stops the run (nothing is written).
     """
-    from tqdm import tqdm
-
-    from stormfold.io.thunderstorm import ThunderstormCsvWriter
-
     if batch_frames < 1:
         raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
     own_movie = not isinstance(movie, Movie)
@@ -169,85 +173,107 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         cam = choice.camera
         if choice.warning:
             warnings.warn(choice.warning, UserWarning, stacklevel=2)
-        stop = mv.n_frames if stop is None else min(stop, mv.n_frames)
-        if not 0 <= start < stop:
-            raise UserError(f"frame range {start}:{stop} is empty for a movie of {mv.n_frames} frames")
-        paths: dict[str, Path] = {}
+        start, stop = check_frame_range(start, stop, mv.n_frames)
+        check_camera_on_movie(cam, choice.source, mv)
+        out = None
         if out_dir is not None:
-            out_dir = Path(out_dir)
-            if out_dir.exists() and not out_dir.is_dir():
-                raise UserError(f"--out {out_dir} exists and is not a folder")
-            paths = {k: out_dir / v for k, v in OUTPUTS.items()}
-            if any(same_file(p, mv.path) for p in paths.values()):
-                raise UserError(f"an output in {out_dir} would overwrite the input movie")
-            out_dir.mkdir(parents=True, exist_ok=True)
+            inputs = [*mv.open_spec()[0], getattr(camera, "camera_file", None)]
+            out = OutputFolder(out_dir, "localize", OUTPUTS.values(), inputs,
+                               expected_bytes=expected_bytes(geometry, stop - start)).check()
         keep = keep_table if keep_table is not None else out_dir is None
-        writer = ThunderstormCsvWriter(paths["locs"]) if paths else None
-        superres = np.zeros(geometry.fine_shape, np.float64)
-        widefield = np.zeros(geometry.shape, np.float64)
-        kept: list[pd.DataFrame] = []
-        n_locs = 0
-        t_read = t_engine = 0.0
-        t0 = time.perf_counter()
-        bar = tqdm(total=stop - start, unit="frame", desc=f"localize ({engine.name})",
-                   disable=not progress, leave=False)
-        try:
-            for batch in iter_localize(mv, engine, cam, geometry, start, stop, batch_frames):
-                t_read += batch.read_s
-                t_engine += batch.engine_s
-                superres += batch.superres
-                widefield += batch.widefield
-                if writer is not None:
-                    writer.append(batch.locs)
-                if keep:
-                    kept.append(batch.locs)
-                n_locs += len(batch.locs)
-                bar.update(batch.n_frames)
-                bar.set_postfix(locs=n_locs)
-                if callback is not None:
-                    callback(batch.first_frame + batch.n_frames - start, n_locs)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-                writer.partial_path.unlink(missing_ok=True)
-            raise
-        finally:
-            bar.close()
-        seconds = time.perf_counter() - t0
-        n = stop - start
-        run = {
-            "stormfold_version": __version__,
-            "command": command if command is not None else None,
-            "movie": str(mv.path), "frames": [start, stop], "n_frames": n,
-            "frame_shape": list(geometry.shape),
-            "pixel_size_nm": geometry.pixel_size_nm,
-            "superres_pixel_size_nm": geometry.fine_pixel_nm,
-            "camera": to_dict(cam), "camera_source": choice.source,
-            "camera_assumed": list(choice.assumed), "camera_warning": choice.warning,
-            "engine": engine.describe(), "batch_frames": batch_frames,
-            "columns_estimated": engine.estimated_columns(),
-            "n_localizations": n_locs,
-            "timing": {"seconds": round(seconds, 3), "frames_per_s": round(n / seconds, 3),
-                       "read_and_convert_s": round(t_read, 3), "engine_s": round(t_engine, 3)},
-        }
-        superres32 = superres.astype(np.float32)
-        widefield32 = widefield.astype(np.float32)
-        if paths:
-            writer.close()
-            write_images(paths["superres"], paths["widefield"], superres32, widefield32,
-                         geometry, engine.name)
-            run["outputs"] = {k: p.name for k, p in paths.items()}
-            write_text(paths["run"], dump_yaml(run))
-        locs = None
-        if keep:
-            from stormfold.table import empty_table
-
-            locs = pd.concat(kept, ignore_index=True) if kept else empty_table()
-        return LocalizeResult(run=run, superres=superres32, widefield=widefield32, locs=locs,
-                              outputs=paths)
+        with out if out is not None else nullcontext():
+            result = _localize_streaming(mv, engine, cam, geometry, start, stop, batch_frames,
+                                         out, keep, progress, callback)
+            result.run.update({"command": command, "movie": str(mv.path),
+                               "camera_source": choice.source,
+                               "camera_assumed": list(choice.assumed),
+                               "camera_warning": choice.warning, "nan_repairs": mv.repairs()})
+            if out is not None:
+                write_text(out.path(OUTPUTS["run"]), dump_yaml(result.run))
+                out.commit(parameters={k: result.run[k] for k in PARAMETER_KEYS},
+                           command_line=command)
+                result.outputs = {k: Path(out_dir) / v for k, v in OUTPUTS.items()}
+        return result
     finally:
         if own_movie:
             mv.close()
+
+
+#: What makes two localize runs the same (their fingerprint in manifest.json).
+PARAMETER_KEYS = ("movie", "frames", "pixel_size_nm", "camera", "engine", "batch_frames")
+
+
+def expected_bytes(geometry: FrameGeometry, n_frames: int, tables: int = 1) -> float:
+    """Disk space the outputs of localizing ``n_frames`` frames need, roughly: the images
+    exactly (float32), ``tables`` tables at one localization per 1000 camera pixels per
+    frame (a sparse movie; a denser one needs more) and 110 bytes per row."""
+    images = 4.0 * (geometry.rows * geometry.cols) * (1 + geometry.upsampling ** 2)
+    rows = n_frames * max(1.0, geometry.rows * geometry.cols / 1000.0)
+    return images + tables * 110.0 * rows
+
+
+def _localize_streaming(mv: Movie, engine: Engine, cam: Camera, geometry: FrameGeometry,
+                        start: int, stop: int, batch_frames: int, out: Any, keep: bool,
+                        progress: bool, callback: Callable[[int, int], None] | None
+                        ) -> LocalizeResult:
+    """The batches of [start, stop): table (to the staged CSV and/or memory) and image sums."""
+    from tqdm import tqdm
+
+    from stormfold.io.thunderstorm import ThunderstormCsvWriter
+
+    writer = ThunderstormCsvWriter(out.path(OUTPUTS["locs"])) if out is not None else None
+    superres = np.zeros(geometry.fine_shape, np.float64)
+    widefield = np.zeros(geometry.shape, np.float64)
+    kept: list[pd.DataFrame] = []
+    n_locs = 0
+    t_read = t_engine = 0.0
+    t0 = time.perf_counter()
+    with tqdm(total=stop - start, unit="frame", desc=f"localize ({engine.name})",
+              disable=not progress, leave=False) as bar:
+        for batch in iter_localize(mv, engine, cam, geometry, start, stop, batch_frames):
+            t_read += batch.read_s
+            t_engine += batch.engine_s
+            superres += batch.superres
+            widefield += batch.widefield
+            if writer is not None:
+                writer.append(batch.locs)
+            if keep:
+                kept.append(batch.locs)
+            n_locs += len(batch.locs)
+            bar.update(batch.n_frames)
+            bar.set_postfix(locs=n_locs)
+            if callback is not None:
+                callback(batch.first_frame + batch.n_frames - start, n_locs)
+    seconds = time.perf_counter() - t0
+    n = stop - start
+    run = {
+        "stormfold_version": __version__,
+        "command": None,
+        "movie": str(mv.path), "frames": [start, stop], "n_frames": n,
+        "frame_shape": list(geometry.shape),
+        "pixel_size_nm": geometry.pixel_size_nm,
+        "superres_pixel_size_nm": geometry.fine_pixel_nm,
+        "camera": to_dict(cam), "camera_source": "", "camera_assumed": [],
+        "camera_warning": None,
+        "engine": engine.describe(), "batch_frames": batch_frames,
+        "columns_estimated": engine.estimated_columns(),
+        "n_localizations": n_locs,
+        "timing": {"seconds": round(seconds, 3), "frames_per_s": round(n / seconds, 3),
+                   "read_and_convert_s": round(t_read, 3), "engine_s": round(t_engine, 3)},
+    }
+    superres32 = superres.astype(np.float32)
+    widefield32 = widefield.astype(np.float32)
+    if out is not None:
+        writer.close()
+        write_images(out.path(OUTPUTS["superres"]), out.path(OUTPUTS["widefield"]), superres32,
+                     widefield32, geometry, engine.name)
+        run["outputs"] = dict(OUTPUTS)
+    locs = None
+    if keep:
+        from stormfold.table import empty_table
+
+        locs = pd.concat(kept, ignore_index=True) if kept else empty_table()
+    return LocalizeResult(run=run, superres=superres32, widefield=widefield32, locs=locs)
 
 
 def write_images(superres_path: Path, widefield_path: Path, superres: np.ndarray,

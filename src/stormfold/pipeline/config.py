@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from stormfold.config import from_dict, load_yaml, merge, parse_overrides
 from stormfold.errors import UserError
@@ -67,6 +67,10 @@ class EngineSpec:
             raise UserError("engine: give exactly one of engine.model, engine.engine, engine.train")
         if self.batch_frames < 1:
             raise UserError(f"engine.batch_frames must be ≥ 1, got {self.batch_frames}")
+        if self.threshold is not None:
+            from stormfold.localize.registry import check_threshold
+
+            check_threshold(self.threshold, "engine.threshold")
 
 
 @dataclass
@@ -91,6 +95,12 @@ class RunConfig:
     output: str = "stormfold_output"
     pixel_size_nm: Optional[float] = None
     frames: Optional[list[int]] = None
+    #: NaN/Inf pixels: an error, or replaced by 0 and counted (run.yaml ``nan_repairs``).
+    nan_policy: Literal["error", "zero"] = "error"
+    #: TIFF stacks of more than 3 dimensions: their axes (e.g. TZYX), the plane to read.
+    axes: Optional[str] = None
+    z: Optional[int] = None
+    channel: Optional[int] = None
     camera: CameraSpec = field(default_factory=CameraSpec)
     engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="builtin:deepstorm-zerocost"))
     postprocess: dict = field(default_factory=dict)
@@ -106,12 +116,27 @@ class RunConfig:
     def validate(self) -> None:
         if not self.movies or not all(self.movies):
             raise UserError("movie: give the path of the movie (or a list of paths)")
-        if self.pixel_size_nm is not None and not self.pixel_size_nm > 0:
-            raise UserError(f"pixel_size_nm must be > 0, got {self.pixel_size_nm}")
+        if self.pixel_size_nm is not None:
+            from stormfold.io.metadata import check_camera_pixel_size
+
+            check_camera_pixel_size(self.pixel_size_nm, "pixel_size_nm")
         if self.chunk_frames < 1:
             raise UserError(f"chunk_frames must be ≥ 1, got {self.chunk_frames}")
-        if self.frames is not None and (len(self.frames) != 2 or not 0 <= self.frames[0] < self.frames[1]):
-            raise UserError(f"frames must be [first, stop) with 0 ≤ first < stop, got {self.frames}")
+        if self.frames is not None:
+            from stormfold.io.frame_range import check_bounds
+
+            if len(self.frames) != 2:
+                raise UserError(f"frames must be [first, stop] (0-based, stop exclusive), got "
+                                f"{self.frames}")
+            check_bounds(self.frames[0], self.frames[1], "frames")
+        for name in ("z", "channel"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise UserError(f"{name} must be a plane index ≥ 0, got {getattr(self, name)}")
+
+    def movie_options(self) -> dict:
+        """How the movie is read (keyword arguments of :func:`stormfold.io.movie.open_movies`)."""
+        return {"nan_policy": self.nan_policy, "axes": self.axes, "z": self.z,
+                "channel": self.channel}
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,

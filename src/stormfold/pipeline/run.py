@@ -3,20 +3,31 @@
 :func:`run` is three steps:
 
 1. :func:`plan` — check every input, open the movie, load the engine (or check that the
-   requested one can be trained), read the truth: everything that can fail on a user
-   mistake fails here, before anything is written;
+   requested one can be trained), read the truth, check the frame range against the movie
+   and the post-processing (drift bins, FRC blocks), the camera against the movie
+   (baseline), the outputs against the inputs (no input is replaced) and the free disk
+   space, and a ``--resume`` against the interrupted run: everything that can fail on a
+   user mistake fails here, before anything is written;
 2. :func:`stream` — localize the movie in chunks of frames; after each chunk its
    localizations are appended to a partial CSV and the running image sums and the chunk
-   counter are saved, so a crash loses at most the chunk in flight and ``--resume``
-   continues where the run stopped. Chunks run in this process or, with ``scheduler``, on a
-   Dask cluster whose workers each load the model once;
+   counter are saved in the output's state folder (``.stormfold-run/``), so a crash loses
+   at most the chunk in flight and ``--resume`` continues where the run stopped. Chunks run
+   in this process or, with ``scheduler``, on a Dask cluster whose workers each load the
+   model once;
 3. :func:`finish` — the post-processing chain on the whole table, the evaluation, the
-   output files, and the HTML report.
+   output files and the HTML report, all written into a hidden staging folder and moved
+   into the output folder at the end with ``manifest.json`` last
+   (:class:`stormfold.io.outputs.OutputFolder`). An old complete output is replaced only
+   then; until then it stays as it was.
+
+The state folder survives an interrupt or an error after localizing (the message says so):
+``--resume`` continues it, also with another ``postprocess`` or ``evaluation`` section.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,9 +41,12 @@ from stormfold import __version__
 from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path, write_text
+from stormfold.io.manifest import link_or_copy
+from stormfold.io.outputs import OutputFolder
 from stormfold.physics.geometry import FrameGeometry
 from stormfold.pipeline.config import EngineSpec, RunConfig, check_inputs
-from stormfold.pipeline.state import STATE_DIR, RunState, config_fingerprint
+from stormfold.pipeline.outputs import MODEL_DIR, check_camera, output_set, resumable_state
+from stormfold.pipeline.state import STATE_DIR, RunState, config_fingerprint, run_parameters
 from stormfold.pipeline.truth import truth_in_corrected_frame
 
 LOG_FILE = "run.log"
@@ -91,6 +105,14 @@ class RunPlan:
             warnings.warn(text, UserWarning, stacklevel=2)
             if self.log is not None:
                 self.log.warning(text)
+    out: OutputFolder | None = None
+    #: What ``--resume`` continues: (RunState, superres sums, widefield sums), or None.
+    resumed: tuple | None = None
+    command_line: list | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.output / STATE_DIR
 
 
 @dataclass
@@ -103,12 +125,12 @@ class Streamed:
     seconds: float
 
 
-def _logger(output: Path, quiet: bool) -> logging.Logger:
+def _logger(output: Path, path: Path, quiet: bool) -> logging.Logger:
     log = logging.getLogger(f"stormfold.run.{output}")
-    log.handlers.clear()
+    _close_log(log)
     log.setLevel(logging.INFO)
     log.propagate = False
-    fh = logging.FileHandler(output / LOG_FILE, encoding="utf-8")
+    fh = logging.FileHandler(path, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(fh)
     if not quiet:
@@ -120,20 +142,32 @@ def _logger(output: Path, quiet: bool) -> logging.Logger:
     return log
 
 
+def _close_log(log: logging.Logger | None) -> None:
+    for handler in list(log.handlers) if log is not None else []:
+        handler.close()
+        log.removeHandler(handler)
+
+
 # --------------------------------------------------------------------------- 1. plan
-def plan(config: RunConfig) -> RunPlan:
-    """Check everything and open the movie (the caller closes ``plan.movie``)."""
+def plan(config: RunConfig, resume: bool = False, protect: tuple = ()) -> RunPlan:
+    """Check everything and open the movie (the caller closes ``plan.movie``).
+
+    ``protect``: more inputs no output may replace (the configuration file).
+    """
     from stormfold.device import get_device
+    from stormfold.io.frame_range import check_frame_range
     from stormfold.io.movie import open_movies
     from stormfold.localize.registry import load_engine
     from stormfold.localize.runner import resolve_geometry
+    from stormfold.postprocess.chain import check_chain_frames
 
     check_inputs(config)
     device = get_device(None if config.engine.device == "auto" else config.engine.device)
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"output: {output} exists and is not a folder")
-    movie = open_movies(config.movies, pixel_size_nm=config.pixel_size_nm)
+    movie = open_movies(config.movies, pixel_size_nm=config.pixel_size_nm,
+                        **config.movie_options())
     try:
         spec = config.engine
         engine = None
@@ -150,16 +184,20 @@ def plan(config: RunConfig) -> RunPlan:
             from stormfold.postprocess.drift import read_drift_csv
 
             true_drift = read_drift_csv(config.evaluation.truth_drift)
-        start, stop = (config.frames or [0, movie.n_frames])
-        stop = min(stop, movie.n_frames)
-        if start >= stop:
-            raise UserError(f"frames: range {start}:{stop} is empty for a movie of "
-                            f"{movie.n_frames} frames")
+        first, stop = config.frames or (0, None)
+        start, stop = check_frame_range(first, stop, movie.n_frames, "frames")
+        chain_files = check_chain_frames(config.postprocess, stop - start,
+                                         f"frames {start}:{stop}")
+        p = RunPlan(config, output, movie, device, spec, engine, geometry, truth, true_drift,
+                    start, stop)
+        if engine is not None:
+            check_camera(p)
+        p.out = output_set(config, geometry, stop - start, chain_files, protect)
+        p.resumed = resumable_state(p.state_dir, config) if resume else None
     except BaseException:
         movie.close()
         raise
-    return RunPlan(config, output, movie, device, spec, engine, geometry, truth, true_drift,
-                   start, stop)
+    return p
 
 
 def _train_engine(p: RunPlan, quiet: bool) -> None:
@@ -168,12 +206,15 @@ def _train_engine(p: RunPlan, quiet: bool) -> None:
     from stormfold.localize.runner import resolve_geometry
     from stormfold.modelfile import META
 
+    from stormfold.io.manifest import is_complete
+
     train = p.spec.train
-    model_dir = p.output / "model"
-    if (model_dir / META).is_file():
+    model_dir = p.output / MODEL_DIR
+    if is_complete(model_dir) and (model_dir / META).is_file():
         p.log.info(f"using the model trained earlier in {model_dir}")
     else:
-        p.log.info(f"training a {train.engine} model into {model_dir}")
+        model_dir = p.state_dir / MODEL_DIR  # resumable until the run's outputs are complete
+        p.log.info(f"training a {train.engine} model (kept in {p.output / MODEL_DIR})")
         train_model(train.engine, model_dir, preset=train.preset, config_file=train.config,
                     overrides=train.overrides, seed=train.seed, device=p.device,
                     progress=not quiet)
@@ -183,21 +224,22 @@ def _train_engine(p: RunPlan, quiet: bool) -> None:
     p.engine = load_engine(model=p.spec.model, device=p.device, threshold=p.spec.threshold,
                            options=p.spec.options)
     p.geometry = resolve_geometry(p.movie, p.engine)
+    check_camera(p)
 
 
 def _prepare(p: RunPlan, quiet: bool) -> None:
-    """From here on the run writes: output folder, log, engine (trained if asked), camera."""
-    from stormfold.localize.camera import choose_camera
-
-    p.output.mkdir(parents=True, exist_ok=True)
-    (p.output / STATE_DIR).mkdir(exist_ok=True)
-    p.log = _logger(p.output, quiet)
+    """From here on the run writes: output folder and its staging folder, the state folder
+    with the log, the engine (trained if asked)."""
+    p.out.open()
+    p.state_dir.mkdir(exist_ok=True)
+    if p.resumed is None:  # a new run: an older run's state is stale
+        for name in ("state.json", "sums.npz", "localizations.partial.csv", LOG_FILE):
+            (p.state_dir / name).unlink(missing_ok=True)
+    p.log = _logger(p.output, p.state_dir / LOG_FILE, quiet)
+    for text in p.warnings:  # found by the checks, before the log existed
+        p.log.warning(text)
     if p.engine is None:
         _train_engine(p, quiet)
-    choice = choose_camera(p.config.camera.overrides(), p.movie, p.engine)
-    p.camera, p.camera_source, p.camera_assumed = choice.camera, choice.source, choice.assumed
-    if choice.warning:
-        p.warn(choice.warning)
     g = p.geometry
     p.log.info(f"movie {', '.join(p.config.movies)}: {p.movie.n_frames} frames of "
                f"{g.rows}×{g.cols} px, {g.pixel_size_nm:g} nm; camera from {p.camera_source}")
@@ -219,13 +261,12 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
 
     from stormfold.io.thunderstorm import ThunderstormCsvWriter, read_thunderstorm_csv
 
-    state_dir = p.output / STATE_DIR
+    state_dir = p.state_dir
     bounds = _chunks(p)
     partial = state_dir / "localizations.partial.csv"
-    loaded = RunState.load(state_dir) if resume else None
-    if loaded is not None and loaded[0].fingerprint != config_fingerprint(p.config):
-        raise UserError(f"--resume: the configuration differs from the interrupted run in "
-                        f"{p.output}; run without --resume to start again")
+    loaded = p.resumed
+    if resume and loaded is None:
+        p.log.info(f"no interrupted run in {p.output} to resume: starting from frame {p.start}")
     if loaded is not None:
         state, superres, widefield = loaded
         with open(partial, "r+b") as fh:  # drop rows of a chunk whose state was never saved
@@ -237,8 +278,7 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
         superres = np.zeros(p.geometry.fine_shape, np.float64)
         widefield = np.zeros(p.geometry.shape, np.float64)
         partial.unlink(missing_ok=True)
-    writer = ThunderstormCsvWriter(p.output / "localizations_raw.csv", partial_path=partial,
-                                   resume=loaded is not None)
+    writer = ThunderstormCsvWriter(partial, partial_path=partial, resume=loaded is not None)
     done_frames = sum(b - a for a, b in bounds[:state.chunks_done])
     bar = tqdm(total=p.stop - p.start, initial=done_frames, unit="frame",
                desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
@@ -256,9 +296,11 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
         bar.set_postfix(locs=state.n_locs)
         p.log.debug(f"chunk {state.chunks_done}/{len(bounds)} done")
     bar.close()
-    writer.close()
+    writer.abort()  # the partial file stays the state's until the outputs are complete
+    raw_path = p.out.path("localizations_raw.csv")
+    link_or_copy(partial, raw_path)
     seconds = time.perf_counter() - t0
-    raw = read_thunderstorm_csv(p.output / "localizations_raw.csv")
+    raw = read_thunderstorm_csv(raw_path)
     p.log.info(f"{len(raw)} localizations in {p.stop - p.start} frames "
                f"({(p.stop - p.start - done_frames) / max(seconds, 1e-9):.1f} frames/s)")
     return Streamed(raw, superres, widefield, seconds)
@@ -327,11 +369,9 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
     if config.report:
         from stormfold.report import write_report
 
-        p.log.info(f"report: {write_report(p.output / 'report.html', [result])}")
-    state_dir = p.output / STATE_DIR
-    for name in ("state.json", "sums.npz"):
-        (state_dir / name).unlink(missing_ok=True)
-    state_dir.rmdir()
+        write_report(p.out.path("report.html"), [result])
+        p.log.info(f"report: {p.output / 'report.html'}")
+    _commit(p)
     return result
 
 
@@ -357,6 +397,18 @@ def final_image(pp: Any, geometry: FrameGeometry) -> tuple[np.ndarray, int, str]
     return image, factor, f"Gaussian rendering, σ {fine:g} nm, {fine:g} nm pixels"
 
 
+def _commit(p: RunPlan) -> None:
+    """Move the staged outputs (with the log and a trained model) in; drop the state."""
+    trained = p.state_dir / MODEL_DIR
+    source = trained if (trained / "model.yaml").is_file() else p.output / MODEL_DIR
+    if p.config.engine.train is not None:
+        link_or_copy(source, p.out.path(MODEL_DIR))
+    _close_log(p.log)
+    link_or_copy(p.state_dir / LOG_FILE, p.out.path(LOG_FILE))
+    p.out.commit(run_parameters(p.config), p.command_line)
+    shutil.rmtree(p.state_dir, ignore_errors=True)
+
+
 def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | None,
                   seconds: float) -> dict:
     """The tables, images, evaluation and ``run.yaml``; returns the run record."""
@@ -364,7 +416,7 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
     from stormfold.io.thunderstorm import write_thunderstorm_csv
     from stormfold.localize.runner import write_images
 
-    out, g, config = p.output, p.geometry, p.config
+    out, g, config = p.out.open(), p.geometry, p.config
     write_thunderstorm_csv(out / "localizations.csv", pp.table)
     write_picasso_hdf5(out / "localizations.hdf5", pp.table, pixel_size_nm=g.pixel_size_nm,
                        width_px=g.cols, height_px=g.rows, n_frames=p.stop,
@@ -375,6 +427,8 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
                "localizations_raw": "localizations_raw.csv", "superres": "superres.tif",
                "widefield": "widefield.tif", "log": LOG_FILE}
     outputs.update(pp.write(out))
+    if config.engine.train is not None:
+        outputs["model"] = MODEL_DIR
     if evaluation is not None:
         with atomic_path(out / "evaluation.csv") as tmp:
             evaluation.to_csv(tmp, index=False)
@@ -390,6 +444,7 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
         "camera_assumed": list(p.camera_assumed),
         "engine": p.engine.describe(),
         "columns_estimated": p.engine.estimated_columns(),
+        "nan_repairs": p.movie.repairs(),
         "n_localizations": {"raw": int(len(s.raw)), "final": int(len(pp.table))},
         "postprocess": pp.log,
         "postprocess_results": pp.record(),
@@ -406,24 +461,61 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
 
 # --------------------------------------------------------------------------- the run
 def run(config: RunConfig, resume: bool = False, quiet: bool = False,
-        label: str = "") -> RunResult:
+        label: str = "", protect: tuple = (), command_line: list | None = None) -> RunResult:
     """Run the whole job of ``config``: :func:`plan` → :func:`stream` → :func:`finish`.
 
     Parameters
     ----------
     config : RunConfig
     resume : bool
-        Continue an interrupted run in the same output folder (same configuration).
+        Continue an interrupted run in the same output folder (same configuration except
+        ``postprocess``, ``evaluation``, ``report``).
     quiet : bool
         No progress bar and no console log (the log file is still written).
     label : str
         Name of the run in the report (default: the engine's name).
+    protect : tuple of paths
+        More inputs that no output may replace (e.g. the configuration file).
+    command_line : list of str, optional
+        Recorded in ``manifest.json``.
+
+    Raises
+    ------
+    UserError
+        A user mistake, before anything is written (or, for what only the data can tell,
+        after localizing: the localizations are then kept for ``--resume``).
     """
-    p = plan(config)
+    p = plan(config, resume, protect)
+    p.command_line = command_line
     try:
-        t0 = time.perf_counter()
-        _prepare(p, quiet)
-        streamed = stream(p, resume, quiet)
-        return finish(p, streamed, quiet, label, t0)
+        with p.out:
+            try:
+                t0 = time.perf_counter()
+                _prepare(p, quiet)
+                streamed = stream(p, resume, quiet)
+                return finish(p, streamed, quiet, label, t0)
+            except BaseException as exc:
+                _keep_or_drop_state(p, exc)
+                raise
     finally:
+        _close_log(p.log)
         p.movie.close()
+
+
+def _keep_or_drop_state(p: RunPlan, exc: BaseException) -> None:
+    """After a failure: keep the state when chunks were saved (and say so), else remove it
+    so that nothing of this run is left."""
+    _close_log(p.log)
+    state = RunState.load(p.state_dir)
+    model = p.state_dir / MODEL_DIR
+    if state is None or state[0].chunks_done == 0:
+        if not model.exists():
+            shutil.rmtree(p.state_dir, ignore_errors=True)
+        return
+    done = state[0].chunks_done
+    note = (f"{done} of {len(_chunks(p))} chunks of localizations are kept in "
+            f"{p.state_dir}: run again with --resume to continue")
+    if isinstance(exc, UserError):
+        raise UserError(f"{exc} ({note})") from None
+    if isinstance(exc, KeyboardInterrupt):
+        exc.stormfold_note = note

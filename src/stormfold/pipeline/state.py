@@ -34,13 +34,30 @@ class RunState:
 
     @classmethod
     def load(cls, folder: Path) -> tuple["RunState", np.ndarray, np.ndarray] | None:
+        """The saved state, or None when there is none (or it cannot be read)."""
         if not (folder / "state.json").is_file() or not (folder / "sums.npz").is_file():
             return None
-        state = cls(**json.loads((folder / "state.json").read_text()))
-        with np.load(folder / "sums.npz", allow_pickle=False) as sums:
-            return state, sums["superres"], sums["widefield"]
+        try:
+            state = cls(**json.loads((folder / "state.json").read_text()))
+            with np.load(folder / "sums.npz", allow_pickle=False) as sums:
+                return state, sums["superres"], sums["widefield"]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+
+#: Keys of a run configuration that do not change the localizations: a run interrupted (or
+#: failed after localizing) resumes with other values of these.
+NOT_STREAMED = ("scheduler", "report", "output", "postprocess", "evaluation")
 
 
 def config_fingerprint(config: RunConfig) -> str:
-    relevant = {k: v for k, v in to_dict(config).items() if k not in ("scheduler", "report", "output")}
+    """What an interrupted run and its ``--resume`` must share: everything that changes the
+    localizations (movie, frames, camera, engine, chunks), not the post-processing, the
+    evaluation or the report."""
+    relevant = {k: v for k, v in to_dict(config).items() if k not in NOT_STREAMED}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_parameters(config: RunConfig) -> dict:
+    """The parameters whose fingerprint the output's ``manifest.json`` records."""
+    return {k: v for k, v in to_dict(config).items() if k not in ("scheduler", "output")}

@@ -2,10 +2,12 @@
 DBSCAN clustering, rendering, FRC resolution, and chains of these steps.
 
 Every step is a function over the localization table (DataFrame in, DataFrame(s) out, no
-files); :mod:`stormfold.postprocess.chain` runs them from and to files for the CLI.
+files); :mod:`stormfold.postprocess.chain` runs them in a row, and
+:mod:`stormfold.postprocess.commands` from and to files for the CLI.
 """
-from stormfold.postprocess.chain import (ChainResult, Context, StepOutput, check_chain,
-                                         postprocess_file, run_chain, run_command, run_step)
+from stormfold.postprocess.chain import (ChainResult, Context, StepOutput, check_chain, run_chain,
+                                         run_step)
+from stormfold.postprocess.commands import postprocess_file, run_command
 from stormfold.postprocess.cluster import ClusterParams, cluster, cluster_summary, dbscan
 from stormfold.postprocess.drift import (DriftParams, DriftResult, apply_drift, correct_drift,
                                          estimate_drift, estimate_drift_fiducials,

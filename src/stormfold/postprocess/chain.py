@@ -5,7 +5,8 @@ and its parameters (a dataclass: :class:`DriftParams`, :class:`LinkParams`, ...)
 returns the new table, its figures and artefacts (drift table, plots, image, FRC curve)
 *in memory* (:func:`run_step`); files are written only once every step has succeeded.
 
-A chain (:func:`run_chain` in memory, :func:`postprocess_file` from file to folder, the
+A chain (:func:`run_chain` in memory, :func:`~stormfold.postprocess.commands.postprocess_file`
+from file to folder, the
 ``stormfold postprocess IN --out DIR --steps drift,link,filter,render --config F.yaml``
 command, and the ``postprocess`` section of ``stormfold run``) runs steps in the order
 given. Its configuration has one optional section per step with the fields of the
@@ -33,8 +34,7 @@ import pandas as pd
 
 from stormfold.config import from_dict, load_yaml, to_dict
 from stormfold.errors import UserError
-from stormfold.io.tables import table_format, write_frames_csv
-from stormfold.postprocess import files
+from stormfold.io.tables import write_frames_csv
 from stormfold.postprocess.cluster import ClusterParams, cluster
 from stormfold.postprocess.drift import DriftParams, apply_drift, drift_to_apply, estimate_drift
 from stormfold.postprocess.filters import FilterParams, filter_table
@@ -255,6 +255,22 @@ def check_chain(config: Optional[str | Path | dict] = None,
     return names, params
 
 
+def check_chain_frames(config: Optional[str | Path | dict], n_frames: int,
+                       source: str = "frames") -> list[Path]:
+    """Fail before any work when the chain cannot run on ``n_frames`` frames (drift bins,
+    FRC blocks); returns the files (relative paths) the chain writes."""
+    names, params = check_chain(config)
+    if "drift" in names and params["drift"].method == "rcc" and n_frames < params["drift"].bins:
+        raise UserError(f"drift: {params['drift'].bins} time bins need at least as many frames; "
+                        f"{source} gives {n_frames} (set drift.bins ≤ {n_frames}, or more frames)")
+    if "frc" in names and params["frc"].split == "blocks" and \
+            n_frames <= params["frc"].block_frames:
+        raise UserError(f"frc: the blocks split needs more than block_frames "
+                        f"({params['frc'].block_frames}) frames; {source} gives {n_frames}")
+    paths = _chain_paths(Path(), names, params)
+    return [p for ps in paths.values() for p in ps]
+
+
 @dataclass
 class ChainResult:
     """Result of :func:`run_chain`.
@@ -389,21 +405,6 @@ def _write_artefact(artefact: Artefact, path: Path) -> None:
         raise ValueError(f"unknown artefact kind {artefact.kind!r}")
 
 
-def _single_paths(step: str, out: Path) -> dict[str, Path]:
-    """Where a single-step command writes its artefacts, from its --out."""
-    stem = out.stem
-    if step == "drift":
-        return {"drift_table": out.with_name(f"{stem}_drift.csv"),
-                "drift_plot": out.with_name(f"{stem}_drift.png")}
-    if step == "cluster":
-        return {"clusters": out.with_name(f"{stem}_clusters.csv")}
-    if step == "render":
-        return {"image": out}
-    if step == "frc":
-        return {"frc_curve": out / "frc.csv", "frc_plot": out / "frc.png"}
-    return {}
-
-
 def _chain_paths(out_dir: Path, names: list[str], params: dict[str, Any]) -> dict[str, list[Path]]:
     paths: dict[str, list[Path]] = {}
     if "drift" in names:
@@ -417,141 +418,3 @@ def _chain_paths(out_dir: Path, names: list[str], params: dict[str, Any]) -> dic
         paths["frc_curve"] = [out_dir / "frc.csv"]
         paths["frc_plot"] = [out_dir / "frc.png"]
     return paths
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-
-
-def run_command(step: str, source: str | Path, out: str | Path, params: Any = None,
-                pixel_size_nm: Optional[float] = None) -> tuple[StepOutput, list[Path]]:
-    """One step from file to files (``stormfold drift|link|filter|cluster|render|frc``).
-
-    Parameters
-    ----------
-    step : str
-        The step.
-    source : str or Path
-        Input table (``.csv`` or ``.hdf5``).
-    out : str or Path
-        Output table (``drift``, ``link``, ``filter``, ``cluster``; format by extension),
-        image (``render``: ``.tif`` or ``.png``) or folder (``frc``).
-    params : dataclass or dict, optional
-        The step's parameters.
-    pixel_size_nm : float, optional
-        Camera pixel size (nm) for Picasso files without one.
-
-    Returns
-    -------
-    output : StepOutput
-    written : list of Path
-        Every file written (tables, artefacts, YAML record or sidecar).
-
-    Raises
-    ------
-    UserError
-        Bad input, parameters or outputs — before anything is written.
-    """
-    out = Path(out)
-    params = params if isinstance(params, PARAMS.get(step, ())) else step_params(step, params)
-    src = files.read_input(source, pixel_size_nm)
-    artefact_paths = _single_paths(step, out)
-    if step == "frc":
-        _check_out_dir(out)
-        record = out / "frc.yaml"
-        planned = [*artefact_paths.values(), record]
-    elif step == "render":
-        if out.suffix.lower() not in (".tif", ".tiff", ".png"):
-            raise UserError(f"--out {out}: a rendering is written as .tif or .png")
-        record = files.record_path(out)
-        planned = [out, record]
-    else:
-        table_format(out)
-        files.check_table_output(out, src, pixel_size_nm)
-        record = files.record_path(out)
-        planned = [*files.table_outputs(out), *artefact_paths.values()]
-    files.check_outputs(src, planned)
-
-    result = run_step(step, src.table, params, Context(src.n_frames, src.fov_nm))
-
-    written: list[Path] = []
-    if step == "frc":
-        out.mkdir(parents=True, exist_ok=True)
-    for artefact in result.artefacts:
-        _write_artefact(artefact, artefact_paths[artefact.name])
-        written.append(artefact_paths[artefact.name])
-    outputs = [*written] + ([] if step in ("frc", "render") else [out])
-    rec = files.make_record(step, src, params, result.results, outputs)
-    if step in ("frc", "render"):
-        files.write_record(record, rec)
-        written.append(record)
-    else:
-        written = files.write_output_table(out, result.table, src, rec, pixel_size_nm) + written
-    return result, written
-
-
-def postprocess_file(source: str | Path, out_dir: str | Path,
-                     steps: Optional[str | Sequence[str]] = None,
-                     config: Optional[str | Path | dict] = None,
-                     pixel_size_nm: Optional[float] = None,
-                     progress: bool = False) -> tuple[ChainResult, list[Path]]:
-    """``stormfold postprocess``: run a chain on a table file and write ``out_dir``.
-
-    Parameters
-    ----------
-    source : str or Path
-        Input table (``.csv`` or ``.hdf5``).
-    out_dir : str or Path
-        Output folder (see the module docstring for its files).
-    steps : str or list of str, optional
-        Steps in order (``"drift,link,filter,render"``); default: ``steps`` of the config.
-    config : str, Path or dict, optional
-        YAML file (or mapping) with one section per step.
-    pixel_size_nm : float, optional
-        Camera pixel size (nm) for Picasso files without one.
-    progress : bool
-        A progress bar over the steps.
-
-    Returns
-    -------
-    result : ChainResult
-    written : list of Path
-        Every file written.
-
-    Raises
-    ------
-    UserError
-        Bad input, configuration or outputs — before anything is written.
-    """
-    out_dir = Path(out_dir)
-    names, params = check_chain(config, steps)
-    if not names:
-        raise UserError("no steps given: e.g. --steps drift,link,filter,render")
-    _check_out_dir(out_dir)
-    src = files.read_input(source, pixel_size_nm)
-    table_path = out_dir / f"postprocessed{src.path.suffix.lower()}"
-    files.check_table_output(table_path, src, pixel_size_nm)
-    record_path = out_dir / "postprocess.yaml"
-    artefacts = _chain_paths(out_dir, names, params)
-    files.check_outputs(src, [table_path, files.record_path(table_path), record_path,
-                              *[p for ps in artefacts.values() for p in ps]])
-
-    result = run_chain(src.table, {n: to_dict(p) for n, p in params.items()}, names,
-                       src.pixel_size_nm, src.fov_nm, src.n_frames, progress=progress)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names_written = result.write(out_dir)
-    written = [out_dir / name for name in names_written.values()]
-    record = files.make_record("postprocess", src, result.record(), {},
-                               [table_path, *written])
-    del record["parameters"], record["results"]
-    record["steps"] = names
-    record["n_output"] = int(len(result.table))
-    record["chain"] = result.record()
-    # The chain's record is postprocess.yaml; a Picasso table also carries it in its sidecar.
-    written = files.write_output_table(table_path, result.table, src, record, pixel_size_nm,
-                                       write_csv_record=False) + written
-    files.write_record(record_path, record)
-    written.append(record_path)
-    return result, written

@@ -18,7 +18,6 @@ import pandas as pd
 
 from stormfold import __version__
 from stormfold.config import dump_yaml, to_dict
-from stormfold.errors import UserError
 from stormfold.physics.psf import render_emitters
 from stormfold.simulate.activation import independent_counts, telegraph_on_fractions
 from stormfold.simulate.config import SimulationConfig
@@ -183,45 +182,52 @@ def simulation_metadata(config: SimulationConfig, **provenance) -> dict:
 
 
 def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, protect: tuple = ()) -> Path:
     """Simulate and write ``movie.tif``, ``truth.csv``, ``simulation.yaml`` (and ``drift.csv``).
 
-    The movie is streamed to disk chunk by chunk (memory independent of its length); every
-    file is written under a temporary name and renamed when complete.
+    The movie is streamed to disk chunk by chunk (memory independent of its length). The
+    files are one set (:class:`stormfold.io.outputs.OutputFolder`): written into a staging
+    folder and moved in with ``manifest.json`` last, nothing left on an error. ``protect``:
+    inputs that no output may replace (the ``--config`` file); the mask image is protected
+    too, and the free disk space is checked before anything is simulated.
     """
     from tqdm import tqdm
 
     from stormfold.io.atomic import write_text
+    from stormfold.io.outputs import OutputFolder
     from stormfold.io.thunderstorm import write_thunderstorm_csv
     from stormfold.io.tiff import TiffStackWriter
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-    if config.structure.kind == "mask":
-        load_mask(config.structure.mask)  # fail before writing anything
+    mask = config.structure.mask if config.structure.kind == "mask" else None
+    if mask is not None:
+        load_mask(mask)  # fail before writing anything
+    movie_bytes = 2.0 * config.n_frames * config.n_rows * config.n_cols
+    out = OutputFolder(out_dir, "simulate", ["movie.tif", "truth.csv", "simulation.yaml",
+                                             "drift.csv"], [mask, *protect],
+                       expected_bytes=movie_bytes * 1.01).check()
     t0 = time.perf_counter()
     truth, drift = simulate_truth(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shape = (config.n_rows, config.n_cols)
-    bar = tqdm(total=config.n_frames, unit="frame", desc="simulate", disable=not progress,
-               leave=False)
-    with TiffStackWriter(out_dir / "movie.tif", config.n_frames, shape, np.uint16,
-                         pixel_size_nm=config.pixel_size_nm,
-                         metadata={"source": f"stormfold {__version__} simulate",
-                                   "camera": to_dict(config.camera)}) as writer:
-        for start, frames in iter_movie(config, truth):
-            writer.write(start, frames)
-            bar.update(len(frames))
-    bar.close()
-    write_thunderstorm_csv(out_dir / "truth.csv", truth)
-    outputs = {"movie": "movie.tif", "truth": "truth.csv"}
-    if config.drift.active:
-        from stormfold.postprocess.drift import write_drift_csv
+    with out:
+        shape = (config.n_rows, config.n_cols)
+        with tqdm(total=config.n_frames, unit="frame", desc="simulate", disable=not progress,
+                  leave=False) as bar, \
+                TiffStackWriter(out.path("movie.tif"), config.n_frames, shape, np.uint16,
+                                pixel_size_nm=config.pixel_size_nm,
+                                metadata={"source": f"stormfold {__version__} simulate",
+                                          "camera": to_dict(config.camera)}) as writer:
+            for start, frames in iter_movie(config, truth):
+                writer.write(start, frames)
+                bar.update(len(frames))
+        write_thunderstorm_csv(out.path("truth.csv"), truth)
+        outputs = {"movie": "movie.tif", "truth": "truth.csv"}
+        if config.drift.active:
+            from stormfold.postprocess.drift import write_drift_csv
 
-        write_drift_csv(out_dir / "drift.csv", drift)  # 1-based frames, like truth.csv
-        outputs["drift"] = "drift.csv"
-    meta = simulation_metadata(config, outputs=outputs, n_emitters=int(len(truth)),
-                               seconds=round(time.perf_counter() - t0, 3))
-    write_text(out_dir / "simulation.yaml", dump_yaml(meta))
+            write_drift_csv(out.path("drift.csv"), drift)  # 1-based frames, like truth.csv
+            outputs["drift"] = "drift.csv"
+        meta = simulation_metadata(config, outputs=outputs, n_emitters=int(len(truth)),
+                                   seconds=round(time.perf_counter() - t0, 3))
+        write_text(out.path("simulation.yaml"), dump_yaml(meta))
+        out.commit(to_dict(config))
     return out_dir

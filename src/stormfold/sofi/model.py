@@ -187,8 +187,10 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def save_sofi_model(folder: str | Path, model: SofiModel, extra: dict[str, Any]) -> Path:
-    """Write ``weights.safetensors`` (θ and σ) and ``model.yaml`` (``engine: sofi``)."""
+def save_sofi_model(folder: str | Path, model: SofiModel, extra: dict[str, Any],
+                    adopt: tuple = ()) -> Path:
+    """Write ``weights.safetensors`` (θ and σ) and ``model.yaml`` (``engine: sofi``;
+    ``adopt``: the training history files, listed in the manifest)."""
     from stormfold.config import to_dict
 
     s = model.solver
@@ -209,7 +211,7 @@ def save_sofi_model(folder: str | Path, model: SofiModel, extra: dict[str, Any])
     if model.camera is not None:
         meta["camera"] = to_dict(model.camera)
     meta.update(extra)
-    return save_model(folder, s.state_dict(), meta)
+    return save_model(folder, s.state_dict(), meta, adopt)
 
 
 def load_sofi_model(spec: str | Path, device: Any = "cpu") -> SofiModel:

@@ -35,6 +35,8 @@ from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.statistics import CumulantAccumulator, check_order_lag
 
+#: The record's entries that make two SOFI runs the same (their fingerprint).
+FINGERPRINT_KEYS = ("input", "frames", "order", "lag", "pixel_size_nm", "camera", "model")
 OUTPUTS = {"cumulant": "sofi.tif", "mean": "mean.tif", "reconstruction": "reconstruction.tif",
            "binary": "reconstruction_binary.tif", "locs": "localizations.csv",
            "record": "sofi.yaml"}
@@ -83,11 +85,13 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     """
     from tqdm import tqdm
 
-    from stormfold.io.atomic import same_file, write_text
+    from stormfold.io.atomic import write_text
+    from stormfold.io.frame_range import check_frame_range
     from stormfold.io.movie import Movie, open_movie
+    from stormfold.io.outputs import OutputFolder
     from stormfold.io.tables import write_table
     from stormfold.io.tiff import write_tiff
-    from stormfold.localize.camera import CameraChoice, choose_camera
+    from stormfold.localize.camera import CameraChoice, check_camera_on_movie, choose_camera
     from stormfold.localize.runner import resolve_pixel_size
     from stormfold.physics.camera import Camera
     from stormfold.sofi.model import SofiModel, load_sofi_model
@@ -116,20 +120,16 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
         cam, cam_source = choice.camera, choice.source
         if choice.warning:
             warnings.warn(choice.warning, UserWarning, stacklevel=2)
-        stop = mv.n_frames if stop is None else min(int(stop), mv.n_frames)
-        if not 0 <= start < stop:
-            raise UserError(f"frame range {start}:{stop} is empty for a movie of "
-                            f"{mv.n_frames} frames")
+        start, stop = check_frame_range(start, stop, mv.n_frames)
         if stop - start < 2:
-            raise UserError("SOFI needs at least 2 frames")
-        out_dir = Path(out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UserError(f"--out {out_dir} exists and is not a folder")
+            raise UserError(f"SOFI needs at least 2 frames, --frames {start}:{stop} gives 1")
+        check_camera_on_movie(cam, cam_source, mv)
         names = ["cumulant", "mean", "record"] + (["reconstruction", "locs"] + (
             ["binary"] if binarise else []) if model is not None else [])
-        paths = {k: out_dir / OUTPUTS[k] for k in names}
-        if any(same_file(p, mv.path) for p in paths.values()):
-            raise UserError(f"an output in {out_dir} would overwrite the input movie")
+        rows, cols = mv.shape
+        fine = 1 if model is None else model.upsampling ** 2
+        out = OutputFolder(out_dir, "sofi", [OUTPUTS[k] for k in names], mv.open_spec()[0],
+                           expected_bytes=8.0 * rows * cols * (1 + 2 * fine)).check()
         t0 = time.perf_counter()
         acc = CumulantAccumulator()
         with tqdm(total=stop - start, unit="frame", desc="sofi", disable=not progress,
@@ -150,38 +150,41 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
             "camera_assumed": list(choice.assumed),
             "estimator": ("(1/T) sum_t (F_t - mean)^2" if lag == 0 else
                           "(1/(T-1)) sum_t (F_t - mean)(F_t+1 - mean)"),
-            "outputs": {k: p.name for k, p in paths.items()},
+            "outputs": {k: OUTPUTS[k] for k in names},
         }
         meta = {"source": f"stormfold {__version__} sofi", "order": int(order), "lag": int(lag),
                 "units": units, "n_frames": int(n)}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_tiff(paths["cumulant"], cumulant.astype(np.float32), px, meta)
-        write_tiff(paths["mean"], stats.mean.astype(np.float32), px,
-                   {**meta, "units": "photons" if known_camera else "ADU-equivalent"})
-        if model is not None:
-            t1 = time.perf_counter()
-            offset = noise_offset(cam, stats.mean, n, lag)
-            recon = model.reconstruct(cumulant, offset)
-            tau = model.tau if threshold is None else float(threshold)
-            locs = model.localizations(recon, tau)
-            fine_px = model.fine_pixel_nm
-            fine_meta = {**meta, "units": "photons^2 per fine pixel",
-                         "upsampling": model.upsampling}
-            write_tiff(paths["reconstruction"], recon, fine_px, fine_meta)
-            if binarise:
-                write_tiff(paths["binary"], model.binarise(recon, tau), fine_px,
-                           {**fine_meta, "units": "0/1", "threshold": tau})
-            write_table(paths["locs"], locs)
-            record["model"] = {"path": model_spec, **model.describe(), "threshold_used": tau,
-                               "threshold_used_photons2": tau * model.variance_scale,
-                               "noise_offset_mean_photons2": float(np.mean(offset))}
-            record["n_localizations"] = int(len(locs))
-            record["reconstruction_seconds"] = round(time.perf_counter() - t1, 3)
-        record["timing"] = {"statistics_s": round(t_stats, 3),
-                            "frames_per_s": round(n / max(t_stats, 1e-9), 1)}
-        record["command"] = command or []
-        record["stormfold_version"] = __version__
-        write_text(paths["record"], dump_yaml(record))
+        record["nan_repairs"] = mv.repairs()
+        with out:
+            paths = {k: out.path(OUTPUTS[k]) for k in names}
+            write_tiff(paths["cumulant"], cumulant.astype(np.float32), px, meta)
+            write_tiff(paths["mean"], stats.mean.astype(np.float32), px,
+                       {**meta, "units": "photons" if known_camera else "ADU-equivalent"})
+            if model is not None:
+                t1 = time.perf_counter()
+                offset = noise_offset(cam, stats.mean, n, lag)
+                recon = model.reconstruct(cumulant, offset)
+                tau = model.tau if threshold is None else float(threshold)
+                locs = model.localizations(recon, tau)
+                fine_px = model.fine_pixel_nm
+                fine_meta = {**meta, "units": "photons^2 per fine pixel",
+                             "upsampling": model.upsampling}
+                write_tiff(paths["reconstruction"], recon, fine_px, fine_meta)
+                if binarise:
+                    write_tiff(paths["binary"], model.binarise(recon, tau), fine_px,
+                               {**fine_meta, "units": "0/1", "threshold": tau})
+                write_table(paths["locs"], locs)
+                record["model"] = {"path": model_spec, **model.describe(), "threshold_used": tau,
+                                   "threshold_used_photons2": tau * model.variance_scale,
+                                   "noise_offset_mean_photons2": float(np.mean(offset))}
+                record["n_localizations"] = int(len(locs))
+                record["reconstruction_seconds"] = round(time.perf_counter() - t1, 3)
+            record["timing"] = {"statistics_s": round(t_stats, 3),
+                                "frames_per_s": round(n / max(t_stats, 1e-9), 1)}
+            record["command"] = command or []
+            record["stormfold_version"] = __version__
+            write_text(paths["record"], dump_yaml(record))
+            out.commit({k: v for k, v in record.items() if k in FINGERPRINT_KEYS}, command)
         return record
     finally:
         if own:

@@ -29,7 +29,7 @@ from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
-from stormfold.unrolled.fit import build_optimizer, fit, write_log
+from stormfold.unrolled.fit import LOG_CSV, LOG_PNG, build_optimizer, fit, write_log
 from stormfold.unrolled.losses import localization_loss
 from stormfold.unrolled.train import LossConfig, OptimConfig
 
@@ -427,5 +427,5 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
         },
         "command": command or [], "seed": config.seed, "stormfold_version": __version__,
     }
-    save_sofi_model(out_dir, model, extra)
+    save_sofi_model(out_dir, model, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(out_dir)

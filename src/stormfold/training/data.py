@@ -90,7 +90,8 @@ def simulated_data(config: SimulationConfig) -> TrainingData:
 def movie_data(movie: str | Path, truth: str | Path, n_frames: int | None = None,
                pixel_size_nm: float | None = None, camera: Camera | None = None,
                fallback_pixel_size_nm: float | None = None,
-               fallback_camera: tuple[Camera, str] | None = None) -> TrainingData:
+               fallback_camera: tuple[Camera, str] | None = None,
+               movie_options: dict | None = None) -> TrainingData:
     """A given movie (ADU) and its ground truth (e.g. a ThunderSTORM simulation).
 
     Parameters
@@ -105,6 +106,10 @@ def movie_data(movie: str | Path, truth: str | Path, n_frames: int | None = None
         Camera overriding the movie's metadata.
     fallback_pixel_size_nm, fallback_camera : optional
         Used when the movie's metadata have none (the camera as (camera, source)).
+    movie_options : dict, optional
+        How the movie is read (``nan_policy``, ``axes``, ``z``, ``channel`` of
+        :func:`stormfold.io.movie.open_movie`). The camera's baseline is checked against the
+        movie before the frames are read (:func:`stormfold.localize.camera.check_camera_on_movie`).
 
     Notes
     -----
@@ -113,14 +118,14 @@ def movie_data(movie: str | Path, truth: str | Path, n_frames: int | None = None
     """
     from stormfold.io.movie import open_movie
     from stormfold.io.tables import read_table
-    from stormfold.localize.camera import resolve_camera
+    from stormfold.localize.camera import check_camera_on_movie, resolve_camera
 
     movie, truth = Path(movie), Path(truth)
     for label, path in (("movie", movie), ("truth", truth)):
         if not path.exists():
             raise UserError(f"{label} file not found: {path}")
     table = read_table(truth)
-    with open_movie(movie, pixel_size_nm=pixel_size_nm) as mv:
+    with open_movie(movie, pixel_size_nm=pixel_size_nm, **(movie_options or {})) as mv:
         if mv.pixel_size_nm is None and fallback_pixel_size_nm is not None:
             px = float(fallback_pixel_size_nm)
         else:
@@ -129,11 +134,13 @@ def movie_data(movie: str | Path, truth: str | Path, n_frames: int | None = None
             cam, cam_source = camera, "configuration"
         else:
             cam, cam_source = resolve_camera(None, mv, None, fallback=fallback_camera)
+        check_camera_on_movie(cam, cam_source, mv)
         if len(table) and int(table["frame"].max()) >= mv.n_frames:
             raise UserError(f"{truth}: ground truth has frames up to {int(table['frame'].max()) + 1} "
                             f"but {movie} has {mv.n_frames} frames")
         n = mv.n_frames if n_frames is None else min(int(n_frames), mv.n_frames)
         frames = mv.read(0, n)
+        repairs = mv.repairs()
     table = table[table["frame"] < n].reset_index(drop=True)
     sigma = background = None
     sim_yaml = truth.parent / "simulation.yaml"
@@ -145,7 +152,7 @@ def movie_data(movie: str | Path, truth: str | Path, n_frames: int | None = None
     return TrainingData(photons, table, FrameGeometry.of_frames(photons, px), cam,
                         {"source": "movie", "movie": str(movie), "truth": str(truth),
                          "frames": int(n), "frame_shape": list(frames.shape[1:]),
-                         "camera_source": cam_source},
+                         "camera_source": cam_source, "nan_repairs": repairs},
                         sigma_nm=sigma, background_photons=background)
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from stormfold import __version__
 from stormfold.errors import UserError
@@ -119,11 +121,12 @@ class TrainingRun:
 
     @staticmethod
     def unfinished(out_dir: str | Path) -> bool:
-        """True when ``out_dir`` holds a checkpoint but no finished model (resume it)."""
-        from stormfold.modelfile import META
+        """True when ``out_dir`` holds a checkpoint but no complete model (its
+        ``manifest.json``): resume it."""
+        from stormfold.io.manifest import is_complete
 
         out_dir = Path(out_dir)
-        return (out_dir / CHECKPOINT_DIR / "state.json").is_file() and not (out_dir / META).is_file()
+        return (out_dir / CHECKPOINT_DIR / "state.json").is_file() and not is_complete(out_dir)
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None
@@ -205,3 +208,22 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
         if converged is not None and converged(record):
             break
     return i
+
+
+@contextmanager
+def model_folder_guard(out_dir: str | Path) -> Iterator[None]:
+    """Around a training command: on an error or an interrupt, a model folder this command
+    created is removed unless it holds a checkpoint to resume (then the message says so)."""
+    out_dir = Path(out_dir)
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException as exc:
+        checkpoint = out_dir / CHECKPOINT_DIR / "state.json"
+        if checkpoint.is_file():
+            note = f"the checkpoint in {checkpoint.parent} is kept: continue with --resume"
+            if isinstance(exc, KeyboardInterrupt):
+                exc.stormfold_note = note
+        elif not existed and out_dir.is_dir() and not (out_dir / "manifest.json").is_file():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise

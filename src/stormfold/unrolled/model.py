@@ -52,8 +52,9 @@ def _finite(value: float) -> float | None:
 
 
 def save_unrolled_model(folder: str | Path, solver: UnrolledAPG, pixel_size_nm: float,
-                        extra: dict[str, Any]) -> Path:
-    """Write ``weights.safetensors`` (θ and the PSF σ) and ``model.yaml``."""
+                        extra: dict[str, Any], adopt: tuple = ()) -> Path:
+    """Write ``weights.safetensors`` (θ and the PSF σ) and ``model.yaml`` (``adopt``: the
+    training history files, listed in the manifest)."""
     L = solver.op.factor
     sigma_fine = float(solver.op.sigma_fine_px.detach())
     meta: dict[str, Any] = {
@@ -64,7 +65,7 @@ def save_unrolled_model(folder: str | Path, solver: UnrolledAPG, pixel_size_nm: 
         "extraction": {"threshold": float(solver.tau.detach()), "connectivity": 8, "merge": True},
     }
     meta.update(extra)
-    return save_model(folder, solver.state_dict(), meta)
+    return save_model(folder, solver.state_dict(), meta, adopt)
 
 
 def _require(meta: dict, key: str, source: str) -> Any:

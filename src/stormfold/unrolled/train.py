@@ -63,6 +63,8 @@ class DataConfig:
         Pixel size of a given movie without metadata.
     camera : dict, optional
         Camera parameters (:class:`stormfold.physics.Camera` fields) for a given movie.
+    nan_policy, axes, z, channel
+        How a given movie is read (:func:`stormfold.io.movie.open_movie`).
     """
 
     preset: str = "challenge2016"
@@ -72,6 +74,10 @@ class DataConfig:
     truth: Optional[str] = None
     pixel_size_nm: Optional[float] = None
     camera: Optional[dict] = None
+    nan_policy: Literal["error", "zero"] = "error"
+    axes: Optional[str] = None
+    z: Optional[int] = None
+    channel: Optional[int] = None
 
     def validate(self) -> None:
         if self.n_frames < 1:
@@ -277,7 +283,9 @@ def build_training_data(data: DataConfig, seed: int) -> TrainingData:
                                            n_frames=data.n_frames, seed=seed))
     camera = None if data.camera is None else from_dict(Camera, data.camera, where="data.camera")
     return movie_data(data.movie, data.truth, n_frames=data.n_frames,
-                      pixel_size_nm=data.pixel_size_nm, camera=camera)
+                      pixel_size_nm=data.pixel_size_nm, camera=camera,
+                      movie_options={"nan_policy": data.nan_policy, "axes": data.axes,
+                                     "z": data.z, "channel": data.channel})
 
 
 def build_solver_for(config: UnrolledTrainConfig, td: TrainingData, target_photons: np.ndarray,
@@ -478,7 +486,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
     if config.extraction.calibrate:
         cal = calibrate_threshold(solver, y, td.truth, td.pixel_size_nm, config.extraction)
         extra["extraction"].update(cal)
-    save_unrolled_model(run.out_dir, solver, td.pixel_size_nm, extra)
+    save_unrolled_model(run.out_dir, solver, td.pixel_size_nm, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(run.out_dir)
 
 

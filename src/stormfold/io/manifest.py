@@ -1,0 +1,133 @@
+"""``manifest.json``: what marks an output folder complete, and how to check it.
+
+The manifest is written last by :meth:`stormfold.io.outputs.OutputFolder.commit`, after every
+file of the set is in place, and removed before the first file of a new set replaces an old
+one. It lists every file (relative path, size in bytes, SHA-256), the command, the
+parameters' fingerprint and the version. A folder without it is incomplete — an interrupted
+or failed run — whatever else it holds; readers and ``--resume`` trust only the manifest
+(:func:`read_manifest`, :func:`verify_manifest`, :func:`is_complete`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+#: Hidden folders of output sets being written (never part of a set).
+STAGING_PREFIX = ".stormfold-staging."
+
+
+def sha256_file(path: Path, sync: bool = False) -> str:
+    """SHA-256 of a file (hex); with ``sync``, also flushed to the disk (before a manifest
+    says the file is there)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+        if sync:
+            os.fsync(fh.fileno())
+    return digest.hexdigest()
+
+
+def inventory(root: Path) -> list[dict]:
+    """Every file under ``root`` (relative POSIX path, bytes, SHA-256), sorted."""
+    files = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel.split("/")[-1].startswith(STAGING_PREFIX):
+            continue
+        files.append({"path": rel, "bytes": path.stat().st_size, "sha256": sha256_file(path, sync=True)})
+    return files
+
+
+def fingerprint(parameters: Any) -> str:
+    """SHA-256 (16 hex digits) of the parameters as sorted JSON."""
+    text = json.dumps(parameters, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_manifest(folder: Path | str) -> Optional[dict]:
+    """The manifest of a complete output folder, or None (absent or unreadable)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def verify_manifest(folder: Path | str, checksums: bool = True) -> list[str]:
+    """What disagrees between a folder and its manifest (empty: complete and intact).
+
+    Parameters
+    ----------
+    folder : path
+        An output folder.
+    checksums : bool
+        Also compare SHA-256 (else sizes only).
+
+    Returns
+    -------
+    list of str
+        One line per problem: no manifest, a file missing, of another size or content.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return [f"{folder}: no {MANIFEST} (incomplete or not a stormfold output)"]
+    problems = []
+    for entry in manifest["files"]:
+        path = folder / entry["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says "
+                            f"{entry['bytes']}")
+        elif checksums and sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: content differs from the manifest")
+    return problems
+
+
+def is_complete(folder: Path | str, checksums: bool = False) -> bool:
+    """True when ``folder`` has a manifest and its files agree with it."""
+    return not verify_manifest(folder, checksums)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (copy where links are not possible); folders are
+    copied file by file the same way."""
+    source, target = Path(source), Path(target)
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=_link_file,
+                        ignore=shutil.ignore_patterns(STAGING_PREFIX + "*"))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _link_file(source, target)
+
+
+def _link_file(source: str | Path, target: str | Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (renames) to the disk, where the system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,81 @@
+"""What ``stormfold run`` checks before it writes: the output set (no input replaced, disk
+space), the camera against the movie, and what a ``--resume`` may continue."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from stormfold.errors import UserError
+from stormfold.io.outputs import OutputFolder
+from stormfold.physics.geometry import FrameGeometry
+from stormfold.pipeline.config import RunConfig
+from stormfold.pipeline.state import RunState, config_fingerprint
+
+#: The files every run writes (post-processing, evaluation, report and model add theirs).
+RUN_FILES = ("localizations.csv", "localizations.hdf5", "localizations_raw.csv",
+             "superres.tif", "widefield.tif", "run.yaml", "run.log")
+#: Where a model trained by the run goes (``engine.train``).
+MODEL_DIR = "model"
+
+
+def output_set(config: RunConfig, geometry: FrameGeometry, n_frames: int,
+               chain_files: list[Path], protect: tuple = ()) -> OutputFolder:
+    """The run's output folder as a checked :class:`~stormfold.io.outputs.OutputFolder`.
+
+    Every file the run reads is protected: the movies, the truth and its drift, the camera
+    file, the model, the training configuration and ``protect`` (the configuration file).
+    """
+    from stormfold.localize.runner import expected_bytes
+
+    names = [*RUN_FILES, *(str(p) for p in chain_files)]
+    if config.evaluation.truth is not None:
+        names.append("evaluation.csv")
+    if config.report:
+        names.append("report.html")
+    subfolders = [MODEL_DIR] if config.engine.train is not None else []
+    model = config.engine.model
+    inputs: list[Any] = [*config.movies, config.evaluation.truth, config.evaluation.truth_drift,
+                         config.camera.file, *protect,
+                         None if model is None or model.startswith("builtin:") else model,
+                         None if config.engine.train is None else config.engine.train.config]
+    # tables: raw, final and Picasso; the report embeds a few images (≈ 1 MB).
+    size = expected_bytes(geometry, n_frames, tables=3) + 1e6
+    return OutputFolder(config.output, "run", names + subfolders, inputs, size,
+                        subfolders).check()
+
+
+def check_camera(p: Any) -> None:
+    """Resolve the run's camera and check it against the movie (baseline) — before any
+    work when the engine is known, else right after it is trained."""
+    from stormfold.localize.camera import check_camera_on_movie, choose_camera
+
+    choice = choose_camera(p.config.camera.overrides(), p.movie, p.engine)
+    p.camera, p.camera_source, p.camera_assumed = choice.camera, choice.source, choice.assumed
+    if choice.warning:
+        p.warn(choice.warning)
+    check_camera_on_movie(p.camera, p.camera_source, p.movie, warn=p.warn)
+
+
+def resumable_state(state_dir: Path, config: RunConfig) -> tuple | None:
+    """What ``--resume`` continues: (state, superres sums, widefield sums), or None when
+    there is nothing to continue (no state, or its partial table is missing or short).
+
+    Raises
+    ------
+    UserError
+        The interrupted run localized with another configuration (movie, frames, camera,
+        engine or chunks).
+    """
+    loaded = RunState.load(state_dir)
+    if loaded is None:
+        return None
+    if loaded[0].fingerprint != config_fingerprint(config):
+        raise UserError(f"--resume: the configuration differs from the interrupted run in "
+                        f"{state_dir.parent} (movie, frames, camera, engine or chunks; the "
+                        f"post-processing and evaluation may change); run without --resume "
+                        f"to start again")
+    partial = state_dir / "localizations.partial.csv"
+    if not partial.is_file() or os.path.getsize(partial) < loaded[0].csv_bytes:
+        return None
+    return loaded
