@@ -369,6 +369,18 @@ class OutputFolder(OutputSet):
     def _replaced_dirs(self) -> list[Path]:
         return [self.home / n for n in self.subfolders]
 
+    def check(self) -> "OutputFolder":
+        """As :meth:`OutputSet.check`, and refuse a folder that holds the complete outputs
+        of another command: replacing its manifest would leave them unlisted, and its files
+        that the new set lacks would be removed as stale."""
+        super().check()
+        old = read_manifest(self.home)
+        if old is not None and old.get("command") != self.command:
+            raise UserError(f"{self.home} holds the complete outputs of another command "
+                            f"({old.get('command')}, listed in its {MANIFEST}): choose "
+                            f"another output folder, e.g. a sub-folder")
+        return self
+
     def commit(self, parameters: Any = None, command_line: Optional[list[str]] = None,
                adopt: Iterable[str] = ()) -> dict:
         """Move the staged set into the folder and write ``manifest.json`` last.
@@ -410,7 +422,7 @@ class OutputFolder(OutputSet):
             if self._protected(target):  # refused by check(); never replace an input
                 raise UserError(f"the output {target} would replace an input")
             self._move(entry, target)
-        if old is not None:
+        if old is not None and old.get("command") == self.command:
             for name in sorted({Path(f["path"]).parts[0] for f in old["files"]} - new_names):
                 stale = self.home / name
                 if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
@@ -473,6 +485,17 @@ class OutputFiles(OutputSet):
 
     def final_paths(self) -> list[Path]:
         return list(self.paths)
+
+    def check(self) -> "OutputFiles":
+        """As :meth:`OutputSet.check`, and refuse to replace a file that a complete output
+        folder lists in its manifest (the folder would no longer match it)."""
+        super().check()
+        listed = {entry.get("path") for entry in (read_manifest(self.home) or {}).get("files", [])}
+        for path in self.paths:
+            if path.name in listed:
+                raise UserError(f"{path} belongs to the complete outputs in {self.home} (listed "
+                                f"in its {MANIFEST}): choose another output name")
+        return self
 
     def _user_path(self) -> Path:
         return self.paths[0]
