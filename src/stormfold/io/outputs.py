@@ -287,9 +287,10 @@ class OutputSet:
             if not self.committed:
                 self.abort()
             return
+        where = self._translate(getattr(exc, "filename", None))  # before staging goes
         self.abort()
         if isinstance(exc, OSError) and is_environment_error(exc):
-            raise environment_error(exc, self._translate(exc.filename)) from None
+            raise environment_error(exc, where) from None
 
     def _translate(self, filename: Any) -> Path:
         """The user's path for a file named in an error (never the staging name)."""
@@ -329,6 +330,11 @@ class OutputSet:
         else:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
+            if target.is_file() and _same(source, target):
+                # Hard links of one file (a resumed run's table): rename would do nothing
+                # and leave the staged link behind.
+                source.unlink()
+                return
             os.replace(source, target)
 
     def _protected(self, path: Path) -> bool:

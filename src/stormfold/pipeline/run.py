@@ -46,7 +46,8 @@ from stormfold.io.outputs import OutputFolder
 from stormfold.physics.geometry import FrameGeometry
 from stormfold.pipeline.config import EngineSpec, RunConfig, check_inputs
 from stormfold.pipeline.outputs import MODEL_DIR, check_camera, output_set, resumable_state
-from stormfold.pipeline.state import STATE_DIR, RunState, config_fingerprint, run_parameters
+from stormfold.pipeline.state import (STATE_DIR, SUMS_GLOB, RunState, config_fingerprint,
+                                      run_parameters)
 from stormfold.pipeline.truth import truth_in_corrected_frame
 
 LOG_FILE = "run.log"
@@ -233,8 +234,10 @@ def _prepare(p: RunPlan, quiet: bool) -> None:
     p.out.open()
     p.state_dir.mkdir(exist_ok=True)
     if p.resumed is None:  # a new run: an older run's state is stale
-        for name in ("state.json", "sums.npz", "localizations.partial.csv", LOG_FILE):
+        for name in ("state.json", "localizations.partial.csv", LOG_FILE):
             (p.state_dir / name).unlink(missing_ok=True)
+        for sums in p.state_dir.glob(SUMS_GLOB):
+            sums.unlink()
     p.log = _logger(p.output, p.state_dir / LOG_FILE, quiet)
     for text in p.warnings:  # found by the checks, before the log existed
         p.log.warning(text)
@@ -404,7 +407,9 @@ def _commit(p: RunPlan) -> None:
     if p.config.engine.train is not None:
         link_or_copy(source, p.out.path(MODEL_DIR))
     _close_log(p.log)
-    link_or_copy(p.state_dir / LOG_FILE, p.out.path(LOG_FILE))
+    # A copy, not a link: a later --resume appends to the state's log, which must not
+    # change a file of a complete output.
+    shutil.copyfile(p.state_dir / LOG_FILE, p.out.path(LOG_FILE))
     p.out.commit(run_parameters(p.config), p.command_line)
     shutil.rmtree(p.state_dir, ignore_errors=True)
 

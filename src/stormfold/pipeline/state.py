@@ -26,23 +26,35 @@ class RunState:
     engine_s: float = 0.0
 
     def save(self, folder: Path, superres: np.ndarray, widefield: np.ndarray) -> None:
-        # Sums first, then the state that points at them: a crash between leaves the old state.
-        with atomic_path(folder / "sums.npz") as tmp:
+        """The sums into a file of their own chunk count, then the state that names it, then
+        the older sums: a kill at any point leaves a state whose sums match its chunks (a
+        state always points at sums of the same chunks, never at newer ones)."""
+        with atomic_path(sums_path(folder, self.chunks_done)) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, superres=superres, widefield=widefield)
         write_text(folder / "state.json", json.dumps(self.__dict__))
+        for old in folder.glob(SUMS_GLOB):
+            if old != sums_path(folder, self.chunks_done):
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path) -> tuple["RunState", np.ndarray, np.ndarray] | None:
         """The saved state, or None when there is none (or it cannot be read)."""
-        if not (folder / "state.json").is_file() or not (folder / "sums.npz").is_file():
-            return None
         try:
             state = cls(**json.loads((folder / "state.json").read_text()))
-            with np.load(folder / "sums.npz", allow_pickle=False) as sums:
+            with np.load(sums_path(folder, state.chunks_done), allow_pickle=False) as sums:
                 return state, sums["superres"], sums["widefield"]
         except (OSError, ValueError, TypeError, KeyError):
             return None
+
+
+#: The image sums after N chunks: ``sums.N.npz``.
+SUMS_GLOB = "sums.*.npz"
+
+
+def sums_path(folder: Path, chunks_done: int) -> Path:
+    """Where the image sums after ``chunks_done`` chunks are kept."""
+    return folder / f"sums.{int(chunks_done)}.npz"
 
 
 #: Keys of a run configuration that do not change the localizations: a run interrupted (or
