@@ -9,6 +9,7 @@ import yaml
 from stormfold.errors import UserError
 from stormfold.io.thunderstorm import read_thunderstorm_csv
 from stormfold.pipeline import RunConfig, load_run_config, run
+from stormfold.pipeline.state import sums_path
 from stormfold.simulate import build_config, simulate_to_folder
 
 
@@ -89,7 +90,7 @@ def test_resume_after_a_crash_gives_the_same_table(sim, tmp_path, monkeypatch):
         (out / ".stormfold-run").mkdir()
         (out / ".stormfold-run" / "state.json").write_text(
             '{"fingerprint": "other", "chunks_done": 1, "csv_bytes": 0, "n_locs": 0, "engine_s": 0}')
-        np.savez(out / ".stormfold-run" / "sums.npz", superres=np.zeros(1), widefield=np.zeros(1))
+        np.savez(sums_path(out / ".stormfold-run", 1), superres=np.zeros(1), widefield=np.zeros(1))
         run(config, resume=True, quiet=True)
 
 
