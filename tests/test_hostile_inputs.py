@@ -312,8 +312,8 @@ def test_unwritable_output_folder(world, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [["localize", "nope.tif", "--engine", "classic", "--out", "new"],
-                                  ["run", "run_frames.yaml"]],
-                         ids=["missing movie", "run: frames beyond the movie"])
+                                  ["run", "run_badkey.yaml"]],
+                         ids=["missing movie", "run: unknown config key"])
 def test_hostile_input_through_the_installed_command(world, argv):
     """The same checks through a real process (the entry point, not main())."""
     before = _snapshot(world)
