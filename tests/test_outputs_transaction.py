@@ -260,3 +260,16 @@ def test_manifest_records_the_command_and_its_parameters(movie, tmp_path, run_cl
                    "--frames", "0:4")[0] == 0
     assert json.loads((out / MANIFEST).read_text())["fingerprint"] != first
     shutil.rmtree(out)
+
+
+def test_training_history_written_in_place_makes_the_model_incomplete(tmp_path):
+    """A new training in a complete model's folder rewrites its history epoch by epoch: the
+    old manifest goes first, so a kill mid-training never leaves it describing other files."""
+    from stormfold.training.output import write_history
+
+    model = tmp_path / "model"
+    _write_set(model, {"weights.safetensors": "w", "model.yaml": "engine: x\n",
+                       "training.csv": "epoch\n1\n"}, command="model")
+    write_history(model, [{"epoch": 1}, {"epoch": 2}], "training.csv")
+    assert not (model / MANIFEST).exists()
+    assert (model / "training.csv").read_text() == "epoch\n1\n2\n"

@@ -100,6 +100,15 @@ def is_complete(folder: Path | str, checksums: bool = False) -> bool:
     return not verify_manifest(folder, checksums)
 
 
+def mark_incomplete(folder: Path | str) -> None:
+    """Remove ``folder``'s manifest before a file of it is changed in place (a training's
+    history): from then on the folder is incomplete until a new manifest is written."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        (folder / MANIFEST).unlink()
+        fsync_dir(folder)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` to ``target`` (copy where links are not possible); folders are
     copied file by file the same way."""

@@ -41,7 +41,10 @@ def write_history(folder: str | Path, records: list[dict], csv_name: str,
     from stormfold.figures import new_figure, save_png
     from stormfold.io.atomic import atomic_path
 
+    from stormfold.io.manifest import mark_incomplete
+
     folder = Path(folder)
+    mark_incomplete(folder)  # the history of a complete model is about to change
     df = pd.DataFrame(records)
     if columns is not None:
         df = df.reindex(columns=list(columns))
