@@ -116,7 +116,12 @@ def _evaluation_frames(text: str | None, locs_path: Path, truth):
         first, stop = frame_range(text)
         if stop is None:
             stop = int(truth["frame"].max()) + 1 if len(truth) else first + 1
-        return check_frames((first, stop)), "--frames"
+        frames = check_frames((first, stop))
+        f = truth["frame"].to_numpy()
+        if len(f) and not ((f >= first) & (f < stop)).any():
+            raise UserError(f"--frames {text}: the truth has no emitter in these frames (it "
+                            f"covers frames {int(f.min())}:{int(f.max()) + 1}, 0-based)")
+        return frames, "--frames"
     recorded = frames_near(locs_path)
     if recorded is None:
         return None, "all"
