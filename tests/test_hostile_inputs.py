@@ -330,3 +330,32 @@ def test_hostile_input_through_the_installed_command(world, argv):
     assert proc.returncode == 2, proc.stderr
     _check_one_line(proc.stderr)
     assert _snapshot(world) == before
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("100:200", "--frames 100:200 is empty for a 20-frame movie (frames 0 to 19)"),
+    ("-5:3", "--frames -5:3: frames are counted from 0 (0-based), so they cannot be negative"),
+    ("7:3", "--frames 7:3 is empty: B must be greater than A (B is exclusive)")])
+def test_frame_range_errors_name_the_range_as_given(world, given, expected, run_cli,
+                                                    monkeypatch):
+    monkeypatch.chdir(world)
+    code, out, err = run_cli(*LOC, f"--frames={given}", "--out", "new")
+    assert code == 2 and err == f"stormfold localize: error: {expected}\n"
+
+
+def test_refused_resume_changes_nothing(world, tmp_path, run_cli):
+    """--resume of a run interrupted with another configuration: refused before any write
+    (its log and state stay as they were)."""
+    out = tmp_path / "interrupted"
+    state = out / ".stormfold-run"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text('{"fingerprint": "other", "chunks_done": 1, '
+                                      '"csv_bytes": 0, "n_locs": 0, "engine_s": 0}')
+    np.savez(state / "sums.1.npz", superres=np.zeros(1), widefield=np.zeros(1))
+    (state / "run.log").write_text("the interrupted run's log\n")
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli("run", world / "run_ok.yaml", "--resume", "--quiet",
+                           "--set", f"output={out}")
+    assert code == 2 and "configuration differs" in err
+    _check_one_line(err)
+    assert _snapshot(tmp_path) == before
