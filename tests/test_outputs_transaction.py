@@ -273,3 +273,33 @@ def test_training_history_written_in_place_makes_the_model_incomplete(tmp_path):
     write_history(model, [{"epoch": 1}, {"epoch": 2}], "training.csv")
     assert not (model / MANIFEST).exists()
     assert (model / "training.csv").read_text() == "epoch\n1\n2\n"
+
+
+def test_sigterm_during_the_commit_waits_for_its_end(tmp_path, monkeypatch):
+    """SIGTERM while the new files are moved in arrives after the manifest is written: the
+    folder is the complete new set, not a mix."""
+    import signal as signal_module
+
+    out = tmp_path / "out"
+    _write_set(out, {"a.csv": "old\n", "b.csv": "old\n"})
+    real = os.replace
+    received = []
+
+    def replace_and_signal(src, dst):
+        if not received:
+            received.append(True)
+            os.kill(os.getpid(), signal_module.SIGTERM)
+        real(src, dst)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal_module.signal(signal_module.SIGTERM, handler)
+    try:
+        monkeypatch.setattr(outputs_module.os, "replace", replace_and_signal)
+        with pytest.raises(KeyboardInterrupt):
+            _write_set(out, {"a.csv": "new\n", "b.csv": "new\n"})
+    finally:
+        signal_module.signal(signal_module.SIGTERM, previous)
+    assert received and verify_manifest(out) == []
+    assert (out / "a.csv").read_text() == (out / "b.csv").read_text() == "new\n"

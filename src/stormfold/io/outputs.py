@@ -38,10 +38,13 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from stormfold import __version__
 from stormfold.errors import UserError
@@ -196,6 +199,33 @@ def check_inputs_apart(outputs: Iterable[Path], inputs: Iterable[Path | str | No
             if Path(folder).exists() and _inside(src, folder):
                 raise UserError(f"the input {src} lies in the output folder {folder}, which "
                                 f"is replaced: move it or choose another output folder")
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block are acted on when it is left: the few
+    renames that replace one set by another are not cut in the middle by them. (Python
+    handlers, not a signal mask: another thread of the process could take a masked signal.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs signal handlers
+        return
+    pending: list[int] = []
+
+    def remember(signum, frame):
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, remember) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in pending[:1]:
+            handler = previous[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(s)
 
 
 def _remove(path: Path) -> None:
@@ -417,26 +447,13 @@ class OutputFolder(OutputSet):
     def _commit(self, staging: Path, parameters: Any, command_line: Optional[list[str]],
                 adopt: list[str]) -> dict:
         files = inventory(staging)
+        for name in adopt:  # already in place
+            path = self.home / name
+            files.append({"path": Path(name).as_posix(), "bytes": path.stat().st_size,
+                          "sha256": sha256_file(path, sync=True)})
         entries = sorted(staging.iterdir(), key=lambda p: (p.is_dir(), p.name))
         new_names = {p.name for p in entries} | {Path(a).parts[0] for a in adopt}
         old = read_manifest(self.home)
-        marker = self.home / MANIFEST
-        marker.unlink(missing_ok=True)  # from here until the end the folder is incomplete
-        fsync_dir(self.home)
-        for entry in entries:
-            target = self.home / entry.name
-            if self._protected(target):  # refused by check(); never replace an input
-                raise UserError(f"the output {target} would replace an input")
-            self._move(entry, target)
-        if old is not None and old.get("command") == self.command:
-            for name in sorted({Path(f["path"]).parts[0] for f in old["files"]} - new_names):
-                stale = self.home / name
-                if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
-                    _remove(stale)
-        for name in adopt:
-            path = self.home / name
-            files.append({"path": Path(name).as_posix(), "bytes": path.stat().st_size,
-                          "sha256": sha256_file(path)})
         manifest = {
             "stormfold_manifest": MANIFEST_FORMAT,
             "complete": True,
@@ -447,15 +464,29 @@ class OutputFolder(OutputSet):
             "fingerprint": None if parameters is None else fingerprint(parameters),
             "files": sorted(files, key=lambda f: f["path"]),
         }
-        fsync_dir(self.home)
         from stormfold.io.atomic import write_text
 
-        write_text(marker, json.dumps(manifest, indent=1) + "\n")
-        fsync_dir(self.home)
-        staging.rmdir()
-        self.staging = None
-        self.committed = True
-        self._created = []
+        marker = self.home / MANIFEST
+        with deferred_signals():  # Ctrl-C or SIGTERM now would leave a mix of two sets
+            marker.unlink(missing_ok=True)  # from here until the end the folder is incomplete
+            fsync_dir(self.home)
+            for entry in entries:
+                target = self.home / entry.name
+                if self._protected(target):  # refused by check(); never replace an input
+                    raise UserError(f"the output {target} would replace an input")
+                self._move(entry, target)
+            if old is not None and old.get("command") == self.command:
+                for name in sorted({Path(f["path"]).parts[0] for f in old["files"]} - new_names):
+                    stale = self.home / name
+                    if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
+                        _remove(stale)
+            fsync_dir(self.home)
+            write_text(marker, json.dumps(manifest, indent=1) + "\n")
+            fsync_dir(self.home)
+            staging.rmdir()
+            self.staging = None
+            self.committed = True
+            self._created = []
         return manifest
 
 
@@ -517,18 +548,19 @@ class OutputFiles(OutputSet):
         try:
             staged = [p for p in self.paths if (staging / p.name).exists()]
             record = self.paths[-1]
-            if record in staged:
-                record.unlink(missing_ok=True)
-            for path in staged:
-                if self._protected(path):
-                    raise UserError(f"the output {path} would replace an input")
-                self._move(staging / path.name, path)
-            staging.rmdir()
+            with deferred_signals():  # Ctrl-C or SIGTERM now would leave a mix of two sets
+                if record in staged:
+                    record.unlink(missing_ok=True)
+                for path in staged:
+                    if self._protected(path):
+                        raise UserError(f"the output {path} would replace an input")
+                    self._move(staging / path.name, path)
+                staging.rmdir()
+                self.staging = None
+                self.committed = True
+                self._created = []
         except OSError as exc:
             if is_environment_error(exc):
                 raise environment_error(exc, self._translate(exc.filename)) from None
             raise
-        self.staging = None
-        self.committed = True
-        self._created = []
         return staged
