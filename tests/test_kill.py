@@ -25,7 +25,10 @@ SEED = 13
 N_FRAMES = 40
 
 SERVER = r'''
-import contextlib, io, json, os, sys, time
+import contextlib, io, json, os, signal, sys, time
+# Ctrl-C raises KeyboardInterrupt, as in a terminal (a shell's background job ignores SIGINT,
+# and Python keeps an ignored SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import torch
 torch.set_num_threads(1)  # no thread pool in the parent: forking stays safe
 from stormfold.cli import main
