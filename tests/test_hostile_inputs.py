@@ -143,6 +143,7 @@ CASES = [
     ("pixel size 5000 nm", [*LOC, "--pixel-size", "5000", "--out", "new"], 2),
     ("baseline above the 99th percentile", [*LOC, "--baseline", "60000", "--out", "old_loc"], 2),
     ("infinite baseline", [*LOC, "--baseline", "inf", "--out", "new"], 2),
+    ("negative baseline", [*LOC, "--baseline", "-5", "--out", "new"], 2),
     ("infinite threshold", [*LOC, "--threshold", "inf", "--out", "old_loc"], 2),
     ("negative threshold", [*LOC, "--threshold", "-1", "--out", "new"], 2),
     ("NaN threshold", [*LOC, "--threshold", "nan", "--out", "new"], 2),

@@ -18,7 +18,7 @@ ADU_MAX = 65535
 
 
 def check_baseline(baseline_adu: float, p99_adu: float, source: str = "baseline") -> None:
-    """Refuse a baseline above the movie's 99th percentile of pixel values.
+    """Refuse a negative baseline, or one above the movie's 99th percentile of pixel values.
 
     The baseline is the camera's dark offset: background and emitters add to it, so most
     pixels of a movie lie above it. Above the 99th percentile, ≥ 99 % of the pixels would
@@ -41,6 +41,9 @@ def check_baseline(baseline_adu: float, p99_adu: float, source: str = "baseline"
     """
     if not np.isfinite(baseline_adu):
         raise UserError(f"{source}: baseline must be a finite number of ADU, got {baseline_adu}")
+    if baseline_adu < 0:
+        raise UserError(f"{source}: baseline {baseline_adu:g} ADU is negative; the baseline is "
+                        f"the camera's dark offset, 0 or more (0 for a movie already in photons)")
     if baseline_adu > p99_adu:
         raise UserError(f"{source}: baseline {baseline_adu:g} ADU is above the 99th percentile "
                         f"of the movie's pixels ({p99_adu:g} ADU): almost every pixel would "
