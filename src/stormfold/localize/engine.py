@@ -47,10 +47,14 @@ class Engine(abc.ABC):
         Engine name as written in ``model.yaml`` (``deepstorm``, ``unrolled``, ...).
     upsampling : int
         Fine-grid factor L of the super-resolved image.
+    temporal_context : int
+        Frames on each side of a frame that the engine looks at (0: frames are independent);
+        the runner then calls :meth:`process_with_context`.
     """
 
     name: str = "engine"
     upsampling: int = 1
+    temporal_context: int = 0
 
     @abc.abstractmethod
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
@@ -66,6 +70,14 @@ class Engine(abc.ABC):
             Camera pixel size in nm.
         """
 
+    def process_with_context(self, photons: np.ndarray, before: np.ndarray | None,
+                             after: np.ndarray | None, first_frame: int,
+                             pixel_size_nm: float) -> EngineOutput:
+        """:meth:`process` for engines with :attr:`temporal_context` > 0: ``before`` and
+        ``after`` hold up to that many frames (photons) preceding and following the batch in
+        the movie, None at its edges. The default ignores them."""
+        return self.process(photons, first_frame, pixel_size_nm)
+
     def set_camera(self, camera: Camera) -> None:
         """Told by the runner which camera converted the frames to photons, before the first
         batch. Engines whose likelihood depends on the noise model (the classical MLE: QE,
@@ -78,6 +90,11 @@ class Engine(abc.ABC):
     def training_pixel_size_nm(self) -> float | None:
         """Pixel size (nm) the model was trained for; None when the engine works at any size."""
         return None
+
+    def check_pixel_size(self, pixel_size_nm: float) -> None:
+        """Refuse (:class:`~stormfold.errors.UserError`) a movie pixel size the engine cannot
+        work at, before any work (e.g. a PSF σ in pixels outside a model's training range).
+        The default accepts every size."""
 
     def estimated_columns(self) -> dict[str, str]:
         """Columns of the table that are estimates rather than measurements, each with how

@@ -43,6 +43,8 @@ ENGINES: dict[str, EngineEntry] = {
                             trainer="stormfold.unrolled.train:train_from_cli"),
     "sofi": EngineEntry(loader="stormfold.sofi.engine:load_engine"),
     "classic": EngineEntry(builder="stormfold.localize.classic.engine:build_engine"),
+    "gridnet": EngineEntry(loader="stormfold.gridnet.loader:load_engine",
+                           trainer="stormfold.gridnet.train:train_from_cli"),
 }
 
 

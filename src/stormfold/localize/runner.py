@@ -46,6 +46,8 @@ def resolve_geometry(movie: Movie, engine: Any = None) -> FrameGeometry:
     geometry = movie.geometry
     trained = engine.training_pixel_size_nm() if engine is not None else None
     px = geometry.pixel_size_nm
+    if engine is not None:
+        engine.check_pixel_size(px)
     if trained is not None and abs(px - trained) > PIXEL_SIZE_TOLERANCE * trained:
         raise UserError(f"pixel size {px:g} nm of {movie.path} differs from the model's "
                         f"{trained:g} nm by more than {PIXEL_SIZE_TOLERANCE:.0%}: use a model "
@@ -88,17 +90,30 @@ def iter_localize(movie: Movie, engine: Engine, camera: Camera, geometry: FrameG
     on the engine's fine grid (:func:`resolve_geometry`).
     """
     engine.set_camera(camera)  # engines whose likelihood needs the noise model use it
+    k = int(getattr(engine, "temporal_context", 0))
     for first, frames in movie.iter_batches(batch_frames, start=start, stop=stop):
         t1 = time.perf_counter()
         widefield = frames.sum(axis=0, dtype=np.float64)
         photons = camera.backward(frames)
+        # Neighbours come from the whole movie, so batches and chunks do not change results.
+        before, after = _neighbours(movie, camera, first, first + len(frames), k) if k \
+            else (None, None)
         t2 = time.perf_counter()
-        out = engine.process(photons, first, geometry.pixel_size_nm)
+        out = engine.process_with_context(photons, before, after, first, geometry.pixel_size_nm) \
+            if k else engine.process(photons, first, geometry.pixel_size_nm)
         t3 = time.perf_counter()
         superres = out.superres if out.superres is not None else \
             superres_histogram(out.locs, geometry)
         yield BatchResult(first, len(frames), out.locs, superres.astype(np.float64), widefield,
                           t2 - t1, t3 - t2)
+
+
+def _neighbours(movie: Movie, camera: Camera, first: int, end: int, k: int):
+    """Up to ``k`` frames (photons) before ``first`` and from ``end`` on; None at movie edges."""
+    before = camera.backward(movie.read(max(0, first - k), first)) if first > 0 else None
+    after = camera.backward(movie.read(end, min(movie.n_frames, end + k))) \
+        if end < movie.n_frames else None
+    return before, after
 
 
 def localize_range(movie: Movie, engine: Engine, camera: Camera, geometry: FrameGeometry,

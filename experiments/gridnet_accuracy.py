@@ -1,0 +1,287 @@
+"""gridnet accuracy on fresh simulations and on the real Deep-STORM demo movie, side by side
+with the shipped Deep-STORM and the classic engine.
+
+Tables (JI at 50/100/250 nm, precision, recall, RMSE at 100 nm):
+
+1. ``zerocost`` camera at 0.5, 2, 6 and 10 emitters/µm² and the ``zerocost`` preset with
+   background 50 and 200 photons/px (fresh seeds, never used for training);
+2. the real ``ArtificialDataset_demo1.tif`` (``--baseline 100 --e-per-adu 0.446``);
+3. generalisation: ``thunderstorm``, ``challenge2016`` and ``zerocost`` + background 100,
+   the generalist against a gridnet trained for that camera (``--specific NAME=DIR``);
+4. uncertainties at 0.5/µm²: std of (x − x_true)/σx and (y − y_true)/σy over pairs matched
+   within 100 nm, and RMSE (pairs ≤ 50 nm) against the Cramér–Rao bound computed at the true
+   parameters with the classic engine's Fisher information (PSF σ known and σ fitted);
+5. temporal context: a blinking-kinetics movie and an independent-frame movie, with the
+   neighbouring frames used or not (``--set temporal=false``).
+
+Usage: python experiments/gridnet_accuracy.py [--generalist builtin:gridnet-generalist]
+       [--specific thunderstorm=DIR --specific challenge2016=DIR --specific zerocost_bg100=DIR]
+       [--frames-scale 1.0] [--skip-deepstorm]
+Writes experiments/results/gridnet_accuracy.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEEPSTORM = "builtin:deepstorm-zerocost"
+TOLERANCES = (50, 100, 250)
+
+
+def simulate(folder: Path, preset: str, n_frames: int, seed: int, overrides: list[str]):
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config(preset, n_frames=n_frames, seed=seed, overrides=overrides)
+    simulate_to_folder(cfg, folder, progress=False)
+    return cfg
+
+
+def localize(engine_spec: str, movie: Path, camera, options: dict | None = None,
+             pixel_size_nm: float | None = None) -> tuple[pd.DataFrame, float]:
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+
+    if engine_spec == "classic":
+        engine = load_engine(engine="classic", options=options)
+    else:
+        engine = load_engine(model=engine_spec, options=options)
+    t0 = time.perf_counter()
+    res = localize_movie(movie, engine, camera=camera, batch_frames=16, progress=False,
+                         pixel_size_nm=pixel_size_nm)
+    return res.locs, time.perf_counter() - t0
+
+
+def scores(truth: pd.DataFrame, locs: pd.DataFrame) -> dict:
+    from stormfold.evaluate import evaluate
+
+    m = evaluate(truth, locs, tolerances_nm=TOLERANCES)
+    out = {f"ji_{int(t)}": round(float(j), 4) for t, j in zip(m.tolerance_nm, m.jaccard)}
+    row = m[m.tolerance_nm == 100].iloc[0]
+    out.update(precision=round(float(row.precision), 4), recall=round(float(row.recall), 4),
+               rmse_nm=round(float(row.rmse_lateral_nm), 2), n_truth=int(row.n_truth),
+               n_locs=int(row.n_locs))
+    return out
+
+
+def crlb_nm(truth: pd.DataFrame, camera, pixel_size_nm: float, background: float,
+            fit_sigma: bool) -> np.ndarray:
+    """Lateral CRLB √(CRLB_x + CRLB_y) (nm) of each true emitter, alone in an 11×11 ROI,
+    with the classic engine's Fisher information (Poisson + read noise as γ)."""
+    import torch
+
+    from stormfold.localize.classic.fit import fisher_information, gaussian_model
+
+    size = 11
+    excess = 2.0 if camera.em_gain > 1 else 1.0
+    scale = camera.qe / excess  # photons → Poisson counts (classic engine convention)
+    gamma = (camera.readout_e / (camera.em_gain * excess)) ** 2 + \
+        (camera.e_per_adu / (camera.em_gain * excess)) ** 2 / 12
+    n = len(truth)
+    theta = torch.tensor(np.c_[np.full(n, size / 2 + 0.25), np.full(n, size / 2 - 0.15),
+                               truth["photons"].to_numpy() * scale,
+                               np.full(n, background * scale + camera.spurious_charge / excess),
+                               truth["sigma_nm"].to_numpy() / pixel_size_nm], dtype=torch.float64)
+    mu, jac = gaussian_model(theta, size)
+    info = fisher_information(jac, mu, gamma)
+    k = 5 if fit_sigma else 4
+    cov = torch.linalg.inv(info[:, :k, :k])
+    return np.sqrt((cov[:, 0, 0] + cov[:, 1, 1]).numpy()) * pixel_size_nm
+
+
+def uncertainty_rows(gridnet: str, work: Path, frames: int) -> list[dict]:
+    """z-scores and RMSE/CRLB at 0.5/µm² (zerocost camera), all and isolated emitters."""
+    from scipy.spatial import cKDTree
+
+    from stormfold.evaluate import match
+
+    folder = work / "sparse"
+    cfg = simulate(folder, "zerocost", frames, 7001, ["activation.density_per_um2=0.5"])
+    truth = pd.read_csv(folder / "truth.csv")
+    from stormfold.io.tables import read_table
+
+    truth = read_table(folder / "truth.csv")
+    rows = []
+    for spec in (gridnet, "classic"):
+        locs, _ = localize(spec, folder / "movie.tif", cfg.camera)
+        m = match(truth, locs, 100.0)
+        t = truth.iloc[m.truth_index]
+        l = locs.iloc[m.locs_index]
+        dx, dy = m.dx_nm, m.dy_nm
+        close = m.distance_nm <= 50.0
+        # Emitters with no other emitter of the same frame within 500 nm.
+        iso = np.ones(len(t), bool)
+        for f, idx in pd.Series(np.arange(len(truth))).groupby(truth["frame"].to_numpy()):
+            pts = truth.iloc[idx.to_numpy()][["x_nm", "y_nm"]].to_numpy()
+            if len(pts) > 1:
+                d, _ = cKDTree(pts).query(pts, k=2)
+                crowded = set(idx.to_numpy()[d[:, 1] < 500.0])
+                iso &= ~np.isin(m.truth_index, list(crowded))
+        row = {"engine": spec, "pairs": int(len(t)),
+               "rmse_nm_pairs_le_50": round(float(np.sqrt(np.mean(dx[close] ** 2 + dy[close] ** 2))), 2),
+               "rmse_nm_isolated": round(float(np.sqrt(np.mean(dx[close & iso] ** 2 +
+                                                                 dy[close & iso] ** 2))), 2)}
+        for fit_sigma in (False, True):
+            c = crlb_nm(t[close], cfg.camera, cfg.pixel_size_nm, cfg.background.photons, fit_sigma)
+            key = "crlb_nm_sigma_fitted" if fit_sigma else "crlb_nm_sigma_known"
+            row[key] = round(float(np.sqrt(np.mean(c ** 2))), 2)
+        row["rmse_over_crlb_known"] = round(row["rmse_nm_pairs_le_50"] / row["crlb_nm_sigma_known"], 3)
+        row["rmse_over_crlb_fitted"] = round(row["rmse_nm_pairs_le_50"] / row["crlb_nm_sigma_fitted"], 3)
+        if "uncertainty_x_nm" in l:
+            zx = dx / l["uncertainty_x_nm"].to_numpy()
+            zy = dy / l["uncertainty_y_nm"].to_numpy()
+            row.update(z_std_x=round(float(np.std(zx)), 3), z_std_y=round(float(np.std(zy)), 3),
+                       z_std_x_isolated=round(float(np.std(zx[iso])), 3),
+                       z_std_y_isolated=round(float(np.std(zy[iso])), 3))
+        elif "uncertainty_nm" in l:
+            u = l["uncertainty_nm"].to_numpy()
+            row.update(z_std_x=round(float(np.std(dx / u)), 3), z_std_y=round(float(np.std(dy / u)), 3))
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generalist", default="builtin:gridnet-generalist")
+    parser.add_argument("--specific", action="append", default=[], metavar="CASE=DIR",
+                        help="camera-specific gridnet for thunderstorm, challenge2016, zerocost_bg100")
+    parser.add_argument("--frames-scale", type=float, default=1.0)
+    parser.add_argument("--skip-deepstorm", action="store_true")
+    parser.add_argument("--only", default=None, help="comma-separated sections 1-5")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sections = set((args.only or "1,2,3,4,5").split(","))
+    specific = dict(s.split("=", 1) for s in args.specific)
+    engines = [("gridnet-generalist", args.generalist), ("classic", "classic")]
+    if not args.skip_deepstorm:
+        engines.insert(1, ("deepstorm-zerocost", DEEPSTORM))
+    scale = args.frames_scale
+    result: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "generalist": args.generalist,
+                    "cpu": _cpu(), "load_avg_start": os.getloadavg()[0], "sections": {}}
+    from stormfold.io.tables import read_table
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "1" in sections:
+            cases = [("zerocost 0.5/µm²", ["activation.density_per_um2=0.5"], 200),
+                     ("zerocost 2/µm²", ["activation.density_per_um2=2"], 60),
+                     ("zerocost 6/µm²", ["activation.density_per_um2=6"], 30),
+                     ("zerocost 10/µm²", ["activation.density_per_um2=10"], 20),
+                     ("zerocost bg 50", ["background.photons=50"], 30),
+                     ("zerocost bg 200", ["background.photons=200"], 30)]
+            rows = []
+            for i, (name, over, frames) in enumerate(cases):
+                folder = work / f"s1_{i}"
+                cfg = simulate(folder, "zerocost", max(2, int(frames * scale)), 5000 + i, over)
+                truth = read_table(folder / "truth.csv")
+                for label, spec in engines:
+                    locs, secs = localize(spec, folder / "movie.tif", cfg.camera)
+                    rows.append({"case": name, "engine": label, **scores(truth, locs),
+                                 "seconds": round(secs, 1)})
+                    print(rows[-1], flush=True)
+            result["sections"]["simulations"] = rows
+        if "2" in sections:
+            from stormfold.localize.runner import CameraOverrides
+
+            demo = DATA / "deepstorm-demo1-train"
+            rows = []
+            if demo.is_dir():
+                truth = read_table(demo / "positions_demo1.csv")
+                cam = CameraOverrides(baseline_adu=100.0, e_per_adu=0.446)
+                for label, spec in engines:
+                    locs, secs = localize(spec, demo / "ArtificialDataset_demo1.tif", cam)
+                    rows.append({"case": "real demo movie", "engine": label, **scores(truth, locs),
+                                 "seconds": round(secs, 1)})
+                    print(rows[-1], flush=True)
+            result["sections"]["demo"] = rows
+        if "3" in sections:
+            cases = [("thunderstorm", "thunderstorm", [], 300),
+                     ("challenge2016", "challenge2016", [], 200),
+                     ("zerocost_bg100", "zerocost", ["background.photons=100"], 30)]
+            rows = []
+            for i, (name, preset, over, frames) in enumerate(cases):
+                folder = work / f"s3_{i}"
+                cfg = simulate(folder, preset, max(2, int(frames * scale)), 6000 + i, over)
+                truth = read_table(folder / "truth.csv")
+                models = [("gridnet-generalist", args.generalist)]
+                if name in specific:
+                    models.append((f"gridnet-{name}", specific[name]))
+                models += [(l, s) for l, s in engines if l != "gridnet-generalist"]
+                for label, spec in models:
+                    locs, secs = localize(spec, folder / "movie.tif", cfg.camera)
+                    rows.append({"case": name, "engine": label, **scores(truth, locs),
+                                 "seconds": round(secs, 1)})
+                    print(rows[-1], flush=True)
+            result["sections"]["generalisation"] = rows
+        if "4" in sections:
+            rows = uncertainty_rows(args.generalist, work, max(20, int(400 * scale)))
+            for r in rows:
+                print(r, flush=True)
+            result["sections"]["uncertainty"] = rows
+        if "5" in sections:
+            rows = []
+            for name, over in (("blinking kinetics (t_on 4 frames)",
+                                ["activation.model=kinetics", "activation.fluorophores_per_um2=60",
+                                 "activation.t_on_frames=4", "activation.t_off_frames=60"]),
+                               ("independent frames", ["activation.density_per_um2=3"])):
+                folder = work / f"s5_{len(rows)}"
+                cfg = simulate(folder, "zerocost", max(10, int(100 * scale)), 8000 + len(rows),
+                               over + ["background.photons=50", "emitters.photons_mean=1200",
+                                       "emitters.photons_std=200"])
+                truth = read_table(folder / "truth.csv")
+                for temporal in (True, False):
+                    locs, _ = localize(args.generalist, folder / "movie.tif", cfg.camera,
+                                       options={"temporal": temporal})
+                    rows.append({"case": name, "temporal_context": temporal, **scores(truth, locs)})
+                    print(rows[-1], flush=True)
+            result["sections"]["temporal"] = rows
+    result["load_avg_end"] = os.getloadavg()[0]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "gridnet_accuracy.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / "gridnet_accuracy.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def markdown(result: dict) -> str:
+    out = [f"gridnet accuracy ({result['when']}, model {result['generalist']}, CPU {result['cpu']})", ""]
+    cols = ["case", "engine", "ji_50", "ji_100", "ji_250", "precision", "recall", "rmse_nm",
+            "n_truth", "n_locs"]
+    for key in ("simulations", "demo", "generalisation"):
+        rows = result["sections"].get(key)
+        if rows:
+            out += [f"## {key}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+            out += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+            out.append("")
+    for key in ("uncertainty", "temporal"):
+        rows = result["sections"].get(key)
+        if rows:
+            keys = list(dict.fromkeys(k for r in rows for k in r))
+            out += [f"## {key}", "", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+            out += ["| " + " | ".join(str(r.get(c, "")) for c in keys) + " |" for r in rows]
+            out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

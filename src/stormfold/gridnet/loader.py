@@ -1,0 +1,98 @@
+"""Gridnet model files: ``weights.safetensors`` + ``model.yaml`` → network and engine.
+
+Everything the engine needs is in model.yaml: the architecture, the input normalisation,
+the calibrated threshold and ``p_raw``, the training domain (σ range for the σ check), the
+pixel size of a camera-specific model (``null`` for the generalist: any pixel size) and
+the training camera. Files that do not fit (another engine, a wrong architecture, weights
+of other shapes) are refused with one line.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stormfold.config import from_dict
+from stormfold.errors import UserError
+from stormfold.gridnet.engine import ENGINE, GridnetEngine
+from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters
+from stormfold.gridnet.normalization import InputNormalization
+from stormfold.gridnet.sampler import DomainConfig
+from stormfold.physics.camera import Camera
+
+#: ``--set`` options of the engine and their types.
+OPTIONS = {"p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
+           "temporal": bool, "sigma_nm": float}
+
+
+def _section(meta: dict, key: str, source: str) -> Any:
+    if meta.get(key) is None:
+        raise UserError(f"{source}: model.yaml has no {key!r} (not a complete gridnet model)")
+    return meta[key]
+
+
+def network_from_meta(meta: dict, tensors: dict[str, torch.Tensor], source: str) -> GridNet:
+    """The network described by ``meta['architecture']`` with ``tensors`` loaded."""
+    from stormfold.modelfile import check_state_dict
+
+    if meta.get("engine") != ENGINE:
+        raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
+    arch = _section(meta, "architecture", source)
+    if not isinstance(arch, dict):
+        raise UserError(f"{source}: architecture must be a mapping, got {arch!r}")
+    arch = {k: v for k, v in arch.items() if k != "n_parameters"}
+    model = GridNet(from_dict(ArchitectureConfig, arch, where="architecture"))
+    n_params = meta["architecture"].get("n_parameters")
+    if n_params is not None and n_params != count_parameters(model):
+        raise UserError(f"{source}: architecture.n_parameters is {n_params} but the architecture "
+                        f"gives {count_parameters(model)}")
+    check_state_dict(model, tensors, source)
+    model.load_state_dict(tensors)
+    return model
+
+
+def read_gridnet(spec: str | Path) -> tuple[GridNet, dict]:
+    """Network and metadata of a gridnet model (folder or ``builtin:NAME``)."""
+    from stormfold.modelfile import load_model
+
+    tensors, meta = load_model(spec, engine=ENGINE, device="cpu")
+    return network_from_meta(meta, tensors, str(spec)), meta
+
+
+def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
+                     threshold: float | None = None, options: dict | None = None,
+                     source: str = "model") -> GridnetEngine:
+    """Engine of a loaded network, with ``--set`` options checked."""
+    norm = from_dict(InputNormalization, _section(meta, "normalization", source),
+                     where="normalization")
+    domain = from_dict(DomainConfig, _section(meta, "domain", source), where="domain")
+    camera = from_dict(Camera, meta["camera"], where="camera") \
+        if isinstance(meta.get("camera"), dict) else None
+    px = meta.get("pixel_size_nm")
+    opts: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key not in OPTIONS:
+            raise UserError(f"unknown gridnet option {key!r} (valid: {', '.join(OPTIONS)})")
+        kind = OPTIONS[key]
+        ok = isinstance(value, bool) if kind is bool else \
+            isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            (kind is float or int(value) == value)
+        if not ok:
+            raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
+        opts[key] = kind(value)
+    thr = float(threshold) if threshold is not None else float(_section(meta, "threshold", source))
+    p_raw = opts.pop("p_raw", meta.get("p_raw", 0.1))
+    p_keep = opts.pop("p_keep", meta.get("p_keep", 2.0))
+    return GridnetEngine(model, norm, thr, p_raw=float(p_raw), p_keep=float(p_keep),
+                         device=device if device is not None else "cpu", domain=domain,
+                         pixel_size_nm=float(px) if px is not None else None, camera=camera,
+                         source=source, **opts)
+
+
+def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,
+                options: dict | None = None) -> GridnetEngine:
+    """Loader named by ``model.yaml`` (``engine: gridnet``): see the registry."""
+    model, meta = read_gridnet(spec)
+    return engine_from_meta(meta, model, device=device, threshold=threshold, options=options,
+                            source=str(spec))

@@ -1,0 +1,384 @@
+"""Tests of the camera-grid network engine (stormfold.gridnet, SPEC §10)."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stormfold.errors import UserError
+from stormfold.gridnet.decode import candidates, decode, local_maxima
+from stormfold.gridnet.engine import GridnetEngine, sample_outputs
+from stormfold.gridnet.loss import gridnet_loss
+from stormfold.gridnet.network import ArchitectureConfig, GridNet, gflop_per_frame
+from stormfold.gridnet.normalization import InputNormalization
+from stormfold.gridnet.outputs import GridOutputs, activate
+from stormfold.gridnet.sampler import DomainConfig, Sampler, domain_around
+from stormfold.gridnet.train import (build_train_config, held_back, jaccard_curve, lr_at,
+                                     train_gridnet)
+
+EASY_DOMAIN = {"sigma_px": [1.0, 1.2], "photons": [2000.0, 4000.0], "background": [0.0, 20.0],
+               "density_per_um2": [0.5, 2.0], "emccd_fraction": 0.0, "filament_fraction": 0.0,
+               "photons_spread": [0.0, 0.1]}
+TINY = {"architecture": {"frame_width": 8, "context_width": 8, "levels": 2},
+        "domain": EASY_DOMAIN,
+        "schedule": {"batch_size": 8, "frame_px": 16, "lr": 3e-3, "checkpoint_minutes": 100.0,
+                     "validation_minutes": 100.0, "warmup_fraction": 0.05, "threads": 1},
+        "validation": {"n_samples": 12, "calibration_samples": 12, "frame_px": 32}}
+
+
+def _outputs(n=1, rows=5, cols=5, **fields) -> GridOutputs:
+    base = {"p": torch.full((n, rows, cols), 1e-4), "dx": torch.zeros(n, rows, cols),
+            "dy": torch.zeros(n, rows, cols), "photons": torch.full((n, rows, cols), 1000.0),
+            "sigma_x": torch.full((n, rows, cols), 0.1), "sigma_y": torch.full((n, rows, cols), 0.1),
+            "sigma_photons": torch.full((n, rows, cols), 100.0), "bg": torch.zeros(n, rows, cols)}
+    base.update(fields)
+    return GridOutputs(**base)
+
+
+# ---------------------------------------------------------------------- decoding
+def test_decode_known_answer():
+    out = _outputs(rows=6, cols=7)
+    out.p[0, 2, 3] = 1.0
+    out.dx[0, 2, 3] = 0.25
+    out.dy[0, 2, 3] = -0.1
+    out.sigma_x[0, 2, 3] = 0.2
+    out.sigma_y[0, 2, 3] = 0.1
+    table = decode(out, threshold=0.5, pixel_size_nm=100.0, first_frame=7)
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["x_nm"] == pytest.approx((3 + 0.75) * 100.0)
+    assert row["y_nm"] == pytest.approx((2 + 0.4) * 100.0)
+    assert row["frame"] == 7
+    assert row["uncertainty_nm"] == pytest.approx(100.0 * math.sqrt((0.04 + 0.01) / 2), rel=1e-5)
+    assert row["uncertainty_x_nm"] == pytest.approx(20.0, rel=1e-5)
+    assert row["confidence"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_decode_ties_and_integration():
+    out = _outputs(rows=8, cols=8)
+    out.p[0, 3, 3] = 0.45
+    out.p[0, 3, 4] = 0.45  # one emitter split over two pixels: one localization, score 0.9
+    out.p[0, 6, 1] = 0.3   # alone: score 0.3
+    maxima = local_maxima(out.p, 0.1)
+    assert int(maxima.sum()) == 2
+    cand = candidates(out, 0.1)
+    assert sorted(np.round(cand.score.numpy(), 3).tolist()) == pytest.approx([0.3, 0.9], abs=2e-3)
+    assert len(decode(out, threshold=0.5, pixel_size_nm=100.0)) == 1
+    # Two emitters in adjacent pixels: both p high; p_keep keeps the second one.
+    out.p[0, 3, 3] = out.p[0, 3, 4] = 0.9
+    assert len(decode(out, threshold=0.5, pixel_size_nm=100.0, p_keep=0.6)) == 2
+    assert len(decode(out, threshold=0.5, pixel_size_nm=100.0, p_keep=2.0)) == 1
+
+
+# ---------------------------------------------------------------------- loss
+def test_loss_one_emitter_one_component_closed_form():
+    from scipy.stats import multivariate_normal
+
+    p = 0.7
+    out = _outputs(rows=1, cols=1, p=torch.full((1, 1, 1), p), dx=torch.full((1, 1, 1), 0.2),
+                   dy=torch.full((1, 1, 1), -0.1), photons=torch.full((1, 1, 1), 1500.0),
+                   sigma_x=torch.full((1, 1, 1), 0.3), sigma_y=torch.full((1, 1, 1), 0.25),
+                   sigma_photons=torch.full((1, 1, 1), 200.0))
+    u = torch.tensor([[[0.6, 0.45, 1800.0]]])
+    terms = gridnet_loss(out, u, torch.ones(1, 1, dtype=bool), photon_unit=1000.0)
+    nll = -multivariate_normal(mean=[0.7, 0.4, 1.5], cov=np.diag([0.09, 0.0625, 0.04])
+                               ).logpdf([0.6, 0.45, 1.8])
+    assert terms.loc.item() == pytest.approx(nll, rel=1e-5)
+    v = p * (1 - p)
+    assert terms.count.item() == pytest.approx(0.5 * (1 - p) ** 2 / v + 0.5 * math.log(2 * math.pi * v),
+                                               rel=1e-5)
+    # Windowed mixture: the same single component.
+    assert gridnet_loss(out, u, torch.ones(1, 1, dtype=bool), window_px=3).loc.item() == \
+        pytest.approx(nll, rel=1e-5)
+
+
+def test_loss_prefers_true_emitters_and_window_matches_full():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(2, 14, (5, 2))
+    out = _outputs(rows=16, cols=16)
+    for x, y in xy:
+        r, c = int(y), int(x)
+        out.p[0, r, c] = 0.95
+        out.dx[0, r, c] = x - c - 0.5
+        out.dy[0, r, c] = y - r - 0.5
+    truth = torch.tensor(np.c_[xy, np.full(5, 1000.0)][None], dtype=torch.float32)
+    mask = torch.ones(1, 5, dtype=bool)
+    true_loss = gridnet_loss(out, truth, mask).total.item()
+    for shift in (0.1, 0.3):
+        shifted = truth.clone()
+        shifted[..., 0] += shift
+        assert gridnet_loss(out, shifted, mask).total.item() > true_loss
+    # Missing an emitter costs too (count term).
+    assert gridnet_loss(out, truth[:, :3], mask[:, :3]).count.item() > \
+        gridnet_loss(out, truth, mask).count.item()
+    assert gridnet_loss(out, truth, mask, window_px=3).total.item() == pytest.approx(true_loss,
+                                                                                    rel=1e-5)
+
+
+def test_loss_gradient_finite_differences():
+    torch.manual_seed(0)
+    raw = torch.randn(2, 8, 4, 4, dtype=torch.float64) * 0.5
+    truth = torch.tensor([[[2.3, 3.1, 1200.0], [1.6, 1.2, 800.0]],
+                          [[1.5, 1.5, 900.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, False]])
+    bg = torch.rand(2, 4, 4, dtype=torch.float64) * 50
+
+    def f(r):
+        sp = torch.nn.functional.softplus
+        out = GridOutputs(p=torch.sigmoid(r[:, 0]), dx=torch.tanh(r[:, 1]), dy=torch.tanh(r[:, 2]),
+                          photons=1000 * sp(r[:, 3]), sigma_x=sp(r[:, 4]) + 0.05,
+                          sigma_y=sp(r[:, 5]) + 0.05, sigma_photons=1000 * (sp(r[:, 6]) + 0.05),
+                          bg=100 * r[:, 7])
+        return gridnet_loss(out, truth, mask, bg, window_px=2).total + \
+            gridnet_loss(out, truth, mask, bg).total
+
+    assert torch.autograd.gradcheck(f, (raw.requires_grad_(),), eps=1e-6, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- network, engine
+def test_gflop_budget_and_feature_reuse():
+    torch.manual_seed(0)
+    model = GridNet(ArchitectureConfig())
+    assert gflop_per_frame(model) <= 3.0
+    engine = GridnetEngine(model, InputNormalization(), threshold=0.5)
+    frames = torch.rand(5, 16, 16) * 100 + 10
+    out = engine.outputs(frames)
+    # Same as stacks (t−1, t, t+1) through the plain forward, edges repeated.
+    idx = torch.tensor([[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]])
+    with torch.inference_mode():
+        ref = sample_outputs(model.eval(), InputNormalization(), frames[idx])
+    assert torch.allclose(out.p, ref.p, atol=1e-5)
+    assert torch.allclose(out.bg, ref.bg, atol=1e-3)
+    # Batches with their neighbouring frames give the same outputs as one batch.
+    part = engine.outputs(frames[2:4], before=frames[1:2], after=frames[4:5])
+    assert torch.allclose(part.dx, out.dx[2:4], atol=1e-5)
+    # Odd frame sizes are padded and cropped.
+    assert engine.outputs(torch.rand(2, 13, 11) * 50).p.shape == (2, 13, 11)
+    # Tiles (with the receptive-field margin) give the untiled result; tables too.
+    big = torch.rand(3, 150, 131) * 80 + 20
+    tiled = GridnetEngine(model, InputNormalization(), threshold=0.05, tile_px=70, p_keep=0.5,
+                          p_raw=0.01)
+    whole = GridnetEngine(model, InputNormalization(), threshold=0.05, p_keep=0.5, p_raw=0.01)
+    assert len(tiled.tiles(150, 132)) > 4
+    a, b = tiled.outputs(big), whole.outputs(big)
+    for f in ("p", "dx", "sigma_x", "photons", "bg"):
+        assert torch.allclose(getattr(a, f), getattr(b, f), rtol=1e-4, atol=1e-4), f
+    ta = tiled.process(big.numpy(), 5, 100.0).locs
+    tb = whole.process(big.numpy(), 5, 100.0).locs
+    assert len(ta) == len(tb) > 0
+    pd.testing.assert_frame_equal(ta.sort_values(["frame", "x_nm"]).reset_index(drop=True),
+                                  tb.sort_values(["frame", "x_nm"]).reset_index(drop=True),
+                                  rtol=1e-4)
+
+
+def test_normalization_frame_median():
+    norm = InputNormalization(method="frame_median", scale_photons=50.0)
+    frames = torch.stack([torch.full((4, 4), 10.0), torch.full((4, 4), 300.0)])
+    frames[1, 0, 0] = 800.0
+    x, offsets = norm.apply(frames)
+    assert offsets.tolist() == [10.0, 300.0]
+    assert x[1, 0, 0].item() == pytest.approx(10.0)
+    assert InputNormalization(method="affine", offset_photons=5.0).apply(frames)[0][0, 0, 0] \
+        == pytest.approx(0.05)
+    with pytest.raises(UserError):
+        from stormfold.config import from_dict
+        from_dict(InputNormalization, {"method": "minmax"})
+
+
+# ---------------------------------------------------------------------- sampler
+def test_sampler_kinetics_and_independent_frames():
+    domain = DomainConfig(independent_fraction=0.0, t_on_frames=(20.0, 20.0), p_on=(0.3, 0.3),
+                          density_per_um2=(5.0, 5.0), background=(0.0, 0.0),
+                          background_zero_fraction=1.0, edge_fraction=0.0)
+    sampler = Sampler(domain, frame_px=24)
+    a = sampler.batch(4, np.random.default_rng(3))
+    b = sampler.batch(4, np.random.default_rng(3))
+    assert np.array_equal(a.frames, b.frames)  # seeded
+    assert (a.kind == "kinetics").all()
+    # Long ON times: consecutive frames are strongly correlated; independent ones are not.
+    corr = np.corrcoef(a.frames[:, 0].ravel(), a.frames[:, 1].ravel())[0, 1]
+    ind = Sampler(DomainConfig(independent_fraction=1.0, density_per_um2=(5.0, 5.0),
+                               background=(0.0, 0.0), background_zero_fraction=1.0,
+                               edge_fraction=0.0), frame_px=24).batch(4, np.random.default_rng(3))
+    corr_ind = np.corrcoef(ind.frames[:, 0].ravel(), ind.frames[:, 1].ravel())[0, 1]
+    assert corr > 0.6 > 0.2 > corr_ind
+    truth = a.truth_table(100.0)
+    assert truth["x_nm"].between(0, 2400).all() and truth["y_nm"].between(0, 2400).all()
+    # Photons of the truth roughly match the light in the frames (no background here).
+    assert a.frames[:, 1].sum() == pytest.approx(a.emitters[..., 2].sum(), rel=0.25)
+
+
+def test_domain_around_preset():
+    from stormfold.simulate import build_config
+
+    d = domain_around(build_config("zerocost"))
+    assert d.sigma_px[0] < 1.1 < d.sigma_px[1]
+    assert d.camera is not None and d.camera.baseline_adu == 50.0
+    assert d.density_per_um2[1] >= 10.0
+
+
+# ---------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny gridnet trained for a few seconds on an easy domain (and its config)."""
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("gridnet") / "model"
+    cfg = build_train_config(overrides=TINY, steps=150, init="none", seed=1)
+    result = train_gridnet(cfg, out, progress=False)
+    return out, cfg, result
+
+
+def test_tiny_training_beats_untrained(tiny_model):
+    from stormfold.gridnet.loader import read_gridnet
+
+    out, cfg, result = tiny_model
+    model, meta = read_gridnet(out)
+    sets = held_back(cfg.domain, cfg.validation, 3, 16, seed=5, stream=9)
+    trained = jaccard_curve(model, cfg.normalization, sets, 100.0, [meta["threshold"]], 0.1,
+                            100.0, [meta["p_keep"]])["all"][0, 0]
+    torch.manual_seed(123)
+    untrained = jaccard_curve(GridNet(cfg.architecture), cfg.normalization, sets, 100.0,
+                              cfg.validation.thresholds, 0.1, 100.0)["all"].max()
+    assert trained > untrained + 0.2
+    assert meta["training"]["steps"] == 150
+    assert (out / "training.csv").is_file() and (out / "training.png").is_file()
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    over = {**TINY, "validation": {"n_samples": 2, "calibration_samples": 2, "frame_px": 16},
+            "schedule": {**TINY["schedule"], "checkpoint_minutes": 0.0}}
+    full = tmp_path / "full"
+    train_gridnet(build_train_config(overrides=over, steps=6, init="none"), full, progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill(step):
+        if step == 3:
+            raise Kill
+
+    part = tmp_path / "part"
+    with pytest.raises(Kill):
+        train_gridnet(build_train_config(overrides=over, steps=6, init="none"), part,
+                      progress=False, step_callback=kill)
+    train_gridnet(build_train_config(overrides=over, steps=6, init="none"), part, resume=True,
+                  progress=False)
+    a = load_file(str(full / "weights.safetensors"))
+    b = load_file(str(part / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    hist = pd.read_csv(part / "training.csv")
+    assert hist["step"].tolist()[-1] == 6
+
+
+def test_lr_schedule():
+    lrs = [lr_at(s, 100, 1e-3, 0.1, 0.02) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(2e-5, rel=0.05)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
+    from stormfold.localize.registry import load_engine
+
+    out, _, _ = tiny_model
+    engine = load_engine(model=out)
+    assert engine.name == "gridnet" and engine.temporal_context == 1
+    meta = yaml.safe_load((out / "model.yaml").read_text())
+
+    def broken(edit) -> Path:
+        folder = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, folder, ignore=shutil.ignore_patterns("checkpoint"))
+        m = yaml.safe_load((folder / "model.yaml").read_text())
+        edit(m)
+        (folder / "model.yaml").write_text(yaml.safe_dump(m))
+        return folder
+
+    cases = [lambda m: m["architecture"].update(frame_width=16),
+             lambda m: m["architecture"].update(n_parameters=5),
+             lambda m: m.pop("normalization"),
+             lambda m: m["architecture"].update(levels=7),
+             lambda m: m.update(engine="deepstorm")]
+    for edit in cases:
+        with pytest.raises(UserError):
+            load_engine(model=broken(edit))
+    with pytest.raises(UserError, match="unknown gridnet option"):
+        load_engine(model=out, options={"tile": 3})
+    assert meta["pixel_size_nm"] is None  # generalist-style: any pixel size
+
+
+def test_cli_localize_and_bad_inputs(tiny_model, tmp_path, run_cli):
+    out, _, _ = tiny_model
+    sim = tmp_path / "sim"
+    code, _, err = run_cli("simulate", "--preset", "zerocost", "--frames", "6", "--seed", "4",
+                           "--set", "activation.density_per_um2=1", "--out", sim)
+    assert code == 0, err
+    loc = tmp_path / "loc"
+    code, _, err = run_cli("localize", sim / "movie.tif", "--model", out, "--out", loc,
+                           "--batch-frames", "4", "--quiet")
+    assert code == 0, err
+    table = pd.read_csv(loc / "localizations.csv")
+    assert len(table) > 0 and "uncertainty [nm]" in table.columns
+    # A σ outside the model's range, a bad key, a budget ≤ 0: one line, exit 2.
+    bad = [("localize", sim / "movie.tif", "--model", out, "--out", tmp_path / "x",
+            "--set", "sigma_nm=900"),
+           ("train", "gridnet", "--steps", "2", "--set", "schedule.bogus=1", "--out", tmp_path / "y"),
+           ("train", "gridnet", "--minutes", "0", "--out", tmp_path / "z"),
+           ("train", "gridnet", "--minutes", "-3", "--out", tmp_path / "z"),
+           ("train", "gridnet", "--preset", "zerocost", "--init", out, "--steps", "2",
+            "--set", "simulation.emitters.sigma_nm=400", "--out", tmp_path / "w")]
+    for args in bad:
+        code, _, err = run_cli(*args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x" / "localizations.csv").exists() and not (tmp_path / "w").exists()
+
+
+def test_runner_batches_do_not_change_results(tiny_model, tmp_path):
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    out, _, _ = tiny_model
+    cfg = build_config("zerocost", n_frames=7, seed=2,
+                       overrides=["activation.density_per_um2=1", "n_rows=24", "n_cols=24"])
+    simulate_to_folder(cfg, tmp_path / "s", progress=False)
+    engine = load_engine(model=out)
+    a = localize_movie(tmp_path / "s" / "movie.tif", engine, batch_frames=7, progress=False).locs
+    b = localize_movie(tmp_path / "s" / "movie.tif", engine, batch_frames=2, progress=False).locs
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
+                                  check_exact=False, atol=1e-3)
+
+
+def test_config_defaults_and_budget():
+    cfg = build_train_config(preset="zerocost")
+    assert cfg.init == "builtin:gridnet-generalist"
+    assert cfg.schedule.minutes == 15.0 and cfg.schedule.steps is None
+    assert cfg.schedule.lr == pytest.approx(3e-4)
+    assert cfg.domain.camera is not None
+    scratch = build_train_config()
+    assert scratch.init == "none" and scratch.schedule.steps == 20000
+    assert scratch.domain.sigma_px == (0.7, 2.0) and scratch.domain.camera is None
+    assert build_train_config(preset="zerocost", minutes=3).schedule.minutes == 3
+    for bad in ({"minutes": 0}, {"minutes": -1}):
+        with pytest.raises(UserError):
+            build_train_config(**bad)
+    with pytest.raises(UserError, match="domain.sigma_px"):
+        build_train_config(overrides=["domain.sigma_px=[2.0, 1.0]"])
+
+
+def test_time_budget_is_kept(tmp_path):
+    over = {**TINY, "validation": {"n_samples": 2, "calibration_samples": 2, "frame_px": 16}}
+    result = train_gridnet(build_train_config(overrides=over, minutes=0.2, init="none"),
+                           tmp_path / "m", progress=False)
+    t = result.meta["training"]
+    assert t["steps"] > 5 and t["planned_steps"] >= t["steps"]
+    assert t["train_seconds"] <= 0.2 * 60 + 5
