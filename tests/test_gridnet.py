@@ -382,3 +382,36 @@ def test_time_budget_is_kept(tmp_path):
     t = result.meta["training"]
     assert t["steps"] > 5 and t["planned_steps"] >= t["steps"]
     assert t["train_seconds"] <= 0.2 * 60 + 5
+
+
+def _flat(prefix: str, value) -> list[str]:
+    """Nested overrides as ``--set`` strings."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _flat(f"{prefix}.{k}" if prefix else k, v)]
+    return [f"{prefix}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+
+
+def test_run_trains_gridnet_then_localizes(tmp_path):
+    from stormfold.pipeline import EngineSpec, EvaluationSpec, RunConfig, run
+    from stormfold.pipeline.config import TrainSpec
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config("zerocost", n_frames=5, seed=8,
+                       overrides=["activation.density_per_um2=1", "n_rows=32", "n_cols=32"])
+    simulate_to_folder(cfg, tmp_path / "s", progress=False)
+    tiny = {k: v for k, v in TINY.items() if k != "domain"}
+    tiny["validation"] = {"n_samples": 2, "calibration_samples": 2, "frame_px": 16}
+    overrides = _flat("", tiny) + ["init=none", "schedule.steps=3"]
+    config = RunConfig(movie=str(tmp_path / "s" / "movie.tif"), output=str(tmp_path / "out"),
+                       engine=EngineSpec(train=TrainSpec(engine="gridnet", preset="zerocost",
+                                                         overrides=overrides, seed=1)),
+                       evaluation=EvaluationSpec(truth=str(tmp_path / "s" / "truth.csv")),
+                       report=False)
+    result = run(config, quiet=True)
+    meta = yaml.safe_load((tmp_path / "out" / "model" / "model.yaml").read_text())
+    assert meta["engine"] == "gridnet" and meta["training"]["steps"] == 3
+    assert meta["architecture"]["frame_width"] == 8
+    run_yaml = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert run_yaml["engine"]["engine"] == "gridnet"
+    assert (tmp_path / "out" / "localizations.csv").is_file()
+    assert result is not None

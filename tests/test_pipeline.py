@@ -222,12 +222,14 @@ def test_truth_drift_needs_the_drift_step(sim, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_demo_runs_both_engines_into_one_report(tmp_path, run_cli):
+def test_demo_runs_every_shipped_engine_into_one_report(tmp_path, run_cli):
     code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--frames", "12", "--quiet")
     assert code == 0, err
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "Comparison" in html and "Deep-STORM" in html and "unrolled" in html
-    for section in ("summary-0", "images-0", "drift-0", "evaluation-0", "summary-1", "evaluation-1"):
+    assert "gridnet (generalist)" in html
+    for section in ("summary-0", "images-0", "drift-0", "evaluation-0", "summary-1", "evaluation-1",
+                    "summary-2", "evaluation-2"):
         assert f'id="{section}"' in html, section
     assert "report.html" in out
 

@@ -32,11 +32,16 @@ class CameraSpec:
                                self.e_per_adu, self.em_gain, self.qe)
 
 
+#: The model of a run whose configuration names no engine.
+DEFAULT_MODEL = "builtin:gridnet-generalist"
+
+
 @dataclass
 class TrainSpec:
     """Train a model before the run ("train one from this simulation").
 
-    ``engine`` is any engine with a trainer in the registry (``deepstorm``, ``unrolled``);
+    ``engine`` is any engine with a trainer in the registry (``deepstorm``, ``unrolled``,
+    ``sofi``, ``gridnet``);
     ``preset``, ``config`` and ``overrides`` have the meaning of
     ``stormfold train ENGINE --preset/--config/--set``.
     """
@@ -102,7 +107,9 @@ class RunConfig:
     z: Optional[int] = None
     channel: Optional[int] = None
     camera: CameraSpec = field(default_factory=CameraSpec)
-    engine: EngineSpec = field(default_factory=lambda: EngineSpec(model="builtin:deepstorm-zerocost"))
+    # Without an engine section: the generalist, the one shipped model that is not tied to a
+    # camera or a pixel size (README, "Choosing an engine").
+    engine: EngineSpec = field(default_factory=lambda: EngineSpec(model=DEFAULT_MODEL))
     postprocess: dict = field(default_factory=dict)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     chunk_frames: int = 256
