@@ -30,6 +30,7 @@ ENGINES = [
     ("classic", {"engine": "classic"}, 200),
     ("deepstorm-zerocost", {"model": "builtin:deepstorm-zerocost"}, 16),
     ("unrolled-isbi2013", {"model": "builtin:unrolled-isbi2013"}, 100),
+    ("gridnet-generalist", {"model": "builtin:gridnet-generalist"}, 200),
 ]
 DENSITIES = (0.5, 2.0, 6.0)
 BATCH_FRAMES = 16

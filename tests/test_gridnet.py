@@ -415,3 +415,38 @@ def test_run_trains_gridnet_then_localizes(tmp_path):
     assert run_yaml["engine"]["engine"] == "gridnet"
     assert (tmp_path / "out" / "localizations.csv").is_file()
     assert result is not None
+
+
+def test_generalist_runs_at_any_pixel_size_and_refuses_sigma_out_of_range(tmp_path, run_cli):
+    from stormfold.evaluate import evaluate
+    from stormfold.io.tables import read_table
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.modelfile import read_model_meta
+    from stormfold.pipeline import RunConfig
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    meta = read_model_meta("builtin:gridnet-generalist")
+    assert meta["pixel_size_nm"] is None and meta["training"]["command"][:3] == \
+        ["stormfold", "train", "gridnet"]
+    assert meta["training"]["wall_time"]
+    lo, hi = meta["domain"]["sigma_px"]
+    assert lo <= 0.7 and hi >= 2.0
+    assert RunConfig().engine.model == "builtin:gridnet-generalist"  # the run's default
+    engine = load_engine(model="builtin:gridnet-generalist")
+    assert engine.training_pixel_size_nm() is None
+    # 160 nm pixels (σ 1.1 px): far from the 100 nm of every preset, no pixel-size refusal.
+    cfg = build_config("zerocost", n_frames=4, seed=3,
+                       overrides=["pixel_size_nm=160", "emitters.sigma_nm=180",
+                                  "emitters.sigma_std_nm=0", "activation.density_per_um2=0.3",
+                                  "n_rows=32", "n_cols=32"])
+    simulate_to_folder(cfg, tmp_path / "s", progress=False)
+    locs = localize_movie(tmp_path / "s" / "movie.tif", engine, progress=False).locs
+    truth = read_table(tmp_path / "s" / "truth.csv")
+    ji = evaluate(truth, locs, tolerances_nm=(100.0,))["jaccard"].iloc[0]
+    assert len(truth) > 10 and ji > 0.6
+    # σ = 600 nm at 100 nm pixels is 6 px: outside the range, one line, exit 2.
+    code, _, err = run_cli("localize", tmp_path / "s" / "movie.tif", "--model",
+                           "builtin:gridnet-generalist", "--pixel-size", "100", "--set",
+                           "sigma_nm=600", "--out", tmp_path / "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "sigma" in err.lower(), err
