@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEEPSTORM = "builtin:deepstorm-zerocost"
 TOLERANCES = (50, 100, 250)
+#: What the record says about the run that measured a section.
+RUN_KEYS = ("when", "generalist", "cpu", "load_avg_start", "load_avg_end", "threads")
 
 
 def simulate(folder: Path, preset: str, n_frames: int, seed: int, overrides: list[str]):
@@ -167,7 +170,9 @@ def main() -> None:
         engines.insert(1, ("deepstorm-zerocost", DEEPSTORM))
     scale = args.frames_scale
     result: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "generalist": args.generalist,
-                    "cpu": _cpu(), "load_avg_start": os.getloadavg()[0], "sections": {}}
+                    "cpu": _cpu(), "load_avg_start": os.getloadavg()[0], "threads": args.threads,
+                    "command": ["python", "experiments/gridnet_accuracy.py", *sys.argv[1:]],
+                    "sections": {}}
     from stormfold.io.tables import read_table
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,6 +254,15 @@ def main() -> None:
             result["sections"]["temporal"] = rows
     result["load_avg_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / "gridnet_accuracy.json"
+    if args.only and previous.is_file():
+        # A partial run keeps the other sections of the record, each with its own run's facts.
+        old = json.loads(previous.read_text())
+        runs = old.get("runs", {}) or {k: {key: old.get(key) for key in RUN_KEYS}
+                                        for k in old.get("sections", {})}
+        runs.update({k: {key: result.get(key) for key in RUN_KEYS} for k in result["sections"]})
+        result["sections"] = {**old.get("sections", {}), **result["sections"]}
+        result["runs"] = runs
     (RESULTS / "gridnet_accuracy.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "gridnet_accuracy.md").write_text(markdown(result))
     print(markdown(result))
