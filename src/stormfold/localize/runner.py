@@ -46,8 +46,9 @@ def resolve_geometry(movie: Movie, engine: Any = None) -> FrameGeometry:
     geometry = movie.geometry
     trained = engine.training_pixel_size_nm() if engine is not None else None
     px = geometry.pixel_size_nm
-    if engine is not None:
-        engine.check_pixel_size(px)
+    check = getattr(engine, "check_pixel_size", None)  # SOFI models are not Engines
+    if check is not None:
+        check(px)
     if trained is not None and abs(px - trained) > PIXEL_SIZE_TOLERANCE * trained:
         raise UserError(f"pixel size {px:g} nm of {movie.path} differs from the model's "
                         f"{trained:g} nm by more than {PIXEL_SIZE_TOLERANCE:.0%}: use a model "
