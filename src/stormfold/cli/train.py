@@ -161,12 +161,20 @@ def _add_train_gridnet(engines: argparse._SubParsersAction) -> None:
 def _cmd_train_gridnet(args: argparse.Namespace) -> None:
     from stormfold.device import get_device
     from stormfold.gridnet.train import train_from_cli
+    from stormfold.io.outputs import check_inputs_apart
+    from stormfold.modelfile import META, WEIGHTS
+    from stormfold.training.loop import model_folder_guard
 
-    result = train_from_cli(args.out, preset=args.preset, config_file=args.config,
-                            overrides=args.overrides, seed=args.seed, minutes=args.minutes,
-                            steps=args.steps, init=args.init, resume=args.resume,
-                            device=get_device(args.device), progress=not args.quiet,
-                            command=command_line())
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} exists and is not a folder")
+    init = None if args.init in (None, "none") or args.init.startswith("builtin:") else args.init
+    check_inputs_apart([args.out / META, args.out / WEIGHTS, args.out], [args.config, init])
+    with model_folder_guard(args.out):
+        result = train_from_cli(args.out, preset=args.preset, config_file=args.config,
+                                overrides=args.overrides, seed=args.seed, minutes=args.minutes,
+                                steps=args.steps, init=args.init, resume=args.resume,
+                                device=get_device(args.device), progress=not args.quiet,
+                                command=command_line())
     meta = result.meta
     print(f"{meta['training']['steps']} steps in {meta['training']['wall_time']}; validation "
           f"Jaccard {meta['validation']['ji']:.3f} at {meta['calibration']['tolerance_nm']:g} nm; "

@@ -340,8 +340,10 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
                           vcfg.thresholds, vcfg.p_raw, vcfg.tolerance_nm, vcfg.p_keeps)
     meta = model_metadata(config, model, init_meta, curve, tr.history, tr.step, tr.total_steps,
                           train_seconds, time.perf_counter() - t_start, run.commands)
-    save_model(out_dir, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta)
     save_history(out_dir, tr.history)
+    # The model files and the manifest go in as one set; the history files are listed in it.
+    save_model(out_dir, {k: v.detach().cpu() for k, v in model.state_dict().items()}, meta,
+               adopt=[HISTORY_CSV, CURVE_PNG])
     return TrainResult(out_dir, meta, tr.history)
 
 
