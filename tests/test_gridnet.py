@@ -248,6 +248,9 @@ def test_tiny_training_beats_untrained(tiny_model):
     assert trained > untrained + 0.2
     assert meta["training"]["steps"] == 150
     assert (out / "training.csv").is_file() and (out / "training.png").is_file()
+    listed = yaml.safe_load((out / "manifest.json").read_text())  # JSON is YAML
+    names = str(listed)
+    assert all(name in names for name in ("weights.safetensors", "model.yaml", "training.csv"))
 
 
 def test_resume_gives_identical_weights(tmp_path):
