@@ -419,3 +419,27 @@ def test_cli_bad_inputs_exit_2(tmp_path, run_cli, case):
     assert len(err.strip().splitlines()) == 1
     assert not out_json.exists()
     assert l_csv.read_bytes() == before
+
+
+def test_pixel_jaccard_follows_the_papers_tp_rule():
+    """Fig. 2 of Bonettini et al.: a reconstructed pixel within δ of a true molecule is a TP;
+    when two fall in the same ball only the closest is a TP, the other is a FP; a true pixel
+    with no reconstruction within δ is a FN."""
+    gt = np.zeros((10, 10))
+    gt[3, 3] = 1.0                  # two detections in its ball of radius 2
+    gt[8, 8] = 1.0                  # nothing near it
+    rec = np.zeros((10, 10))
+    rec[3, 5] = 1.0                 # distance 2 (inside the ball, on its edge)
+    rec[4, 4] = 1.0                 # distance √2: the closest → the TP
+    rec[0, 9] = 1.0                 # far from every true pixel
+    r = pixel_jaccard(rec, gt, radius=2.0)
+    assert (r.tp, r.fp, r.fn) == (1, 2, 1) and r.jaccard == pytest.approx(1 / 4)
+    # The closest one wins whatever the order of the pixels: swap which one is closer.
+    rec2 = np.zeros((10, 10))
+    rec2[3, 4] = 1.0                # distance 1: the TP now
+    rec2[5, 3] = 1.0                # distance 2: FP
+    r = pixel_jaccard(rec2, gt, radius=2.0)
+    assert (r.tp, r.fp, r.fn) == (1, 1, 1)
+    # Outside the ball (δ = 1) the farther pixel is a FP whatever happens to the other.
+    r = pixel_jaccard(rec, gt, radius=1.0)
+    assert (r.tp, r.fp, r.fn) == (0, 3, 2)

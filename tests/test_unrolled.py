@@ -405,7 +405,7 @@ def _train_args(tmp_path, out, *extra):
 def test_cli_train_localize_evaluate_end_to_end(tmp_path, run_cli):
     out = tmp_path / "model"
     code, stdout, err = run_cli(*_train_args(tmp_path, out, "--outer-iterations", "3",
-                                             "--set", "extraction.calibrate=true"))
+                                             "--set", "extraction.method=components"))
     assert code == 0, err
     for name in ("weights.safetensors", "model.yaml", "training_log.csv", "training_log.png"):
         assert (out / name).is_file()
@@ -492,7 +492,13 @@ def test_cli_train_on_a_given_movie_and_truth(tmp_path, run_cli):
     assert meta["sigma_nm"] == pytest.approx(110.0, rel=1e-6)
     assert meta["camera"]["baseline_adu"] == 50.0
     assert meta["training"]["data"]["frames"] == 2 and meta["training"]["loss"] == "reconstruction"
-    assert meta["extraction"]["threshold"] == 0.0  # (13): τ is not learned, x > 0 counts
+    # (13): τ is not learned; the default extraction (3×3 peaks of x_K) is calibrated on
+    # the training frames among quantiles of the peaks' 3×3 sums.
+    ext = meta["extraction"]
+    assert ext["method"] == "peaks" and ext["calibrated"] and ext["threshold"] >= 0.0
+    assert ext["jaccard"] == max(c["jaccard"] for c in ext["candidates"])
+    assert meta["solver"]["alpha_units"] == "1/Lipschitz"
+    assert meta["bounds"]["alpha"] == pytest.approx([0.0, 4.0 / 3.0])
 
 
 def test_train_config_accepts_a_simulation_yaml(tmp_path):
@@ -505,3 +511,117 @@ def test_train_config_accepts_a_simulation_yaml(tmp_path):
     cfg = load_train_config(tmp_path / "simulation.yaml")
     assert cfg.data.preset == "challenge2016"
     assert cfg.data.simulation["camera"]["em_gain"] == 50.0
+
+
+# --------------------------------------------------------------------------- step sizes (issue 12)
+def _fit_tiny(solver, y, x_true, outer=6):
+    from stormfold.unrolled.train import LossConfig, OptimConfig, fit
+
+    fit(solver, y.float(), x_true.float(), LossConfig(kind="reconstruction"),
+        OptimConfig(outer_iterations=outer, first_move=0.5), progress=False)
+    return solver
+
+
+def test_step_size_box_is_honoured_or_absent_where_configured(tmp_path):
+    from stormfold.unrolled.model import load_unrolled_model, save_unrolled_model
+
+    op, x_true, y = _scene(L=2, m=6, n_frames=2, bg=0.0)
+    # A tight box: the steps want to grow (x_K far from converged in 6 iterations) and stop
+    # at the bound, never beyond it.
+    boxed = build_solver(2, 1.6, iterations=6, rho=0.02, alpha=0.2, background="given",
+                         bounds={"alpha": (0.0, 0.3)})
+    _fit_tiny(boxed, y, x_true)
+    a = boxed.alpha.detach()
+    assert float(a.max()) <= 0.3 + 1e-7 and float(a.min()) >= 0.0
+    assert float(a.max()) == pytest.approx(0.3)  # the bound binds: the box did the work
+    # No upper bound (absolute steps): projection leaves any step ≥ 0 alone ...
+    free = build_solver(2, 1.6, iterations=6, rho=0.02, alpha=0.05, background="given",
+                        alpha_units="absolute", bounds={"alpha": (0.0, float("inf"))})
+    with torch.no_grad():
+        free.alpha[0] = 50.0
+        free.alpha[1] = -1.0
+    free.project_parameters_()
+    assert float(free.alpha[0].detach()) == 50.0 and float(free.alpha[1].detach()) == 0.0
+    # ... training moves the steps beyond the old box 2/Lip (= 2/‖H‖² = 0.5 here) ...
+    with torch.no_grad():
+        free.alpha.fill_(0.4)
+    _fit_tiny(free, y, x_true)
+    assert float(free.alpha.detach().max()) > 0.5
+    # ... and the model file keeps the units and the open box.
+    save_unrolled_model(tmp_path / "m", free, 100.0, {})
+    loaded, meta = load_unrolled_model(tmp_path / "m")
+    assert meta["solver"]["alpha_units"] == "absolute" and meta["bounds"]["alpha"] == [0.0, None]
+    assert loaded.alpha_units == "absolute" and loaded.bounds["alpha"] == (0.0, float("inf"))
+    torch.testing.assert_close(loaded.alpha, free.alpha)
+
+
+def test_absolute_steps_equal_lipschitz_steps_for_ls():
+    op, _, y = _scene(L=2, m=6, n_frames=2, bg=0.0)
+    rel = UnrolledAPG(op, iterations=10, rho=0.05, alpha=1.3, background_photons=0.0, dtype=D)
+    ab = UnrolledAPG(op, iterations=10, rho=0.05, alpha=1.3 / op.norm_sq, alpha_units="absolute",
+                     background_photons=0.0, dtype=D)
+    torch.testing.assert_close(rel(y).detach(), ab(y).detach(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(UserError, match="alpha_units"):
+        UnrolledAPG(op, alpha_units="per-frame")
+
+
+@pytest.mark.parametrize("alpha_lip", [2.5, 4.0, 20.0, 1e4])
+def test_unbounded_steps_stay_finite_on_a_test_image(alpha_lip):
+    """Steps far beyond 2/Lip make the accelerated iteration oscillate; the projection onto
+    x ≥ 0 clips the oscillation, so x_K stays finite and non-negative (both code paths)."""
+    op, _, y = _scene(L=4, m=8, n_frames=2, bg=5.0)
+    s = UnrolledAPG(op, iterations=100, rho=0.05, alpha=alpha_lip / op.norm_sq,
+                    alpha_units="absolute", background_photons=5.0, dtype=D,
+                    bounds={"alpha": (0.0, float("inf"))})
+    with torch.no_grad():
+        fast = s(y)
+    slow = s(y)
+    for x in (fast, slow.detach()):
+        assert bool(torch.isfinite(x).all()) and float(x.min()) >= 0.0
+        assert float(x.max()) < 1e3 * float(y.sum())
+    loss = reconstruction_loss(slow, torch.zeros_like(slow))
+    loss.backward()
+    assert bool(torch.isfinite(s.alpha.grad).all()) and bool(torch.isfinite(s.rho.grad).all())
+
+
+def test_per_iteration_rho_schedule():
+    op, x_true, y = _scene(L=2, m=6, n_frames=2, bg=5.0)
+    one = UnrolledAPG(op, iterations=8, rho=0.07, background_photons=5.0, dtype=D)
+    per = UnrolledAPG(op, iterations=8, rho=0.07, rho_per_iteration=True, background_photons=5.0,
+                      dtype=D)
+    assert tuple(per.rho.shape) == (8,)
+    torch.testing.assert_close(per(y).detach(), one(y).detach(), rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        per.rho.copy_(torch.linspace(0.3, 0.02, 8, dtype=D))
+        fast = per(y)
+    torch.testing.assert_close(fast, per(y).detach(), rtol=1e-10, atol=1e-10)
+    rho = per.rho.detach().clone().requires_grad_(True)
+
+    def f(r):
+        return reconstruction_loss(functional_call(per, {"rho": r}, (y,)), x_true)
+
+    assert torch.autograd.gradcheck(f, (rho,), eps=1e-7, atol=1e-5, rtol=1e-4)
+    # The first ρ_k matters more than nothing: each iteration has its own λ_k.
+    g = torch.autograd.grad(f(rho), rho)[0]
+    assert int((g.abs() > 0).sum()) == 8
+
+
+# --------------------------------------------------------------------------- peaks extraction
+def test_peak_extraction_splits_touching_emitters():
+    from stormfold.unrolled.engine import extract
+
+    x = np.zeros((1, 12, 12))
+    x[0, 5, 3:9] = [2.0, 10.0, 4.0, 4.0, 10.0, 2.0]   # two maxima joined by a bridge
+    x[0, 10, 10] = 1.0                                # weak: below the mass threshold
+    comp = extract(x, 1.0, 0, 25.0, "components")
+    assert len(comp) == 2                             # the pair is merged into one
+    pk = extract(x, 5.0, 3, 25.0, "peaks")
+    assert len(pk) == 2 and set(pk["frame"]) == {3}
+    # each window's centroid: columns 3..5 around the first maximum (col 4), 6..8 for col 7
+    np.testing.assert_allclose(pk["x_nm"], [((2 * 3 + 10 * 4 + 4 * 5) / 16 + 0.5) * 25,
+                                            ((4 * 6 + 10 * 7 + 2 * 8) / 16 + 0.5) * 25])
+    np.testing.assert_allclose(pk["y_nm"], [5.5 * 25, 5.5 * 25])
+    np.testing.assert_allclose(pk["photons"], [16.0, 16.0])
+    assert len(extract(x, 100.0, 0, 25.0, "peaks")) == 0
+    with pytest.raises(UserError, match="method"):
+        extract(x, 1.0, 0, 25.0, "blobs")

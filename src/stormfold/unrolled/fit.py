@@ -59,7 +59,8 @@ def build_optimizer(solver: UnrolledAPG, learn: list[str], optim: OptimConfig):
     return SGP(blocks, step_min=optim.step_min, step_max=optim.step_max, gamma=optim.gamma,
                beta=optim.beta, memory=optim.memory, abb_memory=optim.abb_memory,
                abb_tau=optim.abb_tau, first_move=optim.first_move,
-               shared_step=not optim.per_block, tol=optim.tol)
+               max_backtracks=optim.max_backtracks, shared_step=not optim.per_block,
+               tol=optim.tol)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -126,7 +127,8 @@ def fit(solver: UnrolledAPG, y: torch.Tensor, target: torch.Tensor, loss: LossCo
         record.update(_theta_record(solver))
         history.append(record)
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.4g}", rho=f"{record['rho']:.3g}",
+        bar.set_postfix(loss=f"{record['loss']:.4g}",
+                        rho=f"{record.get('rho', record.get('rho_mean', 0.0)):.3g}",
                         tau=f"{record['tau']:.3g}")
         return record
 
@@ -161,7 +163,8 @@ def _plot_log(fig, df: pd.DataFrame) -> None:
     ax[0].set(xlabel="outer iteration", ylabel="upper loss", title="loss")
     if (df["loss"] > 0).all():
         ax[0].set_yscale("log")
-    scalars = [c for c in ("rho", "tau", "background", "sigma_fine_px") if c in df.columns]
+    scalars = [c for c in ("rho", "rho_mean", "tau", "background", "sigma_fine_px")
+               if c in df.columns]
     for name in scalars:
         v = df[name]
         span = float(v.abs().max()) or 1.0

@@ -5,7 +5,8 @@
 - ``engine: unrolled``, ``upsampling`` L, ``pixel_size_nm`` (camera pixel the model is for),
   ``sigma_nm`` and ``sigma_fine_px`` (the PSF; learned when ``learn_sigma``);
 - ``solver``: iterations K, fidelity, projection and ε, inertia a, init, background handling
-  (mode, photons, quantile, floor), ``alpha_units: 1/Lipschitz``;
+  (mode, photons, quantile, floor), ``alpha_units`` (``1/Lipschitz`` or ``absolute``),
+  ``rho_per_iteration``;
 - ``theta``: the learned values (ρ, τ, α_k, ...) in readable form, and ``bounds``;
 - ``extraction``: threshold (= τ), connectivity, merge;
 - ``camera`` (the training simulation's camera), ``training`` (data, loss, optimiser, final
@@ -38,7 +39,9 @@ def solver_meta(solver: UnrolledAPG) -> dict[str, Any]:
     """The ``solver`` section of model.yaml (everything needed to rebuild the module)."""
     return {"iterations": solver.iterations, "fidelity": solver.fidelity,
             "projection": solver.projection, "eps": solver.eps, "inertia": solver.inertia,
-            "init": solver.init, "alpha_units": "1/Lipschitz",
+            "init": solver.init,
+            "alpha_units": "absolute" if solver.alpha_units == "absolute" else "1/Lipschitz",
+            "rho_per_iteration": solver.rho_per_iteration,
             "background": {"mode": solver.background_mode,
                            "photons": solver.background_photons,
                            "quantile": solver.background_quantile,
@@ -74,6 +77,14 @@ def _require(meta: dict, key: str, source: str) -> Any:
     return meta[key]
 
 
+def _alpha_units(text: str) -> str:
+    units = {"1/lipschitz": "lipschitz", "lipschitz": "lipschitz", "absolute": "absolute"}
+    key = str(text).lower()
+    if key not in units:
+        raise UserError(f"unknown alpha_units {text!r} in model.yaml: use 1/Lipschitz or absolute")
+    return units[key]
+
+
 def solver_from_meta(meta: dict[str, Any], source: str = "model") -> UnrolledAPG:
     """Rebuild the (untrained) solver described by a model.yaml mapping."""
     s = _require(meta, "solver", source)
@@ -87,6 +98,8 @@ def solver_from_meta(meta: dict[str, Any], source: str = "model") -> UnrolledAPG
                               iterations=int(s["iterations"]), fidelity=s["fidelity"],
                               projection=s.get("projection", "cubic"), eps=float(s["eps"]),
                               inertia=float(s.get("inertia", 3.0)), init=s.get("init", "zero"),
+                              alpha_units=_alpha_units(s.get("alpha_units", "1/Lipschitz")),
+                              rho_per_iteration=bool(s.get("rho_per_iteration", False)),
                               background=bg.get("mode", "estimate"),
                               background_photons=float(bg.get("photons", 0.0)),
                               background_quantile=float(bg.get("quantile", 0.1)),

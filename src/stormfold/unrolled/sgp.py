@@ -5,8 +5,9 @@ projected Adam.
 (2009) for a deterministic (full-batch) objective with box constraints, as SPEC §5 asks:
 
 - each parameter group is a *block* (ρ, the α_k, τ, ...) with bounds [lo, hi]; the block is
-  handled in normalised coordinates u = (θ − lo)/(hi − lo) (when both bounds are finite),
-  so step lengths are comparable across blocks whatever their units;
+  handled in normalised coordinates u = (θ − lo)/w with w = hi − lo when both bounds are
+  finite, else w = the block's largest initial magnitude (1 if it starts at 0), so step
+  lengths are comparable across blocks whatever their units;
 - projected step y = P_box(u − α_b·∇_u f) with a step length α_b *per block* (equivalently a
   diagonal scaling matrix), direction d = y − u;
 - Armijo backtracking along d: f(u + λd) ≤ f_ref + γ·λ·∇fᵀd, λ ← β·λ (γ = 1e-4, β = 0.4),
@@ -30,8 +31,22 @@ from stormfold.errors import UserError
 
 
 def _scale(group: dict) -> float:
+    """Unit of the block's normalised coordinates (fixed when the optimiser is built)."""
+    if group.get("scale") is not None:
+        return float(group["scale"])
     lo, hi = group["lo"], group["hi"]
-    return float(hi - lo) if math.isfinite(lo) and math.isfinite(hi) and hi > lo else 1.0
+    if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+        return float(hi - lo)
+    # A half-open box has no width: use the block's initial magnitude, so that a step size
+    # means the same relative change as for a bounded block (1 when the block starts at 0).
+    size = max((float(p.detach().abs().max()) for p in group["params"] if p.numel()),
+               default=0.0)
+    return size if size > 0 else 1.0
+
+
+def _fix_scales(groups: list[dict]) -> None:
+    for g in groups:
+        g["scale"] = _scale(g)
 
 
 def _as_groups(params: Iterable) -> list[dict]:
@@ -96,6 +111,7 @@ class SGP(torch.optim.Optimizer):
         defaults = dict(lo=-math.inf, hi=math.inf, name="", step=step_init, abb_tau=abb_tau,
                         bb2_memory=[])
         super().__init__(_as_groups(params), defaults)
+        _fix_scales(self.param_groups)
         self.step_min, self.step_max = float(step_min), float(step_max)
         self.gamma, self.beta = float(gamma), float(beta)
         self.memory, self.abb_memory = int(memory), int(abb_memory)
@@ -265,7 +281,8 @@ class ProjectedAdam(torch.optim.Adam):
             g.setdefault("lo", -math.inf)
             g.setdefault("hi", math.inf)
             g.setdefault("name", "")
-            g["lr"] = lr * _scale(g)
+            g["scale"] = _scale(g)
+            g["lr"] = lr * g["scale"]
             groups.append(g)
         super().__init__(groups, lr=lr, **kwargs)
 

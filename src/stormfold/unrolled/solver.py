@@ -25,7 +25,9 @@ Design choices (stated here once):
   a scalar/map passed to :meth:`UnrolledAPG.forward`), ``estimate`` (per frame: the
   ``background_quantile`` quantile of the frame after a 3×3 mean filter — the filter cuts
   the shot noise so the low quantile sits close to the mean background instead of
-  1–2 standard deviations below it), or ``learned`` (one scalar, part of θ).
+  1–2 standard deviations below it), ``estimate_map`` (beyond the paper: a per-pixel map
+  per frame, :func:`estimate_background_map`, for uneven backgrounds on real frames), or
+  ``learned`` (one scalar, part of θ).
 - **Operator**: any object with ``A``, ``A_adjoint``, ``norm_sq`` and
   ``lambda_max(y, b, fidelity)`` (DeepInverse style), e.g.
   :class:`~stormfold.physics.BlurDownsample` or a variance-domain operator for SOFI. If it is
@@ -50,8 +52,9 @@ from stormfold.errors import UserError
 
 FIDELITIES = ("ls", "kl")
 PROJECTIONS = ("cubic", "symmetric")
-BACKGROUND_MODES = ("given", "estimate", "learned")
+BACKGROUND_MODES = ("given", "estimate", "estimate_map", "learned")
 INITS = ("zero", "adjoint")
+ALPHA_UNITS = ("lipschitz", "absolute")
 
 
 # --------------------------------------------------------------------------- projection
@@ -148,6 +151,51 @@ def estimate_background(y: torch.Tensor, quantile: float = 0.1, smooth: int = 3)
     return torch.quantile(f.reshape(f.shape[0], -1), quantile, dim=1)
 
 
+def estimate_background_map(y: torch.Tensor, window: int = 9, quantile: float = 0.25,
+                            smooth: int = 3) -> torch.Tensor:
+    """Per-pixel background map (photons per pixel) of each frame: a local low quantile.
+
+    The frame is mean-filtered (``smooth``×``smooth``, cutting the shot noise), then each
+    pixel takes the ``quantile`` of its ``window``×``window`` neighbourhood (emitters cover
+    a minority of any neighbourhood a few PSF widths wide), and the result is mean-filtered
+    over the window again so the map varies smoothly. Edges are replicated.
+
+    Parameters
+    ----------
+    y : Tensor, shape (B, rows, cols)
+        Frames in photons.
+    window : int
+        Odd side of the neighbourhood (camera pixels).
+    quantile : float
+        Quantile in (0, 1) of the neighbourhood.
+    smooth : int
+        Side of the first mean filter (odd; 1 = none).
+
+    Returns
+    -------
+    Tensor, shape (B, rows, cols)
+    """
+    if not 0.0 < quantile < 1.0:
+        raise UserError(f"background quantile must be in (0, 1), got {quantile}")
+    if window < 1 or window % 2 == 0 or smooth < 1 or smooth % 2 == 0:
+        raise UserError(f"background window and smoothing must be odd ≥ 1, got {window}, {smooth}")
+    rows, cols = y.shape[-2:]
+    f = y.reshape(-1, 1, rows, cols)
+
+    def mean_filter(t: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 1:
+            return t
+        p = k // 2
+        return F.avg_pool2d(F.pad(t, (p, p, p, p), mode="replicate"), k, stride=1)
+
+    f = mean_filter(f, smooth)
+    p = window // 2
+    patches = F.unfold(F.pad(f, (p, p, p, p), mode="replicate"), window)  # (B, w², rows·cols)
+    k = max(1, int(round(quantile * window * window)))
+    low = patches.kthvalue(k, dim=1).values.view(-1, 1, rows, cols)
+    return mean_filter(low, window).view(y.shape)
+
+
 # --------------------------------------------------------------------------- the module
 class UnrolledAPG(nn.Module):
     """K unrolled iterations of the accelerated projected gradient with learned θ.
@@ -171,9 +219,17 @@ class UnrolledAPG(nn.Module):
     init : {"zero", "adjoint"}
         x_{−1} = x_0 = 0, or Hᵀ(y − b)₊/‖H‖².
     rho, alpha, tau : float
-        Initial θ: λ = ρ·λ_max(y); every α_k (units of 1/Lip); binarisation threshold τ
-        (photons per fine pixel, used by the localization loss and the extraction).
-    background : {"given", "estimate", "learned"}
+        Initial θ: λ = ρ·λ_max(y); every α_k (units of ``alpha_units``); binarisation
+        threshold τ (photons per fine pixel, used by the localization loss and the extraction).
+    alpha_units : {"lipschitz", "absolute"}
+        ``lipschitz`` (default): the step of iteration k is α_k/Lip with Lip the frame's
+        Lipschitz bound, so one θ suits frames of any brightness. ``absolute``: the step is
+        α_k itself, as in the paper (for LS, where Lip = ‖H‖² is fixed, the two differ by
+        the constant factor ‖H‖²; for KL, Lip depends on the frame).
+    rho_per_iteration : bool
+        Extension (not in the paper): learn one ρ_k per iteration (a thresholding schedule,
+        λ_k = ρ_k·λ_max) instead of one ρ. ``rho`` is then a (K,) tensor.
+    background : {"given", "estimate", "estimate_map", "learned"}
         How b is obtained when :meth:`forward` gets none (see the module notes).
     background_photons : float
         b for ``given`` and the initial value for ``learned``.
@@ -190,7 +246,8 @@ class UnrolledAPG(nn.Module):
 
     Notes
     -----
-    The learnable parameters are plain named tensors: ``rho`` (scalar), ``alpha`` (K,),
+    The learnable parameters are plain named tensors: ``rho`` (scalar, or (K,) with
+    ``rho_per_iteration``), ``alpha`` (K,),
     ``tau`` (scalar), ``background`` (scalar, ``learned`` only) and the operator's
     ``sigma_fine_px`` when it is learnable; :meth:`bounded_parameters` lists them with their
     boxes and :meth:`project_parameters_` clamps them into the boxes.
@@ -199,6 +256,7 @@ class UnrolledAPG(nn.Module):
     def __init__(self, operator: Any, iterations: int = 100, fidelity: str = "ls",
                  projection: str = "cubic", eps: float = 0.1, inertia: float = 3.0,
                  init: str = "zero", rho: float = 0.1, alpha: float = 1.0, tau: float = 0.0,
+                 alpha_units: str = "lipschitz", rho_per_iteration: bool = False,
                  background: str = "given", background_photons: float = 0.0,
                  background_quantile: float = 0.1, background_floor: float = 0.1,
                  bounds: dict[str, tuple[float, float]] | None = None,
@@ -212,6 +270,8 @@ class UnrolledAPG(nn.Module):
             raise UserError(f"unknown projection {projection!r}: use cubic or symmetric")
         if init not in INITS:
             raise UserError(f"unknown init {init!r}: use zero or adjoint")
+        if alpha_units not in ALPHA_UNITS:
+            raise UserError(f"unknown alpha_units {alpha_units!r}: use lipschitz or absolute")
         if background not in BACKGROUND_MODES:
             raise UserError(f"unknown background mode {background!r}: "
                             f"use given, estimate or learned")
@@ -239,7 +299,10 @@ class UnrolledAPG(nn.Module):
         self.background_quantile = float(background_quantile)
         self.background_floor = float(background_floor)
         self.checkpoint_segments = max(1, int(checkpoint_segments))
-        self.rho = nn.Parameter(torch.tensor(float(rho), dtype=dtype))
+        self.alpha_units = alpha_units
+        self.rho_per_iteration = bool(rho_per_iteration)
+        rho_shape = (self.iterations,) if self.rho_per_iteration else ()
+        self.rho = nn.Parameter(torch.full(rho_shape, float(rho), dtype=dtype))
         self.alpha = nn.Parameter(torch.full((self.iterations,), float(alpha), dtype=dtype))
         self.tau = nn.Parameter(torch.tensor(float(tau), dtype=dtype))
         if background == "learned":
@@ -294,16 +357,18 @@ class UnrolledAPG(nn.Module):
     def get_background(self, y: torch.Tensor, background: Any = None) -> torch.Tensor:
         """b as a tensor broadcastable to y (B, rows, cols), in photons per camera pixel."""
         if isinstance(background, str):
-            if background != "estimate":
-                raise UserError(f"background must be a number, a tensor or 'estimate', "
-                                f"got {background!r}")
+            if background not in ("estimate", "estimate_map"):
+                raise UserError(f"background must be a number, a tensor, 'estimate' or "
+                                f"'estimate_map', got {background!r}")
+            mode = background
             background = None
-            mode = "estimate"
         else:
             mode = self.background_mode
         if background is None:
             if mode == "estimate":
                 b = estimate_background(y.detach(), self.background_quantile).view(-1, 1, 1)
+            elif mode == "estimate_map":
+                b = estimate_background_map(y.detach())
             elif mode == "learned":
                 b = self.background
             else:
@@ -336,9 +401,17 @@ class UnrolledAPG(nn.Module):
         return norm_sq * ratio.clamp(min=1e-6)
 
     def regularisation(self, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """λ = ρ·max(λ_max(y), 0) per frame, shape (B, 1, 1)."""
-        lam_max = self.op.lambda_max(y, b, self.fidelity).reshape(-1, 1, 1)
-        return self.rho * lam_max.clamp(min=0.0)
+        """λ = ρ·max(λ_max(y), 0) per frame: shape (B, 1, 1), or (K, B, 1, 1) per iteration."""
+        lam_max = self.op.lambda_max(y, b, self.fidelity).reshape(-1, 1, 1).clamp(min=0.0)
+        if self.rho_per_iteration:
+            return self.rho.view(-1, 1, 1, 1) * lam_max.unsqueeze(0)
+        return self.rho * lam_max
+
+    def step_scale(self, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Factor turning α_k into a step, shape (B, 1, 1): 1/Lip, or 1 for absolute steps."""
+        if self.alpha_units == "absolute":
+            return torch.ones((y.shape[0], 1, 1), dtype=y.dtype, device=y.device)
+        return 1.0 / self.lipschitz(y, b)
 
     def gradient(self, z: torch.Tensor, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """∇f at z (KL: at the projected point P_ε(z))."""
@@ -356,10 +429,12 @@ class UnrolledAPG(nn.Module):
         else:
             ylog = torch.where(y > 0, y * torch.log(y.clamp(min=1e-30) / hx), torch.zeros_like(y))
             f = (hx - y + ylog).flatten(-2).sum(-1)
+        if lam.ndim == 4:  # per-iteration λ_k: the energy of the last iteration
+            lam = lam[-1]
         return f + lam.reshape(-1) * x.flatten(-2).sum(-1)
 
     def prepare(self, y: torch.Tensor, background: Any = None):
-        """(y, b, λ, 1/Lip) for a batch of frames (y clamped at 0 for KL)."""
+        """(y, b, λ, step scale) for a batch of frames (y clamped at 0 for KL)."""
         if y.ndim == 2:
             y = y.unsqueeze(0)
         if y.ndim != 3:
@@ -369,7 +444,7 @@ class UnrolledAPG(nn.Module):
         if self.fidelity == "kl":
             y = y.clamp(min=0.0)
         b = self.get_background(y, background)
-        return y, b, self.regularisation(y, b), 1.0 / self.lipschitz(y, b)
+        return y, b, self.regularisation(y, b), self.step_scale(y, b)
 
     def initial_point(self, y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x_0 (= x_{−1}): zeros, or Hᵀ(y − b)₊/‖H‖² (fine grid, photons)."""
@@ -386,7 +461,8 @@ class UnrolledAPG(nn.Module):
             beta = k / (k + 1.0 + a)
             z = torch.lerp(x_prev, x, 1.0 + beta) if k > 0 else x  # x + β(x − x_prev)
             step = self.alpha[k] * inv_lip
-            t = torch.addcmul(z - step * lam, step, self.gradient(z, y, b), value=-1.0)
+            lam_k = lam[k] if lam.ndim == 4 else lam
+            t = torch.addcmul(z - step * lam_k, step, self.gradient(z, y, b), value=-1.0)
             x_prev, x = x, smooth_projection(t, self.eps, self.projection)
         return x, x_prev
 
@@ -410,7 +486,7 @@ class UnrolledAPG(nn.Module):
             else:
                 p = _project_inplace(work.copy_(z), self.eps, self.projection, x_prev)
                 g = self.op.A_adjoint(torch.div(y, self.op.A(p).add_(b)).neg_().add_(1.0))
-            g.add_(lam)
+            g.add_(lam[k] if lam.ndim == 4 else lam)
             z.addcmul_(g, steps[k], value=-1.0)
             _project_inplace(z, self.eps, self.projection, work)
             x_prev, x, z = x, z, x_prev
@@ -423,9 +499,10 @@ class UnrolledAPG(nn.Module):
         ----------
         y : Tensor, shape (B, rows, cols) or (rows, cols)
             Frames in photons per camera pixel.
-        background : float, Tensor or "estimate", optional
+        background : float, Tensor, "estimate" or "estimate_map", optional
             b in photons: scalar, per frame (B,), or a map (rows, cols)/(B, rows, cols);
-            ``"estimate"`` estimates it from each frame. Default: the background mode.
+            ``"estimate"``/``"estimate_map"`` estimate it from each frame (a number or a
+            map). Default: the background mode.
 
         Returns
         -------

@@ -19,6 +19,7 @@ localization loss (14) uses only the support 1[x̄ > 0].
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -92,7 +93,9 @@ class SolverConfig:
 
     ``background_photons`` and ``sigma_nm`` default to the simulation's values;
     ``background`` is ``given`` (the simulation's background), ``estimate`` (per frame, from
-    the data) or ``learned``.
+    the data), ``estimate_map`` (a per-pixel map per frame) or ``learned``;
+    ``alpha_units`` is ``lipschitz`` (α_k/Lip) or ``absolute`` (the paper's steps);
+    ``rho_per_iteration`` learns one ρ_k per iteration (beyond the paper).
     """
 
     upsampling: int = 4
@@ -102,7 +105,9 @@ class SolverConfig:
     eps: float = 0.1
     inertia: float = 3.0
     init: Literal["zero", "adjoint"] = "zero"
-    background: Literal["given", "estimate", "learned"] = "estimate"
+    alpha_units: Literal["lipschitz", "absolute"] = "lipschitz"
+    rho_per_iteration: bool = False
+    background: Literal["given", "estimate", "estimate_map", "learned"] = "estimate"
     background_photons: Optional[float] = None
     background_quantile: float = 0.1
     background_floor: float = 0.1
@@ -130,7 +135,7 @@ class ParamsConfig:
     Attributes
     ----------
     rho, alpha : float
-        Initial ρ (λ = ρ·λ_max) and α_k (units of 1/Lip).
+        Initial ρ (λ = ρ·λ_max) and α_k (units of ``solver.alpha_units``, 1/Lip by default).
     tau : float, optional
         Initial binarisation threshold τ (photons per fine pixel). Default with the
         localization loss: the value reached by as many pixels of x_K (at the initial θ) as
@@ -138,10 +143,12 @@ class ParamsConfig:
         learned and every non-zero pixel counts (the paper's "n.a.").
     rho_bounds : (float, float)
     alpha_bounds : (float, float)
-        Box of α_k in units of 1/Lip. Default [0, 1]: the SPEC allows 2/Lip (the bound of
-        the plain projected gradient), but with the inertia the iteration is only guaranteed
-        stable for α ≤ 1/Lip, and learned steps near 2 made x_K collapse on real frames
-        (ISBI 2013: 2.5 % of the signal recovered at α = 1.79 against 80 % at α ≤ 1.3).
+        Box of α_k in units of ``solver.alpha_units`` (1/Lip by default). Default
+        [0, 4/3]: with the inertia β_k → 1 the iteration on a quadratic stays stable for
+        steps below 2(1 + β)/(1 + 2β)/Lip, which tends to 4/3 (docs/unrolled.md); steps
+        near the SPEC's 2/Lip made x_K collapse on dense frames (ISBI 2013: 2.5 % of the
+        signal recovered at α = 1.79 against 80 % at α ≤ 1.3). ``[0, 2]`` is the SPEC's box,
+        ``[0, .inf]`` with ``solver.alpha_units: absolute`` the paper's (α ≥ 0 only).
     tau_bounds : (float, float), optional
         Default (1e-3·τ_max, τ_max) with τ_max half the largest pixel of x_K at the initial θ
         (the paper's "half the maximum pixel value, to avoid null reconstructions").
@@ -154,11 +161,11 @@ class ParamsConfig:
         plus background / operator.sigma_fine_px when those are learnable.
     """
 
-    rho: float = 0.05
+    rho: float = 0.02
     alpha: float = 1.0
     tau: Optional[float] = None
     rho_bounds: tuple[float, float] = (0.0, 1.0)
-    alpha_bounds: tuple[float, float] = (0.0, 1.0)
+    alpha_bounds: tuple[float, float] = (0.0, 4.0 / 3.0)
     tau_bounds: Optional[tuple[float, float]] = None
     background_bounds: Optional[tuple[float, float]] = None
     sigma_bounds: tuple[float, float] = (0.5, 2.0)
@@ -182,14 +189,16 @@ class LossConfig:
     """Upper-level loss: ``reconstruction`` (13) or ``localization`` (14–16).
 
     ``tolerance_px`` > 0 selects the tolerant variant of (14) (see
-    :func:`stormfold.unrolled.losses.localization_loss`); 0 is the paper's loss.
+    :func:`stormfold.unrolled.losses.localization_loss`); 0 is the paper's loss, which on
+    dense frames drives τ above every pixel (an empty reconstruction costs less than
+    detections one fine pixel off), hence the default 1.
     """
 
     kind: Literal["reconstruction", "localization"] = "localization"
     huber_delta: float = 0.1
     binarise_eps: float = 0.5
     binarise_relative: bool = True
-    tolerance_px: int = 0
+    tolerance_px: int = 1
 
     def validate(self) -> None:
         if self.huber_delta <= 0 or self.binarise_eps <= 0:
@@ -200,7 +209,12 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Upper-level optimiser (SGP by default; see :class:`stormfold.unrolled.sgp.SGP`)."""
+    """Upper-level optimiser (SGP by default; see :class:`stormfold.unrolled.sgp.SGP`).
+
+    ``max_backtracks``: SGP stops when this many Armijo trials (steps down to 0.4^n of the
+    projected step) do not decrease the loss; once the loss has stalled, more trials only
+    cost full evaluations (we saw 12 per iteration at a loss constant to 5 digits).
+    """
 
     optimizer: Literal["sgp", "adam"] = "sgp"
     outer_iterations: int = 50
@@ -213,6 +227,7 @@ class OptimConfig:
     abb_memory: int = 3
     abb_tau: float = 0.5
     first_move: float = 0.02
+    max_backtracks: int = 10
     tol: float = 1e-7
     adam_lr: float = 0.02
     checkpoint_every: int = 5
@@ -222,6 +237,8 @@ class OptimConfig:
             raise UserError(f"optim.outer_iterations must be ≥ 1, got {self.outer_iterations}")
         if self.checkpoint_every < 1:
             raise UserError("optim.checkpoint_every must be ≥ 1")
+        if self.max_backtracks < 1:
+            raise UserError("optim.max_backtracks must be ≥ 1")
 
 
 @dataclass
@@ -231,21 +248,26 @@ class ExtractionConfig:
     Attributes
     ----------
     calibrate : bool
-        After training, choose the extraction threshold among ``factors``·τ that maximises
-        the Jaccard index at ``tolerance_nm`` on the training frames (as Deep-STORM's
-        calibration does); otherwise the threshold is the learned τ (SPEC §5).
+        After training, choose the extraction threshold that maximises the Jaccard index at
+        ``tolerance_nm`` on the training frames (as Deep-STORM's calibration does; see
+        :func:`calibrate_threshold`); otherwise the threshold is the learned τ (SPEC §5).
     tolerance_nm : float
         Matching tolerance of the calibration.
     factors : list of float
         Candidate thresholds, as multiples of τ.
     connectivity : int
-        8 or 4: pixels joined into one localization.
+        8 or 4: pixels joined into one localization (``components``).
+    method : {"components", "peaks"}
+        ``components`` (SPEC §5): connected groups of pixels ≥ the threshold, at their
+        centroid. ``peaks`` (beyond the paper): 3×3 local maxima of x_K whose 3×3 sum is ≥
+        the threshold, at the window's centroid (see :mod:`stormfold.unrolled.engine`).
     """
 
-    calibrate: bool = False
+    calibrate: bool = True
     tolerance_nm: float = 100.0
     factors: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0])
     connectivity: int = 8
+    method: Literal["components", "peaks"] = "peaks"
 
     def validate(self) -> None:
         if self.connectivity not in (4, 8):
@@ -311,6 +333,7 @@ def build_solver_for(config: UnrolledTrainConfig, td: TrainingData, target_photo
     solver = build_solver(s.upsampling, sigma_nm / fine_px, learn_sigma=s.learn_sigma, dtype=dtype,
                           iterations=s.iterations, fidelity=s.fidelity, projection=s.projection,
                           eps=s.eps, inertia=s.inertia, init=s.init, rho=p.rho, alpha=p.alpha,
+                          alpha_units=s.alpha_units, rho_per_iteration=s.rho_per_iteration,
                           tau=tau0, background=s.background, background_photons=bg,
                           background_quantile=s.background_quantile,
                           background_floor=s.background_floor,
@@ -378,29 +401,55 @@ def matching_threshold(solver: UnrolledAPG, y: torch.Tensor, target: np.ndarray,
 def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFrame,
                         pixel_size_nm: float, extraction: ExtractionConfig,
                         batch: int = 16) -> dict[str, Any]:
-    """The extraction threshold (among factors·τ) with the best Jaccard on these frames.
+    """The extraction threshold with the best Jaccard at ``tolerance_nm`` on these frames.
 
     The unrolled decoder for :func:`stormfold.training.calibrate_threshold`: x_K is computed
-    once; each candidate only re-extracts the connected components.
+    once; each candidate only re-extracts. Candidates: ``factors``·τ for ``components``
+    (pixel values); for ``peaks`` (and for ``components`` when τ = 0, i.e. not learned) the
+    0, 5, …, 90 % quantiles of the candidates' values on these frames (3×3 sums, or pixel
+    values).
     """
-    from stormfold.localize.components import components_to_table, find_components
+    from stormfold.localize.peaks import find_peaks
+    from stormfold.unrolled.engine import extract
 
     with torch.no_grad():
-        x = torch.cat([solver(y[a:a + batch]).cpu() for a in range(0, len(y), batch)]).numpy()
+        x = torch.cat([solver(y[a:a + batch]).cpu() for a in range(0, len(y), batch)])
     tau = float(solver.tau.detach())
     fine_nm = pixel_size_nm / solver.op.factor
+    quantiles = np.linspace(0.0, 0.9, 19)
+    factors: dict[float, float] = {}
+    if extraction.method == "peaks":
+        values = find_peaks(x, 0.0).mass.double().numpy()
+    elif tau > 0:
+        factors = {f * tau: f for f in extraction.factors}
+        values = None
+    else:
+        values = x[x > 0].double().numpy()
+    candidates = list(factors) if values is None else (
+        sorted(set(np.quantile(values, quantiles).tolist())) if values.size else [tau])
+    xn = x.numpy()
 
     def decode(threshold: float) -> pd.DataFrame:
-        comp = find_components(x, threshold, extraction.connectivity)
-        return components_to_table(comp, 0, fine_nm)
+        return extract(xn, threshold, 0, fine_nm, extraction.method, extraction.connectivity)
 
-    cal = calibrate_by_jaccard(decode, truth, [f * tau for f in extraction.factors],
-                               extraction.tolerance_nm, len(x), "training frames")
-    jaccard = dict(cal.curve)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cal = calibrate_by_jaccard(decode, truth, candidates, extraction.tolerance_nm, len(xn),
+                                   "training frames")
+    # The lowest quantile keeps every peak or pixel > 0: nothing lies below it to try, so
+    # only a best candidate at the top end is worth the warning.
+    if values is None or cal.threshold >= max(candidates):
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    rows = []
+    for t, j in cal.curve:
+        row = {"threshold": t, "jaccard": j}
+        if t in factors:
+            row["factor_of_tau"] = factors[t]
+        rows.append(row)
     return {"threshold": cal.threshold, "calibrated": True, "jaccard": cal.jaccard,
-            "tolerance_nm": extraction.tolerance_nm,
-            "candidates": [{"factor_of_tau": f, "jaccard": jaccard[f * tau]}
-                           for f in extraction.factors]}
+            "tolerance_nm": extraction.tolerance_nm, "method": extraction.method,
+            "candidates": rows}
 
 
 # --------------------------------------------------------------------------- CLI entry
@@ -434,6 +483,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
     cfg_dict = to_dict(config)
     run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
                       "optim.outer_iterations", command)
+    wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
     td = build_training_data(config.data, config.seed)
     geometry = td.geometry.upsampled(config.solver.upsampling)
@@ -482,10 +532,13 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
         "command": command or [], "seed": config.seed, "stormfold_version": __version__,
     }
     extra["extraction"] = {"threshold": float(solver.tau.detach()), "calibrated": False,
-                           "connectivity": config.extraction.connectivity, "merge": True}
+                           "connectivity": config.extraction.connectivity, "merge": True,
+                           "method": config.extraction.method}
     if config.extraction.calibrate:
         cal = calibrate_threshold(solver, y, td.truth, td.pixel_size_nm, config.extraction)
         extra["extraction"].update(cal)
+    # Data simulation, fit and calibration of this call (a resumed run: this part only).
+    extra["training"]["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
     save_unrolled_model(run.out_dir, solver, td.pixel_size_nm, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(run.out_dir)
 
