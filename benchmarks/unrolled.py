@@ -1,13 +1,23 @@
 """Unrolled solver throughput: frames/s and peak memory, 64×64 frames, L = 4, K = 100, CPU.
 
 Inference runs the engine's whole per-batch path (x_K under ``torch.inference_mode`` and the
-connected-component extraction); the training rows time one evaluation of the upper loss
-and its gradient (forward + backward through the K iterations) on 8 frames. Each case is
-repeated and the best pass is reported, because the machine is shared (on 2 cores under
-load, OpenMP threads spin-waiting on busy cores can slow a pass several-fold).
+extraction); the training rows time one evaluation of the upper loss and its gradient
+(forward + backward through the K iterations) on 8 frames. Each case is repeated and the
+best pass is reported, because the machine is shared (on 2 cores under load, OpenMP threads
+spin-waiting on busy cores can slow a pass several-fold).
+
+``--reference SRC`` also times the shipped model ``builtin:unrolled-isbi2013`` of another
+version of stormfold (``SRC`` = its ``src`` folder, e.g. from
+``git archive <commit> src | tar -x -C /tmp/ref``) against this one, alternating the two
+several times in the same run: on a loaded machine the ratio of the two is the meaningful
+figure. The machine's load average and CPU model are recorded with the results.
+
+Run: ``python benchmarks/unrolled.py [--reference /tmp/ref/src] [--only-shipped]``.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,17 +85,89 @@ def training_step(fidelity: str, n_frames: int, segments: int, threads: int,
             "frames_per_s": n_frames / best}
 
 
+def shipped(src: str | None, n_frames: int, batch: int, threads: int, repeats: int = 3) -> dict:
+    """The shipped model as a user runs it (``load_engine``), optionally from another tree."""
+    if src:
+        sys.path.insert(0, src)
+    import torch
+
+    import stormfold
+    from stormfold.localize.registry import load_engine
+
+    torch.set_num_threads(threads)
+    photons = _frames(n_frames)
+    engine = load_engine(model="builtin:unrolled-isbi2013", device="cpu",
+                         options={"chunk_frames": batch})
+    engine.process(photons[:batch], 0, 100.0)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        n_locs = 0
+        t0 = time.perf_counter()
+        for a in range(0, n_frames, batch):
+            n_locs += len(engine.process(photons[a:a + batch], a, 100.0).locs)
+        best = min(best, time.perf_counter() - t0)
+    method = getattr(engine, "method", "components")
+    return {"case": f"shipped model ({'reference' if src else 'this version'}, {method})",
+            "fidelity": engine.solver.fidelity, "frames": n_frames, "batch": batch,
+            "threads": threads, "seconds": best, "frames_per_s": n_frames / best,
+            "locs_per_frame": n_locs / n_frames, "stormfold": str(Path(stormfold.__file__).parent),
+            "load_average": os.getloadavg()[0]}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", default=None,
+                        help="src folder of another stormfold version to compare with")
+    parser.add_argument("--only-shipped", action="store_true",
+                        help="only the shipped-model rows")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternations of this version and the reference")
+    args = parser.parse_args()
     rows = []
-    for fid in ("ls", "kl"):
-        for threads in (1, 2):
-            rows.append(run_isolated(inference, fid, 160, 16, threads))
-    rows.append(run_isolated(inference, "ls", 160, 4, 1))
-    for fid in ("ls", "kl"):
-        rows.append(run_isolated(training_step, fid, 8, 4, 1))
-    rows.append(run_isolated(training_step, "ls", 8, 1, 1))
+    load_before = os.getloadavg()
+    if args.reference:
+        for _ in range(args.rounds):
+            for src in (None, args.reference):
+                rows.append(run_isolated(shipped, src, 160, 16, 2))
+    else:
+        rows.append(run_isolated(shipped, None, 160, 16, 2))
+    if not args.only_shipped:
+        for fid in ("ls", "kl"):
+            for threads in (1, 2):
+                rows.append(run_isolated(inference, fid, 160, 16, threads))
+        rows.append(run_isolated(inference, "ls", 160, 4, 1))
+        for fid in ("ls", "kl"):
+            rows.append(run_isolated(training_step, fid, 8, 4, 1))
+        rows.append(run_isolated(training_step, "ls", 8, 1, 1))
+    if args.reference:
+        ours = max(r["frames_per_s"] for r in rows if "this version" in r.get("case", ""))
+        ref = max(r["frames_per_s"] for r in rows if "reference" in r.get("case", ""))
+        rows.append({"case": "ratio this version / reference (best of each)",
+                     "frames_per_s": ours / ref})
+    for r in rows:
+        r.setdefault("load_average", None)
     report("unrolled", rows, ["case", "fidelity", "frames", "batch", "threads", "seconds",
-                              "frames_per_s", "locs_per_frame", "peak_rss_mb"])
+                              "frames_per_s", "locs_per_frame", "peak_rss_mb", "load_average"])
+    import json
+
+    from _common import RESULTS
+
+    path = RESULTS / "unrolled.json"
+    payload = json.loads(path.read_text())
+    payload["machine"].update({"cpu_model": cpu_model(), "load_average_before": load_before,
+                               "load_average_after": os.getloadavg(),
+                               "reference": args.reference})
+    path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

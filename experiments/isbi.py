@@ -51,8 +51,10 @@ from stormfold.evaluate import evaluate, pixel_jaccard, psnr
 from stormfold.localize.components import components_to_table, find_components
 from stormfold.simulate import build_config, expected_photons, simulate_truth
 from stormfold.unrolled.model import build_solver
-from stormfold.unrolled.train import (LossConfig, OptimConfig, fine_targets, fit,
-                                      initial_threshold)
+from stormfold.unrolled.engine import extract
+from stormfold.unrolled.solver import estimate_background
+from stormfold.unrolled.train import (ExtractionConfig, LossConfig, OptimConfig,
+                                      calibrate_threshold, fine_targets, fit, initial_threshold)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PX = 100.0
@@ -62,6 +64,9 @@ SIGMA_NM = 109.65
 K = 100
 OUTER = 20
 KL_ALPHA = (30.0, 200.0)  # initial value and upper bound of α_k for KL, in units of 1/Lip
+LS_ALPHA_MAX = 4.0 / 3.0  # the stability bound of the accelerated iteration (docs/unrolled.md)
+RHO0 = 0.02
+EXTENSIONS = {"rho_k": "per-iteration ρ_k", "learned_bg": "learned b", "bg_map": "b map"}
 CASES = {"gaussian": {"background": 0.0, "gaussian_std": 10.0},
          "poisson_low": {"background": 5.0},
          "poisson_high": {"background": 50.0}}
@@ -112,15 +117,32 @@ def noisy(signal: np.ndarray, case: dict, seed: int) -> np.ndarray:
 
 def train_model(fidelity: str, loss_kind: str, tolerance: int, background: float,
                 y: np.ndarray, target: np.ndarray, log, outer: int = OUTER,
-                ls_alpha_max: float = 2.0):
+                ls_alpha_max: float = LS_ALPHA_MAX, rho0: float = RHO0,
+                extension: str | None = None):
+    """Train one unrolled model on the training frames (see the module notes).
+
+    ``extension``: ``rho_k`` (one ρ per iteration), ``learned_bg`` (b in θ, starting from the
+    per-frame estimate's mean), ``bg_map`` (b = a per-pixel background map estimated from
+    each frame) — options beyond the paper.
+    """
+    kw = {}
+    if extension == "rho_k":
+        kw["rho_per_iteration"] = True
+    if extension == "learned_bg":
+        b0 = float(estimate_background(torch.from_numpy(y)).mean())
+        kw.update(background="learned", background_photons=max(b0, 1.0 if fidelity == "kl" else 0.0))
+    elif extension == "bg_map":
+        kw.update(background="estimate_map")
+    else:
+        kw.update(background="given", background_photons=max(background, 0.0))
     solver = build_solver(L, SIGMA_NM / FINE_NM, iterations=K, fidelity=fidelity, eps=0.1,
-                          rho=0.05, alpha=KL_ALPHA[0] if fidelity == "kl" else 1.0,
-                          background="given", background_photons=max(background, 0.0),
-                          checkpoint_segments=4)
+                          rho=rho0, alpha=KL_ALPHA[0] if fidelity == "kl" else 1.0,
+                          checkpoint_segments=4, **kw)
     if fidelity == "kl":
         solver.set_bounds("alpha", 0.0, KL_ALPHA[1])
     else:
         solver.set_bounds("alpha", 0.0, ls_alpha_max)
+    solver.project_parameters_()
     yt = torch.from_numpy(y)
     if loss_kind == "localization":
         tau0, tau_max = initial_threshold(solver, yt, target)
@@ -132,9 +154,17 @@ def train_model(fidelity: str, loss_kind: str, tolerance: int, background: float
                                                                       tolerance_px=tolerance),
                      OptimConfig(outer_iterations=outer), progress=False,
                      on_iteration=lambda it, r, o: log(
-                         f"    it {it:2d} loss {r['loss']:.5g} rho {r['rho']:.4g} tau "
+                         f"    it {it:2d} loss {r['loss']:.5g} rho "
+                         f"{r.get('rho', r.get('rho_mean', 0.0)):.4g} tau "
                          f"{r['tau']:.4g} alpha_mean {r['alpha_mean']:.3g} ({r['seconds']:.0f} s)"))
     return solver, history, time.perf_counter() - t0
+
+
+def calibrate(solver, y: np.ndarray, truth, method: str) -> dict:
+    """Extraction threshold with the best localization Jaccard at 100 nm on the training
+    frames (``stormfold.unrolled.train.calibrate_threshold``)."""
+    ext = ExtractionConfig(calibrate=True, tolerance_nm=100.0, method=method)
+    return calibrate_threshold(solver, torch.from_numpy(y), truth, PX, ext)
 
 
 TOLERANCES_PX = (0.0, 2.0, 4.0)  # 0, 50, 100 nm on the 25 nm grid
@@ -144,25 +174,36 @@ def pixel_metrics(det: np.ndarray, target: np.ndarray) -> list[float]:
     return [pixel_jaccard(det, target, radius=r).jaccard for r in TOLERANCES_PX]
 
 
-def evaluate_unrolled(solver, loss_kind: str, y: np.ndarray, truth, target: np.ndarray) -> dict:
+def evaluate_unrolled(solver, loss_kind: str, y: np.ndarray, truth, target: np.ndarray,
+                      thresholds: dict[str, float], method: str) -> dict:
+    """Pixel Jaccard and PSNR of x_K; localization Jaccard of both extraction methods
+    (``thresholds``: calibrated per method); ``method`` is the one reported in the table."""
+    import pandas as pd
+
     tau = solver.theta()["tau"] if loss_kind == "localization" else 0.0
-    dets, psnrs, locs = [], [], []
+    dets, psnrs = [], []
+    locs: dict[str, list] = {m: [] for m in thresholds}
     with torch.inference_mode():
         for a in range(0, len(y), 16):
             x = solver(torch.from_numpy(y[a:a + 16])).numpy()
             dets.append(((x >= tau) & (x > 0)).astype(np.uint8))
             psnrs += [psnr(target[a + i], x[i], data_range=float(target[a + i].max()))
                       for i in range(len(x))]
-            comp = find_components(x, tau if tau > 0 else 1e-6)
-            locs.append(components_to_table(comp, a, FINE_NM))
-    import pandas as pd
-
-    locs = pd.concat(locs, ignore_index=True)
+            for m, thr in thresholds.items():
+                locs[m].append(extract(x, thr, a, FINE_NM, m))
     js = pixel_metrics(np.concatenate(dets), target)
-    m = evaluate(truth, locs, tolerances_nm=(50, 100, 250))
-    return {"pixel_jaccard": js, "pixel_jaccard_mean": float(np.mean(js)),
-            "psnr_db": float(np.mean(psnrs)), "loc_jaccard": [float(v) for v in m["jaccard"]],
-            "rmse_100nm": float(m["rmse_lateral_nm"].iloc[1]), "locs_per_frame": len(locs) / len(y)}
+    by_method = {}
+    for m, parts in locs.items():
+        table = pd.concat(parts, ignore_index=True)
+        ev = evaluate(truth, table, tolerances_nm=(50, 100, 250))
+        by_method[m] = {"threshold": thresholds[m],
+                        "loc_jaccard": [float(v) for v in ev["jaccard"]],
+                        "rmse_100nm": float(ev["rmse_lateral_nm"].iloc[1]),
+                        "locs_per_frame": len(table) / len(y)}
+    out = {"pixel_jaccard": js, "pixel_jaccard_mean": float(np.mean(js)),
+           "psnr_db": float(np.mean(psnrs)), "extraction": method, "by_extraction": by_method}
+    out.update({k: by_method[method][k] for k in ("loc_jaccard", "rmse_100nm", "locs_per_frame")})
+    return out
 
 
 def evaluate_deepstorm(engine, y: np.ndarray, truth, target: np.ndarray) -> dict:
@@ -200,22 +241,42 @@ def format_tables(results: dict, n_test: int) -> str:
     for case_name, rows in results.items():
         lines.append(f"\n**{case_name}** ({n_test} test frames)\n")
         lines.append("| model | pixel J δ = 0 / 50 / 100 nm | mean J | PSNR (dB) "
-                     "| loc. J 50/100/250 nm | paper: J (3 tol.) / mean / PSNR |")
-        lines.append("|---|---|---|---|---|---|")
+                     "| loc. J 50/100/250 nm | loc. J 100 nm, components | locs/frame "
+                     "| paper: J (3 tol.) / mean / PSNR |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for name, r in rows.items():
             p = PAPER.get(case_name, {}).get(name.replace(" exact", ""))
             ptxt = (f"{p[0]:.3f} / {p[1]:.3f} / {p[2]:.3f} / {p[3]:.3f} / {p[4]:.2f}"
                     if p else "—")
             j = r["pixel_jaccard"]
             lj = r["loc_jaccard"]
+            comp = (r.get("by_extraction") or {}).get("components")
+            ctxt = f"{comp['loc_jaccard'][1]:.3f}" if comp else "—"
             lines.append(f"| {name} | {j[0]:.3f} / {j[1]:.3f} / {j[2]:.3f} | "
                          f"{r['pixel_jaccard_mean']:.3f} | {r['psnr_db']:.2f} | "
-                         f"{lj[0]:.3f} / {lj[1]:.3f} / {lj[2]:.3f} | {ptxt} |")
+                         f"{lj[0]:.3f} / {lj[1]:.3f} / {lj[2]:.3f} | {ctxt} | "
+                         f"{r['locs_per_frame']:.0f} | {ptxt} |")
         if "Deep-STORM" not in rows:
             p = PAPER.get(case_name, {}).get("Deep-STORM")
-            lines.append(f"| Deep-STORM | not run | | | | {p[0]:.3f} / {p[1]:.3f} / {p[2]:.3f} / "
-                         f"{p[3]:.3f} / {p[4]:.2f} |")
+            lines.append(f"| Deep-STORM | not run | | | | | | {p[0]:.3f} / {p[1]:.3f} / "
+                         f"{p[2]:.3f} / {p[3]:.3f} / {p[4]:.2f} |")
     return "\n".join(lines)
+
+
+def planned_runs(case_name: str, fidelities: list[str], exact: list[str],
+                 extensions: list[str]) -> list[tuple[str, str, str, int, str | None]]:
+    """(row name, fidelity, loss, tolerance, extension) of one noise case."""
+    fids = [f for f in (["ls"] if case_name == "gaussian" else ["kl", "ls"]) if f in fidelities]
+    runs = [(f"(13) {f.upper()}", f, "reconstruction", 0, None) for f in fids]
+    runs += [(f"(14) {f.upper()}", f, "localization", 1, None) for f in fids]
+    if case_name in exact:
+        runs += [("(14) LS exact", "ls", "localization", 0, None)]
+    for ext in extensions:
+        for f in fids:
+            if ext == "bg_map" and (f != "kl" or case_name == "gaussian"):
+                continue  # the map matters for KL, which needs b > 0
+            runs.append((f"(14) {f.upper()} + {EXTENSIONS[ext]}", f, "localization", 1, ext))
+    return runs
 
 
 def main() -> None:
@@ -229,22 +290,36 @@ def main() -> None:
     parser.add_argument("--outer", type=int, default=OUTER, help="outer (SGP) iterations")
     parser.add_argument("--no-deepstorm", action="store_true")
     parser.add_argument("--fidelities", default="kl,ls", help="unrolled fidelities to train")
-    parser.add_argument("--ls-alpha-max", type=float, default=2.0,
-                        help="upper bound of the LS steps α_k in units of 1/Lip (SPEC: 2; the "
-                             "shipped model's training default: 1)")
+    parser.add_argument("--ls-alpha-max", type=float, default=LS_ALPHA_MAX,
+                        help="upper bound of the LS steps α_k in units of 1/Lip (default 4/3, "
+                             "the stability bound; the SPEC's: 2)")
+    parser.add_argument("--rho0", type=float, default=RHO0, help="initial ρ")
+    parser.add_argument("--extraction", default="peaks", choices=("peaks", "components"),
+                        help="extraction reported in the loc. J columns (both are computed)")
+    parser.add_argument("--extensions", default="",
+                        help=f"extension rows to add (comma-separated: {', '.join(EXTENSIONS)})")
     parser.add_argument("--name", default="isbi", help="results file stem under results/")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in results/<name>.json and run the others")
     parser.add_argument("--deepstorm-only", action="store_true",
                         help="add the Deep-STORM rows to an existing results/isbi.json")
+    parser.add_argument("--deepstorm-from", type=Path, default=None,
+                        help="copy the Deep-STORM rows from an earlier results file of the same "
+                             "test frames (same seeds and frame count) instead of rerunning it")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the CPU is shared: one thread avoids OpenMP spin-waits
     torch.manual_seed(0)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    extensions = [e for e in args.extensions.split(",") if e]
+    unknown = set(extensions) - set(EXTENSIONS)
+    if unknown:
+        raise SystemExit(f"unknown extensions {sorted(unknown)}")
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
     truth, signal, target = scene(args.test_frames, seed=1)
-    _, signal_tr, target_tr = scene(args.train_frames, seed=2)
+    truth_tr, signal_tr, target_tr = scene(args.train_frames, seed=2)
     engine, ds_note = None, None
     if not args.no_deepstorm:
         from stormfold.errors import UserError
@@ -257,59 +332,84 @@ def main() -> None:
             log(ds_note)
     results: dict = {}
     previous: dict = {}
-    if args.deepstorm_only:
-        previous = json.loads((RESULTS / f"{args.name}.json").read_text())
-        results = previous["results"]
-        if engine is None:
+    out_json = RESULTS / f"{args.name}.json"
+    if args.deepstorm_only or args.resume:
+        if out_json.is_file():
+            previous = json.loads(out_json.read_text())
+            results = previous["results"]
+        elif args.deepstorm_only:
+            raise SystemExit(f"--deepstorm-only: {out_json} does not exist")
+        if args.deepstorm_only and engine is None:
             raise SystemExit(ds_note)
+
+    def save() -> None:
+        payload = {"experiment": "isbi", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "setup": {"px_nm": PX, "L": L, "sigma_nm": SIGMA_NM, "iterations": K,
+                             "outer_iterations": args.outer, "test_frames": args.test_frames,
+                             "train_frames": args.train_frames, "cases": CASES,
+                             "ls_alpha_max": args.ls_alpha_max, "rho0": args.rho0,
+                             "extraction": args.extraction,
+                             "extraction_note": "threshold calibrated on the training frames "
+                                                "(best localization Jaccard at 100 nm)",
+                             "photons": "Normal(1000, 300)", "density_per_um2": 4.88},
+                   "results": results, "paper": PAPER, "deepstorm_note": ds_note,
+                   "commands": (previous.get("commands", [previous.get("command")])
+                                if previous else []) + [sys.argv]}
+        out_json.write_text(json.dumps(payload, indent=1))
+        (RESULTS / f"{args.name}.md").write_text(format_tables(results, args.test_frames) + "\n")
+
+    if args.deepstorm_from is not None:
+        earlier = json.loads(args.deepstorm_from.read_text())
+        if earlier["setup"]["test_frames"] != args.test_frames:
+            raise SystemExit(f"{args.deepstorm_from}: other test frames")
+        for case_name, rows in earlier["results"].items():
+            if "Deep-STORM" in rows:
+                results.setdefault(case_name, {})["Deep-STORM"] = dict(
+                    rows["Deep-STORM"], copied_from=str(args.deepstorm_from))
+        engine = None
     for case_name in args.cases.split(","):
         case = CASES[case_name]
         y = noisy(signal, case, seed=11)
         y_tr = noisy(signal_tr, case, seed=12)
-        fids = [f for f in (["ls"] if case_name == "gaussian" else ["kl", "ls"])
-                if f in args.fidelities.split(",")]
-        runs = [(f"(13) {f.upper()}", f, "reconstruction", 0) for f in fids]
-        runs += [(f"(14) {f.upper()}", f, "localization", 1) for f in fids]
-        if case_name in args.exact.split(","):
-            runs += [("(14) LS exact", "ls", "localization", 0)]
-        if args.deepstorm_only:
-            runs = []
+        runs = [] if args.deepstorm_only else planned_runs(
+            case_name, args.fidelities.split(","), args.exact.split(","), extensions)
         results.setdefault(case_name, {})
-        for name, fid, kind, tol in runs:
+        for name, fid, kind, tol, ext in runs:
+            if name in results[case_name]:
+                log(f"[{case_name}] {name}: kept from {out_json.name}")
+                continue
             log(f"[{case_name}] training {name}")
             bg = case["background"] if fid == "ls" else max(case["background"], 1.0)
             solver, history, seconds = train_model(fid, kind, tol, bg, y_tr, target_tr, log,
-                                                   args.outer, args.ls_alpha_max)
-            res = evaluate_unrolled(solver, kind, y, truth, target)
+                                                   args.outer, args.ls_alpha_max, args.rho0, ext)
+            cal = {m: calibrate(solver, y_tr, truth_tr, m) for m in ("peaks", "components")}
+            res = evaluate_unrolled(solver, kind, y, truth, target,
+                                    {m: c["threshold"] for m, c in cal.items()}, args.extraction)
+            th = solver.theta()
             res.update({"train_seconds": round(seconds, 1), "outer_iterations": len(history),
-                        "rho": solver.theta()["rho"],
-                        "alpha_mean": float(np.mean(solver.theta()["alpha"])),
-                        "tau": solver.theta()["tau"] if kind == "localization" else None,
+                        "rho": float(np.mean(th["rho"])),
+                        "alpha_mean": float(np.mean(th["alpha"])),
+                        "alpha_max": float(np.max(th["alpha"])),
+                        "tau": th["tau"] if kind == "localization" else None,
+                        "background": th.get("background"), "extension": ext,
+                        "calibration": cal,
                         "initial_loss": history[0]["loss"], "final_loss": history[-1]["loss"]})
             results[case_name][name] = res
             log(f"    → pixel J {np.round(res['pixel_jaccard'], 3)}, PSNR {res['psnr_db']:.2f}, "
-                f"loc J {np.round(res['loc_jaccard'], 3)}")
-        if engine is not None:
+                f"loc J {np.round(res['loc_jaccard'], 3)} ({args.extraction}), components "
+                f"{res['by_extraction']['components']['loc_jaccard'][1]:.3f}")
+            save()
+        if engine is not None and (args.deepstorm_only or "Deep-STORM" not in results[case_name]):
             log(f"[{case_name}] Deep-STORM")
             t0 = time.perf_counter()
             results[case_name]["Deep-STORM"] = evaluate_deepstorm(engine, y, truth, target)
             results[case_name]["Deep-STORM"]["seconds"] = round(time.perf_counter() - t0, 1)
-    table = format_tables(results, args.test_frames)
-    print(table)
+            save()
+    save()
+    print(format_tables(results, args.test_frames))
     if ds_note:
         print(f"\n{ds_note}")
-    payload = {"experiment": "isbi", "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "setup": {"px_nm": PX, "L": L, "sigma_nm": SIGMA_NM, "iterations": K,
-                         "outer_iterations": args.outer, "test_frames": args.test_frames,
-                         "train_frames": args.train_frames, "cases": CASES,
-                         "ls_alpha_max": args.ls_alpha_max,
-                         "photons": "Normal(1000, 300)", "density_per_um2": 4.88},
-               "results": results, "paper": PAPER, "deepstorm_note": ds_note,
-               "commands": (previous.get("commands", [previous.get("command")])
-                            if args.deepstorm_only else []) + [sys.argv]}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
-    (RESULTS / f"{args.name}.md").write_text(table + "\n")
-    print(f"\n(written to {RESULTS / args.name}.json and .md)")
+    print(f"\n(written to {out_json} and .md)")
 
 
 if __name__ == "__main__":
