@@ -16,9 +16,8 @@ image is the sum of x_K. Localizations (:func:`extract`), by the model's extract
 Options (``--set key=value``):
 
 ``background``
-    ``estimate`` (per frame from the data), ``estimate_map`` (a per-pixel map per frame),
-    ``learned``/``given`` (the model's value) or a number of photons per camera pixel.
-    Default: the model's background mode.
+    ``estimate`` (per frame from the data), ``learned``/``given`` (the model's value) or a
+    number of photons per camera pixel. Default: the model's background mode.
 ``connectivity``
     8 (default) or 4.
 ``merge``
@@ -165,8 +164,8 @@ class UnrolledEngine(Engine):
     def _background_arg(self) -> Any:
         if self.background is None or self.background in ("learned", "given"):
             return None
-        if self.background in ("estimate", "estimate_map"):
-            return self.background
+        if self.background == "estimate":
+            return "estimate"
         return self.background
 
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
@@ -197,10 +196,10 @@ def _parse_background(value: Any) -> str | float | None:
         if value is not None and not value >= 0:
             raise UserError(f"background must be ≥ 0 photons, got {value}")
         return None if value is None else float(value)
-    if isinstance(value, str) and value in ("estimate", "estimate_map", "learned", "given"):
+    if isinstance(value, str) and value in ("estimate", "learned", "given"):
         return value
-    raise UserError(f"background option must be estimate, estimate_map, learned, given or a "
-                    f"number of photons, got {value!r}")
+    raise UserError(f"background option must be estimate, learned, given or a number of "
+                    f"photons, got {value!r}")
 
 
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,

@@ -25,9 +25,7 @@ Design choices (stated here once):
   a scalar/map passed to :meth:`UnrolledAPG.forward`), ``estimate`` (per frame: the
   ``background_quantile`` quantile of the frame after a 3×3 mean filter — the filter cuts
   the shot noise so the low quantile sits close to the mean background instead of
-  1–2 standard deviations below it), ``estimate_map`` (beyond the paper: a per-pixel map
-  per frame, :func:`estimate_background_map`, for uneven backgrounds on real frames), or
-  ``learned`` (one scalar, part of θ).
+  1–2 standard deviations below it), or ``learned`` (one scalar, part of θ).
 - **Operator**: any object with ``A``, ``A_adjoint``, ``norm_sq`` and
   ``lambda_max(y, b, fidelity)`` (DeepInverse style), e.g.
   :class:`~stormfold.physics.BlurDownsample` or a variance-domain operator for SOFI. If it is
@@ -52,7 +50,7 @@ from stormfold.errors import UserError
 
 FIDELITIES = ("ls", "kl")
 PROJECTIONS = ("cubic", "symmetric")
-BACKGROUND_MODES = ("given", "estimate", "estimate_map", "learned")
+BACKGROUND_MODES = ("given", "estimate", "learned")
 INITS = ("zero", "adjoint")
 ALPHA_UNITS = ("lipschitz", "absolute")
 
@@ -151,51 +149,6 @@ def estimate_background(y: torch.Tensor, quantile: float = 0.1, smooth: int = 3)
     return torch.quantile(f.reshape(f.shape[0], -1), quantile, dim=1)
 
 
-def estimate_background_map(y: torch.Tensor, window: int = 9, quantile: float = 0.25,
-                            smooth: int = 3) -> torch.Tensor:
-    """Per-pixel background map (photons per pixel) of each frame: a local low quantile.
-
-    The frame is mean-filtered (``smooth``×``smooth``, cutting the shot noise), then each
-    pixel takes the ``quantile`` of its ``window``×``window`` neighbourhood (emitters cover
-    a minority of any neighbourhood a few PSF widths wide), and the result is mean-filtered
-    over the window again so the map varies smoothly. Edges are replicated.
-
-    Parameters
-    ----------
-    y : Tensor, shape (B, rows, cols)
-        Frames in photons.
-    window : int
-        Odd side of the neighbourhood (camera pixels).
-    quantile : float
-        Quantile in (0, 1) of the neighbourhood.
-    smooth : int
-        Side of the first mean filter (odd; 1 = none).
-
-    Returns
-    -------
-    Tensor, shape (B, rows, cols)
-    """
-    if not 0.0 < quantile < 1.0:
-        raise UserError(f"background quantile must be in (0, 1), got {quantile}")
-    if window < 1 or window % 2 == 0 or smooth < 1 or smooth % 2 == 0:
-        raise UserError(f"background window and smoothing must be odd ≥ 1, got {window}, {smooth}")
-    rows, cols = y.shape[-2:]
-    f = y.reshape(-1, 1, rows, cols)
-
-    def mean_filter(t: torch.Tensor, k: int) -> torch.Tensor:
-        if k == 1:
-            return t
-        p = k // 2
-        return F.avg_pool2d(F.pad(t, (p, p, p, p), mode="replicate"), k, stride=1)
-
-    f = mean_filter(f, smooth)
-    p = window // 2
-    patches = F.unfold(F.pad(f, (p, p, p, p), mode="replicate"), window)  # (B, w², rows·cols)
-    k = max(1, int(round(quantile * window * window)))
-    low = patches.kthvalue(k, dim=1).values.view(-1, 1, rows, cols)
-    return mean_filter(low, window).view(y.shape)
-
-
 # --------------------------------------------------------------------------- the module
 class UnrolledAPG(nn.Module):
     """K unrolled iterations of the accelerated projected gradient with learned θ.
@@ -229,7 +182,7 @@ class UnrolledAPG(nn.Module):
     rho_per_iteration : bool
         Extension (not in the paper): learn one ρ_k per iteration (a thresholding schedule,
         λ_k = ρ_k·λ_max) instead of one ρ. ``rho`` is then a (K,) tensor.
-    background : {"given", "estimate", "estimate_map", "learned"}
+    background : {"given", "estimate", "learned"}
         How b is obtained when :meth:`forward` gets none (see the module notes).
     background_photons : float
         b for ``given`` and the initial value for ``learned``.
@@ -357,9 +310,9 @@ class UnrolledAPG(nn.Module):
     def get_background(self, y: torch.Tensor, background: Any = None) -> torch.Tensor:
         """b as a tensor broadcastable to y (B, rows, cols), in photons per camera pixel."""
         if isinstance(background, str):
-            if background not in ("estimate", "estimate_map"):
-                raise UserError(f"background must be a number, a tensor, 'estimate' or "
-                                f"'estimate_map', got {background!r}")
+            if background != "estimate":
+                raise UserError(f"background must be a number, a tensor or 'estimate', "
+                                f"got {background!r}")
             mode = background
             background = None
         else:
@@ -367,8 +320,6 @@ class UnrolledAPG(nn.Module):
         if background is None:
             if mode == "estimate":
                 b = estimate_background(y.detach(), self.background_quantile).view(-1, 1, 1)
-            elif mode == "estimate_map":
-                b = estimate_background_map(y.detach())
             elif mode == "learned":
                 b = self.background
             else:
@@ -499,10 +450,9 @@ class UnrolledAPG(nn.Module):
         ----------
         y : Tensor, shape (B, rows, cols) or (rows, cols)
             Frames in photons per camera pixel.
-        background : float, Tensor, "estimate" or "estimate_map", optional
+        background : float, Tensor or "estimate", optional
             b in photons: scalar, per frame (B,), or a map (rows, cols)/(B, rows, cols);
-            ``"estimate"``/``"estimate_map"`` estimate it from each frame (a number or a
-            map). Default: the background mode.
+            ``"estimate"`` estimates it from each frame. Default: the background mode.
 
         Returns
         -------

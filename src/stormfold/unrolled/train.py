@@ -93,7 +93,7 @@ class SolverConfig:
 
     ``background_photons`` and ``sigma_nm`` default to the simulation's values;
     ``background`` is ``given`` (the simulation's background), ``estimate`` (per frame, from
-    the data), ``estimate_map`` (a per-pixel map per frame) or ``learned``;
+    the data) or ``learned``;
     ``alpha_units`` is ``lipschitz`` (α_k/Lip) or ``absolute`` (the paper's steps);
     ``rho_per_iteration`` learns one ρ_k per iteration (beyond the paper).
     """
@@ -107,7 +107,7 @@ class SolverConfig:
     init: Literal["zero", "adjoint"] = "zero"
     alpha_units: Literal["lipschitz", "absolute"] = "lipschitz"
     rho_per_iteration: bool = False
-    background: Literal["given", "estimate", "estimate_map", "learned"] = "estimate"
+    background: Literal["given", "estimate", "learned"] = "estimate"
     background_photons: Optional[float] = None
     background_quantile: float = 0.1
     background_floor: float = 0.1
