@@ -114,6 +114,38 @@ def shipped(src: str | None, n_frames: int, batch: int, threads: int, repeats: i
             "load_average": os.getloadavg()[0]}
 
 
+def extraction(n_frames: int, repeats: int = 5) -> list[dict]:
+    """The two extraction methods alone on the same x_K (one thread): their cost per frame
+    next to the solver's, which is the same for both."""
+    import torch
+
+    from stormfold.localize.registry import load_engine
+    from stormfold.unrolled.engine import extract
+
+    torch.set_num_threads(1)
+    photons = _frames(n_frames)
+    engine = load_engine(model="builtin:unrolled-isbi2013", device="cpu")
+    t0 = time.perf_counter()
+    x = engine.reconstruct(photons)
+    solve = time.perf_counter() - t0
+    rows = [{"case": "x_K only (shipped model, 1 thread)", "frames": n_frames, "threads": 1,
+             "seconds": solve, "frames_per_s": n_frames / solve}]
+    for method, thr in (("peaks", engine.threshold), ("components", float(engine.solver.tau))):
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            locs = extract(x, thr, 0, 25.0, method)
+            best = min(best, time.perf_counter() - t0)
+        rows.append({"case": f"extraction only ({method})", "frames": n_frames, "threads": 1,
+                     "seconds": best, "frames_per_s": n_frames / best,
+                     "locs_per_frame": len(locs) / n_frames})
+    return rows
+
+
+def _extraction_rows(n_frames: int) -> dict:
+    return {"rows": extraction(n_frames)}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -132,15 +164,20 @@ def main() -> None:
                         help="only the shipped-model rows")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternations of this version and the reference")
+    parser.add_argument("--frames", type=int, default=160,
+                        help="frames per shipped-model pass (fewer on a busy machine)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     rows = []
     load_before = os.getloadavg()
     if args.reference:
         for _ in range(args.rounds):
             for src in (None, args.reference):
-                rows.append(run_isolated(shipped, src, 160, 16, 2))
+                rows.append(run_isolated(shipped, src, args.frames, 16, args.threads))
     else:
-        rows.append(run_isolated(shipped, None, 160, 16, 2))
+        rows.append(run_isolated(shipped, None, args.frames, 16, args.threads))
+    ext = run_isolated(_extraction_rows, 64)
+    rows.extend(ext.get("rows", [ext]))
     if not args.only_shipped:
         for fid in ("ls", "kl"):
             for threads in (1, 2):

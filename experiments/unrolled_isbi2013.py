@@ -80,11 +80,13 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="isbi2013_"))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs = {}
+    earlier = json.loads(RESULT.read_text()).get("runs", {}) if RESULT.is_file() else {}
     for name in args.engines.split(","):
         if not (out / name / "localizations.csv").is_file():
             runs[name] = localize(name, args.movie, out)
-        else:
-            runs[name] = {"command": None, "seconds": None, "note": "reused"}
+        else:  # the figure only: keep the timing of the run that made these files
+            runs[name] = dict(earlier.get(name, {"command": None, "seconds": None}),
+                              note=f"localizations reused from {out / name}")
         locs = pd.read_csv(out / name / "localizations.csv")
         runs[name].update({"localizations": int(len(locs)), "per_frame": len(locs) / 361})
     movie = tifffile.imread(args.movie).astype(np.float64)
@@ -97,7 +99,7 @@ def main() -> None:
             img = render(pd.read_csv(out / name / "localizations.csv"))
             panels.append((f"{titles[name]}\n{runs[name]['localizations']} localizations "
                            f"({runs[name]['per_frame']:.0f}/frame), 20 nm bins", img, "hot"))
-    fig, ax = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
+    fig, ax = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.8))
     for a, (title, img, cmap) in zip(np.atleast_1d(ax), panels):
         vmax = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1.0
         a.imshow(img, cmap=cmap, extent=(0, 6.4, 6.4, 0), vmax=vmax)
@@ -105,9 +107,9 @@ def main() -> None:
         a.set_xlabel("x (µm)")
     np.atleast_1d(ax)[0].set_ylabel("y (µm)")
     fig.suptitle("ISBI 2013 bundled tubes, high density (real movie, no ground truth)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     FIGURE.parent.mkdir(exist_ok=True)
-    fig.savefig(FIGURE, dpi=100)
+    fig.savefig(FIGURE, dpi=100, bbox_inches="tight")
     summary = {"movie": str(args.movie), "camera": CAMERA, "runs": runs, "output": str(out),
                "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     RESULT.write_text(json.dumps(summary, indent=1))
