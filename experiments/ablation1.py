@@ -1,4 +1,4 @@
-"""Ablation of the unrolled method on paper experiment 1 (issue 12): one change at a time.
+"""Ablation of the unrolled method on paper experiment 1: one change at a time.
 
 Every row of ``experiments/configs/ablation1.yaml`` is the base setting (today's
 ``experiments/experiment1.py``: 256×256 fine images with 75–150 active pixels of U(50, 255),

@@ -14,7 +14,7 @@ too small λ on dense images.
 
 Lower level: LS fidelity, background 0, K = 100 unrolled iterations, cubic P_ε. Upper level:
 SGP (per-block BB/ABBmin steps, monotone Armijo), 25 outer iterations; initial ρ = 0.1, α_k = 1
-in the SPEC box [0, 2] (units of 1/Lip; the CLI's default box is [0, 4/3], see
+in the box [0, 2] of the first version (units of 1/Lip; the CLI's default box is [0, 4/3], see
 docs/unrolled.md; experiments/ablation1.py changes one setting at a time);
 τ = the count-matching threshold in [1, half the brightest true pixel] (loss 14).
 

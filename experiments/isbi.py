@@ -12,10 +12,10 @@ photons per emitter Normal(1000, 300); fine grid L = 4 (25 nm pixels). Test: 361
 - ``poisson_low``: Poisson(image + 5);
 - ``poisson_high``: Poisson(image + 50).
 
-Unrolled models (the defaults of ``stormfold train unrolled`` since issue 12): K = 100, cubic
+Unrolled models (the defaults of ``stormfold train unrolled``): K = 100, cubic
 P_ε, known constant background, ρ₀ = 0.02, α_k = 1 (units of 1/Lip) in the box [0, 4/3]
-(``--ls-alpha-max``; the SPEC's is 2); for KL α_k starts at 30 in the box [0, 200], because
-the SPEC's Lipschitz bound ‖H‖²·max(y/b²) is 10–100 times the curvature met near the
+(``--ls-alpha-max``; the first version's was 2); for KL α_k starts at 30 in the box [0, 200], because
+the Lipschitz bound ‖H‖²·max(y/b²) is 10–100 times the curvature met near the
 solution and steps ≤ 2/Lip barely move x in 100 iterations at low background. SGP 20 outer
 iterations (stopping after 10 failed Armijo trials), losses (13) and (14) — (14) with the
 tolerance r = 1 fine pixel (see :func:`stormfold.unrolled.losses.localization_loss`; with
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--fidelities", default="kl,ls", help="unrolled fidelities to train")
     parser.add_argument("--ls-alpha-max", type=float, default=LS_ALPHA_MAX,
                         help="upper bound of the LS steps α_k in units of 1/Lip (default 4/3, "
-                             "the stability bound; the SPEC's: 2)")
+                             "the stability bound; the first version's: 2)")
     parser.add_argument("--rho0", type=float, default=RHO0, help="initial ρ")
     parser.add_argument("--extraction", default="peaks", choices=("peaks", "components"),
                         help="extraction reported in the loc. J columns (both are computed)")
