@@ -39,6 +39,20 @@ def _frames(n: int, seed: int = 0):
     return np.ascontiguousarray(cfg.camera.backward(sim.movie))
 
 
+def _best_pass(engine, photons, batch: int, repeats: int) -> tuple[float, int]:
+    """Seconds of the fastest of ``repeats`` passes over the frames in batches, after a
+    warm-up batch (allocator, matrices), and the localizations of one pass."""
+    engine.process(photons[:batch], 0, 100.0)
+    best, n_locs = float("inf"), 0
+    for _ in range(repeats):
+        n_locs = 0
+        t0 = time.perf_counter()
+        for a in range(0, len(photons), batch):
+            n_locs += len(engine.process(photons[a:a + batch], a, 100.0).locs)
+        best = min(best, time.perf_counter() - t0)
+    return best, n_locs
+
+
 def inference(fidelity: str, n_frames: int, batch: int, threads: int, repeats: int = 3) -> dict:
     import torch
 
@@ -50,14 +64,7 @@ def inference(fidelity: str, n_frames: int, batch: int, threads: int, repeats: i
     solver = build_solver(4, 109.65 / 25.0, iterations=100, fidelity=fidelity, rho=0.05,
                           tau=20.0 if fidelity == "ls" else 2.0, background="estimate")
     engine = UnrolledEngine(solver, 100.0, chunk_frames=batch)
-    engine.process(photons[:batch], 0, 100.0)  # warm-up (allocator, matrices)
-    best = float("inf")
-    for _ in range(repeats):
-        n_locs = 0
-        t0 = time.perf_counter()
-        for a in range(0, n_frames, batch):
-            n_locs += len(engine.process(photons[a:a + batch], a, 100.0).locs)
-        best = min(best, time.perf_counter() - t0)
+    best, n_locs = _best_pass(engine, photons, batch, repeats)
     return {"case": "inference", "fidelity": fidelity, "frames": n_frames, "batch": batch,
             "threads": threads, "seconds": best, "frames_per_s": n_frames / best,
             "locs_per_frame": n_locs / n_frames}
@@ -98,14 +105,7 @@ def shipped(src: str | None, n_frames: int, batch: int, threads: int, repeats: i
     photons = _frames(n_frames)
     engine = load_engine(model="builtin:unrolled-isbi2013", device="cpu",
                          options={"chunk_frames": batch})
-    engine.process(photons[:batch], 0, 100.0)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        n_locs = 0
-        t0 = time.perf_counter()
-        for a in range(0, n_frames, batch):
-            n_locs += len(engine.process(photons[a:a + batch], a, 100.0).locs)
-        best = min(best, time.perf_counter() - t0)
+    best, n_locs = _best_pass(engine, photons, batch, repeats)
     method = getattr(engine, "method", "components")
     return {"case": f"shipped model ({'reference' if src else 'this version'}, {method})",
             "fidelity": engine.solver.fidelity, "frames": n_frames, "batch": batch,
