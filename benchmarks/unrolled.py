@@ -12,7 +12,9 @@ version of stormfold (``SRC`` = its ``src`` folder, e.g. from
 several times in the same run: on a loaded machine the ratio of the two is the meaningful
 figure. The machine's load average and CPU model are recorded with the results.
 
-Run: ``python benchmarks/unrolled.py [--reference /tmp/ref/src] [--only-shipped]``.
+Run: ``python benchmarks/unrolled.py [--reference /tmp/ref/src] [--only-shipped] [--threads N]
+[--frames N] [--rounds N] [--record NAME]`` (writes ``benchmarks/results/NAME.json``, default
+``unrolled``).
 """
 from __future__ import annotations
 
@@ -166,7 +168,10 @@ def main() -> None:
                         help="alternations of this version and the reference")
     parser.add_argument("--frames", type=int, default=160,
                         help="frames per shipped-model pass (fewer on a busy machine)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads of the shipped-model rows")
+    parser.add_argument("--record", default="unrolled",
+                        help="name of the record under benchmarks/results/ (NAME.json)")
     args = parser.parse_args()
     rows = []
     load_before = os.getloadavg()
@@ -193,13 +198,13 @@ def main() -> None:
                      "frames_per_s": ours / ref})
     for r in rows:
         r.setdefault("load_average", None)
-    report("unrolled", rows, ["case", "fidelity", "frames", "batch", "threads", "seconds",
+    report(args.record, rows, ["case", "fidelity", "frames", "batch", "threads", "seconds",
                               "frames_per_s", "locs_per_frame", "peak_rss_mb", "load_average"])
     import json
 
     from _common import RESULTS
 
-    path = RESULTS / "unrolled.json"
+    path = RESULTS / f"{args.record}.json"
     payload = json.loads(path.read_text())
     payload["machine"].update({"cpu_model": cpu_model(), "load_average_before": load_before,
                                "load_average_after": os.getloadavg(),
