@@ -1,15 +1,18 @@
 """The main job: stormfold run end to end, resume after a crash, Dask, bad configurations."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from stormfold.config import from_dict
 from stormfold.errors import UserError
+from stormfold.io.manifest import STAGING_PREFIX, fingerprint, read_manifest, verify_manifest
 from stormfold.io.thunderstorm import read_thunderstorm_csv
 from stormfold.pipeline import RunConfig, load_run_config, run
-from stormfold.pipeline.state import sums_path
+from stormfold.pipeline.state import run_parameters, sums_path
 from stormfold.simulate import build_config, simulate_to_folder
 
 
@@ -232,6 +235,17 @@ def test_demo_runs_every_shipped_engine_into_one_report(tmp_path, run_cli):
                     "summary-2", "evaluation-2"):
         assert f'id="{section}"' in html, section
     assert "report.html" in out
+    assert STAGING_PREFIX not in html
+    for name in ("deepstorm-zerocost", "unrolled-isbi2013", "gridnet-generalist"):
+        folder = tmp_path / "demo" / name
+        # each run is a complete set whose records name the final folder, not the staging one
+        assert verify_manifest(folder) == []
+        for record in ("run.yaml", "run.log", "report.html"):
+            assert STAGING_PREFIX not in (folder / record).read_text(), (name, record)
+        recorded = yaml.safe_load((folder / "run.yaml").read_text())["config"]
+        assert Path(recorded["movie"]).is_file() and Path(recorded["output"]) == folder
+        config = from_dict(RunConfig, recorded)
+        assert read_manifest(folder)["fingerprint"] == fingerprint(run_parameters(config))
 
 
 def test_truth_in_corrected_frame_known_answer():

@@ -9,13 +9,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from stormfold.io.atomic import write_text
+from stormfold.io.manifest import fingerprint, rewrite_paths
 from stormfold.pipeline import EngineSpec, EvaluationSpec, RunConfig, run
+from stormfold.pipeline.state import run_parameters
 from stormfold.report import write_report
 from stormfold.simulate import build_config, simulate_to_folder
 
 DEMO_ENGINES = (("Deep-STORM", "builtin:deepstorm-zerocost"),
                 ("unrolled (learned θ)", "builtin:unrolled-isbi2013"),
                 ("gridnet (generalist)", "builtin:gridnet-generalist"))
+#: A run's files that name its movie, truth and folder.
+RUN_RECORDS = ("run.yaml", "run.log", "report.html")
 
 
 def demo_simulation(n_frames: int = 200, seed: int = 2026):
@@ -33,6 +38,19 @@ def demo_simulation(n_frames: int = 200, seed: int = 2026):
     })
 
 
+def _run_config(root: Path, model: str) -> RunConfig:
+    """The run of ``model`` on the demo movie in ``root``, into ``root/<model name>``."""
+    sim_dir = root / "simulation"
+    return RunConfig(movie=str(sim_dir / "movie.tif"), output=str(root / model.split(":", 1)[1]),
+                     engine=EngineSpec(model=model),
+                     # A short demo (--frames 12) has too few localizations per drift bin:
+                     # it says so and goes on uncorrected.
+                     postprocess={"steps": ["drift", "frc"], "drift": {"on_unsupported": "warn"}},
+                     evaluation=EvaluationSpec(truth=str(sim_dir / "truth.csv"),
+                                               truth_drift=str(sim_dir / "drift.csv")),
+                     report=True)
+
+
 def run_demo(out: str | Path, n_frames: int = 200, quiet: bool = False) -> Path:
     """Run the demo into ``out``; returns the path of ``report.html``.
 
@@ -41,7 +59,7 @@ def run_demo(out: str | Path, n_frames: int = 200, quiet: bool = False) -> Path:
     """
     from stormfold.io.outputs import OutputFolder
 
-    out = Path(out)
+    out = Path(out).resolve()  # the runs' records name absolute paths: they run from anywhere
     folders = ["simulation", *(model.split(":", 1)[1] for _, model in DEMO_ENGINES)]
     # the simulated movie, one run per engine and the report: about 2 MB per 100 frames
     target = OutputFolder(out, "demo", [*folders, "report.html"], subfolders=folders,
@@ -49,24 +67,24 @@ def run_demo(out: str | Path, n_frames: int = 200, quiet: bool = False) -> Path:
     t0 = time.perf_counter()
     with target:
         staging = target.open()
-        sim_dir = simulate_to_folder(demo_simulation(n_frames), staging / "simulation",
-                                     progress=not quiet)
+        simulate_to_folder(demo_simulation(n_frames), staging / "simulation", progress=not quiet)
         results = []
+        # The runs are made in the staging folder; their records are rewritten to name the
+        # final folder before the set is moved in, so that each run.yaml runs again.
+        moves = [(str(staging), str(out))]
         for label, model in DEMO_ENGINES:
-            folder = staging / model.split(":", 1)[1]
-            config = RunConfig(movie=str(sim_dir / "movie.tif"), output=str(folder),
-                               engine=EngineSpec(model=model),
-                               # A short demo (--frames 12) has too few localizations per
-                               # drift bin: it says so and goes on uncorrected.
-                               postprocess={"steps": ["drift", "frc"],
-                                            "drift": {"on_unsupported": "warn"}},
-                               evaluation=EvaluationSpec(truth=str(sim_dir / "truth.csv"),
-                                                         truth_drift=str(sim_dir / "drift.csv")),
-                               report=True)
-            results.append(run(config, quiet=quiet, label=label))
+            name = model.split(":", 1)[1]
+            result = run(_run_config(staging, model), quiet=quiet, label=label)
+            results.append(result)
+            rewrite_paths(staging / name, moves, RUN_RECORDS,
+                          fingerprint(run_parameters(_run_config(out, model))))
         write_report(staging / "report.html", results,
                      title=f"stormfold demo: {len(DEMO_ENGINES)} engines on a simulated "
                            f"high-density movie ({n_frames} frames, "
                            f"{time.perf_counter() - t0:.0f} s)")
+        text = (staging / "report.html").read_text(encoding="utf-8")
+        for old, new in moves:
+            text = text.replace(old, new)
+        write_text(staging / "report.html", text)
         target.commit({"n_frames": n_frames, "engines": [m for _, m in DEMO_ENGINES]})
     return out / "report.html"

@@ -140,3 +140,45 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def rewrite_paths(folder: Path | str, replacements: list[tuple[str, str]], names: tuple[str, ...],
+                  parameters_fingerprint: Optional[str] = None) -> None:
+    """Replace paths in the text files ``names`` of a complete output set and update its
+    manifest (sizes, checksums and, if given, the parameters' fingerprint).
+
+    A set built inside another set's staging folder (the demo's runs) records its inputs
+    and itself where they were staged; once the outer set is about to be moved in, its
+    records must name the final places, or ``run.yaml`` would not run again.
+
+    Parameters
+    ----------
+    folder : path
+        A complete output folder (with ``manifest.json``).
+    replacements : list of (str, str)
+        (old, new) text pairs, applied in order.
+    names : tuple of str
+        Files of the set to rewrite (relative paths); absent ones are skipped.
+    parameters_fingerprint : str, optional
+        The fingerprint of the parameters as they read after the rewrite.
+    """
+    from stormfold.io.atomic import write_text
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ValueError(f"{folder}: not a complete output set")
+    entries = {f["path"]: f for f in manifest["files"]}
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        for old, new in replacements:
+            text = text.replace(old, new)
+        write_text(path, text)
+        if name in entries:
+            entries[name].update(bytes=path.stat().st_size, sha256=sha256_file(path, sync=True))
+    if parameters_fingerprint is not None:
+        manifest["fingerprint"] = parameters_fingerprint
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=1) + "\n")
