@@ -116,17 +116,9 @@ def run_main(main: Callable[[], None]) -> None:
 def machine() -> dict:
     """CPU model, its native-bf16 flags, core count, platform and the load average now (the
     machine is shared: timings are only comparable within one run)."""
-    from stormfold.device import BF16_CPU_FLAGS, cpu_flags
+    from stormfold.device import BF16_CPU_FLAGS, cpu_flags, cpu_model
 
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cpus": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(),
             "bf16_flags": sorted(cpu_flags() & set(BF16_CPU_FLAGS)),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),

@@ -148,16 +148,6 @@ def _extraction_rows(n_frames: int) -> dict:
     return {"rows": extraction(n_frames)}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", default=None,
@@ -206,6 +196,8 @@ def main() -> None:
 
     path = RESULTS / f"{args.record}.json"
     payload = json.loads(path.read_text())
+    from stormfold.device import cpu_model
+
     payload["machine"].update({"cpu_model": cpu_model(), "load_average_before": load_before,
                                "load_average_after": os.getloadavg(),
                                "reference": args.reference})

@@ -269,13 +269,9 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from stormfold.device import cpu_model
+
+    return cpu_model()
 
 
 def markdown(result: dict) -> str:

@@ -141,10 +141,9 @@ def plot(w: Path, runs: dict, result: dict) -> None:
 
 
 def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    from stormfold.device import cpu_model
+
+    return cpu_model()
 
 
 if __name__ == "__main__":

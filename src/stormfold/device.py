@@ -37,16 +37,28 @@ NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE
                 "AVX512_CORE_VNNI")
 
 
-def cpu_flags() -> set[str]:
-    """Feature flags of the CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of ``/proc/cpuinfo`` (None where it does not exist)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """Feature flags of the CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for benchmark records (``platform.processor()`` as a fallback)."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def native_bf16(device: torch.device | str) -> bool:
