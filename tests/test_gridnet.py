@@ -361,6 +361,36 @@ def test_runner_batches_do_not_change_results(tiny_model, tmp_path):
                                   check_exact=False, atol=1e-3)
 
 
+def test_context_frames_outside_the_range_do_not_stop_a_run(tiny_model, tmp_path):
+    """A NaN frame just before ``start`` is only context: the run goes on (it is read with
+    its NaNs as 0, not counted); the same frame inside the range is still an error."""
+    import tifffile
+
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    out, _, _ = tiny_model
+    cfg = build_config("zerocost", n_frames=10, seed=3,
+                       overrides=["activation.density_per_um2=1", "n_rows=24", "n_cols=24"])
+    simulate_to_folder(cfg, tmp_path / "s", progress=False)
+    clean = tifffile.imread(tmp_path / "s" / "movie.tif").astype(np.float32)
+    damaged = clean.copy()
+    damaged[3, 5, 5] = np.nan
+    tifffile.imwrite(tmp_path / "clean.tif", clean)
+    tifffile.imwrite(tmp_path / "damaged.tif", damaged)
+    engine = load_engine(model=out)
+    kw = dict(pixel_size_nm=100.0, camera=cfg.camera, batch_frames=3, progress=False)
+    a = localize_movie(tmp_path / "damaged.tif", engine, start=4, **kw)
+    b = localize_movie(tmp_path / "clean.tif", engine, start=4, **kw)
+    assert a.run.get("nan_repairs") is None
+    later = lambda t: t[t.frame >= 5].reset_index(drop=True)  # noqa: E731 - frame 4 sees 3
+    assert len(later(b.locs)) > 0
+    pd.testing.assert_frame_equal(later(a.locs), later(b.locs))
+    with pytest.raises(UserError, match="NaN"):
+        localize_movie(tmp_path / "damaged.tif", engine, start=2, **kw)
+
+
 def test_config_defaults_and_budget():
     cfg = build_train_config(preset="zerocost")
     assert cfg.init == "builtin:gridnet-generalist"

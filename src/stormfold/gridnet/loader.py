@@ -26,7 +26,7 @@ OPTIONS = {"p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
            "temporal": bool, "sigma_nm": float}
 
 
-def _section(meta: dict, key: str, source: str) -> Any:
+def require_section(meta: dict, key: str, source: str) -> Any:
     if meta.get(key) is None:
         raise UserError(f"{source}: model.yaml has no {key!r} (not a complete gridnet model)")
     return meta[key]
@@ -38,7 +38,7 @@ def network_from_meta(meta: dict, tensors: dict[str, torch.Tensor], source: str)
 
     if meta.get("engine") != ENGINE:
         raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
-    arch = _section(meta, "architecture", source)
+    arch = require_section(meta, "architecture", source)
     if not isinstance(arch, dict):
         raise UserError(f"{source}: architecture must be a mapping, got {arch!r}")
     arch = {k: v for k, v in arch.items() if k != "n_parameters"}
@@ -64,9 +64,9 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> GridnetEngine:
     """Engine of a loaded network, with ``--set`` options checked."""
-    norm = from_dict(InputNormalization, _section(meta, "normalization", source),
+    norm = from_dict(InputNormalization, require_section(meta, "normalization", source),
                      where="normalization")
-    domain = from_dict(DomainConfig, _section(meta, "domain", source), where="domain")
+    domain = from_dict(DomainConfig, require_section(meta, "domain", source), where="domain")
     camera = from_dict(Camera, meta["camera"], where="camera") \
         if isinstance(meta.get("camera"), dict) else None
     px = meta.get("pixel_size_nm")
@@ -81,7 +81,8 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
         if not ok:
             raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
         opts[key] = kind(value)
-    thr = float(threshold) if threshold is not None else float(_section(meta, "threshold", source))
+    thr = float(threshold) if threshold is not None else \
+        float(require_section(meta, "threshold", source))
     p_raw = opts.pop("p_raw", meta.get("p_raw", 0.1))
     p_keep = opts.pop("p_keep", meta.get("p_keep", 2.0))
     return GridnetEngine(model, norm, thr, p_raw=float(p_raw), p_keep=float(p_keep),

@@ -36,6 +36,7 @@ from stormfold.errors import UserError
 from stormfold.gridnet.config import (GENERALIST, GridnetTrainConfig, ScheduleConfig,
                                       ValidationConfig, build_train_config, lr_at)
 from stormfold.gridnet.engine import ENGINE, sample_outputs
+from stormfold.gridnet.loader import require_section
 from stormfold.gridnet.loss import gridnet_loss
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters, summary
 from stormfold.gridnet.normalization import InputNormalization
@@ -113,13 +114,16 @@ def _adopt_init(config: GridnetTrainConfig, init_meta: dict) -> GridnetTrainConf
     """Fine-tuning keeps the initial model's architecture and normalisation, and refuses a
     simulation whose σ in pixels is outside that model's range."""
     config = copy.deepcopy(config)
+    architecture = require_section(init_meta, "architecture", config.init)
     config.architecture = from_dict(ArchitectureConfig, {k: v for k, v in
-                                    init_meta["architecture"].items() if k != "n_parameters"})
-    config.normalization = from_dict(InputNormalization, init_meta["normalization"])
+                                    architecture.items() if k != "n_parameters"})
+    config.normalization = from_dict(InputNormalization,
+                                     require_section(init_meta, "normalization", config.init))
     if config.simulation is not None:
         sim = config.simulation
         check_sigma(sim.emitters.sigma_nm, sim.pixel_size_nm,
-                    from_dict(DomainConfig, init_meta["domain"], where="domain"), config.init)
+                    from_dict(DomainConfig, require_section(init_meta, "domain", config.init),
+                              where="domain"), config.init)
     return config
 
 

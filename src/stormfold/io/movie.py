@@ -136,6 +136,22 @@ class Movie:
             self._non_finite(frames, start)
         return frames
 
+    def read_context(self, start: int, stop: int, fill: float | None = 0.0) -> np.ndarray:
+        """Read frames ``start`` to ``stop`` that are not localized here: context for their
+        neighbours (temporal engines) or a sample for statistics. NaN/Inf pixels become
+        ``fill`` (None: left as they are) without an error or a count — a frame outside
+        ``--frames`` must not stop a run, and one inside is checked when read as data."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n_frames:
+            raise IndexError(f"frames {start}:{stop} out of range for a movie of "
+                             f"{self.n_frames} frames")
+        if self._reader is None:
+            raise ValueError(f"movie {self.path} is closed")
+        frames = self._reader.read(start, stop)
+        if frames.dtype.kind == "f" and fill is not None:
+            frames[~np.isfinite(frames)] = fill
+        return frames
+
     def _non_finite(self, frames: np.ndarray, start: int) -> None:
         bad = ~np.isfinite(frames)
         per_frame = bad.reshape(len(frames), -1).sum(axis=1)
@@ -361,6 +377,22 @@ def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
 class _CombinedMovie(Movie):
     """The parts of :func:`open_movies`: NaN/Inf pixels are handled (and counted) by them."""
 
+    def read_context(self, start: int, stop: int, fill: float | None = 0.0) -> np.ndarray:
+        """Read frames ``start`` to ``stop`` that are not localized here: context for their
+        neighbours (temporal engines) or a sample for statistics. NaN/Inf pixels become
+        ``fill`` (None: left as they are) without an error or a count — a frame outside
+        ``--frames`` must not stop a run, and one inside is checked when read as data."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n_frames:
+            raise IndexError(f"frames {start}:{stop} out of range for a movie of "
+                             f"{self.n_frames} frames")
+        if self._reader is None:
+            raise ValueError(f"movie {self.path} is closed")
+        frames = self._reader.read(start, stop)
+        if frames.dtype.kind == "f" and fill is not None:
+            frames[~np.isfinite(frames)] = fill
+        return frames
+
     def _non_finite(self, frames: np.ndarray, start: int) -> None:  # parts did it already
         return None
 
@@ -462,14 +494,33 @@ def sample_statistics(movie: Movie, n_frames: int = SAMPLE_FRAMES) -> dict:
     -------
     dict
         ``frames`` (the 0-based indices read), ``dtype``, ``min``, ``p1``, ``p50``,
-        ``p99``, ``max`` (in the movie's units, usually ADU).
+        ``p99``, ``max`` (in the movie's units, usually ADU, over the finite pixels) and
+        ``non_finite_frames`` (sampled frames with NaN/Inf pixels).
     """
     count = max(1, min(int(n_frames), movie.n_frames))
     frames = np.unique(np.linspace(0, movie.n_frames - 1, count).round().astype(np.int64))
-    values = np.stack([movie[int(i)] for i in frames]).astype(np.float64)
+    # NaN/Inf pixels are left out here: whether they are an error is decided when the
+    # frames to be localized are read (nan_policy), not by a frame that merely was sampled.
+    sample = np.stack([movie.read_context(int(i), int(i) + 1, fill=None)[0]
+                       for i in frames]).astype(np.float64)
+    finite = np.isfinite(sample)
+    damaged = frames[~finite.reshape(len(frames), -1).all(axis=1)]
+    values = sample[finite] if finite.any() else np.zeros(1)
     p1, p50, p99 = np.percentile(values, [1, 50, 99])
     return {"frames": frames.tolist(), "dtype": str(movie.dtype), "min": float(values.min()),
-            "p1": float(p1), "p50": float(p50), "p99": float(p99), "max": float(values.max())}
+            "p1": float(p1), "p50": float(p50), "p99": float(p99), "max": float(values.max()),
+            "non_finite_frames": damaged.tolist()}
+
+
+def check_sampled_frames(movie: Movie, stats: dict, start: int = 0,
+                         stop: int | None = None) -> None:
+    """Refuse, before any work, NaN/Inf pixels that :func:`sample_statistics` met in a
+    frame of [start, stop) when the movie's ``nan_policy`` is ``"error"`` (the message of
+    :meth:`Movie.read`). Frames outside the range are not localized and do not count."""
+    stop = movie.n_frames if stop is None else stop
+    for i in stats.get("non_finite_frames", []):
+        if start <= i < stop and movie.nan_policy == "error":
+            movie.read(i, i + 1)
 
 
 def adu_warnings(stats: dict) -> list[str]:

@@ -135,10 +135,13 @@ def resolve_camera(overrides: CameraOverrides | None, movie=None, engine=None,
     return choice.camera, choice.source
 
 
-def check_camera_on_movie(camera: Camera, source: str, movie, warn=None) -> dict:
+def check_camera_on_movie(camera: Camera, source: str, movie, warn=None,
+                          frames: tuple[int, int] | None = None) -> dict:
     """Checks of a camera against the movie it converts, before any work.
 
-    Reads a few frames (:func:`stormfold.io.movie.sample_statistics`): a baseline above the
+    Reads a few frames (:func:`stormfold.io.movie.sample_statistics`): NaN/Inf pixels met in
+    a sampled frame of ``frames`` (default: the whole movie) are refused under the movie's
+    ``nan_policy="error"`` (:func:`stormfold.io.movie.check_sampled_frames`), a baseline above the
     movie's 99th percentile is refused (:func:`stormfold.physics.camera.check_baseline`), and
     values that cannot be camera counts (negative, normalised to [0, 1], constant) are a
     warning (:func:`stormfold.io.movie.adu_warnings`).
@@ -153,6 +156,8 @@ def check_camera_on_movie(camera: Camera, source: str, movie, warn=None) -> dict
         The movie.
     warn : callable(str), optional
         Where the warnings go (default: :func:`warnings.warn`).
+    frames : (int, int), optional
+        The frames [start, stop) that will be localized.
 
     Returns
     -------
@@ -161,10 +166,11 @@ def check_camera_on_movie(camera: Camera, source: str, movie, warn=None) -> dict
     """
     import warnings
 
-    from stormfold.io.movie import adu_warnings, sample_statistics
+    from stormfold.io.movie import adu_warnings, check_sampled_frames, sample_statistics
     from stormfold.physics.camera import check_baseline
 
     stats = sample_statistics(movie)
+    check_sampled_frames(movie, stats, *(frames or (0, None)))
     for text in adu_warnings(stats):
         if warn is None:
             warnings.warn(f"{movie.path}: {text}", UserWarning, stacklevel=2)

@@ -111,8 +111,8 @@ def iter_localize(movie: Movie, engine: Engine, camera: Camera, geometry: FrameG
 
 def _neighbours(movie: Movie, camera: Camera, first: int, end: int, k: int):
     """Up to ``k`` frames (photons) before ``first`` and from ``end`` on; None at movie edges."""
-    before = camera.backward(movie.read(max(0, first - k), first)) if first > 0 else None
-    after = camera.backward(movie.read(end, min(movie.n_frames, end + k))) \
+    before = camera.backward(movie.read_context(max(0, first - k), first)) if first > 0 else None
+    after = camera.backward(movie.read_context(end, min(movie.n_frames, end + k))) \
         if end < movie.n_frames else None
     return before, after
 
@@ -190,7 +190,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         if choice.warning:
             warnings.warn(choice.warning, UserWarning, stacklevel=2)
         start, stop = check_frame_range(start, stop, mv.n_frames)
-        check_camera_on_movie(cam, choice.source, mv)
+        check_camera_on_movie(cam, choice.source, mv, frames=(start, stop))
         out = None
         if out_dir is not None:
             inputs = [*mv.open_spec()[0], getattr(camera, "camera_file", None)]

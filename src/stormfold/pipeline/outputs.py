@@ -54,7 +54,8 @@ def check_camera(p: Any) -> None:
     p.camera, p.camera_source, p.camera_assumed = choice.camera, choice.source, choice.assumed
     if choice.warning:
         p.warn(choice.warning)
-    check_camera_on_movie(p.camera, p.camera_source, p.movie, warn=p.warn)
+    check_camera_on_movie(p.camera, p.camera_source, p.movie, warn=p.warn,
+                          frames=(p.start, p.stop))
 
 
 def resumable_state(state_dir: Path, config: RunConfig) -> tuple | None:
