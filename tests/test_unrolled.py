@@ -625,3 +625,18 @@ def test_peak_extraction_splits_touching_emitters():
     assert len(extract(x, 100.0, 0, 25.0, "peaks")) == 0
     with pytest.raises(UserError, match="method"):
         extract(x, 1.0, 0, 25.0, "blobs")
+
+
+def test_extraction_threshold_units_are_not_mixed():
+    """A peaks threshold is a 3×3 sum, a components one a per-pixel level: neither is used
+    for the other method without a threshold given."""
+    from stormfold.localize.registry import load_engine
+    from stormfold.unrolled.train import ExtractionConfig
+
+    with pytest.raises(UserError, match="calibrate"):
+        ExtractionConfig(method="peaks", calibrate=False).validate()
+    with pytest.raises(UserError, match="method=peaks"):
+        load_engine(model="builtin:unrolled-isbi2013", options={"method": "components"})
+    engine = load_engine(model="builtin:unrolled-isbi2013", threshold=0.01,
+                         options={"method": "components"})
+    assert engine.method == "components"

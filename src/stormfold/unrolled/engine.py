@@ -208,6 +208,7 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
     from stormfold.config import from_dict
 
     options = dict(options or {})
+    user_threshold = threshold is not None
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise UserError(f"unknown option {unknown[0]!r} for the unrolled engine "
@@ -230,6 +231,12 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
     if threshold is None and extraction.get("threshold") is not None:
         threshold = float(extraction["threshold"])
     method = str(options.get("method", extraction.get("method", "components")))
+    stored = str(extraction.get("method", "components"))
+    if method != stored and not user_threshold:
+        # a peaks threshold is a 3×3 sum of x_K, a components one a per-pixel level
+        raise UserError(f"{spec}: this model's threshold is for method={stored}; with "
+                        f"method={method} give --threshold (peaks: a 3×3 sum of x_K; "
+                        f"components: a per-pixel level)")
     return UnrolledEngine(solver, float(meta["pixel_size_nm"]), threshold=threshold,
                           background=options.get("background"), camera=camera,
                           connectivity=connectivity, merge=merge, chunk_frames=chunk, meta=meta,

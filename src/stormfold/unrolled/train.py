@@ -274,6 +274,11 @@ class ExtractionConfig:
             raise UserError(f"extraction.connectivity must be 4 or 8, got {self.connectivity}")
         if self.tolerance_nm <= 0 or not self.factors or min(self.factors) <= 0:
             raise UserError("extraction: tolerance_nm and factors must be > 0")
+        if self.method == "peaks" and not self.calibrate:
+            # τ is a per-pixel binarisation level; the peaks' threshold is a 3×3 sum
+            raise UserError("extraction.method peaks needs extraction.calibrate: true (its "
+                            "threshold is a 3×3 sum of x_K, not the learned per-pixel τ); "
+                            "or use extraction.method components")
 
 
 @dataclass
