@@ -16,7 +16,7 @@ from stormfold.errors import UserError
 from stormfold.io import readers as readers_module
 from stormfold.io import open_movie, open_movies, write_tiff
 from stormfold.io.metadata import check_camera_pixel_size
-from stormfold.io.movie import adu_warnings, sample_statistics
+from stormfold.io.movie_checks import adu_warnings, sample_statistics
 from stormfold.io.readers import check_frame_memory
 from stormfold.localize.registry import check_threshold, load_engine
 from stormfold.physics.camera import check_baseline

@@ -207,7 +207,7 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
                             f"least {2 * settings.roi_px} px on each side")
         start, stop = check_frame_range(start, stop, mv.n_frames)
         if baseline_adu is not None:
-            from stormfold.io.movie import sample_statistics
+            from stormfold.io.movie_checks import sample_statistics
             from stormfold.physics.camera import check_baseline
 
             check_baseline(baseline_adu, sample_statistics(mv)["p99"], "--baseline")

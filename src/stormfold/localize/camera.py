@@ -139,12 +139,12 @@ def check_camera_on_movie(camera: Camera, source: str, movie, warn=None,
                           frames: tuple[int, int] | None = None) -> dict:
     """Checks of a camera against the movie it converts, before any work.
 
-    Reads a few frames (:func:`stormfold.io.movie.sample_statistics`): NaN/Inf pixels met in
+    Reads a few frames (:func:`stormfold.io.movie_checks.sample_statistics`): NaN/Inf pixels met in
     a sampled frame of ``frames`` (default: the whole movie) are refused under the movie's
-    ``nan_policy="error"`` (:func:`stormfold.io.movie.check_sampled_frames`), a baseline above the
+    ``nan_policy="error"`` (:func:`stormfold.io.movie_checks.check_sampled_frames`), a baseline above the
     movie's 99th percentile is refused (:func:`stormfold.physics.camera.check_baseline`), and
     values that cannot be camera counts (negative, normalised to [0, 1], constant) are a
-    warning (:func:`stormfold.io.movie.adu_warnings`).
+    warning (:func:`stormfold.io.movie_checks.adu_warnings`).
 
     Parameters
     ----------
@@ -166,7 +166,7 @@ def check_camera_on_movie(camera: Camera, source: str, movie, warn=None,
     """
     import warnings
 
-    from stormfold.io.movie import adu_warnings, check_sampled_frames, sample_statistics
+    from stormfold.io.movie_checks import adu_warnings, check_sampled_frames, sample_statistics
     from stormfold.physics.camera import check_baseline
 
     stats = sample_statistics(movie)

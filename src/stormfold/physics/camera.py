@@ -31,7 +31,7 @@ def check_baseline(baseline_adu: float, p99_adu: float, source: str = "baseline"
         The baseline to be used (ADU).
     p99_adu : float
         The 99th percentile of the movie's pixels (ADU), e.g. from
-        :func:`stormfold.io.movie.sample_statistics`.
+        :func:`stormfold.io.movie_checks.sample_statistics`.
     source : str
         Where the baseline came from, for the message (``--baseline``, a camera file).
 
