@@ -352,3 +352,22 @@ def test_int8_movie_is_refused_and_non_adu_values_are_reported(tmp_path):
         assert len(found) == 1 and needle in found[0], name
     with open_movie(_write_flavour(tmp_path, "plain")) as movie:
         assert adu_warnings(sample_statistics(movie)) == []
+
+
+def test_context_reads_skip_the_nan_check_also_across_parts(tmp_path):
+    """Movie.read refuses NaN/Inf pixels; read_context (frames that are not localized) fills
+    them, also in a movie made of several files, whose parts do the checking."""
+    from stormfold.io.movie import open_movies
+
+    frames = np.full((5, 8, 8), 100.0, np.float32)  # 5 planes: not mistaken for RGBA
+    damaged = frames.copy()
+    damaged[1, 2, 2] = np.nan
+    tifffile.imwrite(tmp_path / "a.tif", frames)
+    tifffile.imwrite(tmp_path / "b.tif", damaged)
+    with open_movies([tmp_path / "a.tif", tmp_path / "b.tif"], pixel_size_nm=100.0) as movie:
+        with pytest.raises(UserError, match="NaN"):
+            movie.read(5, 10)
+        filled = movie.read_context(5, 10)
+        assert filled[1, 2, 2] == 0 and np.isfinite(filled).all()
+        assert np.isnan(movie.read_context(6, 7, fill=None)[0, 2, 2])
+        assert movie.repairs() is None

@@ -125,15 +125,9 @@ class Movie:
             A damaged or truncated frame, NaN/Inf pixels (``nan_policy="error"``), or frames
             that do not fit in memory; the message names the file and the frames.
         """
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.n_frames:
-            raise IndexError(f"frames {start}:{stop} out of range for a movie of "
-                             f"{self.n_frames} frames")
-        if self._reader is None:
-            raise ValueError(f"movie {self.path} is closed")
-        frames = self._reader.read(start, stop)
+        frames = self._frames(start, stop, checked=True)
         if frames.dtype.kind == "f" and not np.isfinite(frames).all():
-            self._non_finite(frames, start)
+            self._non_finite(frames, int(start))
         return frames
 
     def read_context(self, start: int, stop: int, fill: float | None = 0.0) -> np.ndarray:
@@ -141,16 +135,22 @@ class Movie:
         neighbours (temporal engines) or a sample for statistics. NaN/Inf pixels become
         ``fill`` (None: left as they are) without an error or a count — a frame outside
         ``--frames`` must not stop a run, and one inside is checked when read as data."""
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.n_frames:
+        frames = self._frames(start, stop, checked=False)
+        if frames.dtype.kind == "f" and fill is not None:
+            frames[~np.isfinite(frames)] = fill
+        return frames
+
+    def _frames(self, start: int, stop: int, checked: bool) -> np.ndarray:
+        """The frames as stored (``checked`` matters only to movies made of parts)."""
+        self._check_range(start, stop)
+        return self._reader.read(int(start), int(stop))
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= int(start) <= int(stop) <= self.n_frames:
             raise IndexError(f"frames {start}:{stop} out of range for a movie of "
                              f"{self.n_frames} frames")
         if self._reader is None:
             raise ValueError(f"movie {self.path} is closed")
-        frames = self._reader.read(start, stop)
-        if frames.dtype.kind == "f" and fill is not None:
-            frames[~np.isfinite(frames)] = fill
-        return frames
 
     def _non_finite(self, frames: np.ndarray, start: int) -> None:
         bad = ~np.isfinite(frames)
@@ -377,21 +377,10 @@ def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
 class _CombinedMovie(Movie):
     """The parts of :func:`open_movies`: NaN/Inf pixels are handled (and counted) by them."""
 
-    def read_context(self, start: int, stop: int, fill: float | None = 0.0) -> np.ndarray:
-        """Read frames ``start`` to ``stop`` that are not localized here: context for their
-        neighbours (temporal engines) or a sample for statistics. NaN/Inf pixels become
-        ``fill`` (None: left as they are) without an error or a count — a frame outside
-        ``--frames`` must not stop a run, and one inside is checked when read as data."""
-        start, stop = int(start), int(stop)
-        if not 0 <= start <= stop <= self.n_frames:
-            raise IndexError(f"frames {start}:{stop} out of range for a movie of "
-                             f"{self.n_frames} frames")
-        if self._reader is None:
-            raise ValueError(f"movie {self.path} is closed")
-        frames = self._reader.read(start, stop)
-        if frames.dtype.kind == "f" and fill is not None:
-            frames[~np.isfinite(frames)] = fill
-        return frames
+    def _frames(self, start: int, stop: int, checked: bool) -> np.ndarray:
+        # the parts check (or skip, for context frames) their own NaN/Inf pixels
+        self._check_range(start, stop)
+        return self._reader.read(int(start), int(stop), checked=checked)
 
     def _non_finite(self, frames: np.ndarray, start: int) -> None:  # parts did it already
         return None

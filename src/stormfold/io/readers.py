@@ -199,12 +199,16 @@ class ConcatReader:
         self.movies = movies
         self.offsets = np.cumsum([0] + [m.n_frames for m in movies])
 
-    def read(self, start: int, stop: int) -> np.ndarray:
+    def read(self, start: int, stop: int, checked: bool = True) -> np.ndarray:
+        """Frames [start, stop) from the parts: ``Movie.read`` (NaN/Inf checked), or with
+        ``checked=False`` ``Movie.read_context`` (left as they are)."""
         parts = []
         for movie, lo, hi in zip(self.movies, self.offsets[:-1], self.offsets[1:]):
             a, b = max(start, lo), min(stop, hi)
             if a < b:
-                parts.append(movie.read(int(a - lo), int(b - lo)))
+                a, b = int(a - lo), int(b - lo)
+                parts.append(movie.read(a, b) if checked else
+                             movie.read_context(a, b, fill=None))
         if not parts:
             return np.empty((0, *self.movies[0].shape), self.movies[0].dtype)
         return np.concatenate(parts)
