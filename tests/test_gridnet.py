@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from stormfold.errors import UserError
-from stormfold.gridnet.decode import candidates, decode, local_maxima
+from stormfold.gridnet.decode import (Decoder, candidates, cluster_candidates, decode,
+                                      local_maxima, to_table)
 from stormfold.gridnet.engine import GridnetEngine, sample_outputs
 from stormfold.gridnet.loss import gridnet_loss
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, gflop_per_frame
@@ -74,6 +75,74 @@ def test_decode_ties_and_integration():
     out.p[0, 3, 3] = out.p[0, 3, 4] = 0.9
     assert len(decode(out, threshold=0.5, pixel_size_nm=100.0, p_keep=0.6)) == 2
     assert len(decode(out, threshold=0.5, pixel_size_nm=100.0, p_keep=2.0)) == 1
+
+
+def test_cluster_decoder_known_answers():
+    """Clusters of components: one emitter split over pixels gives one localization at the
+    p-weighted mean of their μ; two emitters 1.2 px apart whose probability is spread (no
+    second 3×3 maximum) give two; far-away frames and large coordinates stay exact."""
+    out = _outputs(rows=12, cols=12, n=2)
+    # One emitter near x = 5.8, y = 4.5 px, split over three pixels whose μ agree to 0.02 px.
+    for (r, c, p, mx, my) in ((4, 5, 0.5, 5.8, 4.5), (4, 6, 0.3, 5.82, 4.5),
+                              (3, 5, 0.15, 5.8, 4.48)):
+        out.p[0, r, c] = p
+        out.dx[0, r, c] = mx - (c + 0.5)
+        out.dy[0, r, c] = my - (r + 0.5)
+    out.sigma_x[0, 4, 5] = 0.2
+    cand = cluster_candidates(out, radius_px=0.5)
+    assert len(cand.score) == 1
+    assert float(cand.x_px[0]) == pytest.approx(5.8 + 0.3 * 0.02 / 0.95, abs=1e-5)
+    assert float(cand.y_px[0]) == pytest.approx(4.5 - 0.15 * 0.02 / 0.95, abs=1e-5)
+    assert float(cand.score[0]) == pytest.approx(0.95, abs=1e-5)
+    assert float(cand.sigma_x_px[0]) == pytest.approx(0.2)  # the centre component's σ
+    # A pair 1.2 px apart in frame 1, each emitter's p spread over two pixels (0.5 + 0.4):
+    # the peaks decoder sees one 3×3 maximum, the cluster decoder two emitters.
+    pair = ((8.3, 2.6), (9.5, 2.6))
+    for (x, y), pixels in zip(pair, (((2, 8), (3, 8)), ((2, 9), (3, 9)))):
+        for (r, c), p in zip(pixels, (0.5, 0.4)):
+            out.p[1, r, c] = p
+            out.dx[1, r, c] = x - (c + 0.5)
+            out.dy[1, r, c] = y - (r + 0.5)
+    peaks = candidates(out, 0.1, 0.6)
+    assert int((peaks.index == 1).sum()) == 1
+    clusters = cluster_candidates(out, radius_px=0.5)
+    sel = clusters.index == 1
+    got = np.array(sorted(zip(clusters.x_px[sel].tolist(), clusters.y_px[sel].tolist())))
+    np.testing.assert_allclose(got, np.array(pair), atol=1e-5)
+    assert clusters.score[sel].numpy() == pytest.approx([0.9, 0.9], abs=1e-5)
+    # Thresholds act on the cluster's summed p.
+    table = to_table(clusters, 10, 100.0)
+    assert set(table["frame"]) == {10, 11}
+    assert len(table[table["confidence"] >= 0.92]) == 1  # the 0.95 of frame 10
+    # Two emitters the network did not separate: one cluster of mass 1.7 gives two
+    # candidates at its mean, scores 1 and 0.7 (threshold 0.5 keeps both, 0.8 one).
+    two = _outputs(rows=8, cols=8)
+    for (r, c, p) in ((3, 3, 0.9), (3, 4, 0.8)):
+        two.p[0, r, c] = p
+        two.dx[0, r, c] = 3.9 - (c + 0.5)
+    cand = cluster_candidates(two, radius_px=0.5)
+    assert cand.score.numpy() == pytest.approx([1.0, 0.7], abs=1e-5)
+    assert cand.x_px.numpy() == pytest.approx([3.9, 3.9], abs=1e-5)
+    table = to_table(cand, 0, 100.0)
+    assert len(table[table["confidence"] >= 0.5]) == 2
+    assert len(table[table["confidence"] >= 0.8]) == 1
+    # Far from the origin (large frames) positions stay exact in float32.
+    big = _outputs(rows=8, cols=4000)
+    big.p[0, 3, 3990], big.dx[0, 3, 3990], big.p[0, 3, 3991], big.dx[0, 3, 3991] = \
+        0.6, 0.3, 0.3, -0.7
+    far = cluster_candidates(big, radius_px=0.5)
+    assert float(far.x_px[0]) == pytest.approx(3990.8, abs=1e-3)
+
+
+def test_decoder_choice_and_bad_parameters():
+    out = _outputs(rows=8, cols=8)
+    out.p[0, 3, 3] = 0.9
+    assert len(Decoder("peaks").candidates(out).score) == 1
+    assert len(Decoder("clusters").candidates(out).score) == 1
+    for bad in (Decoder("fit"), Decoder("clusters", radius_px=0.0), Decoder("peaks", p_keep=0.3),
+                Decoder("peaks", p_raw=1.5)):
+        with pytest.raises(UserError):
+            bad.validate()
 
 
 # ---------------------------------------------------------------------- loss
@@ -240,11 +309,15 @@ def test_tiny_training_beats_untrained(tiny_model):
     out, cfg, result = tiny_model
     model, meta = read_gridnet(out)
     sets = held_back(cfg.domain, cfg.validation, 3, 16, seed=5, stream=9)
-    trained = jaccard_curve(model, cfg.normalization, sets, 100.0, [meta["threshold"]], 0.1,
-                            100.0, [meta["p_keep"]])["all"][0, 0]
+    assert meta["decoder"]["method"] == "clusters"
+    assert meta["decoder"]["radius_px"] in cfg.validation.radii_px
+    stored = Decoder("clusters", radius_px=meta["decoder"]["radius_px"])
+    trained = jaccard_curve(model, cfg.normalization, sets, 100.0, [meta["threshold"]],
+                            [stored], 100.0)["all"][0, 0]
     torch.manual_seed(123)
     untrained = jaccard_curve(GridNet(cfg.architecture), cfg.normalization, sets, 100.0,
-                              cfg.validation.thresholds, 0.1, 100.0)["all"].max()
+                              cfg.validation.thresholds,
+                              [stored, Decoder("peaks", p_keep=0.5)], 100.0)["all"].max()
     assert trained > untrained + 0.2
     assert meta["training"]["steps"] == 150
     assert (out / "training.csv").is_file() and (out / "training.png").is_file()

@@ -171,6 +171,12 @@ CASES = [
     ("unknown built-in model", ["localize", "sim/movie.tif", "--model", "builtin:nope",
                                 "--out", "new"], 2),
     ("unknown engine", ["localize", "sim/movie.tif", "--engine", "nope", "--out", "new"], 2),
+    ("gridnet: unknown decoder", ["localize", "sim/movie.tif", "--model",
+                                  "builtin:gridnet-generalist", "--set", "decoder=fit",
+                                  "--out", "new"], 2),
+    ("gridnet: cluster radius 5 px", ["localize", "sim/movie.tif", "--model",
+                                      "builtin:gridnet-generalist", "--set", "radius_px=5",
+                                      "--out", "old_loc"], 2),
     # --- run
     ("run: config missing", ["run", "nope.yaml"], 2),
     ("run: config not YAML", ["run", "bad.yaml"], 2),

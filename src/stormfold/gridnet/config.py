@@ -15,7 +15,7 @@ import numpy as np
 
 from stormfold.config import from_dict, merge, parse_overrides, to_dict
 from stormfold.errors import UserError
-from stormfold.gridnet.decode import DEFAULT_P_RAW
+from stormfold.gridnet.decode import DECODERS, DEFAULT_P_RAW
 from stormfold.gridnet.network import ArchitectureConfig
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, domain_around
@@ -130,11 +130,15 @@ class ValidationConfig:
         Matching radius of the Jaccard index that is maximised.
     thresholds : list of float
         Candidate score thresholds.
+    decoder : {"clusters", "peaks"}
+        Decoding method of the model (:class:`~stormfold.gridnet.decode.Decoder`).
+    radii_px : list of float
+        Candidate cluster radii (px) of ``clusters``, calibrated with the threshold.
     p_raw : float
-        Minimum p of a candidate pixel (stored with the model).
+        ``peaks``: minimum p of a candidate pixel (stored with the model).
     p_keeps : list of float
-        Candidate values of ``p_keep`` (pixels with p ≥ p_keep are detections even when not
-        a 3×3 maximum; > 1 switches that off), calibrated with the threshold.
+        ``peaks``: candidate values of ``p_keep`` (pixels with p ≥ p_keep are detections
+        even when not a 3×3 maximum; > 1 switches that off), calibrated with the threshold.
     """
 
     n_samples: int = 48
@@ -142,6 +146,8 @@ class ValidationConfig:
     frame_px: int = 64
     tolerance_nm: float = 100.0
     thresholds: list[float] = field(default_factory=lambda: list(DEFAULT_THRESHOLDS))
+    decoder: str = "clusters"
+    radii_px: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.75])
     p_raw: float = DEFAULT_P_RAW
     p_keeps: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 2.0])
 
@@ -158,6 +164,11 @@ class ValidationConfig:
             raise UserError(f"validation.p_raw must be in (0, 1), got {self.p_raw}")
         if not self.p_keeps or min(self.p_keeps) < 0.5:
             raise UserError("validation.p_keeps must be a non-empty list of values ≥ 0.5")
+        if self.decoder not in DECODERS:
+            raise UserError(f"validation.decoder must be one of {', '.join(DECODERS)}, "
+                            f"got {self.decoder!r}")
+        if not self.radii_px or not all(0.1 <= r <= 1.0 for r in self.radii_px):
+            raise UserError("validation.radii_px must be a non-empty list of values in [0.1, 1]")
 
 
 @dataclass

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from stormfold.errors import UserError
-from stormfold.gridnet.decode import (DEFAULT_P_KEEP, DEFAULT_P_RAW, Candidates, candidates,
-                                      to_table)
+from stormfold.gridnet.decode import (DEFAULT_CLUSTER_RADIUS_PX, DEFAULT_P_KEEP, DEFAULT_P_RAW,
+                                      Candidates, Decoder, to_table)
 from stormfold.gridnet.network import GridNet
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.outputs import GridOutputs, activate
@@ -113,6 +113,7 @@ class GridnetEngine(Engine):
 
     def __init__(self, model: GridNet, normalization: InputNormalization, threshold: float,
                  p_raw: float = DEFAULT_P_RAW, p_keep: float = DEFAULT_P_KEEP,
+                 decoder: str = "peaks", radius_px: float = DEFAULT_CLUSTER_RADIUS_PX,
                  device: torch.device | str = "cpu",
                  batch_pixels: int = DEFAULT_BATCH_PIXELS, tile_px: int = DEFAULT_TILE_PX,
                  temporal: bool = True,
@@ -120,12 +121,10 @@ class GridnetEngine(Engine):
                  pixel_size_nm: float | None = None, camera: Camera | None = None,
                  source: str | None = None):
         if not 0 < threshold <= 1:
-            raise UserError(f"gridnet threshold must be in (0, 1] (a 3×3 sum of probabilities), "
+            raise UserError(f"gridnet threshold must be in (0, 1] (a detection probability), "
                             f"got {threshold}")
-        if not 0 < p_raw < 1:
-            raise UserError(f"gridnet p_raw must be in (0, 1), got {p_raw}")
-        if not p_keep >= 0.5:
-            raise UserError(f"gridnet p_keep must be ≥ 0.5 (> 1: off), got {p_keep}")
+        self.decoder = Decoder(str(decoder), float(p_raw), float(p_keep), float(radius_px))
+        self.decoder.validate()
         if batch_pixels < 1:
             raise UserError(f"batch_pixels must be ≥ 1, got {batch_pixels}")
         self.margin_px = receptive_margin_px(model.config.levels)
@@ -137,8 +136,6 @@ class GridnetEngine(Engine):
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.normalization = normalization
         self.threshold = float(threshold)
-        self.p_raw = float(p_raw)
-        self.p_keep = float(p_keep)
         self.batch_pixels = int(batch_pixels)
         self.temporal = bool(temporal)
         self.domain = domain
@@ -157,8 +154,11 @@ class GridnetEngine(Engine):
         return self._pixel_size_nm
 
     def describe(self) -> dict[str, Any]:
+        dec = self.decoder
+        params = {"p_raw": dec.p_raw, "p_keep": dec.p_keep} if dec.method == "peaks" else \
+            {"radius_px": dec.radius_px}
         return {"engine": self.name, "model": self.source, "threshold": self.threshold,
-                "p_raw": self.p_raw, "p_keep": self.p_keep, "context_frames": self.context_frames,
+                "decoder": dec.method, **params, "context_frames": self.context_frames,
                 "temporal": self.temporal, "batch_pixels": self.batch_pixels,
                 "tile_px": self.tile_px,
                 "device": str(self.device), "sigma_nm": self.sigma_nm,
@@ -179,7 +179,7 @@ class GridnetEngine(Engine):
         self.check_pixel_size(pixel_size_nm)
         parts = []
         for out, (r0, c0), (rc, cc) in self._tile_outputs(photons, before, after):
-            cand = candidates(out, self.p_raw, self.p_keep)
+            cand = self.decoder.candidates(out)
             inside = (cand.row >= rc.start) & (cand.row < rc.stop) & \
                 (cand.col >= cc.start) & (cand.col < cc.stop) & (cand.score >= self.threshold)
             cand = cand.select(inside)

@@ -1,7 +1,7 @@
 """Gridnet model files: ``weights.safetensors`` + ``model.yaml`` → network and engine.
 
 Everything the engine needs is in model.yaml: the architecture, the input normalisation,
-the calibrated threshold and ``p_raw``, the training domain (σ range for the σ check), the
+the calibrated threshold and the decoder, the training domain (σ range for the σ check), the
 pixel size of a camera-specific model (``null`` for the generalist: any pixel size) and
 the training camera. Files that do not fit (another engine, a wrong architecture, weights
 of other shapes) are refused with one line.
@@ -22,8 +22,8 @@ from stormfold.gridnet.sampler import DomainConfig
 from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
-OPTIONS = {"p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
-           "temporal": bool, "sigma_nm": float}
+OPTIONS = {"decoder": str, "radius_px": float, "p_raw": float, "p_keep": float,
+           "batch_pixels": int, "tile_px": int, "temporal": bool, "sigma_nm": float}
 
 
 def require_section(meta: dict, key: str, source: str) -> Any:
@@ -75,17 +75,33 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
         if key not in OPTIONS:
             raise UserError(f"unknown gridnet option {key!r} (valid: {', '.join(OPTIONS)})")
         kind = OPTIONS[key]
-        ok = isinstance(value, bool) if kind is bool else \
-            isinstance(value, (int, float)) and not isinstance(value, bool) and \
-            (kind is float or int(value) == value)
+        if kind is str or kind is bool:
+            ok = isinstance(value, kind)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (kind is float or int(value) == value)
         if not ok:
             raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
         opts[key] = kind(value)
     thr = float(threshold) if threshold is not None else \
         float(require_section(meta, "threshold", source))
-    p_raw = opts.pop("p_raw", meta.get("p_raw", 0.1))
-    p_keep = opts.pop("p_keep", meta.get("p_keep", 2.0))
-    return GridnetEngine(model, norm, thr, p_raw=float(p_raw), p_keep=float(p_keep),
+    # Models written before the decoder section decode with peaks (p_raw, p_keep at the top).
+    stored = meta.get("decoder")
+    if stored is None:
+        stored = {"method": "peaks", "p_raw": meta.get("p_raw", 0.1),
+                  "p_keep": meta.get("p_keep", 2.0)}
+    if not isinstance(stored, dict):
+        raise UserError(f"{source}: decoder must be a mapping, got {stored!r}")
+    dec = {**{k: stored[k] for k in ("method", "p_raw", "p_keep", "radius_px") if k in stored},
+           **{k: opts.pop(k) for k in ("p_raw", "p_keep", "radius_px") if k in opts}}
+    if "decoder" in opts:
+        dec["method"] = opts.pop("decoder")
+    method = dec.pop("method", "peaks")
+    for key, value in dec.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{source}: decoder {key} must be a number, got {value!r}")
+    return GridnetEngine(model, norm, thr, decoder=str(method),
+                         **{k: float(v) for k, v in dec.items()},
                          device=device if device is not None else "cpu", domain=domain,
                          pixel_size_nm=float(px) if px is not None else None, camera=camera,
                          source=source, **opts)

@@ -14,7 +14,7 @@ or minutes; :func:`write_history`); gridnet adds:
   stored in the checkpoint, so a resumed run follows the same schedule.
 - Validation: fixed held-back samples of both activation models (independent frames and
   blinking kinetics), Jaccard at 100 nm at the best score threshold, on the progress bar and
-  against wall time in ``training.csv``; at the end the threshold and ``p_keep`` are
+  against wall time in ``training.csv``; at the end the threshold and the decoder are
   calibrated on other held-back samples (:mod:`~stormfold.gridnet.validation`).
 - Initialisation: from scratch, or (the default for a per-microscope model) from the
   shipped generalist, which is then fine-tuned on the microscope's domain.
@@ -41,7 +41,9 @@ from stormfold.gridnet.loss import gridnet_loss
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters, summary
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, Sampler, check_sigma
-from stormfold.gridnet.validation import held_back, held_back_outputs, jaccard_curve
+from stormfold.gridnet.decode import Decoder
+from stormfold.gridnet.validation import (decoder_variants, held_back, held_back_outputs,
+                                        jaccard_curve, variant_label)
 from stormfold.training import Budget, TrainingRun, run_loop, write_history
 
 __all__ = ["GENERALIST", "GridnetTrainConfig", "ScheduleConfig", "TrainResult", "ValidationConfig",
@@ -211,8 +213,8 @@ class _Trainer:
     def validate(self) -> dict:
         vcfg = self.config.validation
         curve = jaccard_curve(self.model, self.config.normalization, self.validation,
-                              self.config.domain.pixel_size_nm, vcfg.thresholds, vcfg.p_raw,
-                              vcfg.tolerance_nm, vcfg.p_keeps)
+                              self.config.domain.pixel_size_nm, vcfg.thresholds,
+                              decoder_variants(vcfg), vcfg.tolerance_nm)
         best = np.unravel_index(int(np.argmax(curve["all"])), curve["all"].shape)
         self.model.train()
         return {f"ji_{k}" if k != "all" else "ji": round(float(v[best]), 4)
@@ -341,7 +343,7 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
     calib_sets = held_back(config.domain, vcfg, config.architecture.context_frames,
                            vcfg.calibration_samples, config.seed, 3)
     curve = jaccard_curve(model, config.normalization, calib_sets, config.domain.pixel_size_nm,
-                          vcfg.thresholds, vcfg.p_raw, vcfg.tolerance_nm, vcfg.p_keeps)
+                          vcfg.thresholds, decoder_variants(vcfg), vcfg.tolerance_nm)
     meta = model_metadata(config, model, init_meta, curve, tr.history, tr.step, tr.total_steps,
                           train_seconds, time.perf_counter() - t_start, run.commands)
     save_history(out_dir, tr.history)
@@ -351,14 +353,22 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
     return TrainResult(out_dir, meta, tr.history)
 
 
+def decoder_metadata(decoder: Decoder) -> dict[str, Any]:
+    """The ``decoder`` section of model.yaml (only the chosen method's parameters)."""
+    if decoder.method == "clusters":
+        return {"method": "clusters", "radius_px": decoder.radius_px}
+    return {"method": "peaks", "p_raw": decoder.p_raw, "p_keep": decoder.p_keep}
+
+
 def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict | None,
                    curve: dict[str, np.ndarray], history: list[dict], steps: int,
                    total_steps: int | None, train_seconds: float, total_seconds: float,
                    commands: list[list[str]]) -> dict[str, Any]:
-    """The content of model.yaml; threshold and p_keep are the best of the calibration ``curve``
-    (from :func:`jaccard_curve` on held-back samples)."""
+    """The content of model.yaml; the threshold and the decoder are the best of the
+    calibration ``curve`` (from :func:`jaccard_curve` on held-back samples)."""
     vcfg = config.validation
     specific = config.simulation is not None
+    variants = decoder_variants(vcfg)
     i, j = np.unravel_index(int(np.argmax(curve["all"])), curve["all"].shape)
     return {
         "engine": ENGINE,
@@ -366,8 +376,7 @@ def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict |
         "summary": summary(model),
         "normalization": to_dict(config.normalization),
         "threshold": float(vcfg.thresholds[j]),
-        "p_raw": vcfg.p_raw,
-        "p_keep": float(vcfg.p_keeps[i]),
+        "decoder": decoder_metadata(variants[i]),
         # A camera-specific model keeps the 10 % pixel-size rule; the generalist runs at any
         # pixel size whose σ in pixels is inside domain.sigma_px.
         "pixel_size_nm": config.domain.pixel_size_nm if specific else None,
@@ -379,8 +388,8 @@ def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict |
                       f"simulated samples ({vcfg.frame_px}×{vcfg.frame_px} px; independent "
                       f"frames + blinking kinetics), seed ({config.seed}, 3)",
             "jaccard": {k: round(float(v[i, j]), 4) for k, v in curve.items()},
-            "jaccard_by_p_keep": {float(pk): round(float(curve["all"][k].max()), 4)
-                                  for k, pk in enumerate(vcfg.p_keeps)},
+            "jaccard_by_decoder": {variant_label(d): round(float(curve["all"][k].max()), 4)
+                                   for k, d in enumerate(variants)},
             "curve": [[t, round(float(v), 4)] for t, v in zip(vcfg.thresholds, curve["all"][i])],
         },
         "validation": {k: history[-1].get(k) for k in ("ji", "ji_independent", "ji_kinetics")},

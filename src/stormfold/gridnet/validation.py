@@ -1,10 +1,11 @@
 """Held-back simulated samples: the validation Jaccard during training and the calibration
-of the score threshold and ``p_keep`` at its end.
+of the decoder (score threshold and the decoder's parameter) at its end.
 
-The threshold and ``p_keep`` are calibrated jointly on a grid; the network runs once per
-sample and every (p_keep, threshold) pair only filters the candidate table, so this is the
-gridnet decoder's counterpart of :func:`stormfold.training.calibrate_threshold` (which
-calibrates one parameter).
+The threshold and the decoder variant (the cluster radius, or ``p_keep`` of the peaks
+decoder) are calibrated jointly on a grid; the network runs once per sample, each variant
+decodes once and every threshold only filters its candidate table, so this is the gridnet
+decoder's counterpart of :func:`stormfold.training.calibrate_threshold` (which calibrates
+one parameter).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from stormfold.gridnet.config import ValidationConfig
-from stormfold.gridnet.decode import candidates, to_table
+from stormfold.gridnet.decode import Decoder, to_table
 from stormfold.gridnet.engine import sample_outputs
 from stormfold.gridnet.network import GridNet
 from stormfold.gridnet.normalization import InputNormalization
@@ -61,29 +62,41 @@ def held_back_outputs(model: GridNet, normalization: InputNormalization, batch: 
                           for f in GridOutputs.__dataclass_fields__})
 
 
-def jaccard_curve(model: GridNet, normalization: InputNormalization, sets: list[HeldBack],
-                  pixel_size_nm: float, thresholds: list[float], p_raw: float,
-                  tolerance_nm: float, p_keeps: list[float] = (2.0,)) -> dict[str, np.ndarray]:
-    """Jaccard index at ``tolerance_nm`` per (p_keep, threshold), per set and pooled (``all``).
+def decoder_variants(cfg: ValidationConfig) -> list[Decoder]:
+    """The decoders calibrated with the threshold: one per cluster radius (``clusters``) or
+    per ``p_keep`` (``peaks``)."""
+    if cfg.decoder == "clusters":
+        return [Decoder("clusters", radius_px=float(r)) for r in cfg.radii_px]
+    return [Decoder("peaks", p_raw=cfg.p_raw, p_keep=float(pk)) for pk in cfg.p_keeps]
 
-    Returns arrays of shape (len(p_keeps), len(thresholds)).
+
+def variant_label(decoder: Decoder) -> str:
+    return f"radius_px={decoder.radius_px:g}" if decoder.method == "clusters" else \
+        f"p_keep={decoder.p_keep:g}"
+
+
+def jaccard_curve(model: GridNet, normalization: InputNormalization, sets: list[HeldBack],
+                  pixel_size_nm: float, thresholds: list[float], decoders: list[Decoder],
+                  tolerance_nm: float) -> dict[str, np.ndarray]:
+    """Jaccard index at ``tolerance_nm`` per (decoder, threshold), per set and pooled (``all``).
+
+    Returns arrays of shape (len(decoders), len(thresholds)).
     """
     from stormfold.evaluate import evaluate
 
     counts = {}
     for hb in sets:
-        cand = candidates(held_back_outputs(model, normalization, hb.batch), p_raw, min(p_keeps))
-        table = to_table(cand, 0, pixel_size_nm)
-        is_max, p = cand.is_max.cpu().numpy(), cand.p.cpu().numpy()
+        out = held_back_outputs(model, normalization, hb.batch)
         rows = []
-        for pk in p_keeps:
-            kept = table[is_max | (p >= pk)]
+        for decoder in decoders:
+            table = to_table(decoder.candidates(out), 0, pixel_size_nm)
             for t in thresholds:
-                m = evaluate(hb.truth, kept[kept["confidence"] >= t], tolerances_nm=(tolerance_nm,))
+                m = evaluate(hb.truth, table[table["confidence"] >= t],
+                             tolerances_nm=(tolerance_nm,))
                 rows.append([int(m["tp"].iloc[0]), int(m["fp"].iloc[0]), int(m["fn"].iloc[0])])
-        counts[hb.kind] = np.array(rows, dtype=np.float64).reshape(len(p_keeps), len(thresholds), 3)
+        counts[hb.kind] = np.array(rows, dtype=np.float64).reshape(len(decoders),
+                                                                   len(thresholds), 3)
     total = sum(counts.values())
     out = {k: c[..., 0] / np.maximum(c.sum(-1), 1) for k, c in counts.items()}
     out["all"] = total[..., 0] / np.maximum(total.sum(-1), 1)
     return out
-
