@@ -124,7 +124,7 @@ DECODERS = ("peaks", "clusters")
 #: Default cluster radius (px): components whose means are this close are one emitter.
 DEFAULT_CLUSTER_RADIUS_PX = 0.6
 #: Smallest p of a pixel that takes part in a cluster (below it a component weighs nothing).
-COMPONENT_P_MIN = 0.02
+COMPONENT_P_MIN = 0.05
 
 
 def _neighbour_offsets(window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
