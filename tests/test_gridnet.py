@@ -77,7 +77,7 @@ def test_decode_ties_and_integration():
     assert len(decode(out, threshold=0.5, pixel_size_nm=100.0, p_keep=2.0)) == 1
 
 
-def test_cluster_decoder_known_answers():
+def test_cluster_decoder_known_answers(monkeypatch):
     """Clusters of components: one emitter split over pixels gives one localization at the
     p-weighted mean of their μ; two emitters 1.2 px apart whose probability is spread (no
     second 3×3 maximum) give two; far-away frames and large coordinates stay exact."""
@@ -126,6 +126,15 @@ def test_cluster_decoder_known_answers():
     table = to_table(cand, 0, 100.0)
     assert len(table[table["confidence"] >= 0.5]) == 2
     assert len(table[table["confidence"] >= 0.8]) == 1
+    # Decoding in chunks of frames gives the same candidates.
+    import importlib
+
+    whole = cluster_candidates(out, radius_px=0.5)
+    monkeypatch.setattr(importlib.import_module("stormfold.gridnet.decode"),
+                        "CLUSTER_CHUNK_PIXELS", 12 * 12)  # one frame per chunk
+    chunked = cluster_candidates(out, radius_px=0.5)
+    assert chunked.index.tolist() == whole.index.tolist()
+    np.testing.assert_allclose(chunked.x_px.numpy(), whole.x_px.numpy())
     # Far from the origin (large frames) positions stay exact in float32.
     big = _outputs(rows=8, cols=4000)
     big.p[0, 3, 3990], big.dx[0, 3, 3990], big.p[0, 3, 3991], big.dx[0, 3, 3991] = \

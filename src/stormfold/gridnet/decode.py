@@ -125,6 +125,9 @@ DECODERS = ("peaks", "clusters")
 DEFAULT_CLUSTER_RADIUS_PX = 0.6
 #: Smallest p of a pixel that takes part in a cluster (below it a component weighs nothing).
 COMPONENT_P_MIN = 0.05
+#: Camera pixels decoded at once by the cluster decoder: each component gathers
+#: (2⌈2 + r⌉ + 1)² neighbours, so this bounds its memory (≈ 100 MB) on any frame size.
+CLUSTER_CHUNK_PIXELS = 2 ** 18
 
 
 def _neighbour_offsets(window: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +137,25 @@ def _neighbour_offsets(window: int, device) -> tuple[torch.Tensor, torch.Tensor]
 
 def cluster_candidates(out: GridOutputs, radius_px: float = DEFAULT_CLUSTER_RADIUS_PX,
                        p_min: float = COMPONENT_P_MIN) -> Candidates:
-    """Candidates as clusters of the mixture's components (one per emitter).
+    """Candidates as clusters of the mixture's components (frames in chunks of
+    :data:`CLUSTER_CHUNK_PIXELS` camera pixels; see :func:`_cluster_chunk`)."""
+    n, rows, cols = out.p.shape
+    step = max(1, CLUSTER_CHUNK_PIXELS // (rows * cols))
+    if n <= step:
+        return _cluster_chunk(out, radius_px, p_min)
+    parts = []
+    for i in range(0, n, step):
+        part = _cluster_chunk(GridOutputs(*(getattr(out, f)[i:i + step]
+                                            for f in out.__dataclass_fields__)),
+                              radius_px, p_min)
+        part.index = part.index + i
+        parts.append(part)
+    return Candidates(*(torch.cat([getattr(c, f) for c in parts])
+                        for f in Candidates.__dataclass_fields__))
+
+
+def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidates:
+    """Candidates as clusters of the mixture's components.
 
     The loss reads the outputs as a mixture: pixel k proposes an emitter at μ_k with
     weight p_k, and the network may split one emitter's probability over several pixels
@@ -152,9 +173,11 @@ def cluster_candidates(out: GridOutputs, radius_px: float = DEFAULT_CLUSTER_RADI
     - the count loss makes m estimate the number of emitters in the cluster, so a cluster
       gives ⌈m⌉ candidates at its position with scores min(m − j, 1), j = 0, 1, …: with
       threshold t it yields ⌈m − t⌉ localizations (two emitters closer than the network
-      can separate are reported at their common mean, not dropped). (The mixture's standard deviation
-      counts the spread twice: its z-scores have a standard deviation of about 0.6 on
-      sparse simulations, the centre's σ about 0.9; docs/gridnet.md.)
+      can separate are reported at their common mean, not dropped).
+
+    The centre's σ, not the mixture's standard deviation, because the latter counts the
+    spread twice: its z-scores have a standard deviation of about 0.6 on sparse
+    simulations, the centre's σ about 0.9 (docs/gridnet.md).
 
     Pairs are found among pixels at most ⌈2 + radius_px⌉ apart (|Δx|, |Δy| < 1 px), so
     the cost is linear in the number of components.
