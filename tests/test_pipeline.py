@@ -226,8 +226,10 @@ def test_truth_drift_needs_the_drift_step(sim, tmp_path):
 
 
 def test_demo_runs_every_shipped_engine_into_one_report(tmp_path, run_cli):
-    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--frames", "12", "--quiet")
+    code, out, err = run_cli("demo", "--out", tmp_path / "demo", "--frames", "12")
     assert code == 0, err
+    # The console names the final folders, not the staging folder the runs were made in.
+    assert "report:" in out + err and STAGING_PREFIX not in out + err
     html = (tmp_path / "demo" / "report.html").read_text()
     assert "Comparison" in html and "Deep-STORM" in html and "unrolled" in html
     assert "gridnet (generalist)" in html

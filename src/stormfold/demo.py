@@ -74,7 +74,8 @@ def run_demo(out: str | Path, n_frames: int = 200, quiet: bool = False) -> Path:
         moves = [(str(staging), str(out))]
         for label, model in DEMO_ENGINES:
             name = model.split(":", 1)[1]
-            result = run(_run_config(staging, model), quiet=quiet, label=label)
+            result = run(_run_config(staging, model), quiet=quiet, label=label,
+                         shown_as=moves[0])
             results.append(result)
             rewrite_paths(staging / name, moves, RUN_RECORDS,
                           fingerprint(run_parameters(_run_config(out, model))))

@@ -126,7 +126,18 @@ class Streamed:
     seconds: float
 
 
-def _logger(output: Path, path: Path, quiet: bool) -> logging.Logger:
+def _shown_as(old: str, new: str):
+    """Console filter: messages name ``new`` where they would name ``old``."""
+    def rewrite(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if old in text:
+            record.msg, record.args = text.replace(old, new), ()
+        return True
+    return rewrite
+
+
+def _logger(output: Path, path: Path, quiet: bool,
+            shown_as: tuple[str, str] | None = None) -> logging.Logger:
     log = logging.getLogger(f"stormfold.run.{output}")
     _close_log(log)
     log.setLevel(logging.INFO)
@@ -139,6 +150,8 @@ def _logger(output: Path, path: Path, quiet: bool) -> logging.Logger:
         sh.setFormatter(logging.Formatter("%(message)s"))
         # Warnings reach the console once, through the warnings module (RunPlan.warn).
         sh.addFilter(lambda record: record.levelno < logging.WARNING)
+        if shown_as is not None:
+            sh.addFilter(_shown_as(*shown_as))
         log.addHandler(sh)
     return log
 
@@ -228,7 +241,7 @@ def _train_engine(p: RunPlan, quiet: bool) -> None:
     check_camera(p)
 
 
-def _prepare(p: RunPlan, quiet: bool) -> None:
+def _prepare(p: RunPlan, quiet: bool, shown_as: tuple[str, str] | None = None) -> None:
     """From here on the run writes: output folder and its staging folder, the state folder
     with the log, the engine (trained if asked)."""
     p.out.open()
@@ -238,7 +251,7 @@ def _prepare(p: RunPlan, quiet: bool) -> None:
             (p.state_dir / name).unlink(missing_ok=True)
         for sums in p.state_dir.glob(SUMS_GLOB):
             sums.unlink()
-    p.log = _logger(p.output, p.state_dir / LOG_FILE, quiet)
+    p.log = _logger(p.output, p.state_dir / LOG_FILE, quiet, shown_as)
     for text in p.warnings:  # found by the checks, before the log existed
         p.log.warning(text)
     if p.engine is None:
@@ -466,7 +479,8 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
 
 # --------------------------------------------------------------------------- the run
 def run(config: RunConfig, resume: bool = False, quiet: bool = False,
-        label: str = "", protect: tuple = (), command_line: list | None = None) -> RunResult:
+        label: str = "", protect: tuple = (), command_line: list | None = None,
+        shown_as: tuple[str, str] | None = None) -> RunResult:
     """Run the whole job of ``config``: :func:`plan` → :func:`stream` → :func:`finish`.
 
     Parameters
@@ -483,6 +497,9 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
         More inputs that no output may replace (e.g. the configuration file).
     command_line : list of str, optional
         Recorded in ``manifest.json``.
+    shown_as : (str, str), optional
+        (old, new): console messages name ``new`` instead of ``old`` (a caller that runs
+        this in a staging folder of its own shows the final paths).
 
     Raises
     ------
@@ -496,7 +513,7 @@ def run(config: RunConfig, resume: bool = False, quiet: bool = False,
         with p.out:
             try:
                 t0 = time.perf_counter()
-                _prepare(p, quiet)
+                _prepare(p, quiet, shown_as)
                 streamed = stream(p, resume, quiet)
                 return finish(p, streamed, quiet, label, t0)
             except BaseException as exc:
