@@ -20,7 +20,7 @@ Usage::
     python experiments/gridnet_decoder.py --model builtin:gridnet-generalist \\
         [--samples 256] [--out DIR] [--threads 2]
 
-Record: ``experiments/results/gridnet_decoder.{json,md}``.
+Record: ``experiments/results/gridnet_decoder.{json,md}`` (``--results DIR`` elsewhere).
 """
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def main() -> None:
                         help="held-back samples per activation model")
     parser.add_argument("--out", default=None, help="write the recalibrated model here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default=str(RESULTS), help="folder of the record")
     args = parser.parse_args()
+    results = Path(args.results)
     import torch
 
     from stormfold.config import from_dict
@@ -85,11 +87,11 @@ def main() -> None:
                          f"(64×64 px), seed ({seed}, 3)",
               "seconds": round(time.perf_counter() - t0, 1), "command": command,
               "rows": rows, "best": rows[best]}
-    RESULTS.mkdir(exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
     chosen = variants[best]
     result["pairs"] = pair_analysis(model, meta, args.model, chosen, rows[best]["threshold"])
     result["presets"] = preset_check(args.model, chosen, rows[best]["threshold"])
-    (RESULTS / "gridnet_decoder.json").write_text(json.dumps(result, indent=1))
+    (results / "gridnet_decoder.json").write_text(json.dumps(result, indent=1))
     lines = [f"gridnet decoders on held-back samples of {args.model}'s training domain "
              f"({result['when']}, {result['samples']}, CPU {result['cpu']})", "",
              "| decoder | variant | threshold | JI@100 all | independent | kinetics |",
@@ -107,7 +109,7 @@ def main() -> None:
     lines += ["", "Fresh simulations (JI@100, precision / recall, RMSE nm):", "",
               "| case | stored decoder | clusters (calibrated) |", "|---|---|---|"]
     lines += [f"| {r['case']} | {r['stored']} | {r['clusters']} |" for r in result["presets"]]
-    (RESULTS / "gridnet_decoder.md").write_text("\n".join(lines) + "\n")
+    (results / "gridnet_decoder.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.out:
         dec = variants[best]
