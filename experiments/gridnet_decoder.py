@@ -75,7 +75,7 @@ def main() -> None:
     rows = []
     for k, dec in enumerate(variants):
         j = int(np.argmax(curve["all"][k]))
-        rows.append({"decoder": dec.method, "variant": variant_label(dec),
+        rows.append({"decoder": dec.method, "variant": variant_label(dec).split(" ", 1)[1],
                      "threshold": vcfg.thresholds[j],
                      **{f"ji_{kind}": round(float(v[k, j]), 4) for kind, v in curve.items()}})
         print(rows[-1], flush=True)
@@ -102,12 +102,12 @@ def main() -> None:
               f"recall by nearest-neighbour distance; p at the two pixels of pairs 1–2 px "
               f"apart: median {result['pairs']['pair_pixel_p_median']}, sum of p over the "
               f"5×5 pixels around the pair: median {result['pairs']['pair_window_p_median']}",
-              "", "| nearest neighbour (nm) | emitters | recall peaks (stored) | recall "
-              "clusters |", "|---|---|---|---|"]
+              "", "| nearest neighbour (nm) | emitters | recall, stored decoder | recall, "
+              f"{variant_label(chosen)} |", "|---|---|---|---|"]
     lines += [f"| {b['range_nm']} | {b['n']} | {b['recall_stored']} | {b['recall_clusters']} |"
               for b in result["pairs"]["by_distance"]]
     lines += ["", "Fresh simulations (JI@100, precision / recall, RMSE nm):", "",
-              "| case | stored decoder | clusters (calibrated) |", "|---|---|---|"]
+              f"| case | stored decoder | {variant_label(chosen)} (calibrated) |", "|---|---|---|"]
     lines += [f"| {r['case']} | {r['stored']} | {r['clusters']} |" for r in result["presets"]]
     (results / "gridnet_decoder.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -123,7 +123,7 @@ def main() -> None:
         calibration.update({
             "frames": result["samples"],
             "jaccard": {kind: round(float(v[k, j]), 4) for kind, v in curve.items()},
-            "jaccard_by_decoder": {f"{r['decoder']} {r['variant']}": r["ji_all"] for r in rows},
+            "jaccard_by_decoder": {variant_label(d): r["ji_all"] for d, r in zip(variants, rows)},
             "curve": [[t, round(float(v), 4)] for t, v in zip(vcfg.thresholds, curve["all"][k])]})
         new["calibration"] = calibration
         new["decoder_calibration"] = {"command": command, "when": result["when"]}
@@ -218,7 +218,9 @@ def preset_check(spec: str, chosen, threshold: float) -> list[dict]:
              ("zerocost background 50", "zerocost", ["background.photons=50"], 20),
              ("zerocost background 200", "zerocost", ["background.photons=200"], 20),
              ("thunderstorm", "thunderstorm", [], 60), ("challenge2016", "challenge2016", [], 40)]
-    options = {"decoder": chosen.method, "radius_px": chosen.radius_px}
+    options = {"decoder": chosen.method, **({"radius_px": chosen.radius_px}
+                                            if chosen.method == "clusters" else
+                                            {"p_raw": chosen.p_raw, "p_keep": chosen.p_keep})}
     rows = []
 
     def score(truth, locs) -> str:

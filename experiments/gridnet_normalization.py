@@ -38,8 +38,8 @@ def binned_jaccard(model_dir: Path, n: int = 256) -> dict:
     import torch
 
     from stormfold.evaluate import evaluate
-    from stormfold.gridnet.decode import candidates, to_table
-    from stormfold.gridnet.loader import read_gridnet
+    from stormfold.gridnet.decode import to_table
+    from stormfold.gridnet.loader import engine_from_meta, read_gridnet
     from stormfold.gridnet.normalization import InputNormalization
     from stormfold.gridnet.sampler import DomainConfig
     from stormfold.gridnet.train import ValidationConfig, held_back, held_back_outputs
@@ -53,7 +53,8 @@ def binned_jaccard(model_dir: Path, n: int = 256) -> dict:
     rows = []
     for hb in sets:
         out = held_back_outputs(model, norm, hb.batch)
-        cand = candidates(out, meta["p_raw"])
+        # The model's own decoder (peaks for models written before the decoder section).
+        cand = engine_from_meta(meta, model).decoder.candidates(out)
         table = to_table(cand.select(cand.score >= meta["threshold"]), 0, domain.pixel_size_nm)
         for i, params in hb.batch.params.iterrows():
             t = hb.truth[hb.truth["frame"] == i]

@@ -19,8 +19,8 @@ def main() -> None:
     from stormfold.checkpoint import load_checkpoint
     from stormfold.config import from_dict
     from stormfold.gridnet.network import GridNet
-    from stormfold.gridnet.train import (GridnetTrainConfig, held_back, jaccard_curve,
-                                         model_metadata)
+    from stormfold.gridnet.train import (GridnetTrainConfig, decoder_variants, held_back,
+                                         jaccard_curve, model_metadata)
     from stormfold.modelfile import save_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +37,7 @@ def main() -> None:
     sets = held_back(config.domain, v, config.architecture.context_frames, args.samples,
                      config.seed, 3)
     curve = jaccard_curve(model, config.normalization, sets, config.domain.pixel_size_nm,
-                          v.thresholds, v.p_raw, v.tolerance_nm, v.p_keeps)
+                          v.thresholds, decoder_variants(v), v.tolerance_nm)
     meta = model_metadata(config, model, None, curve, state["history"], state["step"],
                           state["total_steps"], state["seconds"], state["seconds"],
                           state.get("commands", []))

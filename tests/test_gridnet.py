@@ -126,6 +126,16 @@ def test_cluster_decoder_known_answers(monkeypatch):
     table = to_table(cand, 0, 100.0)
     assert len(table[table["confidence"] >= 0.5]) == 2
     assert len(table[table["confidence"] >= 0.8]) == 1
+    # The clusters partition the components: on random outputs the candidates' scores
+    # (min(m − j, 1) summed over a cluster's copies = m) add up to the components' p.
+    gen = torch.Generator().manual_seed(3)
+    rnd = _outputs(n=3, rows=20, cols=20, p=torch.rand(3, 20, 20, generator=gen) ** 3,
+                   dx=torch.rand(3, 20, 20, generator=gen) * 1.8 - 0.9,
+                   dy=torch.rand(3, 20, 20, generator=gen) * 1.8 - 0.9)
+    cand = cluster_candidates(rnd, radius_px=0.6)
+    comp = rnd.p >= 0.05
+    assert float(cand.score.sum()) == pytest.approx(float(rnd.p[comp].sum()), rel=1e-5)
+    assert 10 < len(cand.score) < int(comp.sum())
     # Decoding in chunks of frames gives the same candidates.
     import importlib
 
@@ -254,13 +264,14 @@ def test_gflop_budget_and_feature_reuse():
                                   tb.sort_values(["frame", "x_nm"]).reset_index(drop=True),
                                   rtol=1e-4)
     # The cluster decoder too: clusters reach into the tile margins, each has one centre
-    # (an untrained network's p ≈ 0.02 are no components: raise them). Tiles change the
-    # outputs by ~1e-6, which can flip a density tie between two components: with p ≈ 0.27
-    # on every pixel (≈ 19,000 clusters) a handful may differ, not more.
+    # (an untrained network's p ≈ 0.02 are no components: raise them). The margin grows by
+    # the decoder's reach; float differences between tilings (~1e-6) can still flip a
+    # density tie: with p ≈ 0.27 on every pixel (≈ 19,000 clusters) a handful may differ.
     with torch.no_grad():
         model.head.bias[0] = -1.0
-    tiled = GridnetEngine(model, InputNormalization(), threshold=0.05, tile_px=70,
+    tiled = GridnetEngine(model, InputNormalization(), threshold=0.05, tile_px=80,
                           decoder="clusters")
+    assert tiled.margin_px == whole.margin_px + 8  # + 2·⌈2 + 0.6⌉ + 2 for the decoder
     whole = GridnetEngine(model, InputNormalization(), threshold=0.05, decoder="clusters")
     ta = tiled.process(big.numpy(), 5, 100.0).locs
     tb = whole.process(big.numpy(), 5, 100.0).locs

@@ -140,7 +140,7 @@ def cluster_candidates(out: GridOutputs, radius_px: float = DEFAULT_CLUSTER_RADI
     """Candidates as clusters of the mixture's components (frames in chunks of
     :data:`CLUSTER_CHUNK_PIXELS` camera pixels; see :func:`_cluster_chunk`)."""
     n, rows, cols = out.p.shape
-    step = max(1, CLUSTER_CHUNK_PIXELS // (rows * cols))
+    step = max(1, CLUSTER_CHUNK_PIXELS // max(1, rows * cols))
     if n <= step:
         return _cluster_chunk(out, radius_px, p_min)
     parts = []
@@ -166,14 +166,15 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
     - every pixel with p ≥ ``p_min`` is a component at μ_k;
     - its density is D_k = Σ_j p_j exp(−|μ_j − μ_k|²/(2s²)), s = 0.3·``radius_px``;
     - a component is a cluster centre when no component within ``radius_px`` of it has a
-      higher density (ties: the higher linear pixel index wins);
-    - the cluster is the components within ``radius_px`` of the centre, its mass m = Σp;
-      its position and photons are the p-weighted means; σx, σy, σN and the background
-      are the centre component's;
+      higher density (ties: the higher linear pixel index wins); every other component
+      moves to its densest such neighbour, and on from there, until it reaches a centre
+      (quick shift): the clusters partition the components;
+    - a cluster's mass m is its Σp; its position and photons are the p-weighted means;
+      σx, σy, σN and the background are the centre component's;
     - the count loss makes m estimate the number of emitters in the cluster, so a cluster
       gives ⌈m⌉ candidates at its position with scores min(m − j, 1), j = 0, 1, …: with
-      threshold t it yields ⌈m − t⌉ localizations (two emitters closer than the network
-      can separate are reported at their common mean, not dropped).
+      threshold t it yields ⌊m − t⌋ + 1 localizations when m ≥ t (two emitters closer than
+      the network can separate are reported at their common mean, not dropped).
 
     The centre's σ, not the mixture's standard deviation, because the latter counts the
     spread twice: its z-scores have a standard deviation of about 0.6 on sparse
@@ -196,7 +197,7 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
     window = int(math.ceil(2.0 + radius_px))
     yc = torch.arange(rows, device=dev, dtype=torch.float32)[:, None] + 0.5
     xc = torch.arange(cols, device=dev, dtype=torch.float32)[None, :] + 0.5
-    comp = p >= p_min
+    comp = (p >= p_min) & torch.isfinite(out.dx) & torch.isfinite(out.dy)
     pw = torch.where(comp, p, torch.zeros((), device=dev, dtype=p.dtype))
     fields = {"p": pw, "x": xc + out.dx, "y": yc + out.dy}
 
@@ -222,16 +223,33 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
     beaten = near & ((dn > density[:, None]) |
                      ((dn == density[:, None]) & (neighbour > centre[:, None])))
     peak = ~beaten.any(1)
-    f, r, c = f[peak], r[peak], c[peak]
-    centre, neighbour = centre[peak], neighbour[peak]
-    w = pn[peak] * near[peak]
-    mass = w.sum(1)
+    # Every component climbs to its densest beating neighbour until it reaches a centre
+    # (quick shift): the clusters partition the components, so each p counts once.
+    k_all = torch.arange(len(density), device=dev)
+    comp_of = torch.full((n * plane,), -1, dtype=torch.long, device=dev)
+    comp_of[centre] = k_all
+    best = torch.where(beaten, dn, torch.full_like(dn, -1.0)).argmax(1)
+    parent = torch.where(peak, k_all, comp_of[neighbour[k_all, best]])
+    for _ in range(64):  # pointer jumping: ⌈log2(longest chain)⌉ rounds
+        climbed = parent[parent]
+        if torch.equal(climbed, parent):
+            break
+        parent = climbed
+    roots = torch.nonzero(peak).squeeze(1)
+    slot = torch.full((len(density),), -1, dtype=torch.long, device=dev)
+    slot[roots] = torch.arange(len(roots), device=dev)
+    member = slot[parent]
+    p_k = flat["p"][centre]
+    mass = torch.zeros(len(roots), device=dev, dtype=p_k.dtype).index_add_(0, member, p_k)
+    members = centre
+    f, r, c, centre = f[peak], r[peak], c[peak], centre[peak]
 
     def mean(value: torch.Tensor) -> torch.Tensor:
         # Deviations from the centre component keep float32 exact far from the origin.
         flat_value = padded(value)
         ref = flat_value[centre]
-        return ref + (w * (flat_value[neighbour] - ref[:, None])).sum(1) / mass
+        deviation = flat_value[members] - ref[member]
+        return ref + torch.zeros_like(ref).index_add_(0, member, p_k * deviation) / mass
 
     cand = Candidates(index=f, row=r, col=c, is_max=torch.ones_like(f, dtype=torch.bool),
                       p=p[f, r, c], x_px=mean(fields["x"]).double(),
@@ -240,7 +258,7 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
                       sigma_y_px=out.sigma_y[f, r, c], sigma_photons=out.sigma_photons[f, r, c],
                       bg=out.bg[f, r, c])
     # A cluster of mass m holds about m emitters whose means the network did not separate:
-    # copy j = 0, 1, ... has score min(m − j, 1), so the threshold t keeps ⌈m − t⌉ of them.
+    # copy j = 0, 1, ... has score min(m − j, 1), so the threshold t keeps ⌊m − t⌋ + 1.
     copies = torch.ceil(mass).clamp(min=1).long()
     idx = torch.repeat_interleave(torch.arange(len(mass), device=dev), copies)
     j = torch.arange(len(idx), device=dev) - (torch.cumsum(copies, 0) - copies)[idx]

@@ -10,6 +10,7 @@ not depend on how the movie is cut into batches or chunks. Everything runs under
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +124,19 @@ class GridnetEngine(Engine):
         if not 0 < threshold <= 1:
             raise UserError(f"gridnet threshold must be in (0, 1] (a detection probability), "
                             f"got {threshold}")
-        self.decoder = Decoder(str(decoder), float(p_raw), float(p_keep), float(radius_px))
-        self.decoder.validate()
         if batch_pixels < 1:
             raise UserError(f"batch_pixels must be ≥ 1, got {batch_pixels}")
-        self.margin_px = receptive_margin_px(model.config.levels)
+        self.decoder = Decoder(str(decoder), float(p_raw), float(p_keep), float(radius_px))
+        self.decoder.validate()
+        # The network's outputs are exact up to the receptive-field margin; clusters read
+        # components up to 2·⌈2 + r⌉ px beyond a core pixel (its neighbours' densities).
+        reach = 2 * int(math.ceil(2.0 + self.decoder.radius_px)) + 2 \
+            if self.decoder.method == "clusters" else 0
+        multiple = 2 ** (model.config.levels - 1)
+        self.margin_px = receptive_margin_px(model.config.levels) + -(-reach // multiple) * multiple
         if tile_px < 2 * self.margin_px + 16:
-            raise UserError(f"tile_px must be ≥ {2 * self.margin_px + 16} (twice the receptive-"
-                            f"field margin plus 16), got {tile_px}")
+            raise UserError(f"tile_px must be ≥ {2 * self.margin_px + 16} (twice the margin of "
+                            f"the receptive field and the decoder, plus 16), got {tile_px}")
         self.tile_px = int(tile_px)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)

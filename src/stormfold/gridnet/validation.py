@@ -71,8 +71,9 @@ def decoder_variants(cfg: ValidationConfig) -> list[Decoder]:
 
 
 def variant_label(decoder: Decoder) -> str:
-    return f"radius_px={decoder.radius_px:g}" if decoder.method == "clusters" else \
-        f"p_keep={decoder.p_keep:g}"
+    """E.g. ``clusters radius_px=0.6`` or ``peaks p_keep=0.5``."""
+    return f"{decoder.method} " + (f"radius_px={decoder.radius_px:g}"
+                                   if decoder.method == "clusters" else f"p_keep={decoder.p_keep:g}")
 
 
 def jaccard_curve(model: GridNet, normalization: InputNormalization, sets: list[HeldBack],
