@@ -421,12 +421,23 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
              lambda m: m["architecture"].update(n_parameters=5),
              lambda m: m.pop("normalization"),
              lambda m: m["architecture"].update(levels=7),
-             lambda m: m.update(engine="deepstorm")]
+             lambda m: m.update(engine="deepstorm"),
+             lambda m: m.update(decoder="clusters"),
+             lambda m: m.update(decoder={"method": "fit"}),
+             lambda m: m["decoder"].update(radius=0.9),
+             lambda m: m["decoder"].update(radius_px="wide"),
+             lambda m: m["decoder"].update(radius_px=float("nan")),
+             lambda m: m.update(threshold="high")]
     for edit in cases:
         with pytest.raises(UserError):
             load_engine(model=broken(edit))
     with pytest.raises(UserError, match="unknown gridnet option"):
         load_engine(model=out, options={"tile": 3})
+    # A model written before the decoder section decodes with peaks (p_raw, p_keep).
+    legacy = broken(lambda m: m.update(p_raw=0.1, p_keep=0.5) or m.pop("decoder"))
+    assert load_engine(model=legacy).decoder.method == "peaks"
+    assert load_engine(model=legacy).decoder.p_keep == 0.5
+    assert load_engine(model=out, options={"decoder": "peaks"}).decoder.method == "peaks"
     assert meta["pixel_size_nm"] is None  # generalist-style: any pixel size
 
 

@@ -83,8 +83,11 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
         if not ok:
             raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
         opts[key] = kind(value)
-    thr = float(threshold) if threshold is not None else \
-        float(require_section(meta, "threshold", source))
+    if threshold is None:
+        stored_thr = require_section(meta, "threshold", source)
+        if isinstance(stored_thr, bool) or not isinstance(stored_thr, (int, float)):
+            raise UserError(f"{source}: threshold must be a number, got {stored_thr!r}")
+    thr = float(threshold) if threshold is not None else float(stored_thr)
     # Models written before the decoder section decode with peaks (p_raw, p_keep at the top).
     stored = meta.get("decoder")
     if stored is None:
@@ -92,6 +95,10 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                   "p_keep": meta.get("p_keep", 2.0)}
     if not isinstance(stored, dict):
         raise UserError(f"{source}: decoder must be a mapping, got {stored!r}")
+    unknown = sorted(set(stored) - {"method", "p_raw", "p_keep", "radius_px"})
+    if unknown:
+        raise UserError(f"{source}: unknown decoder key(s) {', '.join(map(str, unknown))} "
+                        f"(valid: method, p_raw, p_keep, radius_px)")
     dec = {**{k: stored[k] for k in ("method", "p_raw", "p_keep", "radius_px") if k in stored},
            **{k: opts.pop(k) for k in ("p_raw", "p_keep", "radius_px") if k in opts}}
     if "decoder" in opts:
