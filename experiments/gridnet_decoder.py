@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the recalibrated model here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS), help="folder of the record")
+    parser.add_argument("--density-sampling", choices=("log", "linear"), default=None,
+                        help="calibrate on the training domain with this density sampling "
+                             "(default: the model's own)")
     args = parser.parse_args()
     results = Path(args.results)
     import torch
@@ -63,6 +66,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, meta = read_gridnet(args.model)
     domain = from_dict(DomainConfig, require_section(meta, "domain", args.model), where="domain")
+    if args.density_sampling:
+        domain = replace(domain, density_sampling=args.density_sampling)
     norm = from_dict(InputNormalization, meta["normalization"], where="normalization")
     seed = int((meta.get("training") or {}).get("seed") or 0)
     vcfg = ValidationConfig(calibration_samples=args.samples)
@@ -84,7 +89,8 @@ def main() -> None:
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model,
               "cpu": cpu_model(), "threads": args.threads, "load_avg": os.getloadavg()[0],
               "samples": f"{args.samples} + {args.samples} held-back simulated samples "
-                         f"(64×64 px), seed ({seed}, 3)",
+                         f"(64×64 px, density sampling {domain.density_sampling}), "
+                         f"seed ({seed}, 3)",
               "seconds": round(time.perf_counter() - t0, 1), "command": command,
               "rows": rows, "best": rows[best]}
     results.mkdir(parents=True, exist_ok=True)
