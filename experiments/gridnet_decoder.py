@@ -58,7 +58,6 @@ def main() -> None:
     from stormfold.gridnet.loader import read_gridnet, require_section
     from stormfold.gridnet.normalization import InputNormalization
     from stormfold.gridnet.sampler import DomainConfig
-    from stormfold.gridnet.train import decoder_metadata
     from stormfold.gridnet.validation import (decoder_variants, held_back, jaccard_curve,
                                               variant_label)
     from stormfold.modelfile import save_model
@@ -123,7 +122,7 @@ def main() -> None:
         j = vcfg.thresholds.index(rows[best]["threshold"])
         new = {key: v for key, v in meta.items() if key not in ("p_raw", "p_keep")}
         new["threshold"] = float(rows[best]["threshold"])
-        new["decoder"] = decoder_metadata(dec)
+        new["decoder"] = dec.metadata()
         calibration = dict(meta.get("calibration") or {})
         calibration.pop("jaccard_by_p_keep", None)
         calibration.update({

@@ -301,6 +301,12 @@ class Decoder:
             raise UserError(f"gridnet cluster radius_px must be in [0.1, 1] px, "
                             f"got {self.radius_px}")
 
+    def metadata(self) -> dict:
+        """The method and its own parameters (model.yaml's ``decoder`` section)."""
+        if self.method == "clusters":
+            return {"method": "clusters", "radius_px": self.radius_px}
+        return {"method": "peaks", "p_raw": self.p_raw, "p_keep": self.p_keep}
+
     def candidates(self, out: GridOutputs) -> Candidates:
         if self.method == "clusters":
             return cluster_candidates(out, self.radius_px)

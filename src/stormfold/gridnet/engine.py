@@ -160,11 +160,8 @@ class GridnetEngine(Engine):
         return self._pixel_size_nm
 
     def describe(self) -> dict[str, Any]:
-        dec = self.decoder
-        params = {"p_raw": dec.p_raw, "p_keep": dec.p_keep} if dec.method == "peaks" else \
-            {"radius_px": dec.radius_px}
         return {"engine": self.name, "model": self.source, "threshold": self.threshold,
-                "decoder": dec.method, **params, "context_frames": self.context_frames,
+                "decoder": self.decoder.metadata(), "context_frames": self.context_frames,
                 "temporal": self.temporal, "batch_pixels": self.batch_pixels,
                 "tile_px": self.tile_px,
                 "device": str(self.device), "sigma_nm": self.sigma_nm,

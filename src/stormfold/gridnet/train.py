@@ -41,7 +41,6 @@ from stormfold.gridnet.loss import gridnet_loss
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters, summary
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, Sampler, check_sigma
-from stormfold.gridnet.decode import Decoder
 from stormfold.gridnet.validation import (decoder_variants, held_back, held_back_outputs,
                                         jaccard_curve, variant_label)
 from stormfold.training import Budget, TrainingRun, run_loop, write_history
@@ -353,13 +352,6 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
     return TrainResult(out_dir, meta, tr.history)
 
 
-def decoder_metadata(decoder: Decoder) -> dict[str, Any]:
-    """The ``decoder`` section of model.yaml (only the chosen method's parameters)."""
-    if decoder.method == "clusters":
-        return {"method": "clusters", "radius_px": decoder.radius_px}
-    return {"method": "peaks", "p_raw": decoder.p_raw, "p_keep": decoder.p_keep}
-
-
 def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict | None,
                    curve: dict[str, np.ndarray], history: list[dict], steps: int,
                    total_steps: int | None, train_seconds: float, total_seconds: float,
@@ -376,7 +368,7 @@ def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict |
         "summary": summary(model),
         "normalization": to_dict(config.normalization),
         "threshold": float(vcfg.thresholds[j]),
-        "decoder": decoder_metadata(variants[i]),
+        "decoder": variants[i].metadata(),
         # A camera-specific model keeps the 10 % pixel-size rule; the generalist runs at any
         # pixel size whose σ in pixels is inside domain.sigma_px.
         "pixel_size_nm": config.domain.pixel_size_nm if specific else None,
