@@ -15,7 +15,7 @@ import numpy as np
 
 from stormfold.config import from_dict, merge, parse_overrides, to_dict
 from stormfold.errors import UserError
-from stormfold.gridnet.decode import DECODERS, DEFAULT_P_RAW
+from stormfold.gridnet.decode import DECODERS, DEFAULT_P_RAW, RADIUS_RANGE_PX
 from stormfold.gridnet.network import ArchitectureConfig
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, domain_around
@@ -167,8 +167,10 @@ class ValidationConfig:
         if self.decoder not in DECODERS:
             raise UserError(f"validation.decoder must be one of {', '.join(DECODERS)}, "
                             f"got {self.decoder!r}")
-        if not self.radii_px or not all(0.1 <= r <= 1.0 for r in self.radii_px):
-            raise UserError("validation.radii_px must be a non-empty list of values in [0.1, 1]")
+        lo, hi = RADIUS_RANGE_PX
+        if not self.radii_px or not all(lo <= r <= hi for r in self.radii_px):
+            raise UserError(f"validation.radii_px must be a non-empty list of values in "
+                            f"[{lo:g}, {hi:g}]")
 
 
 @dataclass

@@ -123,6 +123,8 @@ def decode(out: GridOutputs, threshold: float, pixel_size_nm: float, first_frame
 DECODERS = ("peaks", "clusters")
 #: Default cluster radius (px): components whose means are this close are one emitter.
 DEFAULT_CLUSTER_RADIUS_PX = 0.6
+#: Allowed cluster radii (px).
+RADIUS_RANGE_PX = (0.1, 1.0)
 #: Smallest p of a pixel that takes part in a cluster (below it a component weighs nothing).
 COMPONENT_P_MIN = 0.05
 #: Camera pixels decoded at once by the cluster decoder: each component gathers
@@ -297,8 +299,9 @@ class Decoder:
             raise UserError(f"gridnet p_raw must be in (0, 1), got {self.p_raw}")
         if not self.p_keep >= 0.5:
             raise UserError(f"gridnet p_keep must be ≥ 0.5 (> 1: off), got {self.p_keep}")
-        if not 0.1 <= self.radius_px <= 1.0:
-            raise UserError(f"gridnet cluster radius_px must be in [0.1, 1] px, "
+        lo, hi = RADIUS_RANGE_PX
+        if not lo <= self.radius_px <= hi:
+            raise UserError(f"gridnet cluster radius_px must be in [{lo:g}, {hi:g}] px, "
                             f"got {self.radius_px}")
 
     def metadata(self) -> dict:
