@@ -8,6 +8,7 @@ of other shapes) are refused with one line.
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 
 from stormfold.config import from_dict
 from stormfold.errors import UserError
+from stormfold.gridnet.decode import Decoder
 from stormfold.gridnet.engine import ENGINE, GridnetEngine
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters
 from stormfold.gridnet.normalization import InputNormalization
@@ -95,12 +97,13 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                   "p_keep": meta.get("p_keep", 2.0)}
     if not isinstance(stored, dict):
         raise UserError(f"{source}: decoder must be a mapping, got {stored!r}")
-    unknown = sorted(set(stored) - {"method", "p_raw", "p_keep", "radius_px"})
+    keys = [f.name for f in fields(Decoder)]
+    unknown = sorted(set(stored) - set(keys))
     if unknown:
         raise UserError(f"{source}: unknown decoder key(s) {', '.join(map(str, unknown))} "
-                        f"(valid: method, p_raw, p_keep, radius_px)")
-    dec = {**{k: stored[k] for k in ("method", "p_raw", "p_keep", "radius_px") if k in stored},
-           **{k: opts.pop(k) for k in ("p_raw", "p_keep", "radius_px") if k in opts}}
+                        f"(valid: {', '.join(keys)})")
+    dec = {**{k: stored[k] for k in keys if k in stored},
+           **{k: opts.pop(k) for k in keys if k in opts}}
     if "decoder" in opts:
         dec["method"] = opts.pop("decoder")
     method = dec.pop("method", "peaks")
