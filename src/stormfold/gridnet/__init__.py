@@ -4,7 +4,8 @@
 - :mod:`~stormfold.gridnet.normalization` — photons → network input;
 - :mod:`~stormfold.gridnet.outputs` — raw channels → p, offsets, photons, σ's, background;
 - :mod:`~stormfold.gridnet.loss` — count + Gaussian-mixture likelihood + background loss;
-- :mod:`~stormfold.gridnet.decode` — the cluster decoder (components grouped by position) and SPEC §10's 3×3 peaks, table;
+- :mod:`~stormfold.gridnet.decode` — the cluster decoder (components grouped by position)
+  and SPEC §10's 3×3 peaks, table;
 - :mod:`~stormfold.gridnet.sampler` — on-the-fly randomised simulation of training batches;
 - :mod:`~stormfold.gridnet.train` — AdamW, time budget, checkpoints, threshold calibration;
 - :mod:`~stormfold.gridnet.engine` — batched inference with per-frame feature reuse;
