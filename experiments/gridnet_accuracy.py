@@ -75,6 +75,18 @@ def scores(truth: pd.DataFrame, locs: pd.DataFrame) -> dict:
     return out
 
 
+def score_engines(name: str, engines: list[tuple[str, str]], movie: Path, camera,
+                  truth: pd.DataFrame) -> list[dict]:
+    """One row per engine: the scores of its localizations of ``movie`` against ``truth``."""
+    rows = []
+    for label, spec in engines:
+        locs, secs = localize(spec, movie, camera)
+        rows.append({"case": name, "engine": label, **scores(truth, locs),
+                     "seconds": round(secs, 1)})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def crlb_nm(truth: pd.DataFrame, camera, pixel_size_nm: float, background: float,
             fit_sigma: bool) -> np.ndarray:
     """Lateral CRLB √(CRLB_x + CRLB_y) (nm) of each true emitter, alone in an 11×11 ROI,
@@ -191,11 +203,7 @@ def main() -> None:
                 folder = work / f"s1_{i}"
                 cfg = simulate(folder, "zerocost", max(2, int(frames * scale)), 5000 + i, over)
                 truth = read_table(folder / "truth.csv")
-                for label, spec in engines:
-                    locs, secs = localize(spec, folder / "movie.tif", cfg.camera)
-                    rows.append({"case": name, "engine": label, **scores(truth, locs),
-                                 "seconds": round(secs, 1)})
-                    print(rows[-1], flush=True)
+                rows += score_engines(name, engines, folder / "movie.tif", cfg.camera, truth)
             result["sections"]["simulations"] = rows
         if "2" in sections:
             from stormfold.localize.runner import CameraOverrides
@@ -205,11 +213,8 @@ def main() -> None:
             if demo.is_dir():
                 truth = read_table(demo / "positions_demo1.csv")
                 cam = CameraOverrides(baseline_adu=100.0, e_per_adu=0.446)
-                for label, spec in engines:
-                    locs, secs = localize(spec, demo / "ArtificialDataset_demo1.tif", cam)
-                    rows.append({"case": "real demo movie", "engine": label, **scores(truth, locs),
-                                 "seconds": round(secs, 1)})
-                    print(rows[-1], flush=True)
+                rows = score_engines("real demo movie", engines,
+                                     demo / "ArtificialDataset_demo1.tif", cam, truth)
             result["sections"]["demo"] = rows
         if "3" in sections:
             cases = [("thunderstorm", "thunderstorm", [], 60),
@@ -224,11 +229,7 @@ def main() -> None:
                 if name in specific:
                     models.append((f"gridnet-{name}", specific[name]))
                 models += [(l, s) for l, s in engines if l != "gridnet-generalist"]
-                for label, spec in models:
-                    locs, secs = localize(spec, folder / "movie.tif", cfg.camera)
-                    rows.append({"case": name, "engine": label, **scores(truth, locs),
-                                 "seconds": round(secs, 1)})
-                    print(rows[-1], flush=True)
+                rows += score_engines(name, models, folder / "movie.tif", cfg.camera, truth)
             result["sections"]["generalisation"] = rows
         if "4" in sections:
             rows = uncertainty_rows(args.generalist, work, max(20, int(200 * scale)))

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gridnet_accuracy import simulate  # noqa: E402  (the same fresh simulations)
 
 
 def main() -> None:
@@ -136,14 +138,6 @@ def main() -> None:
         print(f"wrote {args.out}")
 
 
-def _simulate(folder: Path, preset: str, frames: int, seed: int, over: list[str]):
-    from stormfold.simulate import build_config, simulate_to_folder
-
-    cfg = build_config(preset, n_frames=frames, seed=seed, overrides=over)
-    simulate_to_folder(cfg, folder, progress=False)
-    return cfg
-
-
 def _stored_engine(spec: str):
     from stormfold.localize.registry import load_engine
 
@@ -165,7 +159,7 @@ def pair_analysis(model, meta, spec: str, chosen, threshold: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        cfg = _simulate(folder, "zerocost", 20, 9101, ["activation.density_per_um2=6"])
+        cfg = simulate(folder, "zerocost", 20, 9101, ["activation.density_per_um2=6"])
         truth = read_table(folder / "truth.csv")
         with open_movie(folder / "movie.tif") as movie:
             photons = cfg.camera.backward(movie.read(0, movie.n_frames))
@@ -238,7 +232,7 @@ def preset_check(spec: str, chosen, threshold: float) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, preset, over, frames) in enumerate(cases):
             folder = Path(tmp) / f"c{i}"
-            cfg = _simulate(folder, preset, frames, 6100 + i, over)
+            cfg = simulate(folder, preset, frames, 6100 + i, over)
             truth = read_table(folder / "truth.csv")
             row = {"case": name}
             for key, engine in (("stored", _stored_engine(spec)),
