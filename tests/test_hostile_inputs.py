@@ -177,6 +177,9 @@ CASES = [
     ("gridnet: cluster radius 5 px", ["localize", "sim/movie.tif", "--model",
                                       "builtin:gridnet-generalist", "--set", "radius_px=5",
                                       "--out", "old_loc"], 2),
+    ("gridnet: unknown refinement", ["localize", "sim/movie.tif", "--model",
+                                     "builtin:gridnet-generalist", "--set", "refine=exact",
+                                     "--out", "new"], 2),
     # --- run
     ("run: config missing", ["run", "nope.yaml"], 2),
     ("run: config not YAML", ["run", "bad.yaml"], 2),

@@ -19,6 +19,7 @@ from stormfold.gridnet.decode import DECODERS, DEFAULT_P_RAW, RADIUS_RANGE_PX
 from stormfold.gridnet.network import ArchitectureConfig
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, domain_around
+from stormfold.localize.refine import RefineOptions
 from stormfold.simulate.config import (PROVENANCE_KEYS, SimulationConfig, build_config,
                                        read_training_yaml)
 
@@ -192,6 +193,8 @@ class GridnetTrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    #: Written to model.yaml: new models refine their localizations by default.
+    refine: RefineOptions = field(default_factory=lambda: RefineOptions(method="mle"))
 
     def validate(self) -> None:
         if self.seed < 0:
@@ -199,7 +202,7 @@ class GridnetTrainConfig:
 
 
 _SECTIONS = ("init", "simulation", "domain", "architecture", "normalization", "schedule", "loss",
-             "validation")
+             "validation", "refine")
 
 
 def build_train_config(preset: str | None = None, config_file: str | Path | None = None,

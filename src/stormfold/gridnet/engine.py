@@ -25,7 +25,9 @@ from stormfold.gridnet.network import GridNet
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.outputs import GridOutputs, activate
 from stormfold.gridnet.sampler import DomainConfig, check_sigma
+from stormfold.localize.classic.engine import NoiseModel
 from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.localize.refine import RefineOptions, refine_localizations
 from stormfold.physics.camera import Camera
 
 ENGINE = "gridnet"
@@ -107,6 +109,11 @@ class GridnetEngine(Engine):
     camera : Camera, optional
         Camera of the training simulation (used when a movie carries none).
     source : str, optional
+    refine : RefineOptions, optional
+        Joint Poisson-MLE refinement of the decoded localizations
+        (:mod:`stormfold.localize.refine`; default: none). It uses the noise model of the
+        camera given by :meth:`set_camera`, and ``sigma_nm`` as a fixed PSF σ when given,
+        else fits σ per emitter within the training domain's range.
     """
 
     name = ENGINE
@@ -120,7 +127,7 @@ class GridnetEngine(Engine):
                  temporal: bool = True,
                  domain: DomainConfig | None = None, sigma_nm: float | None = None,
                  pixel_size_nm: float | None = None, camera: Camera | None = None,
-                 source: str | None = None):
+                 source: str | None = None, refine: RefineOptions | None = None):
         if not 0 < threshold <= 1:
             raise UserError(f"gridnet threshold must be in (0, 1] (a detection probability), "
                             f"got {threshold}")
@@ -149,6 +156,8 @@ class GridnetEngine(Engine):
         self._pixel_size_nm = pixel_size_nm
         self._camera = camera
         self.source = source
+        self.refine = (refine or RefineOptions()).validate()
+        self.noise = NoiseModel()
         self.context_frames = model.config.context_frames
         self.temporal_context = self.context_frames // 2 if self.temporal else 0
 
@@ -156,12 +165,19 @@ class GridnetEngine(Engine):
     def training_camera(self) -> Camera | None:
         return self._camera
 
+    def set_camera(self, camera: Camera) -> None:
+        """The refinement's likelihood uses the noise model of the movie's camera."""
+        self.noise = NoiseModel.from_camera(camera)
+
     def training_pixel_size_nm(self) -> float | None:
         return self._pixel_size_nm
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.source, "threshold": self.threshold,
-                "decoder": self.decoder.metadata(), "context_frames": self.context_frames,
+                "decoder": self.decoder.metadata(), "refine": self.refine.metadata(),
+                "noise_model": {"counts_per_photon": self.noise.counts_per_photon,
+                                "gamma": self.noise.gamma} if self.refine.active else None,
+                "context_frames": self.context_frames,
                 "temporal": self.temporal, "batch_pixels": self.batch_pixels,
                 "tile_px": self.tile_px,
                 "device": str(self.device), "sigma_nm": self.sigma_nm,
@@ -192,8 +208,30 @@ class GridnetEngine(Engine):
         cand = Candidates(*(torch.cat([getattr(c, f) for c in parts])
                             for f in Candidates.__dataclass_fields__))
         order = torch.argsort(cand.index, stable=True)
-        return EngineOutput(locs=to_table(cand.select(order), first_frame, pixel_size_nm),
-                            superres=None)
+        cand = cand.select(order)
+        if self.refine.active:
+            self._refine(cand, photons, pixel_size_nm)
+        return EngineOutput(locs=to_table(cand, first_frame, pixel_size_nm), superres=None)
+
+    def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> None:
+        """Replace the positions, photons and backgrounds of ``cand`` (in place) by their
+        joint MLE refinement where it is accepted; the uncertainties stay the network's."""
+        frames = _as_tensor(photons, "cpu")
+        if frames.ndim == 2:
+            frames = frames[None]
+        s = self.noise.counts_per_photon
+        sigma_px = self.sigma_nm / pixel_size_nm if self.sigma_nm is not None else None
+        sigma_range = tuple(self.domain.sigma_px) if self.domain is not None else (0.5, 3.0)
+        with torch.inference_mode():
+            res = refine_localizations(
+                frames * s, cand.index.cpu(), cand.x_px.cpu(), cand.y_px.cpu(),
+                cand.photons.cpu() * s, cand.sigma_x_px.cpu(), cand.sigma_y_px.cpu(),
+                self.noise.gamma, self.refine, sigma_px, sigma_range)
+        ok = res.accepted.to(cand.x_px.device)
+        cand.x_px = torch.where(ok, res.x_px.to(cand.x_px), cand.x_px)
+        cand.y_px = torch.where(ok, res.y_px.to(cand.y_px), cand.y_px)
+        cand.photons = torch.where(ok, (res.counts / s).to(cand.photons), cand.photons)
+        cand.bg = torch.where(ok, (res.bg / s).to(cand.bg), cand.bg)
 
     # ------------------------------------------------------------------ pieces
     def outputs(self, photons, before=None, after=None) -> GridOutputs:

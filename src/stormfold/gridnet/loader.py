@@ -14,17 +14,18 @@ from typing import Any
 
 import torch
 
-from stormfold.config import from_dict
+from stormfold.config import from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.gridnet.decode import Decoder
 from stormfold.gridnet.engine import ENGINE, GridnetEngine
 from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_parameters
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig
+from stormfold.localize.refine import RefineOptions
 from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
-OPTIONS = {"decoder": str, "radius_px": float, "p_raw": float, "p_keep": float,
+OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "p_raw": float, "p_keep": float,
            "batch_pixels": int, "tile_px": int, "temporal": bool, "sigma_nm": float}
 
 
@@ -107,6 +108,12 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     if "decoder" in opts:
         dec["method"] = opts.pop("decoder")
     method = dec.pop("method", "peaks")
+    # Models written before the refine section do not refine; ``--set refine=`` overrides.
+    stored_refine = meta.get("refine") or {"method": "none"}
+    refine = from_dict(RefineOptions, stored_refine, where=f"{source}: refine")
+    if "refine" in opts:
+        refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
+                           where="--set refine")
     for key, value in dec.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{source}: decoder {key} must be a number, got {value!r}")
@@ -114,7 +121,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                          **{k: float(v) for k, v in dec.items()},
                          device=device if device is not None else "cpu", domain=domain,
                          pixel_size_nm=float(px) if px is not None else None, camera=camera,
-                         source=source, **opts)
+                         source=source, refine=refine, **opts)
 
 
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,

@@ -369,6 +369,7 @@ def model_metadata(config: GridnetTrainConfig, model: GridNet, init_meta: dict |
         "normalization": to_dict(config.normalization),
         "threshold": float(vcfg.thresholds[j]),
         "decoder": variants[i].metadata(),
+        "refine": config.refine.metadata(),
         # A camera-specific model keeps the 10 % pixel-size rule; the generalist runs at any
         # pixel size whose σ in pixels is inside domain.sigma_px.
         "pixel_size_nm": config.domain.pixel_size_nm if specific else None,

@@ -1,0 +1,146 @@
+"""Joint Poisson-MLE refinement of localizations (stormfold.localize.refine).
+
+The expected counts are computed here with scipy's normal CDF and the Fisher information
+by finite differences, independently of the torch model the refinement uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from stormfold.errors import UserError
+from stormfold.localize import refine as refine_mod
+from stormfold.localize.refine import RefineOptions, refine_localizations
+
+
+def expected_counts(shape, x_px, y_px, counts, sigma_px, bg):
+    """Σ_i N_i ∫pixel Gaussian_i + bg over a (rows, cols) frame (pixel (r, c) spans
+    [c, c+1) × [r, r+1))."""
+    rows, cols = shape
+    cx = np.arange(cols + 1)[None, :] - np.asarray(x_px)[:, None]
+    cy = np.arange(rows + 1)[None, :] - np.asarray(y_px)[:, None]
+    s = np.asarray(sigma_px, float).reshape(-1, 1) * np.ones((len(x_px), 1))
+    ex = np.diff(norm.cdf(cx / s), axis=1)
+    ey = np.diff(norm.cdf(cy / s), axis=1)
+    return bg + np.einsum("n,nr,nc->rc", np.asarray(counts, float), ey, ex)
+
+
+def crlb_xy(x, y, counts, sigma, bg, size=15, h=1e-4):
+    """√(CRLB_x + CRLB_y) of one emitter alone (x, y, N, b free), Poisson data."""
+    theta = np.array([x, y, counts, bg], float)
+
+    def mu(t):
+        return expected_counts((size, size), [t[0]], [t[1]], [t[2]], sigma, t[3]).ravel()
+
+    m = mu(theta)
+    jac = []
+    for k in range(4):
+        step = np.zeros(4)
+        step[k] = h * max(1.0, abs(theta[k]))
+        jac.append((mu(theta + step) - mu(theta - step)) / (2 * step[k]))
+    jac = np.array(jac)
+    cov = np.linalg.inv((jac / m) @ jac.T)
+    return float(np.sqrt(cov[0, 0] + cov[1, 1]))
+
+
+def _run(frames, frame, x, y, counts, unc, sigma_px=None, **kw):
+    opts = RefineOptions(method="mle", **kw)
+    t = lambda v, dt=torch.float64: torch.as_tensor(np.asarray(v), dtype=dt)  # noqa: E731
+    return refine_localizations(t(frames, torch.float32), t(frame, torch.long), t(x), t(y),
+                                t(counts, torch.float32), t(unc), t(unc), 0.0, opts,
+                                sigma_px=sigma_px, sigma_range_px=(0.7, 2.0))
+
+
+def test_isolated_emitters_reach_the_cramer_rao_bound():
+    rng = np.random.default_rng(3)
+    n_frames, per_frame, size = 40, 9, 48
+    sigma, counts, bg = 1.1, 1500.0, 10.0
+    # A 3 × 3 grid of emitters 15 px apart per frame, each at a random sub-pixel position.
+    gx, gy = np.meshgrid(np.arange(3) * 15 + 9.0, np.arange(3) * 15 + 9.0)
+    xt = (gx.ravel()[None] + rng.uniform(0, 1, (n_frames, per_frame))).ravel()
+    yt = (gy.ravel()[None] + rng.uniform(0, 1, (n_frames, per_frame))).ravel()
+    frame = np.repeat(np.arange(n_frames), per_frame)
+    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
+                                                   [counts] * per_frame, sigma, bg))
+                       for f in range(n_frames)]).astype(np.float32)
+    # Starts off by 0.3 px, as a detector's estimate might be.
+    x0, y0 = xt + 0.3, yt - 0.2
+    for sigma_px in (sigma, None):  # σ known, and fitted per emitter
+        res = _run(frames, frame, x0, y0, [1000.0] * len(xt), [0.5] * len(xt), sigma_px)
+        assert bool(res.accepted.all())
+        err = np.hypot(res.x_px.numpy() - xt, res.y_px.numpy() - yt)
+        rmse = float(np.sqrt(np.mean(err ** 2)))
+        bound = crlb_xy(7.3, 7.6, counts, sigma, bg)
+        assert rmse <= 1.2 * bound, (sigma_px, rmse, bound)
+        assert abs(np.mean(res.x_px.numpy() - xt)) < 0.3 * bound
+        assert np.median(res.counts.numpy()) == pytest.approx(counts, rel=0.05)
+        assert np.median(res.bg.numpy()) == pytest.approx(bg, rel=0.15)
+        if sigma_px is None:
+            assert np.median(res.sigma_px.numpy()) == pytest.approx(sigma, rel=0.03)
+
+
+def test_overlapping_pair_is_fitted_jointly():
+    # Noise-free data: the maximum likelihood is the truth exactly.
+    sigma = 1.0
+    xt, yt, nt = np.array([10.3, 12.1]), np.array([10.6, 11.4]), np.array([2000.0, 1500.0])
+    frames = expected_counts((24, 24), xt, yt, nt, sigma, 5.0)[None].astype(np.float32)
+    x0, y0 = xt + np.array([0.25, -0.2]), yt + np.array([-0.15, 0.2])
+    res = _run(frames, [0, 0], x0, y0, [1700.0, 1700.0], [0.5, 0.5], sigma, iterations=60)
+    assert np.abs(res.x_px.numpy() - xt).max() < 0.02
+    assert np.abs(res.y_px.numpy() - yt).max() < 0.02
+    np.testing.assert_allclose(res.counts.numpy(), nt, rtol=0.02)
+    # Without its neighbour in the model, the first emitter's fit is pulled towards it.
+    alone = _run(frames, [0], x0[:1], y0[:1], [1700.0], [0.5], sigma, iterations=60)
+    assert np.hypot(alone.x_px.numpy() - xt[0], alone.y_px.numpy() - yt[0]).max() > 0.1
+
+
+def test_guard_keeps_the_detector_estimate_when_the_fit_runs_away():
+    frames = expected_counts((24, 24), [12.0], [12.0], [2000.0], 1.0, 5.0)[None].astype(np.float32)
+    # The detector put an emitter 2.5 px from the only spot, with an uncertainty of 0.1 px:
+    # the fit climbs to the spot (25 uncertainties away) and is refused.
+    res = _run(frames, [0], [14.5], [12.0], [2000.0], [0.1], 1.0)
+    assert not bool(res.accepted[0])
+    assert res.x_px.item() == 14.5 and res.y_px.item() == 12.0
+    assert res.counts.item() == 2000.0
+    # With a large uncertainty the same fit is accepted at the spot.
+    res = _run(frames, [0], [13.0], [12.0], [2000.0], [1.0], 1.0, iterations=30)
+    assert bool(res.accepted[0]) and abs(res.x_px.item() - 12.0) < 0.02
+
+
+def test_chunks_of_frames_give_the_same_result(monkeypatch):
+    rng = np.random.default_rng(5)
+    xt = rng.uniform(4, 28, 30)
+    yt = rng.uniform(4, 28, 30)
+    frame = np.repeat(np.arange(6), 5)
+    frames = np.stack([rng.poisson(expected_counts((32, 32), xt[frame == f], yt[frame == f],
+                                                   [1500.0] * 5, 1.2, 8.0))
+                       for f in range(6)]).astype(np.float32)
+    whole = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
+    monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 1)  # one frame per chunk
+    chunked = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
+    # Each frame's emitters see only their own frame: chunks change nothing but the
+    # float32 summation order.
+    assert torch.equal(chunked.accepted, whole.accepted)
+    for field in ("x_px", "y_px"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=0, atol=1e-4)
+    torch.testing.assert_close(chunked.counts, whole.counts, rtol=1e-4, atol=0)
+
+
+def test_no_localizations_and_method_none_return_the_input():
+    frames = np.zeros((2, 16, 16), np.float32)
+    empty = _run(frames, [], [], [], [], [])
+    assert empty.x_px.numel() == 0
+    t = torch.tensor
+    res = refine_localizations(torch.zeros(1, 16, 16), t([0]), t([5.5], dtype=torch.float64),
+                               t([6.5], dtype=torch.float64), t([100.0]), t([0.1]), t([0.1]),
+                               0.0, RefineOptions())
+    assert res.x_px.item() == 5.5 and not bool(res.accepted[0])
+
+
+@pytest.mark.parametrize("bad", [{"method": "fit"}, {"iterations": 0}, {"iterations": 2.5},
+                                 {"relax": 0.0}, {"relax": 1.5}, {"guard": -1.0}])
+def test_bad_options_are_refused(bad):
+    with pytest.raises(UserError):
+        RefineOptions(**{"method": "mle", **bad}).validate()
