@@ -33,6 +33,9 @@ from stormfold.physics.camera import Camera
 ENGINE = "gridnet"
 DEFAULT_BATCH_PIXELS = 2 ** 20
 DEFAULT_TILE_PX = 384
+#: A refined localization's uncertainty is max(√CRLB, this × the network's σ): the
+#: refinement's RMSE over isolated emitters is 0.77× the network's at 0.5/µm².
+REFINED_SIGMA_SCALE = 0.8
 
 
 def receptive_margin_px(levels: int) -> int:
@@ -214,8 +217,8 @@ class GridnetEngine(Engine):
         return EngineOutput(locs=to_table(cand, first_frame, pixel_size_nm), superres=None)
 
     def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> None:
-        """Replace the positions, photons and backgrounds of ``cand`` (in place) by their
-        joint MLE refinement where it is accepted; the uncertainties stay the network's."""
+        """Replace the positions, photons, backgrounds and position uncertainties of
+        ``cand`` (in place) by their joint MLE refinement where it is accepted."""
         frames = _as_tensor(photons, "cpu")
         if frames.ndim == 2:
             frames = frames[None]
@@ -232,6 +235,13 @@ class GridnetEngine(Engine):
         cand.y_px = torch.where(ok, res.y_px.to(cand.y_px), cand.y_px)
         cand.photons = torch.where(ok, (res.counts / s).to(cand.photons), cand.photons)
         cand.bg = torch.where(ok, (res.bg / s).to(cand.bg), cand.bg)
+        # The fit's Cramér–Rao bound is the error of an isolated emitter but knows nothing
+        # of neighbours it may have merged with, which the network's σ does; the refinement
+        # cuts the network's error by about a fifth (docs/gridnet.md, "Refinement").
+        for name, crlb in (("sigma_x_px", res.crlb_x_px2), ("sigma_y_px", res.crlb_y_px2)):
+            net = getattr(cand, name)
+            bound = crlb.to(net).clamp_min(0).sqrt().nan_to_num(0.0)
+            setattr(cand, name, torch.where(ok, torch.maximum(bound, REFINED_SIGMA_SCALE * net), net))
 
     # ------------------------------------------------------------------ pieces
     def outputs(self, photons, before=None, after=None) -> GridOutputs:
