@@ -74,58 +74,66 @@ def settings_rows(model: str, settings: list[str], work: Path) -> list[dict]:
 
 
 def uncertainty_rows(model: str, work: Path) -> list[dict]:
-    import tifffile
-    import torch
+    """z-scores of the engine's refined localizations under several uncertainty rules.
 
+    The engine's call of the refinement is wrapped to record, per localization, the
+    network's σ, the fit's CRLB and whether the fit was accepted (the table holds only the
+    shipped rule's result); rows of the table and of the record are in the same order.
+    """
+    import stormfold.gridnet.engine as engine_module
     from stormfold.evaluate import match
     from stormfold.io.tables import read_table
     from stormfold.localize import localize_movie
-    from stormfold.localize.classic.engine import NoiseModel
     from stormfold.localize.registry import load_engine
-    from stormfold.localize.refine import RefineOptions, refine_localizations
 
-    engine = load_engine(model=model, options={"refine": "none"})
+    record: list[dict] = []
+    original = engine_module.refine_localizations
+
+    def recording(frames, frame, x, y, counts, ux, uy, *args, **kwargs):
+        res = original(frames, frame, x, y, counts, ux, uy, *args, **kwargs)
+        record.append({"net_x": ux.double().numpy(), "net_y": uy.double().numpy(),
+                       "crlb_x": res.crlb_x_px2.double().numpy(),
+                       "crlb_y": res.crlb_y_px2.double().numpy(),
+                       "ok": res.accepted.numpy()})
+        return res
+
+    engine = load_engine(model=model)
     rows = []
-    for density, frames, seed in ((0.5, 200, 8101), (2, 40, 8102), (6, 20, 8103)):
-        folder = work / f"u{density}"
-        cfg = simulate(folder, "zerocost", frames, seed, [f"activation.density_per_um2={density}"])
-        truth = read_table(folder / "truth.csv")
-        locs = localize_movie(folder / "movie.tif", engine, camera=cfg.camera, batch_frames=16,
-                              progress=False).locs
-        photons = cfg.camera.backward(tifffile.imread(folder / "movie.tif").astype(np.float32))
-        noise = NoiseModel.from_camera(cfg.camera)
-        s, px = noise.counts_per_photon, cfg.pixel_size_nm
-
-        def col(c):
-            return torch.as_tensor(locs[c].to_numpy())
-
-        res = refine_localizations(torch.as_tensor(photons) * s, col("frame"), col("x_nm") / px,
-                                   col("y_nm") / px, col("photons").float() * s,
-                                   col("uncertainty_x_nm") / px, col("uncertainty_y_nm") / px,
-                                   noise.gamma, RefineOptions("mle"), None,
-                                   tuple(engine.domain.sigma_px))
-        refined = locs.copy()
-        refined["x_nm"] = res.x_px.numpy() * px
-        refined["y_nm"] = res.y_px.numpy() * px
-        m = match(truth, refined, 100.0)
-        ok = res.accepted.numpy()[m.locs_index]
-        net = [locs[f"uncertainty_{a}_nm"].to_numpy()[m.locs_index] for a in "xy"]
-        crlb = [np.sqrt(getattr(res, f"crlb_{a}_px2").numpy()[m.locs_index]) * px for a in "xy"]
-        crlb = [np.where(np.isfinite(c), c, n) for c, n in zip(crlb, net)]
-        rules = {"network sigma": net, "sqrt(CRLB)": crlb,
-                 "sqrt(CRLB + (0.7 sigma)^2)": [np.sqrt(c ** 2 + (0.7 * n) ** 2)
-                                                for c, n in zip(crlb, net)],
-                 "max(sqrt(CRLB), 0.8 sigma) (shipped)": [np.maximum(c, 0.8 * n)
-                                                          for c, n in zip(crlb, net)]}
-        for rule, (ux, uy) in rules.items():
-            zx = m.dx_nm / np.where(ok, ux, net[0])
-            zy = m.dy_nm / np.where(ok, uy, net[1])
-            rows.append({"density_per_um2": density, "rule": rule, "pairs": int(len(zx)),
-                         "z_std_x": round(float(np.std(zx)), 3),
-                         "z_std_y": round(float(np.std(zy)), 3),
-                         "z_robust_x": round(float(1.4826 * np.median(np.abs(zx))), 3),
-                         "z_robust_y": round(float(1.4826 * np.median(np.abs(zy))), 3)})
-            print(rows[-1], flush=True)
+    engine_module.refine_localizations = recording
+    try:
+        for density, frames, seed in ((0.5, 200, 8101), (2, 40, 8102), (6, 20, 8103)):
+            folder = work / f"u{density}"
+            cfg = simulate(folder, "zerocost", frames, seed,
+                           [f"activation.density_per_um2={density}"])
+            truth = read_table(folder / "truth.csv")
+            record.clear()
+            locs = localize_movie(folder / "movie.tif", engine, camera=cfg.camera,
+                                  batch_frames=16, progress=False).locs
+            rec = {k: np.concatenate([r[k] for r in record]) for k in record[0]}
+            assert len(rec["ok"]) == len(locs)
+            px = cfg.pixel_size_nm
+            m = match(truth, locs, 100.0)
+            i = m.locs_index
+            ok = rec["ok"][i]
+            net = [rec["net_x"][i] * px, rec["net_y"][i] * px]
+            crlb = [np.sqrt(rec[f"crlb_{a}"][i]) * px for a in "xy"]
+            crlb = [np.where(np.isfinite(c), c, n) for c, n in zip(crlb, net)]
+            shipped = [locs[f"uncertainty_{a}_nm"].to_numpy()[i] for a in "xy"]
+            rules = {"network sigma": net, "sqrt(CRLB)": crlb,
+                     "sqrt(CRLB + (0.7 sigma)^2)": [np.sqrt(c ** 2 + (0.7 * n) ** 2)
+                                                    for c, n in zip(crlb, net)],
+                     "max(sqrt(CRLB), 0.8 sigma) (shipped)": shipped}
+            for rule, (ux, uy) in rules.items():
+                zx = m.dx_nm / np.where(ok, ux, net[0])
+                zy = m.dy_nm / np.where(ok, uy, net[1])
+                rows.append({"density_per_um2": density, "rule": rule, "pairs": int(len(zx)),
+                             "z_std_x": round(float(np.std(zx)), 3),
+                             "z_std_y": round(float(np.std(zy)), 3),
+                             "z_robust_x": round(float(1.4826 * np.median(np.abs(zx))), 3),
+                             "z_robust_y": round(float(1.4826 * np.median(np.abs(zy))), 3)})
+                print(rows[-1], flush=True)
+    finally:
+        engine_module.refine_localizations = original
     return rows
 
 

@@ -153,6 +153,43 @@ def test_cluster_decoder_known_answers(monkeypatch):
     assert float(far.x_px[0]) == pytest.approx(3990.8, abs=1e-3)
 
 
+def test_cluster_spread_and_split_starts():
+    """A cluster of mass 1.8 whose components sit at x = 3.75 and 4.25 px (equal p) has its
+    principal axis along x with a spread of 0.25 px; its two copies start the refinement at
+    the two components. A single-copy cluster starts at its mean."""
+    from stormfold.gridnet.engine import split_starts
+
+    out = _outputs(rows=8, cols=10)
+    for (c, x) in ((3, 3.75), (4, 4.25)):
+        out.p[0, 3, c] = 0.9
+        out.dx[0, 3, c] = x - (c + 0.5)
+        out.dy[0, 3, c] = 3.6 - 3.5
+    # A second, single emitter elsewhere with an elongated pair of components.
+    for (r, y, p) in ((6, 6.3, 0.5), (5, 6.1, 0.4)):
+        out.p[0, r, 8] = p
+        out.dx[0, r, 8] = 0.0
+        out.dy[0, r, 8] = y - (r + 0.5)
+    cand = cluster_candidates(out, radius_px=0.6)
+    assert sorted(cand.copy.tolist()) == [0, 0, 1]
+    two = torch.nonzero((cand.x_px - 4.0).abs() < 1e-4).squeeze(1)
+    assert len(two) == 2
+    assert cand.spread_x_px[two].abs().numpy() == pytest.approx([0.25, 0.25], abs=1e-5)
+    assert cand.spread_y_px[two].numpy() == pytest.approx([0.0, 0.0], abs=1e-6)
+    x0, y0 = split_starts(cand)
+    assert sorted(x0[two].tolist()) == pytest.approx([3.75, 4.25], abs=1e-5)
+    assert y0[two].numpy() == pytest.approx([3.6, 3.6], abs=1e-5)
+    one = torch.nonzero((cand.x_px - 8.5).abs() < 1e-4).squeeze(1)
+    assert len(one) == 1
+    # Its spread is along y (components at y = 6.3 and 6.1 weighted 5:4: 0.0994 px) ...
+    assert float(cand.spread_y_px[one].abs()) == pytest.approx(0.0994, abs=1e-3)
+    # ... but a cluster reported as one emitter starts where it is.
+    assert float(y0[one]) == pytest.approx(float(cand.y_px[one]))
+    # Peaks candidates never split.
+    peaks = candidates(out, 0.1, 0.6)
+    xp, _ = split_starts(peaks)
+    torch.testing.assert_close(xp, peaks.x_px)
+
+
 def test_decoder_choice_and_bad_parameters():
     out = _outputs(rows=8, cols=8)
     out.p[0, 3, 3] = 0.9

@@ -48,6 +48,12 @@ class Candidates:
     sigma_y_px: torch.Tensor
     sigma_photons: torch.Tensor
     bg: torch.Tensor
+    # Copy j = 0, 1, ... of a cluster reported as several emitters (0 for peaks), and the
+    # cluster's spread along its principal axis (px; the axis times the p-weighted standard
+    # deviation of its components' means along it, 0 for peaks).
+    copy: torch.Tensor
+    spread_x_px: torch.Tensor
+    spread_y_px: torch.Tensor
 
     def select(self, keep: torch.Tensor) -> "Candidates":
         return Candidates(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
@@ -78,6 +84,8 @@ def candidates(out: GridOutputs, p_raw: float = DEFAULT_P_RAW,
                       y_px=r.to(torch.float64) + 0.5 + out.dy[f, r, c].double(),
                       score=torch.where(peak, score_map[f, r, c], p), photons=out.photons[f, r, c],
                       sigma_x_px=out.sigma_x[f, r, c], sigma_y_px=out.sigma_y[f, r, c],
+                      copy=torch.zeros_like(f), spread_x_px=torch.zeros_like(p),
+                      spread_y_px=torch.zeros_like(p),
                       sigma_photons=out.sigma_photons[f, r, c], bg=out.bg[f, r, c])
 
 
@@ -253,12 +261,15 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
         deviation = flat_value[members] - ref[member]
         return ref + torch.zeros_like(ref).index_add_(0, member, p_k * deviation) / mass
 
+    spread_x, spread_y = _principal_spread(padded(fields["x"]), padded(fields["y"]), centre,
+                                           members, member, p_k, mass)
     cand = Candidates(index=f, row=r, col=c, is_max=torch.ones_like(f, dtype=torch.bool),
                       p=p[f, r, c], x_px=mean(fields["x"]).double(),
                       y_px=mean(fields["y"]).double(), score=mass.clamp(max=1.0),
                       photons=mean(out.photons), sigma_x_px=out.sigma_x[f, r, c],
                       sigma_y_px=out.sigma_y[f, r, c], sigma_photons=out.sigma_photons[f, r, c],
-                      bg=out.bg[f, r, c])
+                      bg=out.bg[f, r, c], copy=torch.zeros_like(f), spread_x_px=spread_x,
+                      spread_y_px=spread_y)
     # A cluster of mass m holds about m emitters whose means the network did not separate:
     # copy j = 0, 1, ... has score min(m − j, 1), so the threshold t keeps ⌊m − t⌋ + 1.
     copies = torch.ceil(mass).clamp(min=1).long()
@@ -266,7 +277,34 @@ def _cluster_chunk(out: GridOutputs, radius_px: float, p_min: float) -> Candidat
     j = torch.arange(len(idx), device=dev) - (torch.cumsum(copies, 0) - copies)[idx]
     cand = cand.select(idx)
     cand.score = (mass[idx] - j).clamp(max=1.0)
+    cand.copy = j
     return cand
+
+
+def _principal_spread(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor,
+                      members: torch.Tensor, member: torch.Tensor, p_k: torch.Tensor,
+                      mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each cluster's principal axis scaled by the p-weighted standard deviation of its
+    components' means along it (px): where two emitters share a cluster, about half their
+    separation. Deviations from the centre component keep float32 exact."""
+    dx = x[members] - x[centre][member]
+    dy = y[members] - y[centre][member]
+
+    def wsum(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(mass).index_add_(0, member, p_k * v) / mass
+
+    mx, my = wsum(dx), wsum(dy)
+    sxx = (wsum(dx * dx) - mx * mx).clamp_min(0)
+    syy = (wsum(dy * dy) - my * my).clamp_min(0)
+    sxy = wsum(dx * dy) - mx * my
+    half_trace = 0.5 * (sxx + syy)
+    lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
+    # Eigenvector (sxy, λ − sxx), or the x or y axis when the covariance is diagonal.
+    vx = torch.where(sxy.abs() > 1e-12, sxy, (sxx >= syy).to(sxx.dtype))
+    vy = torch.where(sxy.abs() > 1e-12, lam - sxx, (sxx < syy).to(sxx.dtype))
+    norm = torch.hypot(vx, vy).clamp_min(1e-12)
+    scale = torch.sqrt(lam) / norm
+    return vx * scale, vy * scale
 
 
 @dataclass

@@ -72,6 +72,24 @@ def sample_outputs(model: GridNet, normalization: InputNormalization,
     return activate(raw, offsets.reshape(b, k)[:, k // 2], normalization.scale_photons)
 
 
+def split_starts(cand: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting positions (px) of the refinement.
+
+    The k kept copies of one cluster (consecutive candidates, copy 0 first) all sit at the
+    cluster's mean, and identical starts would take identical steps. So they start spread
+    along the cluster's principal axis, at offsets whose standard deviation is the
+    cluster's spread: ±1 spread for two copies.
+    """
+    if len(cand.copy) == 0:
+        return cand.x_px, cand.y_px
+    cluster = torch.cumsum(cand.copy == 0, 0) - 1
+    k = torch.bincount(cluster)[cluster].to(cand.x_px.dtype)
+    offset = (cand.copy.to(k.dtype) - 0.5 * (k - 1)) / torch.sqrt(((k * k - 1) / 12).clamp_min(1e-12))
+    offset = torch.where(k > 1, offset, torch.zeros_like(offset))
+    return (cand.x_px + offset * cand.spread_x_px.to(offset.dtype),
+            cand.y_px + offset * cand.spread_y_px.to(offset.dtype))
+
+
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
@@ -225,9 +243,10 @@ class GridnetEngine(Engine):
         s = self.noise.counts_per_photon
         sigma_px = self.sigma_nm / pixel_size_nm if self.sigma_nm is not None else None
         sigma_range = tuple(self.domain.sigma_px) if self.domain is not None else (0.5, 3.0)
+        x0, y0 = split_starts(cand)
         with torch.inference_mode():
             res = refine_localizations(
-                frames * s, cand.index.cpu(), cand.x_px.cpu(), cand.y_px.cpu(),
+                frames * s, cand.index.cpu(), x0.cpu(), y0.cpu(),
                 cand.photons.cpu() * s, cand.sigma_x_px.cpu(), cand.sigma_y_px.cpu(),
                 self.noise.gamma, self.refine, sigma_px, sigma_range)
         ok = res.accepted.to(cand.x_px.device)
