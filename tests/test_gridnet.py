@@ -184,6 +184,17 @@ def test_cluster_spread_and_split_starts():
     assert float(cand.spread_y_px[one].abs()) == pytest.approx(0.0994, abs=1e-3)
     # ... but a cluster reported as one emitter starts where it is.
     assert float(y0[one]) == pytest.approx(float(cand.y_px[one]))
+    # An almost axis-aligned cluster (covariance 1e-9 off the diagonal): the axis stays
+    # on x in float32.
+    from stormfold.gridnet.decode import _principal_spread
+
+    xs = torch.tensor([0.0, 0.42, -0.42, 0.0, 0.0])
+    ys = torch.tensor([0.0, 1e-8, 0.0, 0.29, -0.29])
+    p5 = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+    sx, sy = _principal_spread(xs, ys, torch.tensor([0]), torch.arange(5),
+                               torch.zeros(5, dtype=torch.long), p5, torch.tensor([1.0]))
+    assert float(sx.abs()) == pytest.approx(math.sqrt(2 * 0.2 * 0.42 ** 2), rel=1e-4)
+    assert float(sy.abs()) < 1e-3 * float(sx.abs())
     # Peaks candidates never split.
     peaks = candidates(out, 0.1, 0.6)
     xp, _ = split_starts(peaks)

@@ -120,12 +120,30 @@ def test_chunks_of_frames_give_the_same_result(monkeypatch):
     whole = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
     monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 1)  # one frame per chunk
     chunked = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
-    # Each frame's emitters see only their own frame: chunks change nothing but the
-    # float32 summation order.
-    assert torch.equal(chunked.accepted, whole.accepted)
-    for field in ("x_px", "y_px"):
-        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field), rtol=0, atol=1e-4)
-    torch.testing.assert_close(chunked.counts, whole.counts, rtol=1e-4, atol=0)
+    monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 2 ** 22)
+    monkeypatch.setattr(refine_mod, "REFINE_EMITTER_SLICE", 4)  # emitters of a frame apart
+    sliced = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
+    # Each frame's emitters see only their own frame, and a sweep updates every slice
+    # against the same models: chunks and slices change nothing but the float32
+    # summation order.
+    for other in (chunked, sliced):
+        assert torch.equal(other.accepted, whole.accepted)
+        for field in ("x_px", "y_px"):
+            torch.testing.assert_close(getattr(other, field), getattr(whole, field), rtol=0,
+                                       atol=1e-4)
+        torch.testing.assert_close(other.counts, whole.counts, rtol=1e-4, atol=0)
+
+
+def test_an_emitter_without_finite_start_is_left_out_and_does_not_stop_its_neighbour():
+    frames = expected_counts((24, 24), [10.3, 12.1], [10.6, 11.4], [2000.0, 1500.0], 1.0,
+                             5.0)[None].astype(np.float32)
+    res = _run(frames, [0, 0, 0], [10.5, 12.1, np.nan], [10.5, 11.4, 5.0],
+               [1700.0, np.nan, 1000.0], [0.5, 0.5, 0.5], 1.0, iterations=30)
+    assert res.accepted.tolist() == [True, False, False]
+    assert np.isnan(res.counts[1].item()) and np.isnan(res.x_px[2].item())
+    # The first emitter is fitted with the second left out of the model: it moves towards
+    # the pair's joint centre of mass, not stuck at its start.
+    assert abs(res.x_px[0].item() - 10.5) > 0.05
 
 
 def test_no_localizations_and_method_none_return_the_input():
@@ -140,7 +158,34 @@ def test_no_localizations_and_method_none_return_the_input():
 
 
 @pytest.mark.parametrize("bad", [{"method": "fit"}, {"iterations": 0}, {"iterations": 2.5},
-                                 {"relax": 0.0}, {"relax": 1.5}, {"guard": -1.0}])
+                                 {"relax": 0.0}, {"relax": 1.5}, {"guard": -1.0},
+                                 {"guard": float("inf")}, {"relax": float("nan")}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(UserError):
         RefineOptions(**{"method": "mle", **bad}).validate()
+
+
+def test_generalist_refinement_reproduces_picassos_mle_on_its_test_movie(shared_data):
+    """Picasso's own MLE localizations of its test movie are an independent implementation
+    of the same fit: the refined gridnet positions agree with them to a fraction of a nm,
+    the network's own positions only to several nm."""
+    import warnings
+
+    from stormfold.evaluate import match
+    from stormfold.io.tables import read_table
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+
+    folder = shared_data / "picasso-testdata"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the HDF5 reader's pixel-size note
+        picasso = read_table(folder / "testdata_locs.hdf5")
+    picasso = picasso[picasso["frame"] < 100]  # the frames of the 100-frame movie
+    median = {}
+    for method in ("none", "mle"):
+        engine = load_engine(model="builtin:gridnet-generalist", options={"refine": method})
+        locs = localize_movie(folder / "testdata.raw", engine, progress=False).locs
+        m = match(picasso, locs, 100.0)
+        assert len(m.distance_nm) == len(picasso) >= 20
+        median[method] = float(np.median(m.distance_nm))
+    assert median["mle"] < 1.0 and median["none"] > 2.0, median

@@ -299,10 +299,15 @@ def _principal_spread(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor,
     sxy = wsum(dx * dy) - mx * my
     half_trace = 0.5 * (sxx + syy)
     lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
-    # Eigenvector (sxy, λ − sxx), or the x or y axis when the covariance is diagonal.
-    vx = torch.where(sxy.abs() > 1e-12, sxy, (sxx >= syy).to(sxx.dtype))
-    vy = torch.where(sxy.abs() > 1e-12, lam - sxx, (sxx < syy).to(sxx.dtype))
-    norm = torch.hypot(vx, vy).clamp_min(1e-12)
+    # The eigenvector of λ as (λ − syy, sxy) or (sxy, λ − sxx), whichever has the larger
+    # well-determined component (λ − syy ≥ sxx − syy when sxx ≥ syy); x for a round cluster.
+    wide = sxx >= syy
+    vx = torch.where(wide, lam - syy, sxy)
+    vy = torch.where(wide, sxy, lam - sxx)
+    norm = torch.hypot(vx, vy)
+    round_ = norm < 1e-12
+    vx = torch.where(round_, torch.ones_like(vx), vx)
+    norm = torch.where(round_, torch.ones_like(norm), norm)
     scale = torch.sqrt(lam) / norm
     return vx * scale, vy * scale
 

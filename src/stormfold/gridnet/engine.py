@@ -178,7 +178,8 @@ class GridnetEngine(Engine):
         self._camera = camera
         self.source = source
         self.refine = (refine or RefineOptions()).validate()
-        self.noise = NoiseModel()
+        # Until the runner names the movie's camera: the training camera, else an ideal one.
+        self.noise = NoiseModel.from_camera(camera or Camera())
         self.context_frames = model.config.context_frames
         self.temporal_context = self.context_frames // 2 if self.temporal else 0
 

@@ -52,6 +52,9 @@ def check_camera(p: Any) -> None:
 
     choice = choose_camera(p.config.camera.overrides(), p.movie, p.engine)
     p.camera, p.camera_source, p.camera_assumed = choice.camera, choice.source, choice.assumed
+    # The engine's record (run.yaml) names the noise model it localizes with, also when
+    # the chunks run on workers with engines of their own (Dask) or none remain (resume).
+    p.engine.set_camera(p.camera)
     if choice.warning:
         p.warn(choice.warning)
     check_camera_on_movie(p.camera, p.camera_source, p.movie, warn=p.warn,
