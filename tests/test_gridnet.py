@@ -477,6 +477,7 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
              lambda m: m["decoder"].update(radius_px=float("nan")),
              lambda m: m.update(threshold="high"),
              lambda m: m.update(refine="mle"),
+             lambda m: m.update(refine=False),
              lambda m: m.update(refine={"method": "fit"}),
              lambda m: m["refine"].update(steps=3),
              lambda m: m["refine"].update(relax=0.0)]

@@ -109,8 +109,9 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
         dec["method"] = opts.pop("decoder")
     method = dec.pop("method", "peaks")
     # Models written before the refine section do not refine; ``--set refine=`` overrides.
-    stored_refine = meta.get("refine") or {"method": "none"}
-    refine = from_dict(RefineOptions, stored_refine, where=f"{source}: refine")
+    stored_refine = meta.get("refine")
+    refine = RefineOptions() if stored_refine is None else \
+        from_dict(RefineOptions, stored_refine, where=f"{source}: refine")
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")
