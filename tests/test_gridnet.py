@@ -157,7 +157,7 @@ def test_cluster_spread_and_split_starts():
     """A cluster of mass 1.8 whose components sit at x = 3.75 and 4.25 px (equal p) has its
     principal axis along x with a spread of 0.25 px; its two copies start the refinement at
     the two components. A single-copy cluster starts at its mean."""
-    from stormfold.gridnet.engine import split_starts
+    from stormfold.gridnet.decode import split_starts
 
     out = _outputs(rows=8, cols=10)
     for (c, x) in ((3, 3.75), (4, 4.25)):

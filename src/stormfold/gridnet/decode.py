@@ -312,6 +312,24 @@ def _principal_spread(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor,
     return vx * scale, vy * scale
 
 
+def split_starts(cand: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
+    """Starting positions (px) of the refinement.
+
+    The k kept copies of one cluster (consecutive candidates, copy 0 first) all sit at the
+    cluster's mean, and identical starts would take identical steps. So they start spread
+    along the cluster's principal axis, at offsets whose standard deviation is the
+    cluster's spread: ±1 spread for two copies.
+    """
+    if len(cand.copy) == 0:
+        return cand.x_px, cand.y_px
+    cluster = torch.cumsum(cand.copy == 0, 0) - 1
+    k = torch.bincount(cluster)[cluster].to(cand.x_px.dtype)
+    offset = (cand.copy.to(k.dtype) - 0.5 * (k - 1)) / torch.sqrt(((k * k - 1) / 12).clamp_min(1e-12))
+    offset = torch.where(k > 1, offset, torch.zeros_like(offset))
+    return (cand.x_px + offset * cand.spread_x_px.to(offset.dtype),
+            cand.y_px + offset * cand.spread_y_px.to(offset.dtype))
+
+
 @dataclass
 class Decoder:
     """How per-pixel outputs become candidates (stored in model.yaml as ``decoder``).

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 
 from stormfold.errors import UserError
 from stormfold.gridnet.decode import (DEFAULT_CLUSTER_RADIUS_PX, DEFAULT_P_KEEP, DEFAULT_P_RAW,
-                                      Candidates, Decoder, to_table)
+                                      Candidates, Decoder, split_starts, to_table)
 from stormfold.gridnet.network import GridNet
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.outputs import GridOutputs, activate
 from stormfold.gridnet.sampler import DomainConfig, check_sigma
 from stormfold.localize.classic.engine import NoiseModel
 from stormfold.localize.engine import Engine, EngineOutput
-from stormfold.localize.refine import RefineOptions, refine_localizations
+from stormfold.localize.refine import DEFAULT_SIGMA_RANGE_PX, RefineOptions, refine_localizations
 from stormfold.physics.camera import Camera
 
 ENGINE = "gridnet"
@@ -70,24 +70,6 @@ def sample_outputs(model: GridNet, normalization: InputNormalization,
     x = x.reshape(b, k, h, w).contiguous(memory_format=torch.channels_last)
     raw = model(x)
     return activate(raw, offsets.reshape(b, k)[:, k // 2], normalization.scale_photons)
-
-
-def split_starts(cand: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-    """Starting positions (px) of the refinement.
-
-    The k kept copies of one cluster (consecutive candidates, copy 0 first) all sit at the
-    cluster's mean, and identical starts would take identical steps. So they start spread
-    along the cluster's principal axis, at offsets whose standard deviation is the
-    cluster's spread: ±1 spread for two copies.
-    """
-    if len(cand.copy) == 0:
-        return cand.x_px, cand.y_px
-    cluster = torch.cumsum(cand.copy == 0, 0) - 1
-    k = torch.bincount(cluster)[cluster].to(cand.x_px.dtype)
-    offset = (cand.copy.to(k.dtype) - 0.5 * (k - 1)) / torch.sqrt(((k * k - 1) / 12).clamp_min(1e-12))
-    offset = torch.where(k > 1, offset, torch.zeros_like(offset))
-    return (cand.x_px + offset * cand.spread_x_px.to(offset.dtype),
-            cand.y_px + offset * cand.spread_y_px.to(offset.dtype))
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -243,7 +225,8 @@ class GridnetEngine(Engine):
             frames = frames[None]
         s = self.noise.counts_per_photon
         sigma_px = self.sigma_nm / pixel_size_nm if self.sigma_nm is not None else None
-        sigma_range = tuple(self.domain.sigma_px) if self.domain is not None else (0.5, 3.0)
+        sigma_range = tuple(self.domain.sigma_px) if self.domain is not None else \
+            DEFAULT_SIGMA_RANGE_PX
         x0, y0 = split_starts(cand)
         with torch.inference_mode():
             res = refine_localizations(

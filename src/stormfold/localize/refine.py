@@ -37,6 +37,8 @@ from stormfold.localize.classic.fit import gaussian_model
 
 #: Refinement methods.
 REFINE_METHODS = ("none", "mle")
+#: Range of a fitted PSF σ (px) when the detector knows none.
+DEFAULT_SIGMA_RANGE_PX = (0.5, 3.0)
 #: Padded frame pixels per chunk of frames (bounds the memory of the summed models).
 REFINE_CHUNK_PIXELS = 2 ** 22
 #: Emitters whose regions are gathered and fitted at once (bounds the per-emitter tensors,
@@ -114,7 +116,7 @@ def refine_localizations(frames: torch.Tensor, frame: torch.Tensor, x_px: torch.
                          y_px: torch.Tensor, counts: torch.Tensor, uncertainty_x_px: torch.Tensor,
                          uncertainty_y_px: torch.Tensor, gamma: float,
                          options: RefineOptions, sigma_px: float | None = None,
-                         sigma_range_px: tuple[float, float] = (0.5, 3.0)) -> Refined:
+                         sigma_range_px: tuple[float, float] = DEFAULT_SIGMA_RANGE_PX) -> Refined:
     """Refine the localizations of a batch of frames (see the module docstring).
 
     Parameters
