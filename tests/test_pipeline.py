@@ -118,6 +118,9 @@ def test_dask_cluster_gives_the_same_localizations(sim, tmp_path):
     ({"postprocess": {"steps": ["warp"]}}, "warp"),
     ({"engine": {"model": "builtin:deepstorm-zerocost"}, "pixel_size_nm": 160.0},
      "differs from the model"),
+    ({"engine": {"model": "builtin:deepstorm-zerocost", "engine": "classic"}},
+     "not model and engine"),
+    ({"engine": {"options": {"refine": "exact"}}}, "refine must be one of"),
 ])
 def test_bad_configs_fail_before_any_work(sim, tmp_path, run_cli, extra, message):
     data = {"movie": str(sim / "movie.tif"), "output": str(tmp_path / "never"),
@@ -129,6 +132,15 @@ def test_bad_configs_fail_before_any_work(sim, tmp_path, run_cli, extra, message
     assert code == 2, err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
+
+
+def test_an_engine_section_without_a_model_keeps_the_default_model():
+    config = from_dict(RunConfig, {"movie": "m.tif", "engine": {"options": {"refine": "none"},
+                                                                "batch_frames": 4}})
+    assert config.engine.model == RunConfig().engine.model == "builtin:gridnet-generalist"
+    assert config.engine.options == {"refine": "none"}
+    assert from_dict(RunConfig, {"movie": "m.tif", "engine": {"engine": "classic"}}).engine.model \
+        is None
 
 
 def test_relative_paths_are_relative_to_the_config_file(sim, tmp_path):

@@ -68,8 +68,13 @@ class EngineSpec:
 
     def validate(self) -> None:
         given = [k for k in ("model", "engine", "train") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise UserError("engine: give exactly one of engine.model, engine.engine, engine.train")
+        if len(given) > 1:
+            raise UserError(f"engine: give one of engine.model, engine.engine, engine.train, "
+                            f"not {' and '.join(given)}")
+        if not given:
+            # An engine section with only options (threshold, batch size, --set) keeps the
+            # default model, as a run without the section does.
+            self.model = DEFAULT_MODEL
         if self.batch_frames < 1:
             raise UserError(f"engine.batch_frames must be ≥ 1, got {self.batch_frames}")
         if self.threshold is not None:
