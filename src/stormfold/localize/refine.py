@@ -200,21 +200,19 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     k = torch.arange(size)
     slices = [slice(i, min(n, i + REFINE_EMITTER_SLICE)) for i in range(0, n, REFINE_EMITTER_SLICE)]
 
-    cache: dict = {}
-
-    def region(sl: slice):
-        # One slice (the common case): gather once; several: again each time, so that
-        # memory stays bounded by the slice.
-        if sl.start in cache:
-            return cache[sl.start]
+    def gather(sl: slice):
         rows = (r0[sl, None] + pad + k[None]).clamp(0, hp - 1)
         cols = (c0[sl, None] + pad + k[None]).clamp(0, wp - 1)
         flat = (frame[sl, None, None] * hp + rows[:, :, None]) * wp + cols[:, None, :]
         data = data_p[flat]
-        out = flat, data, inside[flat], (data + gamma).clamp_min(0)
-        if len(slices) == 1:
-            cache[sl.start] = out
-        return out
+        return flat, data, inside[flat], (data + gamma).clamp_min(0)
+
+    # One slice (the common case): gather once; several: again each time, so that memory
+    # stays bounded by the slice.
+    kept = gather(slices[0]) if len(slices) == 1 else None
+
+    def region(sl: slice):
+        return kept if kept is not None else gather(sl)
 
     # Positions relative to the region's corner keep float32 exact on large frames.
     x = (x0 - c0).float()
@@ -251,8 +249,11 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             total.index_add_(0, region(sl)[0].flatten(), mu.flatten())
         return total
 
-    def nll(mu, others, valid, d):
-        m = (mu + others + gamma).clamp_min(1e-6)
+    def expected(mu, others):
+        return (mu + others + gamma).clamp_min(1e-6)
+
+    def nll(m, valid, d):
+        # Poisson negative log-likelihood of the region (up to a constant), m = expected.
         return (valid * (m - d * torch.log(m))).flatten(1).sum(1)
 
     total = canvas_of_models()
@@ -263,7 +264,7 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             flat, _, valid, d = region(sl)
             mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
             others = total[flat] - (mu - b[sl, None, None])
-            m = (mu + others + gamma).clamp_min(1e-6)
+            m = expected(mu, others)
             wgt = (valid / m).flatten(1)
             jf = jac[:, :n_par].flatten(2)
             info = torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
@@ -277,8 +278,8 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             bt = b[sl] + step[:, 3]
             st = (sig[sl] + step[:, 4]).clamp(lo, hi) if fit_sigma else sig[sl]
             mu_t, _ = model(xt, yt, nt, bt, st, False)
-            current = (valid * (m - d * torch.log(m))).flatten(1).sum(1)
-            ok = torch.isfinite(step).all(1) & (nll(mu_t, others, valid, d) <= current)
+            ok = torch.isfinite(step).all(1) & \
+                (nll(expected(mu_t, others), valid, d) <= nll(m, valid, d))
             x[sl], y[sl] = torch.where(ok, xt, x[sl]), torch.where(ok, yt, y[sl])
             N[sl], b[sl] = torch.where(ok, nt, N[sl]), torch.where(ok, bt, b[sl])
             sig[sl] = torch.where(ok, st, sig[sl])
@@ -293,7 +294,7 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     for sl in slices:
         flat, _, valid, _ = region(sl)
         mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
-        m = (total[flat] + b[sl, None, None] + gamma).clamp_min(1e-6)
+        m = expected(mu, total[flat] - (mu - b[sl, None, None]))
         jf = jac[:, :n_par].flatten(2)
         inv, err = torch.linalg.inv_ex(torch.bmm(jf * (valid / m).flatten(1)[:, None, :],
                                                  jf.transpose(1, 2)))
