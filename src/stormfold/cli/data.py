@@ -58,6 +58,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                         "else all)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT",
                    help="also write the metrics and parameters to this JSON file")
+    p.add_argument("--bound", action="store_true",
+                   help="also print the joint Cramér–Rao floor: the RMSE and recall an unbiased "
+                        "estimator knowing the number of emitters could reach (needs the "
+                        "simulation.yaml next to the truth)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -92,16 +96,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
         metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
                            border_nm=args.border_nm, fov_nm=fov, frames=frames)
+        floor = _bound(truth, args.truth.parent / SIMULATION_YAML, args.tolerance, frames,
+                       args.border_nm, fov) if args.bound else None
         if target is not None:
             report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
-                                       args.matching, args.border_nm, fov, frames, frames_source)
+                                       args.matching, args.border_nm, fov, frames, frames_source,
+                                       bound=floor)
             write_text(target.path(args.json), report_json(report))
             target.commit()
     if frames is not None:
         print(f"frames {frames[0]}:{frames[1]} ({frames_source})")
     print(format_table(metrics))
+    if floor is not None:
+        first = floor.iloc[0]
+        print(f"joint Cramér–Rao floor (an unbiased estimator that knows the number of "
+              f"emitters): median bound {first.joint_median_nm:.1f} nm, alone "
+              f"{first.alone_median_nm:.1f} nm")
+        for row in floor.itertuples():
+            print(f"  at {row.tolerance_nm:g} nm it would score RMSE {row.floor_rmse_nm:.1f} nm, "
+                  f"recall {row.floor_recall:.3f}")
     if target is not None:
         print(f"wrote {args.json}")
+
+
+def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov):
+    """:func:`stormfold.evaluate.bounds.floor_table` of the emitters scored, with the camera,
+    background and frame size of the simulation that made ``truth``."""
+    import numpy as np
+
+    from stormfold.evaluate.bounds import floor_table, joint_crlb
+    from stormfold.evaluate.metrics import border_mask
+    from stormfold.localize.classic.engine import NoiseModel
+    from stormfold.simulate import build_config
+
+    if not sim_yaml.is_file():
+        raise UserError(f"--bound needs the simulation's camera and background: no {sim_yaml}")
+    cfg = build_config(config_file=sim_yaml)
+    if cfg.background.map is not None:
+        raise UserError(f"--bound supports a uniform background only ({sim_yaml} has a map)")
+    keep = np.ones(len(truth), dtype=bool)
+    if frames is not None:
+        f = truth["frame"].to_numpy()
+        keep &= (f >= frames[0]) & (f < frames[1])
+    if border_nm > 0:
+        keep &= border_mask(truth["x_nm"].to_numpy(), truth["y_nm"].to_numpy(), border_nm, fov)
+    if not keep.any():
+        raise UserError("--bound: no true emitter among the frames scored")
+    noise = NoiseModel.from_camera(cfg.camera)
+    # Every emitter of the frames scored is an unknown of the model, the border ones too.
+    in_frames = truth if frames is None else truth[(truth["frame"] >= frames[0])
+                                                   & (truth["frame"] < frames[1])]
+    bounds = joint_crlb(in_frames, (cfg.n_rows, cfg.n_cols), cfg.pixel_size_nm,
+                        cfg.background.photons, noise.counts_per_photon, noise.gamma)
+    return floor_table(bounds.reindex(truth.index[keep]), tolerances)
 
 
 def _evaluation_frames(text: str | None, locs_path: Path, truth):

@@ -68,7 +68,7 @@ def _clean(value: Any) -> Any:
 def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: str | Path,
                       tolerances_nm: Sequence[float], method: str, border_nm: float,
                       fov_nm: Sequence[float] | None, frames: Sequence[int] | None = None,
-                      frames_source: str = "all") -> dict:
+                      frames_source: str = "all", bound: pd.DataFrame | None = None) -> dict:
     """The JSON-ready record of an evaluation.
 
     Parameters
@@ -81,17 +81,22 @@ def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: 
         The parameters used (nm).
     frames, frames_source
         The frames scored (``[first, stop)``, 0-based; None: all) and where that came from.
+    bound : pandas.DataFrame, optional
+        :func:`stormfold.evaluate.bounds.floor_table` of the emitters scored, written as
+        ``"bound"``.
 
     Returns
     -------
     dict
         ``{"stormfold_version", "truth", "locs", "parameters": {...}, "metrics": [row, ...]}``
-        with NaN written as ``null``.
+        (and ``"bound": [row, ...]``) with NaN written as ``null``.
     """
     from stormfold import __version__
 
-    rows = [{k: _clean(v) for k, v in row.items()} for row in metrics.to_dict(orient="records")]
-    return {
+    def records(table: pd.DataFrame) -> list[dict]:
+        return [{k: _clean(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
+
+    out = {
         "stormfold_version": __version__,
         "truth": str(Path(truth_path).resolve()),
         "locs": str(Path(locs_path).resolve()),
@@ -103,8 +108,11 @@ def evaluation_report(metrics: pd.DataFrame, truth_path: str | Path, locs_path: 
             "frames": None if frames is None else [int(v) for v in frames],
             "frames_source": frames_source,
         },
-        "metrics": rows,
+        "metrics": records(metrics),
     }
+    if bound is not None:
+        out["bound"] = records(bound)
+    return out
 
 
 def report_json(report: dict) -> str:

@@ -1,0 +1,206 @@
+"""How well *any* unbiased localizer could do on a movie: the joint Cramér–Rao bound.
+
+The usual CRLB of a localization is that of an emitter alone in its region. In a dense
+frame the neighbours' photons overlap and their positions are unknown too, so the bound
+that holds is the *joint* one: the Fisher information of all the frame's emitters at once,
+
+    I = Jᵀ diag(1 / (λ + γ)) J,   λ_k = b + Σ_m N_m · PSF_m(k),
+
+with J the derivatives of the expected counts λ of every pixel k with respect to every
+emitter's (x, y, N) and the background b (one unknown per window, see below), γ the read
+noise variance (counts², as in :mod:`stormfold.localize.classic.fit`). The lateral bound of
+emitter m is √([I⁻¹]_xx + [I⁻¹]_yy). It assumes the number of emitters known: a real
+localizer must also find them, so it is an optimistic floor. A *biased* estimator (one
+that has learned the scene's statistics, such as a network trained on the same simulator)
+can beat it; an unbiased one cannot.
+
+The model is the pixel-integrated Gaussian of the classic fit (known σ per emitter).
+Large frames are cut into square windows (``window_px``) extended by a margin of 4 σ + 1
+px: the emitters whose centre lies in the extended window are all unknowns, and the bound
+is kept for those in its core. Emitters further apart than the margin barely share
+photons, so the cut changes little while keeping the matrices small.
+
+:func:`matched_rmse_floor` turns the bounds into what the usual scores of
+:func:`stormfold.evaluate.evaluate` would read for an estimator that reaches them: the
+RMSE of pairs matched within a tolerance and the fraction of emitters within it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from stormfold.errors import UserError
+
+#: Columns a ground-truth table needs for the bound.
+BOUND_COLUMNS = ("frame", "x_nm", "y_nm", "photons", "sigma_nm")
+
+
+def joint_crlb(truth: pd.DataFrame, shape_px: tuple[int, int], pixel_size_nm: float,
+               background_photons: float, counts_per_photon: float = 1.0,
+               gamma: float = 0.0, window_px: int = 64) -> pd.DataFrame:
+    """Joint and single-emitter Cramér–Rao bounds of every true emitter.
+
+    Parameters
+    ----------
+    truth : DataFrame
+        Ground truth with columns ``frame``, ``x_nm``, ``y_nm`` (corner convention),
+        ``photons`` (photons per emitter and frame) and ``sigma_nm`` (PSF σ).
+    shape_px : (int, int)
+        Frame (rows, cols) in camera pixels.
+    pixel_size_nm : float
+    background_photons : float
+        Background, photons per pixel (uniform; its level is one more unknown per window).
+    counts_per_photon : float
+        Poisson counts per photon (``NoiseModel.counts_per_photon``: QE, ½ for an EMCCD).
+    gamma : float
+        Read-noise variance in counts² (``NoiseModel.gamma``).
+    window_px : int
+        Core size of the windows a frame is cut into.
+
+    Returns
+    -------
+    DataFrame
+        Indexed like ``truth``: ``crlb_nm`` (joint lateral bound √(CRLB_x + CRLB_y), nm;
+        inf where the information matrix is singular, e.g. two emitters on one spot, or
+        the emitter has no photons; NaN outside the frame) and ``crlb_alone_nm`` (the same
+        emitter alone with the background, nm).
+    """
+    missing = [c for c in BOUND_COLUMNS if c not in truth.columns]
+    if missing:
+        raise UserError(f"the bound needs ground-truth column(s) {', '.join(missing)}")
+    rows, cols = (int(v) for v in shape_px)
+    if rows <= 0 or cols <= 0 or not pixel_size_nm > 0 or window_px < 1:
+        raise UserError("the bound needs a positive frame shape, pixel size and window")
+    if not (background_photons >= 0 and counts_per_photon > 0 and gamma >= 0):
+        raise UserError("the bound needs background ≥ 0, counts per photon > 0 and γ ≥ 0")
+    n_all = len(truth)
+    joint = np.full(n_all, np.nan)
+    alone = np.full(n_all, np.nan)
+    if n_all == 0:
+        return pd.DataFrame({"crlb_nm": joint, "crlb_alone_nm": alone}, index=truth.index)
+    frame = truth["frame"].to_numpy(np.int64)
+    x = truth["x_nm"].to_numpy(np.float64) / pixel_size_nm
+    y = truth["y_nm"].to_numpy(np.float64) / pixel_size_nm
+    counts = truth["photons"].to_numpy(np.float64) * counts_per_photon
+    sigma = truth["sigma_nm"].to_numpy(np.float64) / pixel_size_nm
+    if not (np.isfinite(np.c_[x, y, counts, sigma]).all() and (counts >= 0).all()
+            and (sigma > 0).all()):
+        raise UserError("the bound needs finite positions, photons ≥ 0 and sigma_nm > 0")
+    # An emitter without photons adds nothing to the data; its position has no bound.
+    joint[counts == 0] = np.inf
+    alone[counts == 0] = np.inf
+    bg = background_photons * counts_per_photon
+    margin = int(math.ceil(4.0 * float(sigma.max()))) + 1
+    lit = np.flatnonzero(counts > 0)
+    order = lit[np.argsort(frame[lit], kind="stable")]
+    starts = np.r_[0, np.flatnonzero(np.diff(frame[order])) + 1, order.size]
+    for a, b in zip(starts[:-1], starts[1:]):
+        members = order[a:b]
+        for r0 in range(0, rows, window_px):
+            for c0 in range(0, cols, window_px):
+                _window(members, x, y, counts, sigma, bg, gamma, (rows, cols),
+                        (r0, c0, window_px, margin), joint, alone)
+    return pd.DataFrame({"crlb_nm": joint * pixel_size_nm,
+                         "crlb_alone_nm": alone * pixel_size_nm}, index=truth.index)
+
+
+def _window(members, x, y, counts, sigma, bg, gamma, shape, window, joint, alone) -> None:
+    """Bounds of the emitters of ``members`` in one window's core (writes ``joint``/``alone``)."""
+    # Imported here: scoring without the bound does not need torch.
+    import torch
+
+    from stormfold.localize.classic.fit import gaussian_model
+
+    rows, cols = shape
+    r0, c0, size, margin = window
+    in_core = (x[members] >= c0) & (x[members] < c0 + size) & \
+        (y[members] >= r0) & (y[members] < r0 + size)
+    if not in_core.any():
+        return
+    lo_r, hi_r = max(0, r0 - margin), min(rows, r0 + size + margin)
+    lo_c, hi_c = max(0, c0 - margin), min(cols, c0 + size + margin)
+    near = (x[members] >= lo_c) & (x[members] < hi_c) & (y[members] >= lo_r) & (y[members] < hi_r)
+    idx = members[near]
+    core = in_core[near]
+    n = idx.size
+    side = max(hi_r - lo_r, hi_c - lo_c)
+    theta = torch.tensor(np.c_[x[idx] - lo_c, y[idx] - lo_r, counts[idx], np.zeros(n), sigma[idx]])
+    mu, jac = gaussian_model(theta, side)
+    mu = mu[:, :hi_r - lo_r, :hi_c - lo_c]
+    jac = jac[:, :3, :hi_r - lo_r, :hi_c - lo_c].flatten(2)  # (n, 3, pixels): x, y, N
+    weight = 1.0 / (mu.sum(0).flatten() + bg + gamma)
+    # Rows of J: every emitter's (x, y, N), then the background.
+    full = torch.cat([jac.reshape(3 * n, -1), torch.ones(1, jac.shape[-1], dtype=jac.dtype)])
+    info = (full * weight) @ full.T
+    cov, err = torch.linalg.inv_ex(info)
+    var = torch.diagonal(cov)[:-1].reshape(n, 3) if err == 0 else torch.full((n, 3), math.inf)
+    lateral = (var[:, 0] + var[:, 1]).numpy()
+    # Tiny or negative variances come from a numerically singular matrix (coincident
+    # emitters): their position is not identifiable.
+    lateral = np.where(np.isfinite(lateral) & (lateral > 0), lateral, np.inf)
+    joint[idx[core]] = np.sqrt(lateral[core])
+    # Alone: the emitter's own (x, y, N) and the background, its neighbours absent.
+    own = torch.cat([jac, torch.ones(n, 1, jac.shape[-1], dtype=jac.dtype)], 1)
+    w1 = 1.0 / (mu.flatten(1) + bg + gamma)
+    cov1 = torch.linalg.inv(torch.bmm(own * w1[:, None], own.transpose(1, 2)))
+    alone[idx[core]] = np.sqrt((cov1[:, 0, 0] + cov1[:, 1, 1]).numpy()[core])
+
+
+def matched_rmse_floor(crlb_nm, tolerance_nm: float) -> tuple[float, float]:
+    """RMSE of matched pairs and fraction of emitters matched, for an estimator whose
+    errors reach the bounds ``crlb_nm``.
+
+    Each emitter's error is taken as an unbiased isotropic 2-D Gaussian with lateral
+    variance ``crlb_nm²`` (per axis half of it); a pair counts when the error is within
+    ``tolerance_nm``. With a = T² / crlb², the squared error e² is exponential with mean
+    crlb², so P(e < T) = 1 − exp(−a) and E[e²; e < T] = crlb² (1 − (1 + a) exp(−a)).
+
+    Parameters
+    ----------
+    crlb_nm : array-like
+        Lateral bounds (nm), e.g. :func:`joint_crlb`'s ``crlb_nm``; inf counts as never
+        within the tolerance.
+    tolerance_nm : float
+
+    Returns
+    -------
+    (float, float)
+        The RMSE of the pairs within the tolerance (nm; NaN when none can be), and the
+        expected fraction of emitters within it.
+    """
+    v = np.asarray(crlb_nm, dtype=np.float64) ** 2
+    if v.size == 0 or not tolerance_nm > 0:
+        raise UserError("the RMSE floor needs bounds and a tolerance > 0")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = np.where(v > 0, tolerance_nm ** 2 / v, np.inf)
+        p = np.where(np.isfinite(v), -np.expm1(-a), 0.0)
+        e2 = np.where(np.isfinite(v) & (v > 0), v * (1.0 - (1.0 + a) * np.exp(-a)), 0.0)
+    inside = float(p.sum())
+    rmse = math.sqrt(float(e2.sum()) / inside) if inside > 0 else math.nan
+    return rmse, inside / v.size
+
+
+def floor_table(bounds: pd.DataFrame, tolerances_nm) -> pd.DataFrame:
+    """One row per tolerance: what an estimator reaching ``bounds`` would score.
+
+    Parameters
+    ----------
+    bounds : DataFrame
+        :func:`joint_crlb`'s output (rows of the emitters scored).
+    tolerances_nm : sequence of float
+
+    Returns
+    -------
+    DataFrame
+        ``tolerance_nm``, ``floor_rmse_nm``, ``floor_recall`` (expected fraction of emitters
+        within the tolerance), ``joint_median_nm`` and ``alone_median_nm``.
+    """
+    rows = []
+    for tol in tolerances_nm:
+        rmse, within = matched_rmse_floor(bounds["crlb_nm"].to_numpy(), float(tol))
+        rows.append({"tolerance_nm": float(tol), "floor_rmse_nm": rmse, "floor_recall": within,
+                     "joint_median_nm": float(bounds["crlb_nm"].median()),
+                     "alone_median_nm": float(bounds["crlb_alone_nm"].median())})
+    return pd.DataFrame(rows)
