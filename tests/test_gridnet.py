@@ -497,6 +497,11 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
     assert not load_engine(model=out, options={"refine": "none"}).refine.active
     with pytest.raises(UserError, match="refine"):
         load_engine(model=out, options={"refine": "fast"})
+    # The split test is on by default and --set split_llr=0 turns it off.
+    assert load_engine(model=out).refine.split_llr == 30.0
+    assert load_engine(model=out, options={"split_llr": 0}).refine.split_llr == 0.0
+    with pytest.raises(UserError, match="split_llr"):
+        load_engine(model=out, options={"split_llr": -2})
     assert meta["pixel_size_nm"] is None  # generalist-style: any pixel size
 
 
@@ -690,7 +695,9 @@ def test_generalist_refinement_improves_positions(tmp_path):
     truth = read_table(tmp_path / "s" / "truth.csv")
     rmse = {}
     for method in ("none", "mle"):
-        engine = load_engine(model="builtin:gridnet-generalist", options={"refine": method})
+        # Without the split test, so that the detections are the same.
+        engine = load_engine(model="builtin:gridnet-generalist",
+                             options={"refine": method, "split_llr": 0})
         locs = localize_movie(tmp_path / "s" / "movie.tif", engine, camera=cfg.camera,
                               progress=False).locs
         m = match(truth, locs, 50.0)

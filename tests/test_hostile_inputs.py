@@ -180,6 +180,9 @@ CASES = [
     ("gridnet: unknown refinement", ["localize", "sim/movie.tif", "--model",
                                      "builtin:gridnet-generalist", "--set", "refine=exact",
                                      "--out", "new"], 2),
+    ("gridnet: negative split threshold", ["localize", "sim/movie.tif", "--model",
+                                           "builtin:gridnet-generalist", "--set",
+                                           "split_llr=-5", "--out", "new"], 2),
     # --- run
     ("run: config missing", ["run", "nope.yaml"], 2),
     ("run: config not YAML", ["run", "bad.yaml"], 2),

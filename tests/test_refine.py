@@ -157,9 +157,63 @@ def test_no_localizations_and_method_none_return_the_input():
     assert res.x_px.item() == 5.5 and not bool(res.accepted[0])
 
 
+def _pair_among_singles(split_llr):
+    """Eight isolated emitters and, alone in its region, a pair 1.3 px apart started as one
+    emitter at its centre of mass (noise-free data)."""
+    sigma, bg = 1.1, 5.0
+    gx, gy = np.meshgrid([8.3, 20.6, 32.2], [8.7, 20.1, 32.4])
+    singles_x, singles_y = gx.ravel()[:8], gy.ravel()[:8]
+    pair_x, pair_y, pair_n = np.array([31.7, 32.9]), np.array([32.0, 32.5]), np.array([2000.0, 1500.0])
+    xt = np.r_[singles_x, pair_x]
+    yt = np.r_[singles_y, pair_y]
+    nt = np.r_[[1800.0] * 8, pair_n]
+    frames = expected_counts((42, 42), xt, yt, nt, sigma, bg)[None].astype(np.float32)
+    centre_x = np.average(pair_x, weights=pair_n)
+    centre_y = np.average(pair_y, weights=pair_n)
+    x0, y0 = np.r_[singles_x + 0.1, centre_x], np.r_[singles_y - 0.1, centre_y]
+    res = _run(frames, [0] * 9, x0, y0, [1800.0] * 8 + [3500.0], [1.0] * 9, None,
+               split_llr=split_llr)
+    return res, (singles_x, singles_y), (pair_x, pair_y, pair_n)
+
+
+def test_a_lone_pair_reported_as_one_emitter_is_split():
+    res, (sx, sy), (px, py, pn) = _pair_among_singles(30.0)
+    assert res.split.tolist() == [False] * 8 + [True]
+    np.testing.assert_allclose(res.x_px[:8].numpy(), sx, atol=0.02)
+    got = np.array([[res.x_px[8].item(), res.y_px[8].item(), res.counts[8].item()],
+                    [res.x2_px[8].item(), res.y2_px[8].item(), res.counts2[8].item()]])
+    got = got[np.argsort(got[:, 0])]
+    np.testing.assert_allclose(got[:, :2], np.c_[px, py], atol=0.03)
+    np.testing.assert_allclose(got[:, 2], pn, rtol=0.03)
+    assert np.isfinite(res.crlb2_x_px2[8].item()) and res.crlb2_x_px2[8].item() > 0
+    assert np.isnan(res.x2_px[:8].numpy()).all()
+    # split_llr = 0 keeps one emitter, pulled between the two.
+    res0, _, _ = _pair_among_singles(0.0)
+    assert not bool(res0.split.any())
+    assert px[0] < res0.x_px[8].item() < px[1]
+
+
+def test_single_emitters_with_poisson_noise_are_not_split():
+    rng = np.random.default_rng(8)
+    n_frames, size = 30, 48
+    gx, gy = np.meshgrid(np.arange(3) * 15 + 9.0, np.arange(3) * 15 + 9.0)
+    xt = (gx.ravel()[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
+    yt = (gy.ravel()[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
+    counts = rng.uniform(300, 5000, xt.size)
+    frame = np.repeat(np.arange(n_frames), 9)
+    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
+                                                   counts[frame == f], 1.2, 20.0))
+                       for f in range(n_frames)]).astype(np.float32)
+    res = _run(frames, frame, xt + 0.2, yt - 0.1, counts, [0.5] * xt.size)
+    assert bool(res.accepted.all())
+    assert int(res.split.sum()) == 0
+
+
 @pytest.mark.parametrize("bad", [{"method": "fit"}, {"iterations": 0}, {"iterations": 2.5},
                                  {"relax": 0.0}, {"relax": 1.5}, {"guard": -1.0},
-                                 {"guard": float("inf")}, {"relax": float("nan")}])
+                                 {"guard": float("inf")}, {"relax": float("nan")},
+                                 {"split_llr": -1.0}, {"split_llr": float("nan")},
+                                 {"split_llr": True}, {"split_llr": "high"}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(UserError):
         RefineOptions(**{"method": "mle", **bad}).validate()
@@ -189,3 +243,17 @@ def test_generalist_refinement_reproduces_picassos_mle_on_its_test_movie(shared_
         assert len(m.distance_nm) == len(picasso) >= 20
         median[method] = float(np.median(m.distance_nm))
     assert median["mle"] < 1.0 and median["none"] > 2.0, median
+
+
+def test_frame_median_is_the_lower_median_of_each_frame():
+    rng = np.random.default_rng(2)
+    values = torch.tensor(rng.uniform(0.7, 2.0, 40))
+    frame = torch.tensor(rng.integers(0, 5, 40))
+    mask = torch.tensor(rng.uniform(size=40) < 0.7)
+    got = refine_mod._frame_median(values, frame, mask, 6)
+    for f in range(6):
+        v = np.sort(values[mask & (frame == f)].numpy())
+        if v.size:
+            assert got[f].item() == v[(v.size - 1) // 2]
+        else:
+            assert np.isnan(got[f].item())

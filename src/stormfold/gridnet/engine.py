@@ -214,12 +214,13 @@ class GridnetEngine(Engine):
         order = torch.argsort(cand.index, stable=True)
         cand = cand.select(order)
         if self.refine.active:
-            self._refine(cand, photons, pixel_size_nm)
+            cand = self._refine(cand, photons, pixel_size_nm)
         return EngineOutput(locs=to_table(cand, first_frame, pixel_size_nm), superres=None)
 
-    def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> None:
-        """Replace the positions, photons, backgrounds and position uncertainties of
-        ``cand`` (in place) by their joint MLE refinement where it is accepted."""
+    def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> Candidates:
+        """``cand`` with the positions, photons, backgrounds and position uncertainties of
+        the joint MLE refinement where it is accepted, and a second emitter after each one
+        it split in two (sorted by frame)."""
         frames = _as_tensor(photons, "cpu")
         if frames.ndim == 2:
             frames = frames[None]
@@ -241,10 +242,25 @@ class GridnetEngine(Engine):
         # The fit's Cramér–Rao bound is the error of an isolated emitter but knows nothing
         # of neighbours it may have merged with, which the network's σ does; the refinement
         # cuts the network's error by about a fifth (docs/gridnet.md, "Refinement").
+        net_sigma = {name: getattr(cand, name) for name in ("sigma_x_px", "sigma_y_px")}
         for name, crlb in (("sigma_x_px", res.crlb_x_px2), ("sigma_y_px", res.crlb_y_px2)):
-            net = getattr(cand, name)
+            net = net_sigma[name]
             bound = crlb.to(net).clamp_min(0).sqrt().nan_to_num(0.0)
             setattr(cand, name, torch.where(ok, torch.maximum(bound, REFINED_SIGMA_SCALE * net), net))
+        split = torch.nonzero(res.split).squeeze(1).to(cand.x_px.device)
+        if split.numel() == 0:
+            return cand
+        # The second emitter of a split keeps the first's detection (frame, confidence).
+        extra = cand.select(split)
+        extra.x_px = res.x2_px[split.cpu()].to(extra.x_px)
+        extra.y_px = res.y2_px[split.cpu()].to(extra.y_px)
+        extra.photons = (res.counts2[split.cpu()] / s).to(extra.photons)
+        for name, crlb in (("sigma_x_px", res.crlb2_x_px2), ("sigma_y_px", res.crlb2_y_px2)):
+            bound = crlb[split.cpu()].to(extra.x_px.device).clamp_min(0).sqrt().float()
+            setattr(extra, name, torch.maximum(bound, REFINED_SIGMA_SCALE * net_sigma[name][split]))
+        both = Candidates(*(torch.cat([getattr(cand, f), getattr(extra, f)])
+                            for f in Candidates.__dataclass_fields__))
+        return both.select(torch.argsort(both.index, stable=True))
 
     # ------------------------------------------------------------------ pieces
     def outputs(self, photons, before=None, after=None) -> GridOutputs:

@@ -25,8 +25,9 @@ from stormfold.localize.refine import RefineOptions
 from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
-OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "p_raw": float, "p_keep": float,
-           "batch_pixels": int, "tile_px": int, "temporal": bool, "sigma_nm": float}
+OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "split_llr": float,
+           "p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
+           "temporal": bool, "sigma_nm": float}
 
 
 def require_section(meta: dict, key: str, source: str) -> Any:
@@ -115,6 +116,9 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")
+    if "split_llr" in opts:
+        refine = from_dict(RefineOptions, {**to_dict(refine), "split_llr": opts.pop("split_llr")},
+                           where="--set split_llr")
     for key, value in dec.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{source}: decoder {key} must be a number, got {value!r}")

@@ -44,6 +44,19 @@ REFINE_CHUNK_PIXELS = 2 ** 22
 #: Emitters whose regions are gathered and fitted at once (bounds the per-emitter tensors,
 #: about 10 kB each, whatever the number of emitters in a frame).
 REFINE_EMITTER_SLICE = 2 ** 14
+#: Default split threshold on 2·Δlog-likelihood (a χ² with 3 degrees of freedom exceeds 30
+#: with probability 1e-6 for a true single emitter; model mismatch makes it larger).
+SPLIT_LLR = 30.0
+#: Levenberg–Marquardt iterations of the one- and two-emitter fits of the split test.
+SPLIT_ITERATIONS = 20
+#: A split is kept when the weaker emitter holds at least this fraction of the photons,
+#: the two are at least SPLIT_MIN_SEPARATION_PX apart, and both stay within
+#: SPLIT_MAX_SHIFT_PX of the single emitter they replace.
+SPLIT_MIN_FRACTION = 0.2
+#: Lone emitters a frame needs for their median σ to be the frame's split σ.
+SPLIT_MIN_LONE = 3
+SPLIT_MIN_SEPARATION_PX = 0.4
+SPLIT_MAX_SHIFT_PX = 2.0
 
 
 @dataclass
@@ -59,12 +72,17 @@ class RefineOptions:
         Fraction of the step taken by an emitter that shares its region with another one.
     guard : float
         Largest accepted move in units of the detector's position uncertainty.
+    split_llr : float
+        An emitter alone in its region is replaced by two when a two-emitter fit beats a
+        one-emitter fit (both with the batch's PSF σ) by 2·Δlog-likelihood > ``split_llr``;
+        0 never splits. See :func:`split_pairs`.
     """
 
     method: str = "none"
     iterations: int = 6
     relax: float = 0.3
     guard: float = 2.0
+    split_llr: float = SPLIT_LLR
 
     def validate(self) -> "RefineOptions":
         if self.method not in REFINE_METHODS:
@@ -78,6 +96,10 @@ class RefineOptions:
             raise UserError(f"refine relax must be in (0, 1], got {self.relax}")
         if not (self.guard > 0 and math.isfinite(self.guard)):
             raise UserError(f"refine guard must be a finite number > 0, got {self.guard}")
+        if isinstance(self.split_llr, bool) or not isinstance(self.split_llr, (int, float)) \
+                or not (self.split_llr >= 0 and math.isfinite(self.split_llr)):
+            raise UserError(f"refine split_llr must be a finite number ≥ 0 (0: never split), "
+                            f"got {self.split_llr!r}")
         return self
 
     @property
@@ -100,6 +122,8 @@ class Refined:
     sigma_px : PSF σ used or fitted, px
     accepted : bool
     crlb_x_px2, crlb_y_px2 : Cramér–Rao bound of x and y (px²) with the neighbours known
+    split : bool, the emitter was replaced by two: the fields above describe the first, the
+        ``*2`` fields the second (NaN where not split)
     """
 
     x_px: torch.Tensor
@@ -110,6 +134,21 @@ class Refined:
     accepted: torch.Tensor
     crlb_x_px2: torch.Tensor
     crlb_y_px2: torch.Tensor
+    split: torch.Tensor | None = None
+    x2_px: torch.Tensor | None = None
+    y2_px: torch.Tensor | None = None
+    counts2: torch.Tensor | None = None
+    crlb2_x_px2: torch.Tensor | None = None
+    crlb2_y_px2: torch.Tensor | None = None
+
+    def __post_init__(self):
+        n = self.x_px.shape[0]
+        if self.split is None:
+            self.split = torch.zeros(n, dtype=torch.bool)
+        for name in ("x2_px", "y2_px", "counts2", "crlb2_x_px2", "crlb2_y_px2"):
+            if getattr(self, name) is None:
+                setattr(self, name, torch.full((n,), math.nan, dtype=self.x_px.dtype
+                                               if name in ("x2_px", "y2_px") else torch.float32))
 
 
 def refine_localizations(frames: torch.Tensor, frame: torch.Tensor, x_px: torch.Tensor,
@@ -308,7 +347,177 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     accepted = stepped & torch.isfinite(moved) & (moved <= options.guard) & \
         torch.isfinite(N) & torch.isfinite(b) & torch.isfinite(crlb_x) & torch.isfinite(crlb_y) & \
         (xa >= 0) & (xa < w) & (ya >= 0) & (ya < h)
-    return Refined(x_px=torch.where(accepted, xa, x0), y_px=torch.where(accepted, ya, y0),
-                   counts=torch.where(accepted, N, counts),
-                   bg=torch.where(accepted, b, torch.full_like(b, math.nan)),
-                   sigma_px=sig, accepted=accepted, crlb_x_px2=crlb_x, crlb_y_px2=crlb_y)
+    out = Refined(x_px=torch.where(accepted, xa, x0), y_px=torch.where(accepted, ya, y0),
+                  counts=torch.where(accepted, N, counts),
+                  bg=torch.where(accepted, b, torch.full_like(b, math.nan)),
+                  sigma_px=sig, accepted=accepted, crlb_x_px2=crlb_x, crlb_y_px2=crlb_y)
+    if options.split_llr > 0:
+        # Only emitters alone in their region: in a crowded one the likelihood ratio answers
+        # the model's mismatch more than a missing emitter (docs/gridnet.md, "Refinement").
+        lone = accepted & ~crowded
+        if lone.any():
+            if fit_sigma:
+                # One σ per frame: a σ fitted per emitter would widen to absorb a pair. The
+                # median over the frame's lone emitters (all its emitters when it has fewer
+                # than 3) depends on the frame only, not on how frames are batched.
+                by_lone = _frame_median(sig, frame, lone, b_count)
+                by_all = _frame_median(sig, frame, accepted, b_count)
+                enough = torch.bincount(frame[lone], minlength=b_count) >= SPLIT_MIN_LONE
+                sigma_split = torch.where(enough, by_lone, by_all)[frame]
+            else:
+                sigma_split = torch.full((n,), float(s_init))
+            split_pairs(out, torch.nonzero(lone).squeeze(1), gather, total, (x, y, N, b, sig),
+                        (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr)
+    return out
+
+
+def _frame_median(values: torch.Tensor, frame: torch.Tensor, mask: torch.Tensor,
+                  n_frames: int) -> torch.Tensor:
+    """Lower median of ``values[mask]`` in each frame (NaN for a frame without any)."""
+    v, f = values[mask], frame[mask]
+    out = torch.full((n_frames,), math.nan, dtype=values.dtype)
+    if v.numel() == 0:
+        return out
+    order = torch.argsort(v, stable=True)
+    order = order[torch.argsort(f[order], stable=True)]  # by frame, then by value
+    counts = torch.bincount(f, minlength=n_frames)
+    starts = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    out[has] = v[order][starts[has] + (counts[has] - 1) // 2]
+    return out
+
+
+def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
+    """Levenberg–Marquardt (Fisher scoring) of ``model`` on regions; returns the estimate,
+    its negative log-likelihood and its Fisher information."""
+    def nll(mu):
+        m = (mu + others + gamma).clamp_min(1e-6)
+        return (valid * (m - d * torch.log(m))).flatten(1).sum(1), m
+
+    def information(jac, m):
+        jf = jac.flatten(2)
+        wgt = (valid / m).flatten(1)
+        return jf, wgt, torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
+
+    mu, jac = model(theta, True)
+    cur, m = nll(mu)
+    lam = torch.full((theta.shape[0],), 1e-2)
+    for _ in range(iterations):
+        jf, wgt, info = information(jac, m)
+        grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
+        diag = torch.diagonal(info, dim1=1, dim2=2)
+        step, _ = torch.linalg.solve_ex(info + torch.diag_embed(lam[:, None] * diag + 1e-9),
+                                        grad[:, :, None])
+        trial = theta + step[:, :, 0]
+        trial[:, counts_at] = trial[:, counts_at].clamp_min(1.0)
+        mu_t, jac_t = model(trial, True)
+        new, m_t = nll(mu_t)
+        ok = torch.isfinite(new) & torch.isfinite(trial).all(1) & (new <= cur)
+        theta = torch.where(ok[:, None], trial, theta)
+        jac = torch.where(ok[:, None, None, None], jac_t, jac)
+        m = torch.where(ok[:, None, None], m_t, m)
+        cur = torch.where(ok, new, cur)
+        lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-6, 1e6)
+    return theta, cur, information(jac, m)[2]
+
+
+def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
+                corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
+                llr_min: float) -> None:
+    """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
+
+    Each emitter's region is fitted twice with the other emitters' models held fixed and
+    the PSF σ fixed to its ``sigma_px`` (one per emitter, px): one emitter (x, y, N, b) from its refined estimate,
+    and two emitters (x₁, y₁, N₁, x₂, y₂, N₂, b) started ± a along the principal axis of the
+    residual's second moments (a = √(λ_max − σ²), within 0.3–1.5 px). Both fits take
+    :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that neither wins by converging
+    further. The pair is kept when 2·(NLL₁ − NLL₂) > ``llr_min``, the weaker emitter holds
+    ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
+    :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
+    the single estimate and inside the frame, and their Cramér–Rao bounds are finite.
+    """
+    x, y, N, b, sig = params
+    c0, r0 = corners
+    h, w = shape
+    for start in range(0, idx.numel(), REFINE_EMITTER_SLICE):
+        sel = idx[start:start + REFINE_EMITTER_SLICE]
+        k = sel.numel()
+        flat, data, valid, d = gather(sel)
+        zero = torch.zeros(k)
+        sg = sigma_px[sel].float()
+        own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], zero, sig[sel]], 1), size,
+                                jacobian=False)
+        others = total[flat] - own
+
+        def one(t, jacobian):
+            mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
+            return mu, (jac[:, :4] if jacobian else None)
+
+        def two(t, jacobian):
+            m1, j1 = gaussian_model(torch.stack([t[:, 0], t[:, 1], t[:, 2], zero, sg], 1), size,
+                                    jacobian=jacobian)
+            m2, j2 = gaussian_model(torch.stack([t[:, 3], t[:, 4], t[:, 5], zero, sg], 1), size,
+                                    jacobian=jacobian)
+            mu = m1 + m2 + t[:, 6, None, None]
+            if not jacobian:
+                return mu, None
+            return mu, torch.cat([j1[:, :3], j2[:, :3], torch.ones_like(j1[:, :1])], 1)
+
+        th1, nll1, _ = _fit(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one, others, valid,
+                            d, gamma, [2], SPLIT_ITERATIONS)
+        ax, ay, half = _principal_axis((data - others - th1[:, 3, None, None]).clamp_min(0) * valid,
+                                       sg)
+        start2 = torch.stack([th1[:, 0] + half * ax, th1[:, 1] + half * ay, th1[:, 2] / 2,
+                              th1[:, 0] - half * ax, th1[:, 1] - half * ay, th1[:, 2] / 2,
+                              th1[:, 3]], 1)
+        th2, nll2, info = _fit(start2, two, others, valid, d, gamma, [2, 5], SPLIT_ITERATIONS)
+        inv, err = torch.linalg.inv_ex(info)
+        var = torch.diagonal(inv, dim1=1, dim2=2)
+        x1, y1 = c0[sel].double() + th2[:, 0].double(), r0[sel].double() + th2[:, 1].double()
+        x2, y2 = c0[sel].double() + th2[:, 3].double(), r0[sel].double() + th2[:, 4].double()
+        weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
+        shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
+                              torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
+        keep = (2.0 * (nll1 - nll2) > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
+            (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
+            (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
+            (var[:, [0, 1, 3, 4]] > 0).all(1) & \
+            (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
+        rows = sel[keep]
+        out.split[rows] = True
+        out.x_px[rows], out.y_px[rows] = x1[keep].to(out.x_px), y1[keep].to(out.y_px)
+        out.x2_px[rows], out.y2_px[rows] = x2[keep].to(out.x2_px), y2[keep].to(out.y2_px)
+        out.counts[rows] = th2[keep, 2].to(out.counts)
+        out.counts2[rows] = th2[keep, 5].to(out.counts2)
+        out.bg[rows] = th2[keep, 6].to(out.bg)
+        out.sigma_px[rows] = sg[keep].to(out.sigma_px)
+        out.crlb_x_px2[rows], out.crlb_y_px2[rows] = var[keep, 0].to(out.crlb_x_px2), \
+            var[keep, 1].to(out.crlb_y_px2)
+        out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[keep, 3].to(out.crlb2_x_px2), \
+            var[keep, 4].to(out.crlb2_y_px2)
+
+
+def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
+    """Unit principal axis (x, y) of the second moments of the regions ``r`` (n, S, S) and
+    the half-separation (px) of two PSFs of σ ``sigma_px`` that would give its variance."""
+    size = r.shape[-1]
+    c = torch.arange(size, dtype=r.dtype) + 0.5
+    m0 = r.flatten(1).sum(1).clamp_min(1e-6)
+    mx = (r.sum(1) * c).sum(1) / m0
+    my = (r.sum(2) * c).sum(1) / m0
+    dx = c[None, None, :] - mx[:, None, None]
+    dy = c[None, :, None] - my[:, None, None]
+    cxx = (r * dx * dx).flatten(1).sum(1) / m0
+    cyy = (r * dy * dy).flatten(1).sum(1) / m0
+    cxy = (r * dx * dy).flatten(1).sum(1) / m0
+    half_tr = (cxx + cyy) / 2
+    l1 = half_tr + torch.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
+    # Of the two equivalent eigenvector forms, the one with the larger entries is the better
+    # conditioned (the other vanishes when the moments are almost diagonal).
+    a = torch.stack([cxy, l1 - cxx], 1)
+    b = torch.stack([l1 - cyy, cxy], 1)
+    v = torch.where((a.norm(dim=1) >= b.norm(dim=1))[:, None], a, b)
+    norm = v.norm(dim=1, keepdim=True)
+    v = torch.where(norm > 1e-9, v / norm.clamp_min(1e-9), torch.tensor([1.0, 0.0], dtype=r.dtype))
+    half = torch.sqrt((l1 - sigma_px ** 2).clamp(min=0.09)).clamp(max=1.5)
+    return v[:, 0], v[:, 1], half
