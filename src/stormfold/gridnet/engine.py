@@ -34,8 +34,10 @@ ENGINE = "gridnet"
 DEFAULT_BATCH_PIXELS = 2 ** 20
 DEFAULT_TILE_PX = 384
 #: A refined localization's uncertainty is max(√CRLB, this × the network's σ): the
-#: refinement's RMSE over isolated emitters is 0.77× the network's at 0.5/µm².
-REFINED_SIGMA_SCALE = 0.8
+#: refinement's RMSE over isolated emitters is 0.77× the network's at 0.5/µm², and with
+#: close pairs split (no longer outliers) 0.7 gives std(z) ≈ 0.92 / 1.03 there (0.8: 0.82 /
+#: 0.94; docs/gridnet.md, "Refinement").
+REFINED_SIGMA_SCALE = 0.7
 
 
 def receptive_margin_px(levels: int) -> int:
@@ -243,10 +245,14 @@ class GridnetEngine(Engine):
         # of neighbours it may have merged with, which the network's σ does; the refinement
         # cuts the network's error by about a fifth (docs/gridnet.md, "Refinement").
         net_sigma = {name: getattr(cand, name) for name in ("sigma_x_px", "sigma_y_px")}
+        # A split pair's bound comes from its joint two-emitter fit and already knows the
+        # neighbour; the network's σ was that of the merged pair.
+        split_rows = res.split.to(cand.x_px.device)
         for name, crlb in (("sigma_x_px", res.crlb_x_px2), ("sigma_y_px", res.crlb_y_px2)):
             net = net_sigma[name]
             bound = crlb.to(net).clamp_min(0).sqrt().nan_to_num(0.0)
-            setattr(cand, name, torch.where(ok, torch.maximum(bound, REFINED_SIGMA_SCALE * net), net))
+            refined = torch.where(split_rows, bound, torch.maximum(bound, REFINED_SIGMA_SCALE * net))
+            setattr(cand, name, torch.where(ok, refined, net))
         split = torch.nonzero(res.split).squeeze(1).to(cand.x_px.device)
         if split.numel() == 0:
             return cand
@@ -256,8 +262,7 @@ class GridnetEngine(Engine):
         extra.y_px = res.y2_px[split.cpu()].to(extra.y_px)
         extra.photons = (res.counts2[split.cpu()] / s).to(extra.photons)
         for name, crlb in (("sigma_x_px", res.crlb2_x_px2), ("sigma_y_px", res.crlb2_y_px2)):
-            bound = crlb[split.cpu()].to(extra.x_px.device).clamp_min(0).sqrt().float()
-            setattr(extra, name, torch.maximum(bound, REFINED_SIGMA_SCALE * net_sigma[name][split]))
+            setattr(extra, name, crlb[split.cpu()].to(extra.x_px.device).clamp_min(0).sqrt().float())
         both = Candidates(*(torch.cat([getattr(cand, f), getattr(extra, f)])
                             for f in Candidates.__dataclass_fields__))
         return both.select(torch.argsort(both.index, stable=True))
