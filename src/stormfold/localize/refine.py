@@ -48,7 +48,7 @@ REFINE_EMITTER_SLICE = 2 ** 14
 #: with probability 1e-6 for a true single emitter; model mismatch makes it larger).
 SPLIT_LLR = 30.0
 #: Levenberg–Marquardt iterations of the one- and two-emitter fits of the split test.
-SPLIT_ITERATIONS = 20
+SPLIT_ITERATIONS = 5
 #: A split is kept when the weaker emitter holds at least this fraction of the photons,
 #: the two are at least SPLIT_MIN_SEPARATION_PX apart, and both stay within
 #: SPLIT_MAX_SHIFT_PX of the single emitter they replace.
@@ -367,7 +367,8 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             else:
                 sigma_split = torch.full((n,), float(s_init))
             split_pairs(out, torch.nonzero(lone).squeeze(1), gather, total, (x, y, N, b, sig),
-                        (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr)
+                        (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr,
+                        frame, b_count)
     return out
 
 
@@ -423,15 +424,22 @@ def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
 
 def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
                 corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
-                llr_min: float) -> None:
+                llr_min: float, frame: torch.Tensor, n_frames: int) -> None:
     """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
 
     Each emitter's region is fitted twice with the other emitters' models held fixed and
-    the PSF σ fixed to its ``sigma_px`` (one per emitter, px): one emitter (x, y, N, b) from its refined estimate,
-    and two emitters (x₁, y₁, N₁, x₂, y₂, N₂, b) started ± a along the principal axis of the
-    residual's second moments (a = √(λ_max − σ²), within 0.3–1.5 px). Both fits take
-    :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that neither wins by converging
-    further. The pair is kept when 2·(NLL₁ − NLL₂) > ``llr_min``, the weaker emitter holds
+    the PSF σ fixed to its ``sigma_px`` (one per emitter, px): one emitter (x, y, N, b)
+    from its refined estimate, and two emitters (x₁, y₁, N₁, x₂, y₂, N₂, b) started ± a
+    along the principal axis of the residual's second moments (a = √(λ_max − σ²), within
+    0.3–1.5 px). Both fits take :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that
+    neither wins by converging further.
+
+    The likelihood ratio is divided by the frame's dispersion φ: the median over the frame's
+    tested emitters of the one-emitter fit's deviance per degree of freedom, at least 1. A
+    noise model that under-states the pixel variance (read noise left out, a wrong gain)
+    inflates every likelihood ratio by about φ, and would split single emitters.
+
+    The pair is kept when 2·(NLL₁ − NLL₂) / φ > ``llr_min``, the weaker emitter holds
     ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
     :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
     the single estimate and inside the frame, and their Cramér–Rao bounds are finite.
@@ -439,19 +447,47 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     x, y, N, b, sig = params
     c0, r0 = corners
     h, w = shape
-    for start in range(0, idx.numel(), REFINE_EMITTER_SLICE):
-        sel = idx[start:start + REFINE_EMITTER_SLICE]
-        k = sel.numel()
-        flat, data, valid, d = gather(sel)
-        zero = torch.zeros(k)
-        sg = sigma_px[sel].float()
-        own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], zero, sig[sel]], 1), size,
-                                jacobian=False)
-        others = total[flat] - own
+    slices = [idx[i:i + REFINE_EMITTER_SLICE] for i in range(0, idx.numel(), REFINE_EMITTER_SLICE)]
 
+    def region(sel):
+        flat, data, valid, d = gather(sel)
+        own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], torch.zeros(sel.numel()),
+                                             sig[sel]], 1), size, jacobian=False)
+        return data, valid, d, total[flat] - own, sigma_px[sel].float()
+
+    def one_model(sg):
         def one(t, jacobian):
             mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
             return mu, (jac[:, :4] if jacobian else None)
+        return one
+
+    # Pass 1: the one-emitter fits, and each frame's dispersion.
+    th1_all = torch.empty(idx.numel(), 4)
+    nll1_all = torch.empty(idx.numel())
+    ratio = torch.empty(idx.numel())
+    at = 0
+    for sel in slices:
+        _, valid, d, others, sg = region(sel)
+        th1, nll1, _ = _fit(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one_model(sg),
+                            others, valid, d, gamma, [2], SPLIT_ITERATIONS)
+        # Saturated model: expected = data (0·log 0 = 0).
+        saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
+        dof = (valid.flatten(1).sum(1) - 4).clamp_min(1)
+        th1_all[at:at + sel.numel()], nll1_all[at:at + sel.numel()] = th1, nll1
+        ratio[at:at + sel.numel()] = 2.0 * (nll1 - saturated) / dof
+        at += sel.numel()
+    every = torch.ones(idx.numel(), dtype=torch.bool)
+    phi = _frame_median(ratio, frame[idx], every, n_frames).clamp_min(1.0)[frame[idx]]
+
+    # Pass 2: the two-emitter fits and the test.
+    at = 0
+    for sel in slices:
+        k = sel.numel()
+        th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
+        dispersion = phi[at:at + k]
+        at += k
+        data, valid, d, others, sg = region(sel)
+        zero = torch.zeros(k)
 
         def two(t, jacobian):
             m1, j1 = gaussian_model(torch.stack([t[:, 0], t[:, 1], t[:, 2], zero, sg], 1), size,
@@ -463,8 +499,6 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
                 return mu, None
             return mu, torch.cat([j1[:, :3], j2[:, :3], torch.ones_like(j1[:, :1])], 1)
 
-        th1, nll1, _ = _fit(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one, others, valid,
-                            d, gamma, [2], SPLIT_ITERATIONS)
         ax, ay, half = _principal_axis((data - others - th1[:, 3, None, None]).clamp_min(0) * valid,
                                        sg)
         start2 = torch.stack([th1[:, 0] + half * ax, th1[:, 1] + half * ay, th1[:, 2] / 2,
@@ -478,7 +512,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
         shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
                               torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
-        keep = (2.0 * (nll1 - nll2) > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
+        keep = (2.0 * (nll1 - nll2) / dispersion > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
             (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
             (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
             (var[:, [0, 1, 3, 4]] > 0).all(1) & \
