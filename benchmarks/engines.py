@@ -3,7 +3,7 @@
 For each emitter density (per µm² and frame) a 64×64 movie of the ``zerocost`` preset
 (uniform emitters, 2250 ± 250 photons, PSF σ 110 nm, 100 nm pixels) is simulated once; every
 engine of :data:`ENGINES` localizes its first frames (converted to photons with the movie's
-own camera, after one warm-up batch) in a fresh process. Reported per engine and density:
+own camera, which the engine is also given, as the runner does; after one warm-up batch) in a fresh process. Reported per engine and density:
 frames/s of the engine, the Jaccard index and lateral RMSE at 100 nm, localizations and true
 emitters per frame, peak memory; and each engine's speed relative to the classic engine in
 the same run (the machine is shared: only ratios within one run compare). Written to
@@ -44,7 +44,7 @@ def movie(density: float, n_frames: int):
     cfg = build_config("zerocost", n_frames=n_frames, seed=SEED,
                        overrides={"activation": {"density_per_um2": density}})
     sim = simulate(cfg)
-    return cfg.camera.backward(sim.movie), sim.truth, cfg.pixel_size_nm
+    return cfg.camera.backward(sim.movie), sim.truth, cfg.pixel_size_nm, cfg.camera
 
 
 def case(label: str, spec: dict, density: float, n_frames: int) -> dict:
@@ -54,8 +54,9 @@ def case(label: str, spec: dict, density: float, n_frames: int) -> dict:
     from stormfold.evaluate import evaluate
     from stormfold.localize.registry import load_engine
 
-    photons, truth, px = movie(density, n_frames)
+    photons, truth, px, camera = movie(density, n_frames)
     engine = load_engine(**spec)
+    engine.set_camera(camera)  # as the runner does: the noise model of the movie's camera
     engine.process(photons[:1], 0, px)  # warm-up (kernel selection, lazy set-up)
     tables = []
     t0 = time.perf_counter()
