@@ -36,6 +36,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEEPSTORM = "builtin:deepstorm-zerocost"
 TOLERANCES = (50, 100, 250)
+#: Section 1: (case, simulation overrides of the ``zerocost`` preset, frames); seeds 5000 + i.
+SIMULATION_CASES = [("zerocost 0.5/µm²", ["activation.density_per_um2=0.5"], 40),
+                    ("zerocost 2/µm²", ["activation.density_per_um2=2"], 30),
+                    ("zerocost 6/µm²", ["activation.density_per_um2=6"], 20),
+                    ("zerocost 10/µm²", ["activation.density_per_um2=10"], 20),
+                    ("zerocost bg 50", ["background.photons=50"], 20),
+                    ("zerocost bg 200", ["background.photons=200"], 20)]
 #: What the record says about the run that measured a section.
 RUN_KEYS = ("when", "generalist", "cpu", "load_avg_start", "load_avg_end", "threads")
 
@@ -192,14 +199,8 @@ def main() -> None:
         if "1" in sections:
             # Every engine sees the same frames; Deep-STORM (≈ 1–3 frames/s at 64×64 on
             # 2 cores) bounds their number.
-            cases = [("zerocost 0.5/µm²", ["activation.density_per_um2=0.5"], 40),
-                     ("zerocost 2/µm²", ["activation.density_per_um2=2"], 30),
-                     ("zerocost 6/µm²", ["activation.density_per_um2=6"], 20),
-                     ("zerocost 10/µm²", ["activation.density_per_um2=10"], 20),
-                     ("zerocost bg 50", ["background.photons=50"], 20),
-                     ("zerocost bg 200", ["background.photons=200"], 20)]
             rows = []
-            for i, (name, over, frames) in enumerate(cases):
+            for i, (name, over, frames) in enumerate(SIMULATION_CASES):
                 folder = work / f"s1_{i}"
                 cfg = simulate(folder, "zerocost", max(2, int(frames * scale)), 5000 + i, over)
                 truth = read_table(folder / "truth.csv")

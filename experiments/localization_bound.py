@@ -35,15 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, RESULTS, _cpu, simulate  # noqa: E402
+from gridnet_accuracy import DATA, RESULTS, SIMULATION_CASES, _cpu, simulate  # noqa: E402
 
-#: Section 1 of gridnet_accuracy.py: (case, overrides, frames); seeds 5000 + i.
-CASES = [("zerocost 0.5/µm²", ["activation.density_per_um2=0.5"], 40),
-         ("zerocost 2/µm²", ["activation.density_per_um2=2"], 30),
-         ("zerocost 6/µm²", ["activation.density_per_um2=6"], 20),
-         ("zerocost 10/µm²", ["activation.density_per_um2=10"], 20),
-         ("zerocost bg 50", ["background.photons=50"], 20),
-         ("zerocost bg 200", ["background.photons=200"], 20)]
 DEMO_BACKGROUNDS = (0.0, 15.0, 50.0)
 TOLERANCE_NM = 100.0
 
@@ -83,7 +76,7 @@ def main() -> None:
     record = json.loads((RESULTS / "gridnet_accuracy.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (case, over, frames) in enumerate(CASES):
+        for i, (case, over, frames) in enumerate(SIMULATION_CASES):
             folder = Path(tmp) / f"s{i}"
             cfg = simulate(folder, "zerocost", frames, 5000 + i, over)
             truth = read_table(folder / "truth.csv")
