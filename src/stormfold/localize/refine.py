@@ -21,6 +21,10 @@ whose fit is not finite, keeps the detector's estimate. On simulations of severa
 this made the refinement never worse than the gridnet detector and 5–20 % better in RMSE
 (docs/gridnet.md, "Refinement").
 
+After the sweeps, an emitter alone in its region may be split in two: the detector can
+report two close emitters as one, and a refinement started from one position cannot
+separate them (:func:`split_pairs`).
+
 Noise: the data are *counts* (Poisson units, see :mod:`stormfold.localize.classic`) with
 Gaussian read noise of variance γ handled as in :mod:`stormfold.localize.classic.fit`.
 """
@@ -53,10 +57,10 @@ SPLIT_ITERATIONS = 5
 #: the two are at least SPLIT_MIN_SEPARATION_PX apart, and both stay within
 #: SPLIT_MAX_SHIFT_PX of the single emitter they replace.
 SPLIT_MIN_FRACTION = 0.2
-#: Lone emitters a frame needs for their median σ to be the frame's split σ.
-SPLIT_MIN_LONE = 3
 SPLIT_MIN_SEPARATION_PX = 0.4
 SPLIT_MAX_SHIFT_PX = 2.0
+#: Lone emitters a frame needs for their median σ to be the frame's split σ.
+SPLIT_MIN_LONE = 3
 
 
 @dataclass
@@ -74,8 +78,8 @@ class RefineOptions:
         Largest accepted move in units of the detector's position uncertainty.
     split_llr : float
         An emitter alone in its region is replaced by two when a two-emitter fit beats a
-        one-emitter fit (both with the batch's PSF σ) by 2·Δlog-likelihood > ``split_llr``;
-        0 never splits. See :func:`split_pairs`.
+        one-emitter fit (both with the frame's PSF σ) by 2·Δlog-likelihood > ``split_llr``
+        (divided by the frame's dispersion); 0 never splits. See :func:`split_pairs`.
     """
 
     method: str = "none"
@@ -217,6 +221,33 @@ def refine_localizations(frames: torch.Tensor, frame: torch.Tensor, x_px: torch.
     return out
 
 
+def _expected(mu, others, gamma):
+    """Expected data of regions: the emitter's model, the others' and the γ shift (counts)."""
+    return (mu + others + gamma).clamp_min(1e-6)
+
+
+def _nll(m, valid, d):
+    """Poisson negative log-likelihood of each region (up to a constant), m = expected."""
+    return (valid * (m - d * torch.log(m))).flatten(1).sum(1)
+
+
+def _information(jac, m, valid):
+    """Fisher information Σ ∂μ ∂μᵀ / m of each region (n, p, p), with the flattened
+    Jacobian (n, p, pixels) and the weights valid / m (n, pixels) it was built from."""
+    jf = jac.flatten(2)
+    wgt = (valid / m).flatten(1)
+    return jf, wgt, torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
+
+
+def _scoring_step(jf, wgt, info, d, m, lam):
+    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p)."""
+    grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
+    diag = torch.diagonal(info, dim1=1, dim2=2)
+    step, _ = torch.linalg.solve_ex(info + torch.diag_embed(lam[:, None] * diag + 1e-9),
+                                    grad[:, :, None])
+    return step[:, :, 0]
+
+
 def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s_init,
                   sigma_bounds, fit_sigma) -> Refined:
     """Refine the emitters of a chunk of frames.
@@ -288,13 +319,6 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             total.index_add_(0, region(sl)[0].flatten(), mu.flatten())
         return total
 
-    def expected(mu, others):
-        return (mu + others + gamma).clamp_min(1e-6)
-
-    def nll(m, valid, d):
-        # Poisson negative log-likelihood of the region (up to a constant), m = expected.
-        return (valid * (m - d * torch.log(m))).flatten(1).sum(1)
-
     total = canvas_of_models()
     for _ in range(options.iterations):
         # The next sweep's models are summed as this sweep settles each slice.
@@ -303,22 +327,16 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             flat, _, valid, d = region(sl)
             mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
             others = total[flat] - (mu - b[sl, None, None])
-            m = expected(mu, others)
-            wgt = (valid / m).flatten(1)
-            jf = jac[:, :n_par].flatten(2)
-            info = torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
-            grad = torch.bmm(jf, (wgt * (d.flatten(1) - m.flatten(1)))[:, :, None])[:, :, 0]
-            diag = torch.diagonal(info, dim1=1, dim2=2)
-            step, _ = torch.linalg.solve_ex(
-                info + torch.diag_embed(lam[sl, None] * diag + 1e-9), grad[:, :, None])
-            step = step[:, :, 0] * omega[sl, None]
+            m = _expected(mu, others, gamma)
+            jf, wgt, info = _information(jac[:, :n_par], m, valid)
+            step = _scoring_step(jf, wgt, info, d, m, lam[sl]) * omega[sl, None]
             xt, yt = x[sl] + step[:, 0], y[sl] + step[:, 1]
             nt = (N[sl] + step[:, 2]).clamp_min(1.0)
             bt = b[sl] + step[:, 3]
             st = (sig[sl] + step[:, 4]).clamp(lo, hi) if fit_sigma else sig[sl]
             mu_t, _ = model(xt, yt, nt, bt, st, False)
             ok = torch.isfinite(step).all(1) & \
-                (nll(expected(mu_t, others), valid, d) <= nll(m, valid, d))
+                (_nll(_expected(mu_t, others, gamma), valid, d) <= _nll(m, valid, d))
             x[sl], y[sl] = torch.where(ok, xt, x[sl]), torch.where(ok, yt, y[sl])
             N[sl], b[sl] = torch.where(ok, nt, N[sl]), torch.where(ok, bt, b[sl])
             sig[sl] = torch.where(ok, st, sig[sl])
@@ -333,10 +351,8 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     for sl in slices:
         flat, _, valid, _ = region(sl)
         mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
-        m = expected(mu, total[flat] - (mu - b[sl, None, None]))
-        jf = jac[:, :n_par].flatten(2)
-        inv, err = torch.linalg.inv_ex(torch.bmm(jf * (valid / m).flatten(1)[:, None, :],
-                                                 jf.transpose(1, 2)))
+        m = _expected(mu, total[flat] - (mu - b[sl, None, None]), gamma)
+        inv, err = torch.linalg.inv_ex(_information(jac[:, :n_par], m, valid)[2])
         crlb_x[sl] = torch.where(err == 0, inv[:, 0, 0], torch.full_like(inv[:, 0, 0], math.nan))
         crlb_y[sl] = torch.where(err == 0, inv[:, 1, 1], torch.full_like(inv[:, 1, 1], math.nan))
     moved = torch.hypot((x - xs).double() / ux.clamp_min(1e-6),
@@ -392,24 +408,15 @@ def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
     """Levenberg–Marquardt (Fisher scoring) of ``model`` on regions; returns the estimate,
     its negative log-likelihood and its Fisher information."""
     def nll(mu):
-        m = (mu + others + gamma).clamp_min(1e-6)
-        return (valid * (m - d * torch.log(m))).flatten(1).sum(1), m
-
-    def information(jac, m):
-        jf = jac.flatten(2)
-        wgt = (valid / m).flatten(1)
-        return jf, wgt, torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
+        m = _expected(mu, others, gamma)
+        return _nll(m, valid, d), m
 
     mu, jac = model(theta, True)
     cur, m = nll(mu)
     lam = torch.full((theta.shape[0],), 1e-2)
     for _ in range(iterations):
-        jf, wgt, info = information(jac, m)
-        grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
-        diag = torch.diagonal(info, dim1=1, dim2=2)
-        step, _ = torch.linalg.solve_ex(info + torch.diag_embed(lam[:, None] * diag + 1e-9),
-                                        grad[:, :, None])
-        trial = theta + step[:, :, 0]
+        jf, wgt, info = _information(jac, m, valid)
+        trial = theta + _scoring_step(jf, wgt, info, d, m, lam)
         trial[:, counts_at] = trial[:, counts_at].clamp_min(1.0)
         mu_t, jac_t = model(trial, True)
         new, m_t = nll(mu_t)
@@ -419,7 +426,7 @@ def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
         m = torch.where(ok[:, None, None], m_t, m)
         cur = torch.where(ok, new, cur)
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-6, 1e6)
-    return theta, cur, information(jac, m)[2]
+    return theta, cur, _information(jac, m, valid)[2]
 
 
 def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
