@@ -96,10 +96,21 @@ def test_windows_change_the_bound_little_and_frames_are_independent():
     np.testing.assert_allclose(alone["crlb_nm"], whole["crlb_nm"][t.frame == 1], rtol=1e-9)
 
 
-def test_coincident_emitters_are_not_identifiable():
-    got = joint_crlb(truth_table([8.0, 8.0], [8.0, 8.0], 1000.0, 1.2), (16, 16), PX, 10.0)
-    assert np.isinf(got["crlb_nm"]).all()
+def test_coincident_emitters_are_not_identifiable_and_leave_the_others_alone():
+    t = truth_table([8.0, 8.0, 40.0], [8.0, 8.0, 8.0], 1000.0, 1.2)
+    got = joint_crlb(t, (16, 48), PX, 10.0, window_px=64)
+    assert np.isinf(got["crlb_nm"].iloc[:2]).all()
     assert np.isfinite(got["crlb_alone_nm"]).all()
+    far = joint_crlb(t.iloc[2:], (16, 48), PX, 10.0, window_px=64)
+    assert got["crlb_nm"].iloc[2] == pytest.approx(far["crlb_nm"].iloc[0], rel=1e-6)
+
+
+def test_no_background_and_no_read_noise_still_give_a_bound():
+    # Pixels far from the emitter expect no counts at all: they carry no information.
+    got = joint_crlb(truth_table([8.3], [7.6], 1000.0, 1.2), (64, 64), PX, 0.0, 1.0, 0.0)
+    assert np.isfinite(got["crlb_nm"]).all() and np.isfinite(got["crlb_alone_nm"]).all()
+    # Close to σ/√N (plus the pixelation and the background unknown).
+    assert 120.0 / math.sqrt(1000) < got["crlb_nm"].iloc[0] < 1.5 * 120.0 / math.sqrt(1000)
 
 
 def test_an_emitter_without_photons_has_no_bound_and_changes_no_other():
@@ -123,6 +134,14 @@ def test_matched_rmse_floor_matches_monte_carlo():
     # Without a tolerance it is the RMS of the bounds.
     finite = bounds[np.isfinite(bounds)]
     assert matched_rmse_floor(finite, 1e9)[0] == pytest.approx(np.sqrt(np.mean(finite ** 2)))
+    # At a lower recall, the easiest emitters: without a tolerance, the RMS of the smallest.
+    easiest = np.sort(finite)[:1500]
+    got, reached = matched_rmse_floor(finite, 1e9, recall=1500 / finite.size)
+    assert got == pytest.approx(np.sqrt(np.mean(easiest ** 2)))
+    assert reached == pytest.approx(1500 / finite.size)
+    assert got < matched_rmse_floor(finite, 1e9)[0]
+    # More recall than the bounds allow within the tolerance: all that can be matched.
+    assert matched_rmse_floor(bounds, 100.0, recall=1.0) == pytest.approx((rmse, within))
 
 
 def test_bad_inputs_are_refused():
@@ -135,6 +154,8 @@ def test_bad_inputs_are_refused():
         joint_crlb(t, (8, 8), PX, -1.0)
     with pytest.raises(UserError, match="tolerance"):
         matched_rmse_floor([10.0], 0.0)
+    with pytest.raises(UserError, match="recall"):
+        matched_rmse_floor([10.0], 100.0, recall=1.5)
 
 
 def test_cli_bound_uses_the_simulation_next_to_the_truth(tmp_path, run_cli):
@@ -164,6 +185,10 @@ def test_cli_bound_uses_the_simulation_next_to_the_truth(tmp_path, run_cli):
     assert [r["tolerance_nm"] for r in got] == [50.0, 100.0]
     np.testing.assert_allclose([r["floor_rmse_nm"] for r in got], want["floor_rmse_nm"])
     np.testing.assert_allclose([r["floor_recall"] for r in got], want["floor_recall"])
+    # The localizations are the truth itself: recall 1, so the floor at that recall is the
+    # floor over every emitter that can be matched.
+    assert [r["recall"] for r in got] == [1.0, 1.0]
+    np.testing.assert_allclose([r["floor_rmse_at_recall_nm"] for r in got], want["floor_rmse_nm"])
     # Without the simulation's camera there is no bound: one line, exit 2.
     alone = tmp_path / "truth.csv"
     alone.write_bytes(truth_csv.read_bytes())

@@ -229,3 +229,30 @@ def test_sigterm_and_sigint_leave_nothing_half_written(lab, signal, code):
     assert _staging(run_out) == []
     assert _complete_and_intact(run_out)
     assert {p.name: p.read_bytes() for p in run_out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_inside_a_clean_up_is_still_an_interrupt(run_cli, monkeypatch, tmp_path):
+    """Ctrl-C while numpy closes an .npz comes back as zipfile's ValueError, with the
+    KeyboardInterrupt as its context, and a finaliser error follows: still exit 130, one
+    line."""
+    import io
+    import zipfile
+
+    from stormfold.cli import data as data_cli
+
+    def interrupted_in_clean_up(args):
+        zf = zipfile.ZipFile(io.BytesIO(), "w")
+        handle = zf.open("a.npy", "w")
+        handle.write(b"x")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            zf.close()  # ValueError: an open writing handle; zf's finaliser fails again later
+
+    monkeypatch.setattr(data_cli, "_cmd_evaluate", interrupted_in_clean_up)
+    t = tmp_path / "t.csv"
+    t.write_text("x [nm],y [nm],frame\n1,1,1\n")
+    code, out, err = run_cli("evaluate", "--truth", t, "--locs", t)
+    assert code == 130, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err

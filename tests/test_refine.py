@@ -193,6 +193,23 @@ def test_a_lone_pair_reported_as_one_emitter_is_split():
     assert px[0] < res0.x_px[8].item() < px[1]
 
 
+def test_a_frame_with_too_few_lone_emitters_is_not_tested():
+    """A pair alone in its frame would set the frame's σ and dispersion itself."""
+    sigma, bg = 1.1, 5.0
+    xt, yt, nt = np.array([11.7, 12.9, 30.2]), np.array([12.0, 12.5, 30.4]), [2000.0, 1500.0, 1800.0]
+    frames = expected_counts((42, 42), xt, yt, nt, sigma, bg)[None].astype(np.float32)
+    starts = ([np.average(xt[:2], weights=nt[:2]), 30.3], [np.average(yt[:2], weights=nt[:2]), 30.3])
+    # Even with σ known, one other lone emitter is too few to judge the frame's dispersion.
+    res = _run(frames, [0, 0], *starts, [3500.0, 1800.0], [1.0, 1.0], sigma, split_llr=30.0)
+    assert bool(res.accepted.all()) and not bool(res.split.any())
+    # With two more singles in the frame the same pair is split.
+    xt4, yt4 = np.r_[xt, 5.3, 36.6], np.r_[yt, 36.2, 6.1]
+    frames = expected_counts((42, 42), xt4, yt4, nt + [1700.0, 1900.0], sigma, bg)[None].astype(np.float32)
+    res = _run(frames, [0] * 4, starts[0] + [5.3, 36.6], starts[1] + [36.2, 6.1],
+               [3500.0, 1800.0, 1700.0, 1900.0], [1.0] * 4, sigma, split_llr=30.0)
+    assert res.split.tolist() == [True, False, False, False]
+
+
 def test_single_emitters_with_poisson_noise_are_not_split():
     rng = np.random.default_rng(8)
     n_frames, size = 30, 48

@@ -49,9 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One line per warning, named after the command; the API's format comes back after.
     default_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *rest: f"{name}: warning: {message}\n"
+    default_unraisable = sys.unraisablehook
+    if not os.environ.get("STORMFOLD_DEBUG"):
+        # Python ignores errors in finalisers (e.g. of a zip file an interrupt left half
+        # written); printed, they would add a traceback to the one-line message.
+        sys.unraisablehook = lambda unraisable: None
     try:
         with _sigterm_raises():
-            args.func(args)
+            _call(args)
     except UserError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +81,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal_error(name, exc)
     finally:
         warnings.formatwarning = default_format
+        sys.unraisablehook = default_unraisable
     return 0
+
+
+def _call(args: argparse.Namespace) -> None:
+    """Run the command. An interrupt that lands inside a library's clean-up (e.g. while numpy
+    closes an .npz) can come back as that clean-up's own error: it is still the interrupt."""
+    try:
+        args.func(args)
+        return
+    except Exception as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is None:
+            raise
+    # Raised outside the handler and not kept in this frame: no reference cycle holds the
+    # interrupted objects, so their finalisers run as soon as the interrupt is handled
+    # (while :func:`main` still silences their errors).
+    try:
+        raise interrupt
+    finally:
+        interrupt = None
+
+
+def _interrupt_behind(exc: BaseException) -> BaseException | None:
+    """The SIGINT/SIGTERM interrupt among the exceptions ``exc`` was raised while handling."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _internal_error(name: str, exc: BaseException) -> int:

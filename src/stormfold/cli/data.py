@@ -97,7 +97,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
                            border_nm=args.border_nm, fov_nm=fov, frames=frames)
         floor = _bound(truth, args.truth.parent / SIMULATION_YAML, args.tolerance, frames,
-                       args.border_nm, fov) if args.bound else None
+                       args.border_nm, fov, metrics["recall"].to_numpy()) if args.bound else None
         if target is not None:
             report = evaluation_report(metrics, args.truth, args.locs, args.tolerance,
                                        args.matching, args.border_nm, fov, frames, frames_source,
@@ -114,12 +114,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
               f"{first.alone_median_nm:.1f} nm")
         for row in floor.itertuples():
             print(f"  at {row.tolerance_nm:g} nm it would score RMSE {row.floor_rmse_nm:.1f} nm, "
-                  f"recall {row.floor_recall:.3f}")
+                  f"recall {row.floor_recall:.3f}; at these localizations' recall "
+                  f"({row.recall:.3f}, the hardest emitters left out) RMSE "
+                  f"{row.floor_rmse_at_recall_nm:.1f} nm")
     if target is not None:
         print(f"wrote {args.json}")
 
 
-def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov):
+def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov, recalls):
     """:func:`stormfold.evaluate.bounds.floor_table` of the emitters scored, with the camera,
     background and frame size of the simulation that made ``truth``."""
     import numpy as np
@@ -148,7 +150,7 @@ def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov):
                                                    & (truth["frame"] < frames[1])]
     bounds = joint_crlb(in_frames, (cfg.n_rows, cfg.n_cols), cfg.pixel_size_nm,
                         cfg.background.photons, noise.counts_per_photon, noise.gamma)
-    return floor_table(bounds.reindex(truth.index[keep]), tolerances)
+    return floor_table(bounds.reindex(truth.index[keep]), tolerances, recalls)
 
 
 def _evaluation_frames(text: str | None, locs_path: Path, truth):

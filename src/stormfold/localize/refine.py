@@ -59,7 +59,7 @@ SPLIT_ITERATIONS = 5
 SPLIT_MIN_FRACTION = 0.2
 SPLIT_MIN_SEPARATION_PX = 0.4
 SPLIT_MAX_SHIFT_PX = 2.0
-#: Lone emitters a frame needs for their median σ to be the frame's split σ.
+#: Lone emitters a frame needs for the split test (their median σ and dispersion).
 SPLIT_MIN_LONE = 3
 
 
@@ -371,18 +371,20 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
         # Only emitters alone in their region: in a crowded one the likelihood ratio answers
         # the model's mismatch more than a missing emitter (docs/gridnet.md, "Refinement").
         lone = accepted & ~crowded
-        if lone.any():
+        # A frame needs other lone emitters to give a candidate its σ and dispersion: a pair
+        # alone in its frame would set both itself (a widened σ, a large misfit) and never
+        # split, so such frames are not tested.
+        enough = torch.bincount(frame[lone], minlength=b_count) >= SPLIT_MIN_LONE
+        tested = lone & enough[frame]
+        if tested.any():
             if fit_sigma:
                 # One σ per frame: a σ fitted per emitter would widen to absorb a pair. The
-                # median over the frame's lone emitters (all its emitters when it has fewer
-                # than 3) depends on the frame only, not on how frames are batched.
-                by_lone = _frame_median(sig, frame, lone, b_count)
-                by_all = _frame_median(sig, frame, accepted, b_count)
-                enough = torch.bincount(frame[lone], minlength=b_count) >= SPLIT_MIN_LONE
-                sigma_split = torch.where(enough, by_lone, by_all)[frame]
+                # median over the frame's lone emitters depends on the frame only, not on
+                # how frames are batched.
+                sigma_split = _frame_median(sig, frame, lone, b_count)[frame]
             else:
                 sigma_split = torch.full((n,), float(s_init))
-            split_pairs(out, torch.nonzero(lone).squeeze(1), gather, total, (x, y, N, b, sig),
+            split_pairs(out, torch.nonzero(tested).squeeze(1), gather, total, (x, y, N, b, sig),
                         (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr,
                         frame, b_count)
     return out
