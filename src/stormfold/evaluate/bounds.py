@@ -99,10 +99,14 @@ def joint_crlb(truth: pd.DataFrame, shape_px: tuple[int, int], pixel_size_nm: fl
     starts = np.r_[0, np.flatnonzero(np.diff(frame[order])) + 1, order.size]
     for a, b in zip(starts[:-1], starts[1:]):
         members = order[a:b]
-        for r0 in range(0, rows, window_px):
-            for c0 in range(0, cols, window_px):
+        # Only the windows whose core holds an emitter (a large frame is mostly empty ones).
+        cells = np.unique(np.c_[np.floor(y[members] / window_px), np.floor(x[members] / window_px)],
+                          axis=0).astype(np.int64)
+        for cell_r, cell_c in cells:
+            if 0 <= cell_r * window_px < rows and 0 <= cell_c * window_px < cols:
                 _window(members, x, y, counts, sigma, bg, gamma, (rows, cols),
-                        (r0, c0, window_px, margin), joint, alone)
+                        (int(cell_r) * window_px, int(cell_c) * window_px, window_px, margin),
+                        joint, alone)
     return pd.DataFrame({"crlb_nm": joint * pixel_size_nm,
                          "crlb_alone_nm": alone * pixel_size_nm}, index=truth.index)
 
