@@ -136,19 +136,18 @@ def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov, rec
     cfg = build_config(config_file=sim_yaml)
     if cfg.background.map is not None:
         raise UserError(f"--bound supports a uniform background only ({sim_yaml} has a map)")
-    keep = np.ones(len(truth), dtype=bool)
+    in_frames = np.ones(len(truth), dtype=bool)
     if frames is not None:
         f = truth["frame"].to_numpy()
-        keep &= (f >= frames[0]) & (f < frames[1])
+        in_frames = (f >= frames[0]) & (f < frames[1])
+    keep = in_frames.copy()
     if border_nm > 0:
         keep &= border_mask(truth["x_nm"].to_numpy(), truth["y_nm"].to_numpy(), border_nm, fov)
     if not keep.any():
         raise UserError("--bound: no true emitter among the frames scored")
     noise = NoiseModel.from_camera(cfg.camera)
     # Every emitter of the frames scored is an unknown of the model, the border ones too.
-    in_frames = truth if frames is None else truth[(truth["frame"] >= frames[0])
-                                                   & (truth["frame"] < frames[1])]
-    bounds = joint_crlb(in_frames, (cfg.n_rows, cfg.n_cols), cfg.pixel_size_nm,
+    bounds = joint_crlb(truth[in_frames], (cfg.n_rows, cfg.n_cols), cfg.pixel_size_nm,
                         cfg.background.photons, noise.counts_per_photon, noise.gamma)
     return floor_table(bounds.reindex(truth.index[keep]), tolerances, recalls)
 

@@ -116,7 +116,7 @@ def _window(members, x, y, counts, sigma, bg, gamma, shape, window, joint, alone
     # Imported here: scoring without the bound does not need torch.
     import torch
 
-    from stormfold.localize.classic.fit import gaussian_model
+    from stormfold.localize.classic.fit import fisher_information, gaussian_model
 
     rows, cols = shape
     r0, c0, size, margin = window
@@ -137,27 +137,18 @@ def _window(members, x, y, counts, sigma, bg, gamma, shape, window, joint, alone
     jac = jac[:, :3, :hi_r - lo_r, :hi_c - lo_c].flatten(2)  # (n, 3, pixels): x, y, N
     # Rows of J: every emitter's (x, y, N), then the background.
     full = torch.cat([jac.reshape(3 * n, -1), torch.ones(1, jac.shape[-1], dtype=jac.dtype)])
-    var = torch.diagonal(_inverse(_information(full[None], mu.sum(0).flatten()[None], bg, gamma)),
-                         dim1=1, dim2=2)[0, :-1].reshape(n, 3)
+    var = torch.diagonal(_inverse(fisher_information(full[None], mu.sum(0).flatten()[None] + bg,
+                                                    gamma)), dim1=1, dim2=2)[0, :-1].reshape(n, 3)
     joint[idx[core]] = _lateral(var)[core]
     # Alone: the emitter's own (x, y, N) and the background, its neighbours absent.
     own = torch.cat([jac, torch.ones(n, 1, jac.shape[-1], dtype=jac.dtype)], 1)
-    var1 = torch.diagonal(_inverse(_information(own, mu.flatten(1), bg, gamma)), dim1=1, dim2=2)
+    var1 = torch.diagonal(_inverse(fisher_information(own, mu.flatten(1) + bg, gamma)),
+                          dim1=1, dim2=2)
     alone[idx[core]] = _lateral(var1)[core]
 
 
 #: A lateral variance above this (px², i.e. 100 px RMS) means "not identifiable".
 NOT_IDENTIFIABLE_PX2 = 1e4
-
-
-def _information(jac, psf, bg, gamma):
-    """Fisher information J diag(1 / λ) Jᵀ (batched) with λ = PSF models + b + γ; pixels
-    without any expected count carry no information (rather than 1/0)."""
-    import torch
-
-    lam = psf + bg + gamma
-    weight = torch.where(lam > 0, 1.0 / lam.clamp_min(1e-300), torch.zeros_like(lam))
-    return torch.bmm(jac * weight[:, None, :], jac.transpose(1, 2))
 
 
 def _inverse(info):

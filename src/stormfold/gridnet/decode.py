@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from stormfold.gridnet.outputs import GridOutputs
+from stormfold.localize.refine import principal_axis
 from stormfold.table import make_table
 
 DEFAULT_P_RAW = 0.1
@@ -297,19 +298,9 @@ def _principal_spread(x: torch.Tensor, y: torch.Tensor, centre: torch.Tensor,
     sxx = (wsum(dx * dx) - mx * mx).clamp_min(0)
     syy = (wsum(dy * dy) - my * my).clamp_min(0)
     sxy = wsum(dx * dy) - mx * my
-    half_trace = 0.5 * (sxx + syy)
-    lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
-    # The eigenvector of λ as (λ − syy, sxy) or (sxy, λ − sxx), whichever has the larger
-    # well-determined component (λ − syy ≥ sxx − syy when sxx ≥ syy); x for a round cluster.
-    wide = sxx >= syy
-    vx = torch.where(wide, lam - syy, sxy)
-    vy = torch.where(wide, sxy, lam - sxx)
-    norm = torch.hypot(vx, vy)
-    round_ = norm < 1e-12
-    vx = torch.where(round_, torch.ones_like(vx), vx)
-    norm = torch.where(round_, torch.ones_like(norm), norm)
-    scale = torch.sqrt(lam) / norm
-    return vx * scale, vy * scale
+    lam, ux, uy = principal_axis(sxx, syy, sxy)
+    scale = torch.sqrt(lam)
+    return ux * scale, uy * scale
 
 
 def split_starts(cand: Candidates) -> tuple[torch.Tensor, torch.Tensor]:

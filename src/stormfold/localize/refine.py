@@ -464,6 +464,13 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
                                              sig[sel]], 1), size, jacobian=False)
         return data, valid, d, total[flat] - own, sigma_px[sel].float()
 
+    # One slice (the common case): its regions serve both passes; several: gathered again
+    # in each pass, so that memory stays bounded by the slice.
+    kept = region(slices[0]) if len(slices) == 1 else None
+
+    def region_of(j):
+        return kept if kept is not None else region(slices[j])
+
     def one_model(sg):
         def one(t, jacobian):
             mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
@@ -475,8 +482,8 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     nll1_all = torch.empty(idx.numel())
     ratio = torch.empty(idx.numel())
     at = 0
-    for sel in slices:
-        _, valid, d, others, sg = region(sel)
+    for j, sel in enumerate(slices):
+        _, valid, d, others, sg = region_of(j)
         th1, nll1, _ = _fit(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one_model(sg),
                             others, valid, d, gamma, [2], SPLIT_ITERATIONS)
         # Saturated model: expected = data (0·log 0 = 0).
@@ -490,12 +497,12 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
 
     # Pass 2: the two-emitter fits and the test.
     at = 0
-    for sel in slices:
+    for j, sel in enumerate(slices):
         k = sel.numel()
         th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
         dispersion = phi[at:at + k]
         at += k
-        data, valid, d, others, sg = region(sel)
+        data, valid, d, others, sg = region_of(j)
         zero = torch.zeros(k)
 
         def two(t, jacobian):
@@ -553,14 +560,24 @@ def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
     cxx = (r * dx * dx).flatten(1).sum(1) / m0
     cyy = (r * dy * dy).flatten(1).sum(1) / m0
     cxy = (r * dx * dy).flatten(1).sum(1) / m0
-    half_tr = (cxx + cyy) / 2
-    l1 = half_tr + torch.sqrt(((cxx - cyy) / 2) ** 2 + cxy ** 2)
-    # Of the two equivalent eigenvector forms, the one with the larger entries is the better
-    # conditioned (the other vanishes when the moments are almost diagonal).
-    a = torch.stack([cxy, l1 - cxx], 1)
-    b = torch.stack([l1 - cyy, cxy], 1)
-    v = torch.where((a.norm(dim=1) >= b.norm(dim=1))[:, None], a, b)
-    norm = v.norm(dim=1, keepdim=True)
-    v = torch.where(norm > 1e-9, v / norm.clamp_min(1e-9), torch.tensor([1.0, 0.0], dtype=r.dtype))
+    l1, ux, uy = principal_axis(cxx, cyy, cxy)
     half = torch.sqrt((l1 - sigma_px ** 2).clamp(min=0.09)).clamp(max=1.5)
-    return v[:, 0], v[:, 1], half
+    return ux, uy, half
+
+
+def principal_axis(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor):
+    """Largest eigenvalue of the 2×2 covariances [[sxx, sxy], [sxy, syy]] and its unit
+    eigenvector (x, y); x for a round one."""
+    half_trace = 0.5 * (sxx + syy)
+    lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
+    # The eigenvector as (λ − syy, sxy) or (sxy, λ − sxx), whichever has the larger
+    # well-determined component (λ − syy ≥ sxx − syy when sxx ≥ syy): the other form
+    # vanishes, and loses its direction in float32, when the covariance is almost diagonal.
+    wide = sxx >= syy
+    vx = torch.where(wide, lam - syy, sxy)
+    vy = torch.where(wide, sxy, lam - sxx)
+    norm = torch.hypot(vx, vy)
+    round_ = norm < 1e-12
+    vx = torch.where(round_, torch.ones_like(vx), vx)
+    norm = torch.where(round_, torch.ones_like(norm), norm)
+    return lam, vx / norm, vy / norm

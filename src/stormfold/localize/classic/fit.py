@@ -106,9 +106,12 @@ def neg_log_likelihood_ratio(data: torch.Tensor, mu: torch.Tensor, gamma) -> tor
 
 
 def fisher_information(jac: torch.Tensor, mu: torch.Tensor, gamma) -> torch.Tensor:
-    """I = Σ_pixels ∂μ ∂μᵀ / (μ + γ), (n, 5, 5)."""
+    """I = Σ_pixels ∂μ ∂μᵀ / (μ + γ), (n, p, p); pixels that expect no counts at all
+    (μ + γ = 0, e.g. far from every emitter without background or read noise) carry no
+    information rather than 1/0."""
     jf = jac.flatten(2)
-    w = 1.0 / (mu + gamma).flatten(1)
+    lam = (mu + gamma).flatten(1)
+    w = torch.where(lam > 0, 1.0 / lam.clamp_min(torch.finfo(lam.dtype).tiny), torch.zeros_like(lam))
     return torch.einsum("npk,nqk->npq", jf * w[:, None, :], jf)
 
 
