@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -484,6 +485,13 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
     for edit in cases:
         with pytest.raises(UserError):
             load_engine(model=broken(edit))
+    # A bad value inside a section names the model file it came from.
+    for edit in [lambda m: m["refine"].update(split_llr=-3.0),
+                 lambda m: m["normalization"].update(scale_photons=-1.0),
+                 lambda m: m["domain"].update(sigma_px=[2.0, 0.7])]:
+        folder = broken(edit)
+        with pytest.raises(UserError, match=re.escape(str(folder))):
+            load_engine(model=folder)
     with pytest.raises(UserError, match="unknown gridnet option"):
         load_engine(model=out, options={"tile": 3})
     # A model written before the decoder section decodes with peaks (p_raw, p_keep).

@@ -64,14 +64,24 @@ def read_gridnet(spec: str | Path) -> tuple[GridNet, dict]:
     return network_from_meta(meta, tensors, str(spec)), meta
 
 
+def _section(cls: type, data: Any, key: str, source: str) -> Any:
+    """Section ``key`` of the model file as ``cls``; an error names the model it came from."""
+    try:
+        return from_dict(cls, data, where=key)
+    except UserError as err:
+        if source in str(err):
+            raise
+        raise UserError(f"{source}: {err}") from None
+
+
 def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> GridnetEngine:
     """Engine of a loaded network, with ``--set`` options checked."""
-    norm = from_dict(InputNormalization, require_section(meta, "normalization", source),
-                     where="normalization")
-    domain = from_dict(DomainConfig, require_section(meta, "domain", source), where="domain")
-    camera = from_dict(Camera, meta["camera"], where="camera") \
+    norm = _section(InputNormalization, require_section(meta, "normalization", source),
+                    "normalization", source)
+    domain = _section(DomainConfig, require_section(meta, "domain", source), "domain", source)
+    camera = _section(Camera, meta["camera"], "camera", source) \
         if isinstance(meta.get("camera"), dict) else None
     px = meta.get("pixel_size_nm")
     opts: dict[str, Any] = {}
@@ -112,7 +122,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     # Models written before the refine section do not refine; ``--set refine=`` overrides.
     stored_refine = meta.get("refine")
     refine = RefineOptions() if stored_refine is None else \
-        from_dict(RefineOptions, stored_refine, where=f"{source}: refine")
+        _section(RefineOptions, stored_refine, "refine", source)
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")
