@@ -1,6 +1,8 @@
 """Deep-STORM: network, loss, targets, patches, extraction, tiling, model files, resume, CLI."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -279,6 +281,11 @@ def test_train_save_load_and_refusals(tmp_path):
     refused({k: v for k, v in meta.items() if k != "normalization"}, match="normalization")
     refused({**meta, "architecture": {"arch": "unet", "channels": TINY}}, match="deepstorm")
     refused(meta, {k: v for k, v in tensors.items() if not k.startswith("out.")}, match="missing")
+    # A bad value inside a section names the model folder.
+    refused({**meta, "camera": {**meta["camera"], "em_gain": 0.5}},
+            match=re.escape(str(tmp_path / "bad")) + ": camera")
+    refused({**meta, "normalization": {**meta["normalization"], "scale_photons": 0.0}},
+            match=re.escape(str(tmp_path / "bad")) + ": normalization")
     with pytest.raises(UserError, match="option"):
         engine_from_meta(meta, tensors, options={"tile": 3})
     with pytest.raises(UserError, match="threshold"):

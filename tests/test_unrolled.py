@@ -2,6 +2,7 @@
 λ bound, SGP, extraction, model files, CLI (SPEC §5)."""
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pandas as pd
@@ -389,6 +390,12 @@ def test_save_load_engine_and_refusals(tmp_path):
     (folder / "model.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(UserError, match="unknown option"):
         load_engine(model=folder, options={"bogus": 1})
+    meta["camera"]["em_gain"] = 0.5  # a bad value inside a section names the model
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(UserError, match=re.escape(str(folder)) + ": camera"):
+        load_engine(model=folder)
+    del meta["camera"]["em_gain"]
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
     with pytest.raises(UserError, match="background"):
         load_engine(model=folder, options={"background": -1})
 

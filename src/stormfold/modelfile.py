@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stormfold import __version__
-from stormfold.config import dump_yaml
+from stormfold.config import dump_yaml, from_dict
 from stormfold.errors import UserError
 from stormfold.io.atomic import write_text
 
@@ -131,3 +131,17 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise UserError(f"{source}: weight {name} has shape {tuple(tensors[name].shape)}, "
                             f"the architecture needs {tuple(value.shape)}")
+
+
+def model_section(cls: type, data: Any, key: str, source: str) -> Any:
+    """Section ``key`` of a model's metadata as dataclass ``cls``.
+
+    A bad value names the model it came from, so a user with several model folders knows
+    which file to fix.
+    """
+    try:
+        return from_dict(cls, data, where=key)
+    except UserError as err:
+        if source in str(err):
+            raise
+        raise UserError(f"{source}: {err}") from None

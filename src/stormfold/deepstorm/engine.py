@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stormfold.config import from_dict
 from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
 from stormfold.deepstorm.estimates import DeepStormEstimates
 from stormfold.deepstorm.model import SIZE_MULTIPLE, DeepSTORM, build_model, count_parameters
@@ -256,7 +255,7 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> DeepStormEngine:
     """Build the engine from a model's metadata and weights, refusing what does not fit."""
-    from stormfold.modelfile import check_state_dict
+    from stormfold.modelfile import check_state_dict, model_section
 
     if meta.get("engine") != ENGINE:
         raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
@@ -277,13 +276,13 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
     norm_data = _require(meta, "normalization", source)
     if not isinstance(norm_data, dict):
         raise UserError(f"{source}: normalization must be a mapping, got {norm_data!r}")
-    normalization = from_dict(Normalization, norm_data, where="normalization")
+    normalization = model_section(Normalization, norm_data, "normalization", source)
     px = float(_require(meta, "pixel_size_nm", source))
     if not px > 0:
         raise UserError(f"{source}: pixel_size_nm must be > 0, got {px}")
     camera = None
     if isinstance(meta.get("camera"), dict):
-        camera = from_dict(Camera, meta["camera"], where="camera")
+        camera = model_section(Camera, meta["camera"], "camera", source)
     n_params = arch.get("n_parameters")
     model = build_model(arch)
     if n_params is not None and n_params != count_parameters(model):

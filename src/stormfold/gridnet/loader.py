@@ -22,6 +22,7 @@ from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_paramet
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig
 from stormfold.localize.refine import RefineOptions
+from stormfold.modelfile import model_section
 from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
@@ -64,24 +65,14 @@ def read_gridnet(spec: str | Path) -> tuple[GridNet, dict]:
     return network_from_meta(meta, tensors, str(spec)), meta
 
 
-def _section(cls: type, data: Any, key: str, source: str) -> Any:
-    """Section ``key`` of the model file as ``cls``; an error names the model it came from."""
-    try:
-        return from_dict(cls, data, where=key)
-    except UserError as err:
-        if source in str(err):
-            raise
-        raise UserError(f"{source}: {err}") from None
-
-
 def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> GridnetEngine:
     """Engine of a loaded network, with ``--set`` options checked."""
-    norm = _section(InputNormalization, require_section(meta, "normalization", source),
+    norm = model_section(InputNormalization, require_section(meta, "normalization", source),
                     "normalization", source)
-    domain = _section(DomainConfig, require_section(meta, "domain", source), "domain", source)
-    camera = _section(Camera, meta["camera"], "camera", source) \
+    domain = model_section(DomainConfig, require_section(meta, "domain", source), "domain", source)
+    camera = model_section(Camera, meta["camera"], "camera", source) \
         if isinstance(meta.get("camera"), dict) else None
     px = meta.get("pixel_size_nm")
     opts: dict[str, Any] = {}
@@ -122,7 +113,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     # Models written before the refine section do not refine; ``--set refine=`` overrides.
     stored_refine = meta.get("refine")
     refine = RefineOptions() if stored_refine is None else \
-        _section(RefineOptions, stored_refine, "refine", source)
+        model_section(RefineOptions, stored_refine, "refine", source)
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")

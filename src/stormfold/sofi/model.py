@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from stormfold.errors import UserError
-from stormfold.modelfile import check_state_dict, load_model, save_model
+from stormfold.modelfile import check_state_dict, load_model, model_section, save_model
 from stormfold.physics.operator import SquaredBlurDownsample
 from stormfold.sofi.statistics import check_order_lag
 from stormfold.unrolled.solver import UnrolledAPG
@@ -216,7 +216,6 @@ def save_sofi_model(folder: str | Path, model: SofiModel, extra: dict[str, Any],
 
 def load_sofi_model(spec: str | Path, device: Any = "cpu") -> SofiModel:
     """Load a SOFI model (folder or ``builtin:NAME``); refuses other engines' models."""
-    from stormfold.config import from_dict
     from stormfold.physics.camera import Camera
 
     tensors, meta = load_model(spec, engine=ENGINE, device="cpu")
@@ -244,6 +243,6 @@ def load_sofi_model(spec: str | Path, device: Any = "cpu") -> SofiModel:
     solver = solver.to(device).eval()
     for p in solver.parameters():
         p.requires_grad_(False)
-    camera = from_dict(Camera, meta["camera"], where="model camera") \
+    camera = model_section(Camera, meta["camera"], "camera", str(spec)) \
         if isinstance(meta.get("camera"), dict) else None
     return SofiModel(solver, pixel_size, lag, scale, camera, meta)

@@ -205,7 +205,7 @@ def _parse_background(value: Any) -> str | float | None:
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,
                 options: dict | None = None) -> UnrolledEngine:
     """Registry loader (``model.yaml`` ``engine: unrolled``)."""
-    from stormfold.config import from_dict
+    from stormfold.modelfile import model_section
 
     options = dict(options or {})
     user_threshold = threshold is not None
@@ -219,7 +219,7 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
     extraction = meta.get("extraction") or {}
     camera = None
     if isinstance(meta.get("camera"), dict):
-        camera = from_dict(Camera, meta["camera"], where="model camera")
+        camera = model_section(Camera, meta["camera"], "camera", str(spec))
     merge = options.get("merge", extraction.get("merge", True))
     if not isinstance(merge, bool):
         raise UserError(f"merge must be true or false, got {merge!r}")
