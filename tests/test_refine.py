@@ -226,11 +226,60 @@ def test_single_emitters_with_poisson_noise_are_not_split():
     assert int(res.split.sum()) == 0
 
 
+def _pairs_next_to_singles(split_neighbours):
+    """Four lone single emitters, and three merged pairs (1.3 px apart, started as one
+    emitter at the centre of mass) each 2.6 px from a single emitter, so that pair and single
+    share their regions (noise-free data, σ known)."""
+    sigma, bg = 1.1, 5.0
+    lone_x, lone_y = np.array([6.3, 36.2, 6.6, 36.4]), np.array([6.2, 6.7, 36.1, 36.5])
+    near_x, near_y = np.array([12.4, 21.2, 14.7]), np.array([14.3, 22.6, 28.8])
+    pair_dx, pair_dy = np.array([-0.6, 0.7]), np.array([-0.3, 0.2])
+    pair_n = np.array([2000.0, 1500.0])
+    cx, cy = near_x + 2.6, near_y + 0.5
+    xt = np.r_[lone_x, near_x, (cx[:, None] + pair_dx).ravel()]
+    yt = np.r_[lone_y, near_y, (cy[:, None] + pair_dy).ravel()]
+    nt = np.r_[[1800.0] * 7, np.tile(pair_n, 3)]
+    frames = expected_counts((44, 44), xt, yt, nt, sigma, bg)[None].astype(np.float32)
+    mx, my = np.average(pair_dx, weights=pair_n), np.average(pair_dy, weights=pair_n)
+    x0 = np.r_[lone_x + 0.1, near_x - 0.1, cx + mx]
+    y0 = np.r_[lone_y - 0.1, near_y + 0.1, cy + my]
+    return _run(frames, [0] * 10, x0, y0, [1800.0] * 7 + [3500.0] * 3, [1.0] * 10, sigma,
+                split_llr=30.0, split_neighbours=split_neighbours)
+
+
+def test_a_pair_next_to_another_emitter_is_split_when_crowded_emitters_are_tested():
+    res = _pairs_next_to_singles(2)
+    assert bool(res.accepted.all())
+    assert res.split.tolist() == [False] * 7 + [True] * 3
+    # Only lone emitters tested: the same pairs stay one emitter each.
+    assert not bool(_pairs_next_to_singles(0).split.any())
+
+
+def test_crowded_single_emitters_with_poisson_noise_are_not_split():
+    rng = np.random.default_rng(9)
+    n_frames, size = 30, 48
+    # Per frame: three lone emitters and three couples of single emitters 1.5–3.5 px apart.
+    gx = np.array([8.0, 24.0, 40.0, 8.0, 10.5, 24.0, 26.5, 40.0, 42.5]) - 2.0
+    gy = np.array([8.0, 8.0, 8.0, 24.0, 24.0, 38.0, 38.0, 24.0, 24.0])
+    xt = (gx[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
+    yt = (gy[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
+    counts = rng.uniform(300, 5000, xt.size)
+    frame = np.repeat(np.arange(n_frames), 9)
+    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
+                                                   counts[frame == f], 1.2, 20.0))
+                       for f in range(n_frames)]).astype(np.float32)
+    res = _run(frames, frame, xt + 0.2, yt - 0.1, counts, [0.5] * xt.size, split_neighbours=2)
+    assert bool(res.accepted.all())
+    assert int(res.split.sum()) == 0
+
+
 @pytest.mark.parametrize("bad", [{"method": "fit"}, {"iterations": 0}, {"iterations": 2.5},
                                  {"relax": 0.0}, {"relax": 1.5}, {"guard": -1.0},
                                  {"guard": float("inf")}, {"relax": float("nan")},
                                  {"split_llr": -1.0}, {"split_llr": float("nan")},
-                                 {"split_llr": True}, {"split_llr": "high"}])
+                                 {"split_llr": True}, {"split_llr": "high"},
+                                 {"split_neighbours": -1}, {"split_neighbours": 1.5},
+                                 {"split_neighbours": 9}, {"split_neighbours": True}])
 def test_bad_options_are_refused(bad):
     with pytest.raises(UserError):
         RefineOptions(**{"method": "mle", **bad}).validate()

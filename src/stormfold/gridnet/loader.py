@@ -27,6 +27,7 @@ from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
 OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "split_llr": float,
+           "split_neighbours": int,
            "p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
            "temporal": bool, "sigma_nm": float}
 
@@ -117,9 +118,10 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")
-    if "split_llr" in opts:
-        refine = from_dict(RefineOptions, {**to_dict(refine), "split_llr": opts.pop("split_llr")},
-                           where="--set split_llr")
+    for key in ("split_llr", "split_neighbours"):
+        if key in opts:
+            refine = from_dict(RefineOptions, {**to_dict(refine), key: opts.pop(key)},
+                               where=f"--set {key}")
     for key, value in dec.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{source}: decoder {key} must be a number, got {value!r}")

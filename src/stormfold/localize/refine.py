@@ -59,8 +59,11 @@ SPLIT_ITERATIONS = 5
 SPLIT_MIN_FRACTION = 0.2
 SPLIT_MIN_SEPARATION_PX = 0.4
 SPLIT_MAX_SHIFT_PX = 2.0
-#: Lone emitters a frame needs for the split test (their median σ and dispersion).
+#: Lone emitters a frame needs for the split test (their median σ and dispersion); a
+#: frame's crowded emitters are tested when it also holds this many of them.
 SPLIT_MIN_LONE = 3
+#: Default of ``RefineOptions.split_neighbours``.
+SPLIT_NEIGHBOURS = 2
 
 
 @dataclass
@@ -80,6 +83,10 @@ class RefineOptions:
         An emitter alone in its region is replaced by two when a two-emitter fit beats a
         one-emitter fit (both with the frame's PSF σ) by 2·Δlog-likelihood > ``split_llr``
         (divided by the frame's dispersion); 0 never splits. See :func:`split_pairs`.
+    split_neighbours : int
+        Emitters with up to this many other emitters in their region are split-tested too
+        (0: only emitters alone in their region). Their dispersion is taken over the
+        frame's crowded emitters, whose one-emitter fits also absorb the neighbours' misfit.
     """
 
     method: str = "none"
@@ -87,6 +94,7 @@ class RefineOptions:
     relax: float = 0.3
     guard: float = 2.0
     split_llr: float = SPLIT_LLR
+    split_neighbours: int = SPLIT_NEIGHBOURS
 
     def validate(self) -> "RefineOptions":
         if self.method not in REFINE_METHODS:
@@ -104,6 +112,10 @@ class RefineOptions:
                 or not (self.split_llr >= 0 and math.isfinite(self.split_llr)):
             raise UserError(f"refine split_llr must be a finite number ≥ 0 (0: never split), "
                             f"got {self.split_llr!r}")
+        if isinstance(self.split_neighbours, bool) or not isinstance(self.split_neighbours, int) \
+                or not 0 <= self.split_neighbours <= 8:
+            raise UserError(f"refine split_neighbours must be an integer in [0, 8], "
+                            f"got {self.split_neighbours!r}")
         return self
 
     @property
@@ -300,9 +312,10 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     lo, hi = sigma_bounds
     # Emitters whose regions hold another emitter share photons: they take part steps.
     occupancy = torch.zeros(b_count * hp * wp).index_add_(0, centre, torch.ones(n))
-    crowded = torch.empty(n, dtype=torch.bool)
+    company = torch.empty(n)
     for sl in slices:
-        crowded[sl] = occupancy[region(sl)[0]].flatten(1).sum(1) > 1.5
+        company[sl] = occupancy[region(sl)[0]].flatten(1).sum(1) - 1
+    crowded = company > 0.5
     omega = torch.where(crowded, options.relax, 1.0)
     n_par = 5 if fit_sigma else 4
     lam = torch.full((n,), 1e-2)
@@ -368,14 +381,20 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
                   bg=torch.where(accepted, b, torch.full_like(b, math.nan)),
                   sigma_px=sig, accepted=accepted, crlb_x_px2=crlb_x, crlb_y_px2=crlb_y)
     if options.split_llr > 0:
-        # Only emitters alone in their region: in a crowded one the likelihood ratio answers
-        # the model's mismatch more than a missing emitter (docs/gridnet.md, "Refinement").
+        # Emitters alone in their region, and those with few neighbours: with many, the
+        # likelihood ratio answers the neighbours' misfit more than a missing emitter
+        # (docs/gridnet.md, "Refinement").
         lone = accepted & ~crowded
         # A frame needs other lone emitters to give a candidate its σ and dispersion: a pair
         # alone in its frame would set both itself (a widened σ, a large misfit) and never
         # split, so such frames are not tested.
         enough = torch.bincount(frame[lone], minlength=b_count) >= SPLIT_MIN_LONE
         tested = lone & enough[frame]
+        if options.split_neighbours > 0:
+            # Crowded emitters get a dispersion of their own, so a frame needs enough of them.
+            busy = accepted & crowded & (company < options.split_neighbours + 0.5)
+            tested |= busy & enough[frame] & \
+                (torch.bincount(frame[busy], minlength=b_count) >= SPLIT_MIN_LONE)[frame]
         if tested.any():
             if fit_sigma:
                 # One σ per frame: a σ fitted per emitter would widen to absorb a pair. The
@@ -384,9 +403,11 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
                 sigma_split = _frame_median(sig, frame, lone, b_count)[frame]
             else:
                 sigma_split = torch.full((n,), float(s_init))
+            # Lone and crowded emitters get their own dispersion (neighbours' misfits).
+            group = frame * 2 + crowded.long()
             split_pairs(out, torch.nonzero(tested).squeeze(1), gather, total, (x, y, N, b, sig),
                         (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr,
-                        frame, b_count)
+                        group, 2 * b_count)
     return out
 
 
@@ -433,7 +454,7 @@ def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
 
 def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
                 corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
-                llr_min: float, frame: torch.Tensor, n_frames: int) -> None:
+                llr_min: float, group: torch.Tensor, n_groups: int) -> None:
     """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
 
     Each emitter's region is fitted twice with the other emitters' models held fixed and
@@ -443,8 +464,9 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     0.3–1.5 px). Both fits take :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that
     neither wins by converging further.
 
-    The likelihood ratio is divided by the frame's dispersion φ: the median over the frame's
-    tested emitters of the one-emitter fit's deviance per degree of freedom, at least 1. A
+    The likelihood ratio is divided by the dispersion φ of the emitter's ``group`` (frame,
+    lone or crowded; one of ``n_groups``): the median over the group's tested emitters of
+    the one-emitter fit's deviance per degree of freedom, at least 1. A
     noise model that under-states the pixel variance (read noise left out, a wrong gain)
     inflates every likelihood ratio by about φ, and would split single emitters.
 
@@ -477,7 +499,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
             return mu, (jac[:, :4] if jacobian else None)
         return one
 
-    # Pass 1: the one-emitter fits, and each frame's dispersion.
+    # Pass 1: the one-emitter fits, and each group's dispersion.
     th1_all = torch.empty(idx.numel(), 4)
     nll1_all = torch.empty(idx.numel())
     ratio = torch.empty(idx.numel())
@@ -493,7 +515,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         ratio[at:at + sel.numel()] = 2.0 * (nll1 - saturated) / dof
         at += sel.numel()
     every = torch.ones(idx.numel(), dtype=torch.bool)
-    phi = _frame_median(ratio, frame[idx], every, n_frames).clamp_min(1.0)[frame[idx]]
+    phi = _frame_median(ratio, group[idx], every, n_groups).clamp_min(1.0)[group[idx]]
 
     # Pass 2: the two-emitter fits and the test.
     at = 0
