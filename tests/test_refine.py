@@ -248,7 +248,7 @@ def _pairs_next_to_singles(split_neighbours):
 
 
 def test_a_pair_next_to_another_emitter_is_split_when_crowded_emitters_are_tested():
-    res = _pairs_next_to_singles(2)
+    res = _pairs_next_to_singles(1)
     assert bool(res.accepted.all())
     assert res.split.tolist() == [False] * 7 + [True] * 3
     # Only lone emitters tested: the same pairs stay one emitter each.

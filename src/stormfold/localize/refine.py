@@ -63,7 +63,7 @@ SPLIT_MAX_SHIFT_PX = 2.0
 #: frame's crowded emitters are tested when it also holds this many of them.
 SPLIT_MIN_LONE = 3
 #: Default of ``RefineOptions.split_neighbours``.
-SPLIT_NEIGHBOURS = 2
+SPLIT_NEIGHBOURS = 1
 
 
 @dataclass
