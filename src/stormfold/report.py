@@ -135,15 +135,21 @@ def frc_figure(frc: dict) -> str:
     return _png(figure(curve, res, frc.get("threshold", THRESHOLD), size_in=(6, 3)))
 
 
+#: Number formats of report columns (others: 3 decimals), to the precision they carry.
+COLUMN_FORMATS = {"tolerance_nm": "{:.0f}", "rmse_lateral_nm": "{:.1f}",
+                  "bias_x_nm": "{:.1f}", "bias_y_nm": "{:.1f}", "efficiency": "{:.1f}",
+                  "frames/s": "{:.1f}"}
+
+
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
-    def cell(v):
+    def cell(v, column):
         if isinstance(v, (float, np.floating)):
-            return "–" if not np.isfinite(v) else floatfmt.format(v)
+            return "–" if not np.isfinite(v) else COLUMN_FORMATS.get(column, floatfmt).format(v)
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join("<tr>" + "".join(f"<td>{cell(v, c)}</td>" for v, c in zip(row, df.columns))
+                   + "</tr>" for row in df.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
