@@ -510,6 +510,16 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
     assert load_engine(model=out, options={"split_llr": 0}).refine.split_llr == 0.0
     with pytest.raises(UserError, match="split_llr"):
         load_engine(model=out, options={"split_llr": -2})
+    # Crowded emitters are split-tested too (one neighbour); a refine section written before
+    # that option keeps testing lone emitters only.
+    assert meta["refine"]["split_neighbours"] == 1
+    assert load_engine(model=out).refine.split_neighbours == 1
+    old = broken(lambda m: m["refine"].pop("split_neighbours"))
+    assert load_engine(model=old).refine.split_neighbours == 0
+    assert load_engine(model=out, options={"split_neighbours": 2}).refine.split_neighbours == 2
+    for bad in (float("inf"), float("nan"), -1, 1.5):
+        with pytest.raises(UserError, match="split_neighbours"):
+            load_engine(model=out, options={"split_neighbours": bad})
     assert meta["pixel_size_nm"] is None  # generalist-style: any pixel size
 
 

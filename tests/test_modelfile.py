@@ -57,3 +57,17 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     _train(b, opt_b, 5, gen_b)
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
     assert load_checkpoint(tmp_path / "nothing") is None
+
+
+def test_model_section_names_the_model_and_integers_must_be_finite():
+    from stormfold.localize.refine import RefineOptions
+    from stormfold.modelfile import model_section
+
+    # The model's name is a prefix, even when it also occurs inside the message.
+    with pytest.raises(UserError, match=r"^m: refine split_neighbours"):
+        model_section(RefineOptions, {"method": "mle", "split_neighbours": -1}, "refine", "m")
+    with pytest.raises(UserError, match=r"^m: refine\.iterations: expected an integer"):
+        model_section(RefineOptions, {"method": "mle", "iterations": "x"}, "refine", "m")
+    for bad in (float("inf"), float("nan"), 1.5, True):
+        with pytest.raises(UserError, match="expected an integer"):
+            model_section(RefineOptions, {"method": "mle", "split_neighbours": bad}, "refine", "m")

@@ -8,6 +8,7 @@ names the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -72,7 +73,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UserError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or int(value) != value:
             raise UserError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:

@@ -142,6 +142,6 @@ def model_section(cls: type, data: Any, key: str, source: str) -> Any:
     try:
         return from_dict(cls, data, where=key)
     except UserError as err:
-        if source in str(err):
+        if str(err).startswith(f"{source}:"):
             raise
         raise UserError(f"{source}: {err}") from None

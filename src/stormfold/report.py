@@ -136,7 +136,7 @@ def frc_figure(frc: dict) -> str:
 
 
 #: Number formats of report columns (others: 3 decimals), to the precision they carry.
-COLUMN_FORMATS = {"tolerance_nm": "{:.0f}", "rmse_lateral_nm": "{:.1f}",
+COLUMN_FORMATS = {"tolerance_nm": "{:g}", "rmse_lateral_nm": "{:.1f}",
                   "bias_x_nm": "{:.1f}", "bias_y_nm": "{:.1f}", "efficiency": "{:.1f}",
                   "frames/s": "{:.1f}"}
 

@@ -8,6 +8,7 @@ of other shapes) are refused with one line.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def network_from_meta(meta: dict, tensors: dict[str, torch.Tensor], source: str)
     if not isinstance(arch, dict):
         raise UserError(f"{source}: architecture must be a mapping, got {arch!r}")
     arch = {k: v for k, v in arch.items() if k != "n_parameters"}
-    model = GridNet(from_dict(ArchitectureConfig, arch, where="architecture"))
+    model = GridNet(model_section(ArchitectureConfig, arch, "architecture", source))
     n_params = meta["architecture"].get("n_parameters")
     if n_params is not None and n_params != count_parameters(model):
         raise UserError(f"{source}: architecture.n_parameters is {n_params} but the architecture "
@@ -85,7 +86,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
             ok = isinstance(value, kind)
         else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                (kind is float or int(value) == value)
+                (kind is float or (math.isfinite(value) and int(value) == value))
         if not ok:
             raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
         opts[key] = kind(value)
@@ -113,8 +114,10 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     method = dec.pop("method", "peaks")
     # Models written before the refine section do not refine; ``--set refine=`` overrides.
     stored_refine = meta.get("refine")
-    refine = RefineOptions() if stored_refine is None else \
-        model_section(RefineOptions, stored_refine, "refine", source)
+    # A refine section written before split_neighbours tested lone emitters only.
+    refine = RefineOptions() if stored_refine is None else model_section(
+        RefineOptions, {"split_neighbours": 0, **stored_refine} if isinstance(stored_refine, dict)
+        else stored_refine, "refine", source)
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")

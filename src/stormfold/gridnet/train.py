@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stormfold.config import from_dict, to_dict
+from stormfold.config import to_dict
 from stormfold.errors import UserError
 from stormfold.gridnet.config import (GENERALIST, GridnetTrainConfig, ScheduleConfig,
                                       ValidationConfig, build_train_config, lr_at)
@@ -43,6 +43,7 @@ from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, Sampler, check_sigma
 from stormfold.gridnet.validation import (decoder_variants, held_back, held_back_outputs,
                                         jaccard_curve, variant_label)
+from stormfold.modelfile import model_section
 from stormfold.training import Budget, TrainingRun, run_loop, write_history
 
 __all__ = ["GENERALIST", "GridnetTrainConfig", "ScheduleConfig", "TrainResult", "ValidationConfig",
@@ -115,16 +116,19 @@ def _adopt_init(config: GridnetTrainConfig, init_meta: dict) -> GridnetTrainConf
     """Fine-tuning keeps the initial model's architecture and normalisation, and refuses a
     simulation whose σ in pixels is outside that model's range."""
     config = copy.deepcopy(config)
-    architecture = require_section(init_meta, "architecture", config.init)
-    config.architecture = from_dict(ArchitectureConfig, {k: v for k, v in
-                                    architecture.items() if k != "n_parameters"})
-    config.normalization = from_dict(InputNormalization,
-                                     require_section(init_meta, "normalization", config.init))
+    source = str(config.init)
+    architecture = require_section(init_meta, "architecture", source)
+    config.architecture = model_section(ArchitectureConfig, {k: v for k, v in
+                                        architecture.items() if k != "n_parameters"},
+                                        "architecture", source)
+    config.normalization = model_section(
+        InputNormalization, require_section(init_meta, "normalization", source),
+        "normalization", source)
     if config.simulation is not None:
         sim = config.simulation
         check_sigma(sim.emitters.sigma_nm, sim.pixel_size_nm,
-                    from_dict(DomainConfig, require_section(init_meta, "domain", config.init),
-                              where="domain"), config.init)
+                    model_section(DomainConfig, require_section(init_meta, "domain", source),
+                                  "domain", source), source)
     return config
 
 

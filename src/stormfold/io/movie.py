@@ -298,7 +298,8 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
     given = None if pixel_size_nm is None else check_camera_pixel_size(pixel_size_nm, str(path))
     check_nan_policy(nan_policy)
     for name, value in (("z", z), ("channel", channel)):
-        if value is not None and (int(value) != value or value < 0):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or int(value) != value or value < 0):
             raise UserError(f"{name} must be a plane index ≥ 0, got {value!r}")
     if not path.exists():
         raise UserError(f"movie not found: {path}")

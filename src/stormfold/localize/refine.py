@@ -21,9 +21,9 @@ whose fit is not finite, keeps the detector's estimate. On simulations of severa
 this made the refinement never worse than the gridnet detector and 5–20 % better in RMSE
 (docs/gridnet.md, "Refinement").
 
-After the sweeps, an emitter alone in its region may be split in two: the detector can
-report two close emitters as one, and a refinement started from one position cannot
-separate them (:func:`split_pairs`).
+After the sweeps, an emitter alone in its region (or with few neighbours in it) may be
+split in two: the detector can report two close emitters as one, and a refinement started
+from one position cannot separate them (:func:`split_pairs`).
 
 Noise: the data are *counts* (Poisson units, see :mod:`stormfold.localize.classic`) with
 Gaussian read noise of variance γ handled as in :mod:`stormfold.localize.classic.fit`.
@@ -80,9 +80,9 @@ class RefineOptions:
     guard : float
         Largest accepted move in units of the detector's position uncertainty.
     split_llr : float
-        An emitter alone in its region is replaced by two when a two-emitter fit beats a
-        one-emitter fit (both with the frame's PSF σ) by 2·Δlog-likelihood > ``split_llr``
-        (divided by the frame's dispersion); 0 never splits. See :func:`split_pairs`.
+        A tested emitter (see ``split_neighbours``) is replaced by two when a two-emitter
+        fit beats a one-emitter fit (both with the frame's PSF σ) by 2·Δlog-likelihood >
+        ``split_llr`` (divided by the dispersion); 0 never splits. See :func:`split_pairs`.
     split_neighbours : int
         Emitters with up to this many other emitters in their region are split-tested too
         (0: only emitters alone in their region). Their dispersion is taken over the
@@ -473,7 +473,10 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     The pair is kept when 2·(NLL₁ − NLL₂) / φ > ``llr_min``, the weaker emitter holds
     ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
     :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
-    the single estimate and inside the frame, and their Cramér–Rao bounds are finite.
+    the single estimate and inside the frame, and their Cramér–Rao bounds are finite. Of
+    kept pairs whose regions overlap, only the one with the largest 2·ΔNLL / φ stays: each
+    was fitted with the other's single model fixed, so both could claim one emitter the
+    detector missed between them.
     """
     x, y, N, b, sig = params
     c0, r0 = corners
@@ -519,6 +522,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
 
     # Pass 2: the two-emitter fits and the test.
     at = 0
+    found = []
     for j, sel in enumerate(slices):
         k = sel.numel()
         th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
@@ -550,24 +554,49 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
         shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
                               torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
-        keep = (2.0 * (nll1 - nll2) / dispersion > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
+        strength = 2.0 * (nll1 - nll2) / dispersion
+        keep = (strength > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
             (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
             (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
             (var[:, [0, 1, 3, 4]] > 0).all(1) & \
             (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
-        rows = sel[keep]
-        out.split[rows] = True
-        out.x_px[rows], out.y_px[rows] = x1[keep].to(out.x_px), y1[keep].to(out.y_px)
-        out.x2_px[rows], out.y2_px[rows] = x2[keep].to(out.x2_px), y2[keep].to(out.y2_px)
-        out.counts[rows] = th2[keep, 2].to(out.counts)
-        out.counts2[rows] = th2[keep, 5].to(out.counts2)
-        out.bg[rows] = th2[keep, 6].to(out.bg)
-        out.sigma_px[rows] = sg[keep].to(out.sigma_px)
-        out.crlb_x_px2[rows], out.crlb_y_px2[rows] = var[keep, 0].to(out.crlb_x_px2), \
-            var[keep, 1].to(out.crlb_y_px2)
-        out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[keep, 3].to(out.crlb2_x_px2), \
-            var[keep, 4].to(out.crlb2_y_px2)
+        found.append((sel[keep], strength[keep], x1[keep], y1[keep], x2[keep], y2[keep],
+                      th2[keep], var[keep], sg[keep]))
+    rows, strength, x1, y1, x2, y2, th2, var, sg = (torch.cat(f) for f in zip(*found))
+    # Two emitters whose regions overlap, each fitted with the other held fixed, could both
+    # split onto one emitter the detector missed between them: of splits whose regions
+    # overlap (starts within a region's width), only the strongest is kept.
+    hp, wp = h + 2 * size, w + 2 * size
+    strongest = _strongest_nearby(rows, strength, gather, size,
+                                  (total.numel() // (hp * wp), hp, wp), size - 1)
+    rows, x1, y1, x2, y2, th2, var, sg = (t[strongest] for t in (rows, x1, y1, x2, y2, th2, var, sg))
+    out.split[rows] = True
+    out.x_px[rows], out.y_px[rows] = x1.to(out.x_px), y1.to(out.y_px)
+    out.x2_px[rows], out.y2_px[rows] = x2.to(out.x2_px), y2.to(out.y2_px)
+    out.counts[rows] = th2[:, 2].to(out.counts)
+    out.counts2[rows] = th2[:, 5].to(out.counts2)
+    out.bg[rows] = th2[:, 6].to(out.bg)
+    out.sigma_px[rows] = sg.to(out.sigma_px)
+    out.crlb_x_px2[rows], out.crlb_y_px2[rows] = var[:, 0].to(out.crlb_x_px2), \
+        var[:, 1].to(out.crlb_y_px2)
+    out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[:, 3].to(out.crlb2_x_px2), \
+        var[:, 4].to(out.crlb2_y_px2)
 
+
+def _strongest_nearby(rows: torch.Tensor, strength: torch.Tensor, gather, size: int,
+                      grid_shape: tuple[int, int, int], reach: int) -> torch.Tensor:
+    """Boolean mask of ``rows`` whose ``strength`` is the largest among the rows whose
+    start pixel (the centre of their size × size region from ``gather``) lies within
+    ``reach`` pixels (Chebyshev) of theirs on the padded frames ``grid_shape``."""
+    if rows.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    centres = torch.cat([gather(rows[i:i + REFINE_EMITTER_SLICE])[0][:, size // 2, size // 2]
+                         for i in range(0, rows.numel(), REFINE_EMITTER_SLICE)])
+    grid = torch.full((math.prod(grid_shape),), -math.inf, dtype=strength.dtype)
+    grid.scatter_reduce_(0, centres, strength, reduce="amax")
+    best = F.max_pool2d(grid.view(grid_shape)[:, None], 2 * reach + 1, stride=1,
+                        padding=reach)[:, 0].flatten()
+    return strength >= best[centres]
 
 def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
     """Unit principal axis (x, y) of the second moments of the regions ``r`` (n, S, S) and
