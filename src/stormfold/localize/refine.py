@@ -566,9 +566,8 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     # Two emitters whose regions overlap, each fitted with the other held fixed, could both
     # split onto one emitter the detector missed between them: of splits whose regions
     # overlap (starts within a region's width), only the strongest is kept.
-    hp, wp = h + 2 * size, w + 2 * size
-    strongest = _strongest_nearby(rows, strength, gather, size,
-                                  (total.numel() // (hp * wp), hp, wp), size - 1)
+    strongest = _strongest_nearby(rows, strength, gather, size, total.numel(), w + 2 * size,
+                                  size - 1)
     rows, x1, y1, x2, y2, th2, var, sg = (t[strongest] for t in (rows, x1, y1, x2, y2, th2, var, sg))
     out.split[rows] = True
     out.x_px[rows], out.y_px[rows] = x1.to(out.x_px), y1.to(out.y_px)
@@ -584,19 +583,22 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
 
 
 def _strongest_nearby(rows: torch.Tensor, strength: torch.Tensor, gather, size: int,
-                      grid_shape: tuple[int, int, int], reach: int) -> torch.Tensor:
+                      n_pixels: int, padded_width: int, reach: int) -> torch.Tensor:
     """Boolean mask of ``rows`` whose ``strength`` is the largest among the rows whose
-    start pixel (the centre of their size × size region from ``gather``) lies within
-    ``reach`` pixels (Chebyshev) of theirs on the padded frames ``grid_shape``."""
+    start pixel (the centre of their size × size region from ``gather``, an index into
+    ``n_pixels`` padded-frame pixels of rows ``padded_width`` long) lies within ``reach``
+    pixels (Chebyshev) of theirs. The frames' padding must exceed ``reach``."""
     if rows.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
     centres = torch.cat([gather(rows[i:i + REFINE_EMITTER_SLICE])[0][:, size // 2, size // 2]
                          for i in range(0, rows.numel(), REFINE_EMITTER_SLICE)])
-    grid = torch.full((math.prod(grid_shape),), -math.inf, dtype=strength.dtype)
+    grid = torch.full((n_pixels,), -math.inf, dtype=strength.dtype)
     grid.scatter_reduce_(0, centres, strength, reduce="amax")
-    best = F.max_pool2d(grid.view(grid_shape)[:, None], 2 * reach + 1, stride=1,
-                        padding=reach)[:, 0].flatten()
-    return strength >= best[centres]
+    d = torch.arange(-reach, reach + 1)
+    window = (d[:, None] * padded_width + d[None, :]).flatten()
+    best = grid[centres[:, None] + window[None, :]].amax(1)
+    return strength >= best
+
 
 def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
     """Unit principal axis (x, y) of the second moments of the regions ``r`` (n, S, S) and
