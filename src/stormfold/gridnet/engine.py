@@ -34,10 +34,10 @@ ENGINE = "gridnet"
 DEFAULT_BATCH_PIXELS = 2 ** 20
 DEFAULT_TILE_PX = 384
 #: A refined localization's uncertainty is max(√CRLB, this × the network's σ): the
-#: refinement's RMSE over isolated emitters is 0.77× the network's at 0.5/µm², and with
-#: close pairs split (no longer outliers) 0.7 gives std(z) ≈ 0.92 / 1.03 there (0.8: 0.82 /
-#: 0.94; docs/gridnet.md, "Refinement").
-REFINED_SIGMA_SCALE = 0.7
+#: refinement's RMSE over isolated emitters is 0.77× the network's at 0.5/µm². With the
+#: phase-3 weights 0.8 gives std(z) 1.02–1.11 on fresh 0.5/µm² movies (0.7: 1.13–1.23;
+#: docs/gridnet.md, "Refinement").
+REFINED_SIGMA_SCALE = 0.8
 
 
 def receptive_margin_px(levels: int) -> int:
