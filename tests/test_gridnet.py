@@ -707,7 +707,8 @@ def test_generalist_refinement_improves_positions(tmp_path):
     from stormfold.localize.registry import load_engine
     from stormfold.simulate import build_config, simulate_to_folder
 
-    cfg = build_config("zerocost", n_frames=12, seed=21,
+    # 40 frames (~880 emitters): with 12 the RMSE ratio ranged 0.81–0.93 between seeds.
+    cfg = build_config("zerocost", n_frames=40, seed=21,
                        overrides=["activation.density_per_um2=1", "n_rows=48", "n_cols=48"])
     simulate_to_folder(cfg, tmp_path / "s", progress=False)
     truth = read_table(tmp_path / "s" / "truth.csv")

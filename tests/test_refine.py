@@ -11,7 +11,9 @@ import torch
 from scipy.stats import norm
 
 from stormfold.errors import UserError
+from stormfold.localize import likelihood as likelihood_mod
 from stormfold.localize import refine as refine_mod
+from stormfold.localize import split as split_mod
 from stormfold.localize.refine import RefineOptions, refine_localizations
 
 
@@ -121,7 +123,8 @@ def test_chunks_of_frames_give_the_same_result(monkeypatch):
     monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 1)  # one frame per chunk
     chunked = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
     monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 2 ** 22)
-    monkeypatch.setattr(refine_mod, "REFINE_EMITTER_SLICE", 4)  # emitters of a frame apart
+    for module in (refine_mod, split_mod):  # emitters of a frame apart
+        monkeypatch.setattr(module, "EMITTER_SLICE", 4)
     sliced = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
     # Each frame's emitters see only their own frame, and a sweep updates every slice
     # against the same models: chunks and slices change nothing but the float32
@@ -345,7 +348,7 @@ def test_frame_median_is_the_lower_median_of_each_frame():
     values = torch.tensor(rng.uniform(0.7, 2.0, 40))
     frame = torch.tensor(rng.integers(0, 5, 40))
     mask = torch.tensor(rng.uniform(size=40) < 0.7)
-    got = refine_mod._frame_median(values, frame, mask, 6)
+    got = likelihood_mod.group_median(values, frame, mask, 6)
     for f in range(6):
         v = np.sort(values[mask & (frame == f)].numpy())
         if v.size:

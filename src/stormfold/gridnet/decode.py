@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from stormfold.gridnet.outputs import GridOutputs
-from stormfold.localize.refine import principal_axis
+from stormfold.localize.split import principal_axis
 from stormfold.table import make_table
 
 DEFAULT_P_RAW = 0.1

@@ -23,7 +23,9 @@ this made the refinement never worse than the gridnet detector and 5–20 % bett
 
 After the sweeps, an emitter alone in its region (or with few neighbours in it) may be
 split in two: the detector can report two close emitters as one, and a refinement started
-from one position cannot separate them (:func:`split_pairs`).
+from one position cannot separate them (:func:`stormfold.localize.split.split_pairs`). The
+likelihood, its Fisher information and the fits of regions are in
+:mod:`stormfold.localize.likelihood`.
 
 Noise: the data are *counts* (Poisson units, see :mod:`stormfold.localize.classic`) with
 Gaussian read noise of variance γ handled as in :mod:`stormfold.localize.classic.fit`.
@@ -38,6 +40,9 @@ import torch.nn.functional as F
 
 from stormfold.errors import UserError
 from stormfold.localize.classic.fit import gaussian_model
+from stormfold.localize.likelihood import (EMITTER_SLICE, expected_data, group_median,
+                                          poisson_nll, region_information, scoring_step)
+from stormfold.localize.split import split_pairs
 
 #: Refinement methods.
 REFINE_METHODS = ("none", "mle")
@@ -45,20 +50,9 @@ REFINE_METHODS = ("none", "mle")
 DEFAULT_SIGMA_RANGE_PX = (0.5, 3.0)
 #: Padded frame pixels per chunk of frames (bounds the memory of the summed models).
 REFINE_CHUNK_PIXELS = 2 ** 22
-#: Emitters whose regions are gathered and fitted at once (bounds the per-emitter tensors,
-#: about 10 kB each, whatever the number of emitters in a frame).
-REFINE_EMITTER_SLICE = 2 ** 14
 #: Default split threshold on 2·Δlog-likelihood (a χ² with 3 degrees of freedom exceeds 30
 #: with probability 1e-6 for a true single emitter; model mismatch makes it larger).
 SPLIT_LLR = 30.0
-#: Levenberg–Marquardt iterations of the one- and two-emitter fits of the split test.
-SPLIT_ITERATIONS = 5
-#: A split is kept when the weaker emitter holds at least this fraction of the photons,
-#: the two are at least SPLIT_MIN_SEPARATION_PX apart, and both stay within
-#: SPLIT_MAX_SHIFT_PX of the single emitter they replace.
-SPLIT_MIN_FRACTION = 0.2
-SPLIT_MIN_SEPARATION_PX = 0.4
-SPLIT_MAX_SHIFT_PX = 2.0
 #: Lone emitters a frame needs for the split test (their median σ and dispersion); a
 #: frame's crowded emitters are tested when it also holds this many of them.
 SPLIT_MIN_LONE = 3
@@ -233,39 +227,12 @@ def refine_localizations(frames: torch.Tensor, frame: torch.Tensor, x_px: torch.
     return out
 
 
-def _expected(mu, others, gamma):
-    """Expected data of regions: the emitter's model, the others' and the γ shift (counts)."""
-    return (mu + others + gamma).clamp_min(1e-6)
-
-
-def _nll(m, valid, d):
-    """Poisson negative log-likelihood of each region (up to a constant), m = expected."""
-    return (valid * (m - d * torch.log(m))).flatten(1).sum(1)
-
-
-def _information(jac, m, valid):
-    """Fisher information Σ ∂μ ∂μᵀ / m of each region (n, p, p), with the flattened
-    Jacobian (n, p, pixels) and the weights valid / m (n, pixels) it was built from."""
-    jf = jac.flatten(2)
-    wgt = (valid / m).flatten(1)
-    return jf, wgt, torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
-
-
-def _scoring_step(jf, wgt, info, d, m, lam):
-    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p)."""
-    grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
-    diag = torch.diagonal(info, dim1=1, dim2=2)
-    step, _ = torch.linalg.solve_ex(info + torch.diag_embed(lam[:, None] * diag + 1e-9),
-                                    grad[:, :, None])
-    return step[:, :, 0]
-
-
 def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s_init,
                   sigma_bounds, fit_sigma) -> Refined:
     """Refine the emitters of a chunk of frames.
 
     Per emitter only its parameters are kept; its region (indices, data) is gathered again
-    for each slice of :data:`REFINE_EMITTER_SLICE` emitters, so memory is bounded by the
+    for each slice of :data:`EMITTER_SLICE` emitters, so memory is bounded by the
     slice and the chunk's canvas, however many emitters a frame holds. A sweep first sums
     every emitter's current model into the canvas, then updates all slices against it
     (Jacobi: the result does not depend on the slicing).
@@ -280,7 +247,7 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     c0 = torch.floor(x0).long() - size // 2
     r0 = torch.floor(y0).long() - size // 2
     k = torch.arange(size)
-    slices = [slice(i, min(n, i + REFINE_EMITTER_SLICE)) for i in range(0, n, REFINE_EMITTER_SLICE)]
+    slices = [slice(i, min(n, i + EMITTER_SLICE)) for i in range(0, n, EMITTER_SLICE)]
 
     def gather(sl: slice):
         rows = (r0[sl, None] + pad + k[None]).clamp(0, hp - 1)
@@ -340,16 +307,16 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             flat, _, valid, d = region(sl)
             mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
             others = total[flat] - (mu - b[sl, None, None])
-            m = _expected(mu, others, gamma)
-            jf, wgt, info = _information(jac[:, :n_par], m, valid)
-            step = _scoring_step(jf, wgt, info, d, m, lam[sl]) * omega[sl, None]
+            m = expected_data(mu, others, gamma)
+            jf, wgt, info = region_information(jac[:, :n_par], m, valid)
+            step = scoring_step(jf, wgt, info, d, m, lam[sl]) * omega[sl, None]
             xt, yt = x[sl] + step[:, 0], y[sl] + step[:, 1]
             nt = (N[sl] + step[:, 2]).clamp_min(1.0)
             bt = b[sl] + step[:, 3]
             st = (sig[sl] + step[:, 4]).clamp(lo, hi) if fit_sigma else sig[sl]
             mu_t, _ = model(xt, yt, nt, bt, st, False)
             ok = torch.isfinite(step).all(1) & \
-                (_nll(_expected(mu_t, others, gamma), valid, d) <= _nll(m, valid, d))
+                (poisson_nll(expected_data(mu_t, others, gamma), valid, d) <= poisson_nll(m, valid, d))
             x[sl], y[sl] = torch.where(ok, xt, x[sl]), torch.where(ok, yt, y[sl])
             N[sl], b[sl] = torch.where(ok, nt, N[sl]), torch.where(ok, bt, b[sl])
             sig[sl] = torch.where(ok, st, sig[sl])
@@ -364,8 +331,8 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
     for sl in slices:
         flat, _, valid, _ = region(sl)
         mu, jac = model(x[sl], y[sl], N[sl], b[sl], sig[sl], True)
-        m = _expected(mu, total[flat] - (mu - b[sl, None, None]), gamma)
-        inv, err = torch.linalg.inv_ex(_information(jac[:, :n_par], m, valid)[2])
+        m = expected_data(mu, total[flat] - (mu - b[sl, None, None]), gamma)
+        inv, err = torch.linalg.inv_ex(region_information(jac[:, :n_par], m, valid)[2])
         crlb_x[sl] = torch.where(err == 0, inv[:, 0, 0], torch.full_like(inv[:, 0, 0], math.nan))
         crlb_y[sl] = torch.where(err == 0, inv[:, 1, 1], torch.full_like(inv[:, 1, 1], math.nan))
     moved = torch.hypot((x - xs).double() / ux.clamp_min(1e-6),
@@ -400,7 +367,7 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
                 # One σ per frame: a σ fitted per emitter would widen to absorb a pair. The
                 # median over the frame's lone emitters depends on the frame only, not on
                 # how frames are batched.
-                sigma_split = _frame_median(sig, frame, lone, b_count)[frame]
+                sigma_split = group_median(sig, frame, lone, b_count)[frame]
             else:
                 sigma_split = torch.full((n,), float(s_init))
             # Lone and crowded emitters get their own dispersion (neighbours' misfits).
@@ -409,228 +376,3 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
                         (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr,
                         group, 2 * b_count)
     return out
-
-
-def _frame_median(values: torch.Tensor, frame: torch.Tensor, mask: torch.Tensor,
-                  n_frames: int) -> torch.Tensor:
-    """Lower median of ``values[mask]`` in each frame (NaN for a frame without any)."""
-    v, f = values[mask], frame[mask]
-    out = torch.full((n_frames,), math.nan, dtype=values.dtype)
-    if v.numel() == 0:
-        return out
-    order = torch.argsort(v, stable=True)
-    order = order[torch.argsort(f[order], stable=True)]  # by frame, then by value
-    counts = torch.bincount(f, minlength=n_frames)
-    starts = torch.cumsum(counts, 0) - counts
-    has = counts > 0
-    out[has] = v[order][starts[has] + (counts[has] - 1) // 2]
-    return out
-
-
-def _fit(theta, model, others, valid, d, gamma, counts_at, iterations):
-    """Levenberg–Marquardt (Fisher scoring) of ``model`` on regions; returns the estimate,
-    its negative log-likelihood and its Fisher information."""
-    def nll(mu):
-        m = _expected(mu, others, gamma)
-        return _nll(m, valid, d), m
-
-    mu, jac = model(theta, True)
-    cur, m = nll(mu)
-    lam = torch.full((theta.shape[0],), 1e-2)
-    for _ in range(iterations):
-        jf, wgt, info = _information(jac, m, valid)
-        trial = theta + _scoring_step(jf, wgt, info, d, m, lam)
-        trial[:, counts_at] = trial[:, counts_at].clamp_min(1.0)
-        mu_t, jac_t = model(trial, True)
-        new, m_t = nll(mu_t)
-        ok = torch.isfinite(new) & torch.isfinite(trial).all(1) & (new <= cur)
-        theta = torch.where(ok[:, None], trial, theta)
-        jac = torch.where(ok[:, None, None, None], jac_t, jac)
-        m = torch.where(ok[:, None, None], m_t, m)
-        cur = torch.where(ok, new, cur)
-        lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-6, 1e6)
-    return theta, cur, _information(jac, m, valid)[2]
-
-
-def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
-                corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
-                llr_min: float, group: torch.Tensor, n_groups: int) -> None:
-    """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
-
-    Each emitter's region is fitted twice with the other emitters' models held fixed and
-    the PSF σ fixed to its ``sigma_px`` (one per emitter, px): one emitter (x, y, N, b)
-    from its refined estimate, and two emitters (x₁, y₁, N₁, x₂, y₂, N₂, b) started ± a
-    along the principal axis of the residual's second moments (a = √(λ_max − σ²), within
-    0.3–1.5 px). Both fits take :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that
-    neither wins by converging further.
-
-    The likelihood ratio is divided by the dispersion φ of the emitter's ``group`` (frame,
-    lone or crowded; one of ``n_groups``): the median over the group's tested emitters of
-    the one-emitter fit's deviance per degree of freedom, at least 1. A
-    noise model that under-states the pixel variance (read noise left out, a wrong gain)
-    inflates every likelihood ratio by about φ, and would split single emitters.
-
-    The pair is kept when 2·(NLL₁ − NLL₂) / φ > ``llr_min``, the weaker emitter holds
-    ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
-    :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
-    the single estimate and inside the frame, and their Cramér–Rao bounds are finite. Of
-    kept pairs whose regions overlap, only the one with the largest 2·ΔNLL / φ stays: each
-    was fitted with the other's single model fixed, so both could claim one emitter the
-    detector missed between them.
-    """
-    x, y, N, b, sig = params
-    c0, r0 = corners
-    h, w = shape
-    slices = [idx[i:i + REFINE_EMITTER_SLICE] for i in range(0, idx.numel(), REFINE_EMITTER_SLICE)]
-
-    def region(sel):
-        flat, data, valid, d = gather(sel)
-        own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], torch.zeros(sel.numel()),
-                                             sig[sel]], 1), size, jacobian=False)
-        return data, valid, d, total[flat] - own, sigma_px[sel].float()
-
-    # One slice (the common case): its regions serve both passes; several: gathered again
-    # in each pass, so that memory stays bounded by the slice.
-    kept = region(slices[0]) if len(slices) == 1 else None
-
-    def region_of(j):
-        return kept if kept is not None else region(slices[j])
-
-    def one_model(sg):
-        def one(t, jacobian):
-            mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
-            return mu, (jac[:, :4] if jacobian else None)
-        return one
-
-    # Pass 1: the one-emitter fits, and each group's dispersion.
-    th1_all = torch.empty(idx.numel(), 4)
-    nll1_all = torch.empty(idx.numel())
-    ratio = torch.empty(idx.numel())
-    at = 0
-    for j, sel in enumerate(slices):
-        _, valid, d, others, sg = region_of(j)
-        th1, nll1, _ = _fit(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one_model(sg),
-                            others, valid, d, gamma, [2], SPLIT_ITERATIONS)
-        # Saturated model: expected = data (0·log 0 = 0).
-        saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
-        dof = (valid.flatten(1).sum(1) - 4).clamp_min(1)
-        th1_all[at:at + sel.numel()], nll1_all[at:at + sel.numel()] = th1, nll1
-        ratio[at:at + sel.numel()] = 2.0 * (nll1 - saturated) / dof
-        at += sel.numel()
-    every = torch.ones(idx.numel(), dtype=torch.bool)
-    phi = _frame_median(ratio, group[idx], every, n_groups).clamp_min(1.0)[group[idx]]
-
-    # Pass 2: the two-emitter fits and the test.
-    at = 0
-    found = []
-    for j, sel in enumerate(slices):
-        k = sel.numel()
-        th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
-        dispersion = phi[at:at + k]
-        at += k
-        data, valid, d, others, sg = region_of(j)
-        zero = torch.zeros(k)
-
-        def two(t, jacobian):
-            m1, j1 = gaussian_model(torch.stack([t[:, 0], t[:, 1], t[:, 2], zero, sg], 1), size,
-                                    jacobian=jacobian)
-            m2, j2 = gaussian_model(torch.stack([t[:, 3], t[:, 4], t[:, 5], zero, sg], 1), size,
-                                    jacobian=jacobian)
-            mu = m1 + m2 + t[:, 6, None, None]
-            if not jacobian:
-                return mu, None
-            return mu, torch.cat([j1[:, :3], j2[:, :3], torch.ones_like(j1[:, :1])], 1)
-
-        ax, ay, half = _principal_axis((data - others - th1[:, 3, None, None]).clamp_min(0) * valid,
-                                       sg)
-        start2 = torch.stack([th1[:, 0] + half * ax, th1[:, 1] + half * ay, th1[:, 2] / 2,
-                              th1[:, 0] - half * ax, th1[:, 1] - half * ay, th1[:, 2] / 2,
-                              th1[:, 3]], 1)
-        th2, nll2, info = _fit(start2, two, others, valid, d, gamma, [2, 5], SPLIT_ITERATIONS)
-        inv, err = torch.linalg.inv_ex(info)
-        var = torch.diagonal(inv, dim1=1, dim2=2)
-        x1, y1 = c0[sel].double() + th2[:, 0].double(), r0[sel].double() + th2[:, 1].double()
-        x2, y2 = c0[sel].double() + th2[:, 3].double(), r0[sel].double() + th2[:, 4].double()
-        weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
-        shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
-                              torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
-        strength = 2.0 * (nll1 - nll2) / dispersion
-        keep = (strength > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
-            (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
-            (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
-            (var[:, [0, 1, 3, 4]] > 0).all(1) & \
-            (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
-        found.append((sel[keep], strength[keep], x1[keep], y1[keep], x2[keep], y2[keep],
-                      th2[keep], var[keep], sg[keep]))
-    rows, strength, x1, y1, x2, y2, th2, var, sg = (torch.cat(f) for f in zip(*found))
-    # Two emitters whose regions overlap, each fitted with the other held fixed, could both
-    # split onto one emitter the detector missed between them: of splits whose regions
-    # overlap (starts within a region's width), only the strongest is kept.
-    strongest = _strongest_nearby(rows, strength, gather, size, total.numel(), w + 2 * size,
-                                  size - 1)
-    rows, x1, y1, x2, y2, th2, var, sg = (t[strongest] for t in (rows, x1, y1, x2, y2, th2, var, sg))
-    out.split[rows] = True
-    out.x_px[rows], out.y_px[rows] = x1.to(out.x_px), y1.to(out.y_px)
-    out.x2_px[rows], out.y2_px[rows] = x2.to(out.x2_px), y2.to(out.y2_px)
-    out.counts[rows] = th2[:, 2].to(out.counts)
-    out.counts2[rows] = th2[:, 5].to(out.counts2)
-    out.bg[rows] = th2[:, 6].to(out.bg)
-    out.sigma_px[rows] = sg.to(out.sigma_px)
-    out.crlb_x_px2[rows], out.crlb_y_px2[rows] = var[:, 0].to(out.crlb_x_px2), \
-        var[:, 1].to(out.crlb_y_px2)
-    out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[:, 3].to(out.crlb2_x_px2), \
-        var[:, 4].to(out.crlb2_y_px2)
-
-
-def _strongest_nearby(rows: torch.Tensor, strength: torch.Tensor, gather, size: int,
-                      n_pixels: int, padded_width: int, reach: int) -> torch.Tensor:
-    """Boolean mask of ``rows`` whose ``strength`` is the largest among the rows whose
-    start pixel (the centre of their size × size region from ``gather``, an index into
-    ``n_pixels`` padded-frame pixels of rows ``padded_width`` long) lies within ``reach``
-    pixels (Chebyshev) of theirs. The frames' padding must exceed ``reach``."""
-    if rows.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    centres = torch.cat([gather(rows[i:i + REFINE_EMITTER_SLICE])[0][:, size // 2, size // 2]
-                         for i in range(0, rows.numel(), REFINE_EMITTER_SLICE)])
-    grid = torch.full((n_pixels,), -math.inf, dtype=strength.dtype)
-    grid.scatter_reduce_(0, centres, strength, reduce="amax")
-    d = torch.arange(-reach, reach + 1)
-    window = (d[:, None] * padded_width + d[None, :]).flatten()
-    best = grid[centres[:, None] + window[None, :]].amax(1)
-    return strength >= best
-
-
-def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
-    """Unit principal axis (x, y) of the second moments of the regions ``r`` (n, S, S) and
-    the half-separation (px) of two PSFs of σ ``sigma_px`` that would give its variance."""
-    size = r.shape[-1]
-    c = torch.arange(size, dtype=r.dtype) + 0.5
-    m0 = r.flatten(1).sum(1).clamp_min(1e-6)
-    mx = (r.sum(1) * c).sum(1) / m0
-    my = (r.sum(2) * c).sum(1) / m0
-    dx = c[None, None, :] - mx[:, None, None]
-    dy = c[None, :, None] - my[:, None, None]
-    cxx = (r * dx * dx).flatten(1).sum(1) / m0
-    cyy = (r * dy * dy).flatten(1).sum(1) / m0
-    cxy = (r * dx * dy).flatten(1).sum(1) / m0
-    l1, ux, uy = principal_axis(cxx, cyy, cxy)
-    half = torch.sqrt((l1 - sigma_px ** 2).clamp(min=0.09)).clamp(max=1.5)
-    return ux, uy, half
-
-
-def principal_axis(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor):
-    """Largest eigenvalue of the 2×2 covariances [[sxx, sxy], [sxy, syy]] and its unit
-    eigenvector (x, y); x for a round one."""
-    half_trace = 0.5 * (sxx + syy)
-    lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
-    # The eigenvector as (λ − syy, sxy) or (sxy, λ − sxx), whichever has the larger
-    # well-determined component (λ − syy ≥ sxx − syy when sxx ≥ syy): the other form
-    # vanishes, and loses its direction in float32, when the covariance is almost diagonal.
-    wide = sxx >= syy
-    vx = torch.where(wide, lam - syy, sxy)
-    vy = torch.where(wide, sxy, lam - sxx)
-    norm = torch.hypot(vx, vy)
-    round_ = norm < 1e-12
-    vx = torch.where(round_, torch.ones_like(vx), vx)
-    norm = torch.where(round_, torch.ones_like(norm), norm)
-    return lam, vx / norm, vy / norm

@@ -1,0 +1,213 @@
+"""The split test of the refinement: is one refined emitter really two?
+
+A detector can report two close emitters as one, and a refinement started from one
+position cannot separate them. :func:`split_pairs` fits the emitter's region once as one
+emitter and once as two (the other emitters' models held fixed) and keeps the pair where
+the likelihood ratio says so; see ``RefineOptions.split_llr`` in
+:mod:`stormfold.localize.refine` and docs/gridnet.md ("Refinement").
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from stormfold.localize.classic.fit import gaussian_model
+from stormfold.localize.likelihood import EMITTER_SLICE, fit_regions, group_median
+
+if TYPE_CHECKING:
+    from stormfold.localize.refine import Refined
+
+#: Levenberg–Marquardt iterations of the one- and two-emitter fits of the split test.
+SPLIT_ITERATIONS = 5
+#: A split is kept when the weaker emitter holds at least this fraction of the photons,
+#: the two are at least SPLIT_MIN_SEPARATION_PX apart, and both stay within
+#: SPLIT_MAX_SHIFT_PX of the single emitter they replace.
+SPLIT_MIN_FRACTION = 0.2
+SPLIT_MIN_SEPARATION_PX = 0.4
+SPLIT_MAX_SHIFT_PX = 2.0
+
+
+def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
+                corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
+                llr_min: float, group: torch.Tensor, n_groups: int) -> None:
+    """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
+
+    Each emitter's region is fitted twice with the other emitters' models held fixed and
+    the PSF σ fixed to its ``sigma_px`` (one per emitter, px): one emitter (x, y, N, b)
+    from its refined estimate, and two emitters (x₁, y₁, N₁, x₂, y₂, N₂, b) started ± a
+    along the principal axis of the residual's second moments (a = √(λ_max − σ²), within
+    0.3–1.5 px). Both fits take :data:`SPLIT_ITERATIONS` Levenberg–Marquardt steps, so that
+    neither wins by converging further.
+
+    The likelihood ratio is divided by the dispersion φ of the emitter's ``group`` (frame,
+    lone or crowded; one of ``n_groups``): the median over the group's tested emitters of
+    the one-emitter fit's deviance per degree of freedom, at least 1. A
+    noise model that under-states the pixel variance (read noise left out, a wrong gain)
+    inflates every likelihood ratio by about φ, and would split single emitters.
+
+    The pair is kept when 2·(NLL₁ − NLL₂) / φ > ``llr_min``, the weaker emitter holds
+    ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
+    :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
+    the single estimate and inside the frame, and their Cramér–Rao bounds are finite. Of
+    kept pairs whose regions overlap, only the one with the largest 2·ΔNLL / φ stays: each
+    was fitted with the other's single model fixed, so both could claim one emitter the
+    detector missed between them.
+    """
+    x, y, N, b, sig = params
+    c0, r0 = corners
+    h, w = shape
+    slices = [idx[i:i + EMITTER_SLICE] for i in range(0, idx.numel(), EMITTER_SLICE)]
+
+    def region(sel):
+        flat, data, valid, d = gather(sel)
+        own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], torch.zeros(sel.numel()),
+                                             sig[sel]], 1), size, jacobian=False)
+        return data, valid, d, total[flat] - own, sigma_px[sel].float()
+
+    # One slice (the common case): its regions serve both passes; several: gathered again
+    # in each pass, so that memory stays bounded by the slice.
+    kept = region(slices[0]) if len(slices) == 1 else None
+
+    def region_of(j):
+        return kept if kept is not None else region(slices[j])
+
+    def one_model(sg):
+        def one(t, jacobian):
+            mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
+            return mu, (jac[:, :4] if jacobian else None)
+        return one
+
+    # Pass 1: the one-emitter fits, and each group's dispersion.
+    th1_all = torch.empty(idx.numel(), 4)
+    nll1_all = torch.empty(idx.numel())
+    ratio = torch.empty(idx.numel())
+    at = 0
+    for j, sel in enumerate(slices):
+        _, valid, d, others, sg = region_of(j)
+        th1, nll1, _ = fit_regions(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one_model(sg),
+                            others, valid, d, gamma, [2], SPLIT_ITERATIONS)
+        # Saturated model: expected = data (0·log 0 = 0).
+        saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
+        dof = (valid.flatten(1).sum(1) - 4).clamp_min(1)
+        th1_all[at:at + sel.numel()], nll1_all[at:at + sel.numel()] = th1, nll1
+        ratio[at:at + sel.numel()] = 2.0 * (nll1 - saturated) / dof
+        at += sel.numel()
+    every = torch.ones(idx.numel(), dtype=torch.bool)
+    phi = group_median(ratio, group[idx], every, n_groups).clamp_min(1.0)[group[idx]]
+
+    # Pass 2: the two-emitter fits and the test.
+    at = 0
+    found = []
+    for j, sel in enumerate(slices):
+        k = sel.numel()
+        th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
+        dispersion = phi[at:at + k]
+        at += k
+        data, valid, d, others, sg = region_of(j)
+        zero = torch.zeros(k)
+
+        def two(t, jacobian):
+            m1, j1 = gaussian_model(torch.stack([t[:, 0], t[:, 1], t[:, 2], zero, sg], 1), size,
+                                    jacobian=jacobian)
+            m2, j2 = gaussian_model(torch.stack([t[:, 3], t[:, 4], t[:, 5], zero, sg], 1), size,
+                                    jacobian=jacobian)
+            mu = m1 + m2 + t[:, 6, None, None]
+            if not jacobian:
+                return mu, None
+            return mu, torch.cat([j1[:, :3], j2[:, :3], torch.ones_like(j1[:, :1])], 1)
+
+        ax, ay, half = _principal_axis((data - others - th1[:, 3, None, None]).clamp_min(0) * valid,
+                                       sg)
+        start2 = torch.stack([th1[:, 0] + half * ax, th1[:, 1] + half * ay, th1[:, 2] / 2,
+                              th1[:, 0] - half * ax, th1[:, 1] - half * ay, th1[:, 2] / 2,
+                              th1[:, 3]], 1)
+        th2, nll2, info = fit_regions(start2, two, others, valid, d, gamma, [2, 5], SPLIT_ITERATIONS)
+        inv, err = torch.linalg.inv_ex(info)
+        var = torch.diagonal(inv, dim1=1, dim2=2)
+        x1, y1 = c0[sel].double() + th2[:, 0].double(), r0[sel].double() + th2[:, 1].double()
+        x2, y2 = c0[sel].double() + th2[:, 3].double(), r0[sel].double() + th2[:, 4].double()
+        weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
+        shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
+                              torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
+        strength = 2.0 * (nll1 - nll2) / dispersion
+        keep = (strength > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
+            (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
+            (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
+            (var[:, [0, 1, 3, 4]] > 0).all(1) & \
+            (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
+        found.append((sel[keep], strength[keep], x1[keep], y1[keep], x2[keep], y2[keep],
+                      th2[keep], var[keep], sg[keep]))
+    rows, strength, x1, y1, x2, y2, th2, var, sg = (torch.cat(f) for f in zip(*found))
+    # Two emitters whose regions overlap, each fitted with the other held fixed, could both
+    # split onto one emitter the detector missed between them: of splits whose regions
+    # overlap (starts within a region's width), only the strongest is kept.
+    strongest = _strongest_nearby(rows, strength, gather, size, total.numel(), w + 2 * size,
+                                  size - 1)
+    rows, x1, y1, x2, y2, th2, var, sg = (t[strongest] for t in (rows, x1, y1, x2, y2, th2, var, sg))
+    out.split[rows] = True
+    out.x_px[rows], out.y_px[rows] = x1.to(out.x_px), y1.to(out.y_px)
+    out.x2_px[rows], out.y2_px[rows] = x2.to(out.x2_px), y2.to(out.y2_px)
+    out.counts[rows] = th2[:, 2].to(out.counts)
+    out.counts2[rows] = th2[:, 5].to(out.counts2)
+    out.bg[rows] = th2[:, 6].to(out.bg)
+    out.sigma_px[rows] = sg.to(out.sigma_px)
+    out.crlb_x_px2[rows], out.crlb_y_px2[rows] = var[:, 0].to(out.crlb_x_px2), \
+        var[:, 1].to(out.crlb_y_px2)
+    out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[:, 3].to(out.crlb2_x_px2), \
+        var[:, 4].to(out.crlb2_y_px2)
+
+
+def _strongest_nearby(rows: torch.Tensor, strength: torch.Tensor, gather, size: int,
+                      n_pixels: int, padded_width: int, reach: int) -> torch.Tensor:
+    """Boolean mask of ``rows`` whose ``strength`` is the largest among the rows whose
+    start pixel (the centre of their size × size region from ``gather``, an index into
+    ``n_pixels`` padded-frame pixels of rows ``padded_width`` long) lies within ``reach``
+    pixels (Chebyshev) of theirs. The frames' padding must exceed ``reach``."""
+    if rows.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    centres = torch.cat([gather(rows[i:i + EMITTER_SLICE])[0][:, size // 2, size // 2]
+                         for i in range(0, rows.numel(), EMITTER_SLICE)])
+    grid = torch.full((n_pixels,), -math.inf, dtype=strength.dtype)
+    grid.scatter_reduce_(0, centres, strength, reduce="amax")
+    d = torch.arange(-reach, reach + 1)
+    window = (d[:, None] * padded_width + d[None, :]).flatten()
+    best = grid[centres[:, None] + window[None, :]].amax(1)
+    return strength >= best
+
+
+def _principal_axis(r: torch.Tensor, sigma_px: torch.Tensor):
+    """Unit principal axis (x, y) of the second moments of the regions ``r`` (n, S, S) and
+    the half-separation (px) of two PSFs of σ ``sigma_px`` that would give its variance."""
+    size = r.shape[-1]
+    c = torch.arange(size, dtype=r.dtype) + 0.5
+    m0 = r.flatten(1).sum(1).clamp_min(1e-6)
+    mx = (r.sum(1) * c).sum(1) / m0
+    my = (r.sum(2) * c).sum(1) / m0
+    dx = c[None, None, :] - mx[:, None, None]
+    dy = c[None, :, None] - my[:, None, None]
+    cxx = (r * dx * dx).flatten(1).sum(1) / m0
+    cyy = (r * dy * dy).flatten(1).sum(1) / m0
+    cxy = (r * dx * dy).flatten(1).sum(1) / m0
+    l1, ux, uy = principal_axis(cxx, cyy, cxy)
+    half = torch.sqrt((l1 - sigma_px ** 2).clamp(min=0.09)).clamp(max=1.5)
+    return ux, uy, half
+
+
+def principal_axis(sxx: torch.Tensor, syy: torch.Tensor, sxy: torch.Tensor):
+    """Largest eigenvalue of the 2×2 covariances [[sxx, sxy], [sxy, syy]] and its unit
+    eigenvector (x, y); x for a round one."""
+    half_trace = 0.5 * (sxx + syy)
+    lam = half_trace + torch.sqrt((half_trace ** 2 - (sxx * syy - sxy ** 2)).clamp_min(0))
+    # The eigenvector as (λ − syy, sxy) or (sxy, λ − sxx), whichever has the larger
+    # well-determined component (λ − syy ≥ sxx − syy when sxx ≥ syy): the other form
+    # vanishes, and loses its direction in float32, when the covariance is almost diagonal.
+    wide = sxx >= syy
+    vx = torch.where(wide, lam - syy, sxy)
+    vy = torch.where(wide, sxy, lam - sxx)
+    norm = torch.hypot(vx, vy)
+    round_ = norm < 1e-12
+    vx = torch.where(round_, torch.ones_like(vx), vx)
+    norm = torch.where(round_, torch.ones_like(norm), norm)
+    return lam, vx / norm, vy / norm
