@@ -270,6 +270,21 @@ def main() -> None:
     print(markdown(result))
 
 
+def run_header(script: str, threads: int) -> dict:
+    """The fields every record starts with: time, CPU, threads, load and the command."""
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": _cpu(), "threads": threads,
+            "load_avg_start": os.getloadavg()[0],
+            "command": " ".join(["python", f"experiments/{script}", *sys.argv[1:]])}
+
+
+def write_record(stem: str, result: dict, text: str) -> None:
+    """Write ``results/STEM.json`` and ``results/STEM.md`` and print the Markdown."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def _cpu() -> str:
     from stormfold.device import cpu_model
 

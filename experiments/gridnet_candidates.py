@@ -15,15 +15,12 @@ Writes experiments/results/RECORD.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import RESULTS, _cpu, localize, scores, simulate  # noqa: E402
+from gridnet_accuracy import localize, run_header, scores, simulate, write_record  # noqa: E402
 
 
 def cases() -> list[tuple[str, str, list[str], int]]:
@@ -58,7 +55,7 @@ def main() -> None:
 
     models = dict(m.split("=", 1) for m in args.model)
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    header = run_header("gridnet_candidates.py", args.threads)
     per_movie = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, preset, over, frames) in enumerate(cases()):
@@ -74,10 +71,7 @@ def main() -> None:
     means = {label: {c: round(float(np.mean([r["ji_100"] for r in per_movie
                                              if r["model"] == label and r["case"] == c])), 4)
                      for c in names} for label in models}
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": _cpu(),
-              "threads": args.threads, "load_avg_start": load, "models": models,
-              "command": " ".join(["python", "experiments/gridnet_candidates.py", *sys.argv[1:]]),
-              "mean_ji_100": means,
+    result = {**header, "models": models, "mean_ji_100": means,
               "sum_of_means": {k: round(sum(v.values()), 4) for k, v in means.items()},
               "per_movie": per_movie}
     lines = [f"gridnet candidates ({result['when']}, CPU {result['cpu']}, {args.threads} "
@@ -88,10 +82,7 @@ def main() -> None:
     lines += [f"| {c} | " + " | ".join(str(means[m][c]) for m in models) + " |" for c in names]
     lines += ["| **sum** | " + " | ".join(f"**{result['sum_of_means'][m]}**" for m in models)
               + " |", ""]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.record}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{args.record}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_record(args.record, result, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ Writes experiments/results/gridnet_sparse.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DEEPSTORM, RESULTS, _cpu, localize, scores, simulate  # noqa: E402
+from gridnet_accuracy import (DEEPSTORM, localize, run_header, scores, simulate,  # noqa: E402
+                              write_record)
 
 DENSITIES = (0.5, 2.0)
 
@@ -90,17 +88,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
+    result = {**run_header("gridnet_sparse.py", args.threads), "generalist": args.generalist}
     with tempfile.TemporaryDirectory() as tmp:
-        rows, summary = run(args.generalist, args.movies, args.frames, Path(tmp))
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "generalist": args.generalist,
-              "cpu": _cpu(), "threads": args.threads, "load_avg_start": load,
-              "command": " ".join(["python", "experiments/gridnet_sparse.py", *sys.argv[1:]]),
-              "summary": summary, "rows": rows}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gridnet_sparse.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "gridnet_sparse.md").write_text(_markdown(result))
-    print(_markdown(result))
+        result["rows"], result["summary"] = run(args.generalist, args.movies, args.frames,
+                                                Path(tmp))
+    write_record("gridnet_sparse", result, _markdown(result))
 
 
 if __name__ == "__main__":

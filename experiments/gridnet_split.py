@@ -17,15 +17,13 @@ Writes experiments/results/gridnet_split.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import RESULTS, _cpu, scores, simulate  # noqa: E402
+from gridnet_accuracy import run_header, scores, simulate, write_record  # noqa: E402
 
 #: (case, preset, simulation overrides, frames); seeds 7400 + i.
 CASES = [("zerocost 0.5/µm²", "zerocost", ["activation.density_per_um2=0.5"], 60),
@@ -93,19 +91,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    result = {**run_header("gridnet_split.py", args.threads), "model": args.model}
     with tempfile.TemporaryDirectory() as tmp:
         rows = rows_for(args.model, Path(tmp))
-    sums = {label: round(sum(r["ji_100"] for r in rows if r["split"] == label), 4)
-            for label, _ in SETTINGS}
-    result = {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model, "cpu": _cpu(),
-              "threads": args.threads, "load_avg_start": os.getloadavg()[0],
-              "command": " ".join(["python", "experiments/gridnet_split.py", *sys.argv[1:]]),
-              "rows": rows, "sum_ji_100": sums}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gridnet_split.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "gridnet_split.md").write_text(_markdown(result))
-    print(_markdown(result))
-
+    result["rows"] = rows
+    result["sum_ji_100"] = {label: round(sum(r["ji_100"] for r in rows if r["split"] == label), 4)
+                            for label, _ in SETTINGS}
+    write_record("gridnet_split", result, _markdown(result))
 
 if __name__ == "__main__":
     main()

@@ -94,10 +94,7 @@ class RefineOptions:
         if self.method not in REFINE_METHODS:
             raise UserError(f"refine must be one of {', '.join(REFINE_METHODS)}, "
                             f"got {self.method!r}")
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
-                or not 1 <= self.iterations <= 100:
-            raise UserError(f"refine iterations must be an integer in [1, 100], "
-                            f"got {self.iterations!r}")
+        _check_integer("iterations", self.iterations, 1, 100)
         if not 0 < self.relax <= 1:
             raise UserError(f"refine relax must be in (0, 1], got {self.relax}")
         if not (self.guard > 0 and math.isfinite(self.guard)):
@@ -106,10 +103,7 @@ class RefineOptions:
                 or not (self.split_llr >= 0 and math.isfinite(self.split_llr)):
             raise UserError(f"refine split_llr must be a finite number ≥ 0 (0: never split), "
                             f"got {self.split_llr!r}")
-        if isinstance(self.split_neighbours, bool) or not isinstance(self.split_neighbours, int) \
-                or not 0 <= self.split_neighbours <= 8:
-            raise UserError(f"refine split_neighbours must be an integer in [0, 8], "
-                            f"got {self.split_neighbours!r}")
+        _check_integer("split_neighbours", self.split_neighbours, 0, 8)
         return self
 
     @property
@@ -118,6 +112,11 @@ class RefineOptions:
 
     def metadata(self) -> dict:
         return asdict(self) if self.active else {"method": "none"}
+
+
+def _check_integer(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise UserError(f"refine {name} must be an integer in [{lo}, {hi}], got {value!r}")
 
 
 @dataclass
