@@ -72,8 +72,9 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
                      source: str = "model") -> GridnetEngine:
     """Engine of a loaded network, with ``--set`` options checked."""
     norm = model_section(InputNormalization, require_section(meta, "normalization", source),
-                    "normalization", source)
-    domain = model_section(DomainConfig, require_section(meta, "domain", source), "domain", source)
+                         "normalization", source)
+    domain = model_section(DomainConfig, require_section(meta, "domain", source), "domain",
+                           source)
     camera = model_section(Camera, meta["camera"], "camera", source) \
         if isinstance(meta.get("camera"), dict) else None
     px = meta.get("pixel_size_nm")

@@ -44,16 +44,17 @@ def scoring_step(jf, wgt, info, d, m, lam):
     return step[:, :, 0]
 
 
-def group_median(values: torch.Tensor, frame: torch.Tensor, mask: torch.Tensor,
-                  n_frames: int) -> torch.Tensor:
-    """Lower median of ``values[mask]`` in each frame (NaN for a frame without any)."""
-    v, f = values[mask], frame[mask]
-    out = torch.full((n_frames,), math.nan, dtype=values.dtype)
+def group_median(values: torch.Tensor, group: torch.Tensor, mask: torch.Tensor,
+                 n_groups: int) -> torch.Tensor:
+    """Lower median of ``values[mask]`` in each group (e.g. a frame; NaN for a group
+    without any)."""
+    v, f = values[mask], group[mask]
+    out = torch.full((n_groups,), math.nan, dtype=values.dtype)
     if v.numel() == 0:
         return out
     order = torch.argsort(v, stable=True)
-    order = order[torch.argsort(f[order], stable=True)]  # by frame, then by value
-    counts = torch.bincount(f, minlength=n_frames)
+    order = order[torch.argsort(f[order], stable=True)]  # by group, then by value
+    counts = torch.bincount(f, minlength=n_groups)
     starts = torch.cumsum(counts, 0) - counts
     has = counts > 0
     out[has] = v[order][starts[has] + (counts[has] - 1) // 2]

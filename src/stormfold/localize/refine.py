@@ -314,8 +314,8 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             bt = b[sl] + step[:, 3]
             st = (sig[sl] + step[:, 4]).clamp(lo, hi) if fit_sigma else sig[sl]
             mu_t, _ = model(xt, yt, nt, bt, st, False)
-            ok = torch.isfinite(step).all(1) & \
-                (poisson_nll(expected_data(mu_t, others, gamma), valid, d) <= poisson_nll(m, valid, d))
+            trial_nll = poisson_nll(expected_data(mu_t, others, gamma), valid, d)
+            ok = torch.isfinite(step).all(1) & (trial_nll <= poisson_nll(m, valid, d))
             x[sl], y[sl] = torch.where(ok, xt, x[sl]), torch.where(ok, yt, y[sl])
             N[sl], b[sl] = torch.where(ok, nt, N[sl]), torch.where(ok, bt, b[sl])
             sig[sl] = torch.where(ok, st, sig[sl])

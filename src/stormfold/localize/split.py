@@ -64,7 +64,8 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         flat, data, valid, d = gather(sel)
         own, _ = gaussian_model(torch.stack([x[sel], y[sel], N[sel], torch.zeros(sel.numel()),
                                              sig[sel]], 1), size, jacobian=False)
-        return data, valid, d, total[flat] - own, sigma_px[sel].float()
+        return data, valid, d, total[flat] - own, sigma_px[sel].float(), \
+            flat[:, size // 2, size // 2]
 
     # One slice (the common case): its regions serve both passes; several: gathered again
     # in each pass, so that memory stays bounded by the slice.
@@ -85,9 +86,9 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     ratio = torch.empty(idx.numel())
     at = 0
     for j, sel in enumerate(slices):
-        _, valid, d, others, sg = region_of(j)
-        th1, nll1, _ = fit_regions(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1), one_model(sg),
-                            others, valid, d, gamma, [2], SPLIT_ITERATIONS)
+        _, valid, d, others, sg, _ = region_of(j)
+        th1, nll1, _ = fit_regions(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1),
+                                   one_model(sg), others, valid, d, gamma, [2], SPLIT_ITERATIONS)
         # Saturated model: expected = data (0·log 0 = 0).
         saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
         dof = (valid.flatten(1).sum(1) - 4).clamp_min(1)
@@ -105,7 +106,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
         dispersion = phi[at:at + k]
         at += k
-        data, valid, d, others, sg = region_of(j)
+        data, valid, d, others, sg, centre = region_of(j)
         zero = torch.zeros(k)
 
         def two(t, jacobian):
@@ -123,7 +124,8 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         start2 = torch.stack([th1[:, 0] + half * ax, th1[:, 1] + half * ay, th1[:, 2] / 2,
                               th1[:, 0] - half * ax, th1[:, 1] - half * ay, th1[:, 2] / 2,
                               th1[:, 3]], 1)
-        th2, nll2, info = fit_regions(start2, two, others, valid, d, gamma, [2, 5], SPLIT_ITERATIONS)
+        th2, nll2, info = fit_regions(start2, two, others, valid, d, gamma, [2, 5],
+                                      SPLIT_ITERATIONS)
         inv, err = torch.linalg.inv_ex(info)
         var = torch.diagonal(inv, dim1=1, dim2=2)
         x1, y1 = c0[sel].double() + th2[:, 0].double(), r0[sel].double() + th2[:, 1].double()
@@ -137,14 +139,13 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
             (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
             (var[:, [0, 1, 3, 4]] > 0).all(1) & \
             (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
-        found.append((sel[keep], strength[keep], x1[keep], y1[keep], x2[keep], y2[keep],
-                      th2[keep], var[keep], sg[keep]))
-    rows, strength, x1, y1, x2, y2, th2, var, sg = (torch.cat(f) for f in zip(*found))
+        found.append((sel[keep], centre[keep], strength[keep], x1[keep], y1[keep], x2[keep],
+                      y2[keep], th2[keep], var[keep], sg[keep]))
+    rows, centres, strength, x1, y1, x2, y2, th2, var, sg = (torch.cat(f) for f in zip(*found))
     # Two emitters whose regions overlap, each fitted with the other held fixed, could both
     # split onto one emitter the detector missed between them: of splits whose regions
     # overlap (starts within a region's width), only the strongest is kept.
-    strongest = _strongest_nearby(rows, strength, gather, size, total.numel(), w + 2 * size,
-                                  size - 1)
+    strongest = _strongest_nearby(centres, strength, total.numel(), w + 2 * size, size - 1)
     rows, x1, y1, x2, y2, th2, var, sg = (t[strongest] for t in (rows, x1, y1, x2, y2, th2, var, sg))
     out.split[rows] = True
     out.x_px[rows], out.y_px[rows] = x1.to(out.x_px), y1.to(out.y_px)
@@ -159,16 +160,14 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         var[:, 4].to(out.crlb2_y_px2)
 
 
-def _strongest_nearby(rows: torch.Tensor, strength: torch.Tensor, gather, size: int,
-                      n_pixels: int, padded_width: int, reach: int) -> torch.Tensor:
-    """Boolean mask of ``rows`` whose ``strength`` is the largest among the rows whose
-    start pixel (the centre of their size × size region from ``gather``, an index into
-    ``n_pixels`` padded-frame pixels of rows ``padded_width`` long) lies within ``reach``
-    pixels (Chebyshev) of theirs. The frames' padding must exceed ``reach``."""
-    if rows.numel() == 0:
+def _strongest_nearby(centres: torch.Tensor, strength: torch.Tensor, n_pixels: int,
+                      padded_width: int, reach: int) -> torch.Tensor:
+    """Boolean mask of the emitters whose ``strength`` is the largest among those whose
+    start pixel (``centres``: indices into ``n_pixels`` padded-frame pixels of rows
+    ``padded_width`` long) lies within ``reach`` pixels (Chebyshev) of theirs. The frames'
+    padding must exceed ``reach``."""
+    if centres.numel() == 0:
         return torch.zeros(0, dtype=torch.bool)
-    centres = torch.cat([gather(rows[i:i + EMITTER_SLICE])[0][:, size // 2, size // 2]
-                         for i in range(0, rows.numel(), EMITTER_SLICE)])
     grid = torch.full((n_pixels,), -math.inf, dtype=strength.dtype)
     grid.scatter_reduce_(0, centres, strength, reduce="amax")
     d = torch.arange(-reach, reach + 1)
