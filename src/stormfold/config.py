@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
 
@@ -20,17 +21,88 @@ from stormfold.errors import UserError
 
 T = TypeVar("T")
 
+#: Marks a field (``Annotated[..., INF_ALLOWED]``) whose floats may be ±inf: an open end of a
+#: box of bounds. Everywhere else a configuration float must be finite.
+INF_ALLOWED = "inf allowed"
+#: A (low, high) box where ``.inf`` / ``-.inf`` means "no bound on that side".
+Bounds = Annotated[tuple[float, float], INF_ALLOWED]
+
+
+class Loader(yaml.SafeLoader):
+    """The YAML loader of every stormfold file and ``--set`` value.
+
+    It is PyYAML's SafeLoader (never runs code) with two changes: numbers in scientific
+    notation without a dot (``1e-3``, ``2E+5``), which YAML 1.2 reads as floats but PyYAML's
+    YAML 1.1 rules as strings, are floats (a quoted ``'1e-3'`` stays a string); and a key
+    repeated in one mapping is an error naming the key instead of the last one winning.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # unhashable key: SafeConstructor reports it
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+"
+               r"|[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$"),
+    list("-+0123456789."))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` (line N: problem)`` of a YAML error, as much of it as PyYAML gives."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    parts = [f"line {mark.line + 1}"] if mark is not None else []
+    if problem:
+        parts.append(str(problem))
+    return f" ({': '.join(parts)})" if parts else ""
+
+
+def read_yaml_text(path: str | Path, what: str = "YAML") -> Any:
+    """The YAML document in ``path`` read with :class:`Loader`; a file that cannot be read,
+    is not UTF-8 text or not valid YAML is a one-line :class:`UserError` naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a {what} file (not UTF-8 text: byte 0x{data[exc.start]:02x} "
+                        f"at offset {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid {what}{_yaml_problem(exc)}") from None
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, where: str, allow_inf: bool = False) -> Any:
     """Convert ``value`` to the annotated type ``tp`` or raise a UserError naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        return _coerce(value, args[0], where, allow_inf or INF_ALLOWED in tp.__metadata__)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -39,7 +111,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, allow_inf)
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0] if len(errors) == 1 else
@@ -60,11 +132,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise UserError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{where}[{i}]", allow_inf)
+                         for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        out = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(v, item, f"{where}[{i}]", allow_inf) for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
-    if origin is dict:
+    if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
@@ -80,6 +153,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
+        if math.isnan(value) or (math.isinf(value) and not allow_inf):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -92,7 +167,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types raise UserError."""
     if not isinstance(data, Mapping):
         raise UserError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -136,7 +211,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not key:
             raise UserError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=Loader) if raw.strip() else ""
+        except yaml.constructor.ConstructorError as exc:
+            raise UserError(f"--set {key}: {exc.problem}") from None
         except yaml.YAMLError:
             value = raw
         node = out
@@ -165,13 +242,7 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"configuration file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"{path}: not valid YAML{line}") from None
+    return read_yaml_text(path)
 
 
 def dump_yaml(data: Any) -> str:

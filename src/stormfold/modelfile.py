@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from stormfold import __version__
-from stormfold.config import dump_yaml, from_dict
+from stormfold.config import dump_yaml, from_dict, read_yaml_text
 from stormfold.errors import UserError
 from stormfold.io.atomic import write_text
 
@@ -61,10 +60,7 @@ def resolve_model_dir(spec: str | Path) -> Path:
 def read_model_meta(spec: str | Path) -> dict[str, Any]:
     """The ``model.yaml`` of a model (path or ``builtin:NAME``)."""
     path = resolve_model_dir(spec) / META
-    try:
-        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        raise UserError(f"{path}: not valid YAML") from None
+    meta = read_yaml_text(path)
     if not isinstance(meta, dict) or "engine" not in meta:
         raise UserError(f"{path}: model metadata has no 'engine' key")
     return meta

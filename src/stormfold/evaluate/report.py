@@ -33,15 +33,12 @@ def fov_from_simulation_yaml(path: str | Path) -> tuple[float, float] | None:
     UserError
         When the file cannot be parsed or lacks one of the keys.
     """
-    import yaml
+    from stormfold.config import read_yaml_text
 
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML ({type(exc).__name__})") from None
+    doc = read_yaml_text(path)
     if not isinstance(doc, dict):
         raise UserError(f"{path}: expected a mapping of simulation parameters")
     missing = [k for k in ("pixel_size_nm", "n_rows", "n_cols") if k not in doc]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import yaml
 
+from stormfold.config import Loader, read_yaml_text
 from stormfold.errors import UserError
 
 if TYPE_CHECKING:
@@ -157,8 +158,8 @@ def _ome_pixel_size(xml: str | None) -> float | None:
 _PIXEL_KEYS = ("Pixelsize", "Camera.Pixelsize")
 
 
-class _LenientLoader(yaml.SafeLoader):
-    """SafeLoader that turns unknown tags (e.g. ``!!python/object`` from numpy values in
+class _LenientLoader(Loader):
+    """stormfold's YAML loader that turns unknown tags (e.g. ``!!python/object`` from numpy values in
     files written by Picasso) into ``None`` instead of failing; never runs code."""
 
 
@@ -242,10 +243,10 @@ def load_yaml_mapping(path: str | Path, strict: bool = False) -> Mapping | None:
     if not path.is_file():
         return None
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        document = read_yaml_text(path)
+    except UserError:
         if strict:
-            raise UserError(f"{path}: cannot read YAML ({str(exc).splitlines()[0]})") from None
+            raise
         return None
     return document if isinstance(document, Mapping) else None
 

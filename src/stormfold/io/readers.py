@@ -44,12 +44,19 @@ def check_frame_memory(path: str | Path, shape: tuple[int, int]) -> None:
     """Refuse frames whose float32 copy would take more than
     :data:`MAX_FRAME_MEMORY_FRACTION` of this machine's memory (a UserError naming the
     file and the memory needed, instead of a MemoryError in the middle of the work)."""
-    need = 4.0 * shape[0] * shape[1]
+    check_memory(4.0 * shape[0] * shape[1],
+                 f"{path}: frames of {shape[1]} x {shape[0]} pixels need", " each as float32")
+
+
+def check_memory(need_bytes: float, what: str, detail: str = "") -> None:
+    """Refuse, before any work, arrays of ``need_bytes`` that would take more than
+    :data:`MAX_FRAME_MEMORY_FRACTION` of this machine's memory; ``what`` (ending in "need")
+    and ``detail`` say what they hold in the one-line :class:`UserError`."""
     total = _physical_memory_bytes()
-    if total is not None and need > MAX_FRAME_MEMORY_FRACTION * total:
-        raise UserError(f"{path}: frames of {shape[1]} x {shape[0]} pixels need {_gib(need)} "
-                        f"each as float32, more than {MAX_FRAME_MEMORY_FRACTION:.0%} of this "
-                        f"machine's {_gib(total)} of memory")
+    if total is not None and need_bytes > MAX_FRAME_MEMORY_FRACTION * total:
+        raise UserError(f"{what} {_gib(need_bytes)}{detail}, more than "
+                        f"{MAX_FRAME_MEMORY_FRACTION:.0%} of this machine's {_gib(total)} of "
+                        f"memory")
 
 
 def _memory_error(path: Path, start: int, stop: int, n_bytes: float) -> UserError:

@@ -86,11 +86,11 @@ class Camera:
     def validate(self) -> None:
         if not 0.0 < self.qe <= 1.0:
             raise UserError(f"camera.qe must be in (0, 1], got {self.qe}")
-        if self.spurious_charge < 0:
+        if not self.spurious_charge >= 0:
             raise UserError(f"camera.spurious_charge must be ≥ 0, got {self.spurious_charge}")
-        if self.em_gain < 1.0:
+        if not self.em_gain >= 1.0:
             raise UserError(f"camera.em_gain must be ≥ 1 (1 = no EM gain), got {self.em_gain}")
-        if self.readout_e < 0:
+        if not self.readout_e >= 0:
             raise UserError(f"camera.readout_e must be ≥ 0, got {self.readout_e}")
         if not self.e_per_adu > 0 or not np.isfinite(self.e_per_adu):
             raise UserError(f"camera.e_per_adu must be > 0, got {self.e_per_adu}")

@@ -49,7 +49,7 @@ class StructureConfig:
             raise UserError("structure.mask: a mask image path is needed for structure.kind=mask")
         if self.n_filaments < 1:
             raise UserError(f"structure.n_filaments must be ≥ 1, got {self.n_filaments}")
-        if self.persistence_length_nm <= 0 or self.label_spread_nm < 0:
+        if not (self.persistence_length_nm > 0 and self.label_spread_nm >= 0):
             raise UserError("structure: persistence_length_nm must be > 0 and label_spread_nm ≥ 0")
 
 
@@ -82,13 +82,13 @@ class ActivationConfig:
     t_bleach_frames: Optional[float] = None
 
     def validate(self) -> None:
-        if self.density_per_um2 < 0 or self.density_std_per_um2 < 0:
+        if not (self.density_per_um2 >= 0 and self.density_std_per_um2 >= 0):
             raise UserError("activation: densities must be ≥ 0")
-        if self.fluorophores_per_um2 < 0:
+        if not self.fluorophores_per_um2 >= 0:
             raise UserError("activation.fluorophores_per_um2 must be ≥ 0")
-        if self.t_on_frames <= 0 or self.t_off_frames <= 0:
+        if not (self.t_on_frames > 0 and self.t_off_frames > 0):
             raise UserError("activation: t_on_frames and t_off_frames must be > 0")
-        if self.t_bleach_frames is not None and self.t_bleach_frames <= 0:
+        if self.t_bleach_frames is not None and not self.t_bleach_frames > 0:
             raise UserError("activation.t_bleach_frames must be > 0 (or null for no bleaching)")
 
 
@@ -121,12 +121,13 @@ class EmitterConfig:
     sigma_std_nm: Optional[float] = 0.0
 
     def validate(self) -> None:
-        if self.photons_distribution == "normal" and (self.photons_mean < 0
-                                                      or self.photons_spread < 0):
+        # Written as "not ≥" so that NaN (possible from the API) fails the checks too.
+        if self.photons_distribution == "normal" and not (self.photons_mean >= 0
+                                                          and self.photons_spread >= 0):
             raise UserError("emitters: photons_mean and photons_std must be ≥ 0")
         if self.photons_distribution == "uniform" and not 0 <= self.photons_min <= self.photons_max:
             raise UserError("emitters: need 0 ≤ photons_min ≤ photons_max for a uniform distribution")
-        if self.sigma_nm <= 0 or self.sigma_spread_nm < 0:
+        if not (self.sigma_nm > 0 and self.sigma_spread_nm >= 0):
             raise UserError("emitters: sigma_nm must be > 0 and sigma_std_nm ≥ 0")
 
     @property
@@ -154,7 +155,7 @@ class BackgroundConfig:
     map: Optional[str] = None
 
     def validate(self) -> None:
-        if self.photons < 0:
+        if not self.photons >= 0:
             raise UserError(f"background.photons must be ≥ 0, got {self.photons}")
 
 
@@ -174,12 +175,17 @@ class DriftConfig:
     random_walk_nm: float = 0.0
 
     def validate(self) -> None:
-        if self.random_walk_nm < 0:
+        if not self.random_walk_nm >= 0:
             raise UserError("drift.random_walk_nm must be ≥ 0")
 
     @property
     def active(self) -> bool:
         return any(v != 0 for v in self.velocity_nm_per_frame) or self.random_walk_nm > 0
+
+
+#: Largest frame count and image side: frame and pixel indices stay 32-bit integers (TIFF
+#: pages, table columns) and products of them cannot overflow 64 bits.
+MAX_COUNT = 2**31 - 1
 
 
 @dataclass
@@ -200,10 +206,11 @@ class SimulationConfig:
     camera: Camera = field(default_factory=Camera)
 
     def validate(self) -> None:
-        if self.n_frames < 1:
-            raise UserError(f"n_frames must be ≥ 1, got {self.n_frames}")
-        if self.n_rows < 1 or self.n_cols < 1:
-            raise UserError(f"image size must be ≥ 1 pixel, got {self.n_rows}×{self.n_cols}")
+        if not 1 <= self.n_frames <= MAX_COUNT:
+            raise UserError(f"n_frames must be in [1, {MAX_COUNT}], got {self.n_frames}")
+        if not (1 <= self.n_rows <= MAX_COUNT and 1 <= self.n_cols <= MAX_COUNT):
+            raise UserError(f"image size must be 1 to {MAX_COUNT} pixels a side, got "
+                            f"{self.n_rows}×{self.n_cols}")
         if not self.pixel_size_nm > 0:
             raise UserError(f"pixel_size_nm must be > 0, got {self.pixel_size_nm}")
         if self.seed < 0:

@@ -25,6 +25,10 @@ from stormfold.simulate.structures import load_mask, make_structure
 from stormfold.table import make_table
 
 CHUNK_FRAMES = 64  # frames per noise stream and per rendering chunk
+# Peak float64 arrays per pixel of a chunk (photons, photons + background, electrons, noise)
+# and bytes per truth row (the table's float64/int64 columns and pandas' copies while built).
+_CHUNK_ARRAYS = 4
+_TRUTH_ROW_BYTES = 160
 
 
 @dataclass
@@ -159,8 +163,34 @@ def iter_movie(config: SimulationConfig, truth: pd.DataFrame) -> Iterator[tuple[
         yield start, config.camera.forward(photons, _rng(config.seed, 1, start))
 
 
+def expected_rows(config: SimulationConfig) -> float:
+    """Expected number of rows of the ground truth (emitter-frames)."""
+    act = config.activation
+    if act.model == "independent":
+        return act.density_per_um2 * config.area_um2 * config.n_frames
+    on_fraction = act.t_on_frames / (act.t_on_frames + act.t_off_frames)
+    # Each ON period may straddle a frame boundary: one more row per switch.
+    switches = config.n_frames / (act.t_on_frames + act.t_off_frames)
+    return act.fluorophores_per_um2 * config.area_um2 * (on_fraction * config.n_frames + switches)
+
+
+def check_simulation_memory(config: SimulationConfig, in_memory: bool = False) -> None:
+    """Refuse, before any work, a simulation whose rendering chunk, ground truth or (for
+    :func:`simulate`) whole movie would not fit in memory (a one-line UserError)."""
+    from stormfold.io.readers import check_memory
+
+    pixels = float(config.n_rows) * float(config.n_cols)
+    chunk = min(CHUNK_FRAMES, config.n_frames) * pixels * 8.0 * _CHUNK_ARRAYS
+    truth = expected_rows(config) * _TRUTH_ROW_BYTES + config.n_frames * 64.0
+    movie = 2.0 * config.n_frames * pixels if in_memory else 0.0
+    check_memory(chunk + truth + movie,
+                 f"simulation: {config.n_frames} frames of {config.n_cols} x {config.n_rows} "
+                 f"pixels ({expected_rows(config):.3g} emitter-frames) need")
+
+
 def simulate(config: SimulationConfig) -> Simulation:
     """Simulate a movie in memory (for movies that fit; see :func:`simulate_to_folder`)."""
+    check_simulation_memory(config, in_memory=True)
     truth, drift = simulate_truth(config)
     movie = np.empty((config.n_frames, config.n_rows, config.n_cols), dtype=np.uint16)
     for start, frames in iter_movie(config, truth):
@@ -202,6 +232,7 @@ def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
     mask = config.structure.mask if config.structure.kind == "mask" else None
     if mask is not None:
         load_mask(mask)  # fail before writing anything
+    check_simulation_memory(config)
     movie_bytes = 2.0 * config.n_frames * config.n_rows * config.n_cols
     out = OutputFolder(out_dir, "simulate", ["movie.tif", "truth.csv", "simulation.yaml",
                                              "drift.csv"], [mask, *protect],

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from stormfold import __version__
-from stormfold.config import from_dict, to_dict
+from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
@@ -82,9 +82,9 @@ class SofiParamsConfig:
 
     rho: float = 0.01
     alpha: float = 1.0
-    rho_bounds: tuple[float, float] = (0.0, 1.0)
-    alpha_bounds: tuple[float, float] = (0.0, 2.0)
-    sigma_bounds: tuple[float, float] = (0.5, 2.0)
+    rho_bounds: Bounds = (0.0, 1.0)
+    alpha_bounds: Bounds = (0.0, 2.0)
+    sigma_bounds: Bounds = (0.5, 2.0)
 
     def validate(self) -> None:
         for name in ("rho_bounds", "alpha_bounds", "sigma_bounds"):
@@ -120,7 +120,7 @@ class SofiTauConfig:
 
     learn: bool = True
     init: float = 0.5
-    bounds: tuple[float, float] = (1e-3, 10.0)
+    bounds: Bounds = (1e-3, 10.0)
     also_learn: list[str] = field(default_factory=list)
     huber_delta: float = 0.1
     binarise_eps: float = 0.5

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from stormfold import __version__
-from stormfold.config import from_dict, to_dict
+from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, fine_targets,
                                 movie_data, read_config_file, simulated_data, without)
@@ -164,11 +164,11 @@ class ParamsConfig:
     rho: float = 0.02
     alpha: float = 1.0
     tau: Optional[float] = None
-    rho_bounds: tuple[float, float] = (0.0, 1.0)
-    alpha_bounds: tuple[float, float] = (0.0, 4.0 / 3.0)
-    tau_bounds: Optional[tuple[float, float]] = None
-    background_bounds: Optional[tuple[float, float]] = None
-    sigma_bounds: tuple[float, float] = (0.5, 2.0)
+    rho_bounds: Bounds = (0.0, 1.0)
+    alpha_bounds: Bounds = (0.0, 4.0 / 3.0)
+    tau_bounds: Optional[Bounds] = None
+    background_bounds: Optional[Bounds] = None
+    sigma_bounds: Bounds = (0.5, 2.0)
     learn: Optional[list[str]] = None
 
     def validate(self) -> None:
