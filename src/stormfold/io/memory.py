@@ -68,8 +68,6 @@ def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
                         f"an array of shape {shape}")
     if min(shape) < 1:
         raise UserError(f"{name}: empty movie (shape {shape})")
-    if dtype.kind not in "uif":
-        raise UserError(f"{name}: pixel values must be numbers, got dtype {dtype}")
     check_count_dtype(dtype, name)
     px = None if pixel_size_nm is None else check_camera_pixel_size(pixel_size_nm, name)
     note = None if px is not None else "an array without a pixel size"

@@ -327,9 +327,25 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
 
 
 def check_count_dtype(dtype: np.dtype, source: str | Path) -> None:
-    """Refuse int8 pixels: an 8-bit camera counts 0…255, which int8 wraps to negative
-    above 127, so they cannot be camera counts (:class:`UserError` naming ``source``)."""
-    if np.dtype(dtype) == np.int8:
+    """Refuse pixels that cannot be camera counts (:class:`UserError` naming ``source``).
+
+    Only real integer and floating-point pixels are counts: complex and bool values have
+    no single count (numpy would drop the imaginary part or read True as 1 without a word),
+    and bytes, strings, records and Python objects are not numbers at all (a Picasso sidecar
+    declaring them would have raw bytes read as object pointers). int8 pixels are refused
+    too: an 8-bit camera counts 0…255, which int8 wraps to negative above 127.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise UserError(f"{source}: complex pixels (dtype {dtype}) cannot be camera counts: "
+                        f"save the real part or the magnitude as a real image")
+    if dtype.kind == "b":
+        raise UserError(f"{source}: true/false pixels (dtype bool, a mask?) cannot be camera "
+                        f"counts")
+    if dtype.kind not in "uif":
+        raise UserError(f"{source}: pixel values must be real numbers (integer or floating "
+                        f"point), got dtype {dtype}")
+    if dtype == np.int8:
         raise UserError(f"{source}: int8 pixels cannot be camera counts (an 8-bit camera "
                         f"counts 0…255, which int8 wraps to negative above 127): save the "
                         f"movie as uint8 or uint16")
@@ -526,6 +542,7 @@ def _open_picasso_raw(path: Path) -> Movie:
                         f"(needs Width, Height, Frames, Data Type)") from None
     except (TypeError, ValueError) as exc:
         raise UserError(f"{sidecar}: bad movie description ({first_line(exc)})") from None
+    check_count_dtype(dtype, f"{sidecar} (Data Type {first['Data Type']!r})")
     if min(width, height, n_frames) <= 0:
         raise UserError(f"{path}: empty movie ({n_frames} frames of {height}x{width} px)")
     frame_bytes = height * width * dtype.itemsize

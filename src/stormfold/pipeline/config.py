@@ -1,6 +1,7 @@
 """The configuration of ``stormfold run`` (a YAML file) and its checks before any work."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,26 @@ class EvaluationSpec:
     border_nm: float = 0.0
     matching: str = "hungarian"
 
+    def validate(self) -> None:
+        from stormfold.evaluate.matching import check_method, check_tolerance
+
+        if not self.tolerances_nm:
+            raise UserError("evaluation.tolerances_nm: give at least one tolerance (nm)")
+        for i, tolerance in enumerate(self.tolerances_nm):
+            try:
+                # A zero tolerance would match only exact coincidences: no use for a run.
+                if check_tolerance(tolerance) == 0:
+                    raise UserError(f"tolerance must be > 0 nm, got {tolerance!r}")
+            except UserError as exc:
+                raise UserError(f"evaluation.tolerances_nm[{i}]: {exc}") from None
+        if not (math.isfinite(self.border_nm) and self.border_nm >= 0):
+            raise UserError(f"evaluation.border_nm must be a finite number of nm ≥ 0, got "
+                            f"{self.border_nm!r}")
+        try:
+            check_method(self.matching)
+        except UserError as exc:
+            raise UserError(f"evaluation.matching: {exc}") from None
+
 
 @dataclass
 class RunConfig:
@@ -144,11 +165,30 @@ class RunConfig:
         for name in ("z", "channel"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"{name} must be a plane index ≥ 0, got {getattr(self, name)}")
+        if self.scheduler is not None:
+            check_scheduler_address(self.scheduler)
 
     def movie_options(self) -> dict:
         """How the movie is read (keyword arguments of :func:`stormfold.io.movie.open_movies`)."""
         return {"nan_policy": self.nan_policy, "axes": self.axes, "z": self.z,
                 "channel": self.channel}
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse, before any work, a ``scheduler`` that is not a Dask scheduler address
+    (``tcp://HOST:PORT``, ``HOST:PORT``, or another protocol Dask knows with its port)."""
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        if scheme not in registry.backends:
+            raise ValueError(f"unknown protocol {scheme!r}")
+        if scheme != "inproc":
+            parse_host_port(location)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"scheduler: {address!r} is not a Dask scheduler address ({exc}); "
+                        f"give tcp://HOST:PORT or HOST:PORT") from None
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
