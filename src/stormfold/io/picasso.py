@@ -147,7 +147,34 @@ def _read_locs(path: Path) -> np.ndarray:
         missing = [name for name in ("frame", "x", "y") if name not in dataset.dtype.names]
         if missing:
             raise UserError(f"{path}: /{LOCS_DATASET} lacks field(s) {', '.join(missing)}")
-        return dataset[()]
+        _check_field_types(dataset.dtype, path)
+        locs = dataset[()]
+    _check_whole_frames(locs["frame"], path)
+    return locs
+
+
+def _check_field_types(dtype: np.dtype, path: Path) -> None:
+    """Picasso's own fields must be real numbers, one per localization (bytes, complex or
+    bool values would be misread as positions or counts)."""
+    for name in BASE_FIELDS:
+        if name not in dtype.names:
+            continue
+        field = dtype.fields[name][0]
+        if field.shape or field.kind not in "iuf":
+            raise UserError(f"{path}: /{LOCS_DATASET} field {name!r} must hold "
+                            f"{'frame numbers' if name == 'frame' else 'real numbers'}, got "
+                            f"dtype {field}")
+
+
+def _check_whole_frames(frame: np.ndarray, path: Path) -> None:
+    """Float frame numbers must be whole (as for CSV tables), not truncated silently."""
+    if frame.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(frame) | (frame != np.round(frame))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(f"{path}: /{LOCS_DATASET} field 'frame' holds non-integer values "
+                        f"(row {row}: {float(frame[row])!r})")
 
 
 def _mean_fields(locs: np.ndarray, names: tuple[str, str]) -> np.ndarray | None:
