@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ def frame_layout(tif: tifffile.TiffFile, path: Path, axes: Optional[str] = None,
         layout = FrameLayout(len(tif.pages), tuple(all_series[0].shape), dtype, series=None)
         _check_damage(tif, path, layout, messages or [])
         return layout
+    _check_other_series(all_series, path)
     file_axes, dims = series.axes, tuple(int(d) for d in series.shape)
     if math.prod(dims) == 0 or len(dims) < 2:
         raise UserError(f"{path}: empty stack (0 frames)")
@@ -265,6 +267,24 @@ def _select(path: Path, letters: str, outer: tuple[int, ...], shape: tuple[int, 
                             f"(axes {letters}YX, shape {outer + shape})")
     return FrameLayout(n_frames, shape, dtype, first, step, axes=letters + "YX",
                        selection=selection)
+
+
+def _check_other_series(all_series: list, path: Path) -> None:
+    """A file of several image series (OME-TIFF positions, a stack with a thumbnail or
+    mask series): refuse series of different shapes, which hold different images; of the
+    same shape, read the first and say so."""
+    if len(all_series) < 2:
+        return
+    names = [f"{'x'.join(map(str, s.shape))} {s.axes}" for s in all_series]
+    described = ", ".join(names[:4])
+    more = ", ..." if len(all_series) > 4 else ""
+    shapes = {(tuple(s.shape), s.axes, np.dtype(s.dtype)) for s in all_series}
+    if len(shapes) > 1:
+        raise UserError(f"{path}: holds {len(all_series)} image series of different shapes "
+                        f"({described}{more}); stormfold reads one movie per file: save the "
+                        f"series to read as its own TIFF")
+    warnings.warn(f"{path}: holds {len(all_series)} image series of shape {names[0]}; "
+                  f"reading the first one (series 0) only", UserWarning, stacklevel=2)
 
 
 def _pages_are_frames(all_series: list) -> bool:
