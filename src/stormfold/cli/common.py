@@ -17,6 +17,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def output_path(text: str) -> Path:
+    """An output file or folder; an empty path is refused (it would mean the current folder,
+    which the user did not name)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path: give the file or folder to write")
+    return Path(text)
+
+
 def float_list(text: str) -> list[float]:
     """Comma-separated finite numbers."""
     try:

@@ -5,10 +5,9 @@ import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
-from stormfold.cli.common import (add_movie_options, camera_pixel_size, command_line,
-                                  finite_float, frame_range, movie_options, nonneg_float,
-                                  nonneg_int, positive_float, positive_int, positive_list,
-                                  repairs_line)
+from stormfold.cli.common import (add_movie_options, camera_pixel_size, command_line, finite_float,
+                                  frame_range, movie_options, nonneg_float, nonneg_int, output_path,
+                                  positive_float, positive_int, positive_list, repairs_line)
 from stormfold.errors import UserError
 
 
@@ -22,7 +21,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="override one parameter, e.g. --set camera.em_gain=100 (repeatable)")
     p.add_argument("--frames", type=positive_int, default=None, help="number of frames")
     p.add_argument("--seed", type=nonneg_int, default=None, help="random seed (default 0)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=output_path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)
 
@@ -56,7 +55,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="score frames A to B only (0-based, B exclusive; default: the frames "
                         "the localizations cover, as the run.yaml next to them records, "
                         "else all)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT",
+    p.add_argument("--json", type=output_path, default=None, metavar="OUT",
                    help="also write the metrics and parameters to this JSON file")
     p.add_argument("--bound", action="store_true",
                    help="also print the joint Cramér–Rao floor: the RMSE and recall an unbiased "
@@ -185,7 +184,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                                        "and Picasso HDF5")
     p.add_argument("input", type=Path, metavar="IN",
                    help="localization table (.csv ThunderSTORM or .hdf5/.h5 Picasso)")
-    p.add_argument("output", type=Path, metavar="OUT",
+    p.add_argument("output", type=output_path, metavar="OUT",
                    help="output table; the format follows the extension")
     p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
                    help="camera pixel size in nm (needed for Picasso output unless a "
@@ -223,7 +222,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
                                          "density) from a movie")
     p.add_argument("movie", type=Path, metavar="MOVIE",
                    help="raw movie in ADU: TIFF stack, folder of TIFFs, or Picasso .raw")
-    p.add_argument("--out", type=Path, required=True, metavar="CALIB_DIR",
+    p.add_argument("--out", type=output_path, required=True, metavar="CALIB_DIR",
                    help="output folder: simulation.yaml, calibration.html, calibration.png")
     p.add_argument("--roi", default=None, metavar="x0,y0,x1,y1",
                    help="analysed region in pixels (x along columns, end exclusive)")

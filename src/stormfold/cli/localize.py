@@ -6,7 +6,7 @@ from pathlib import Path
 
 from stormfold.cli.common import (add_camera_options, add_movie_options, camera_overrides,
                                   camera_pixel_size, command_line, frame_range, movie_options,
-                                  positive_int, repairs_line)
+                                  output_path, positive_int, repairs_line)
 
 
 def _add_localize(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,8 @@ def _add_localize(sub: argparse._SubParsersAction) -> None:
                        help="trained model (its model.yaml chooses the engine)")
     which.add_argument("--engine", default=None, metavar="NAME",
                        help="model-free engine: classic (single-emitter MLE)")
-    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--out", type=output_path, required=True, metavar="OUT_DIR",
+                   help="output folder")
     p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
                    help="camera pixel size in nm, 10–2000 (default: from the movie's metadata)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
@@ -63,7 +64,7 @@ def _add_sofi(sub: argparse._SubParsersAction) -> None:
                                     "deconvolution with --model)")
     p.add_argument("movie", type=Path, metavar="MOVIE",
                    help="TIFF stack, folder of TIFFs, or Picasso .raw (ADU)")
-    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR",
+    p.add_argument("--out", type=output_path, required=True, metavar="OUT_DIR",
                    help="output folder: sofi.tif, mean.tif, sofi.yaml (+ reconstruction.tif, "
                         "reconstruction_binary.tif, localizations.csv with --model)")
     p.add_argument("--order", type=int, default=2, metavar="N",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stormfold.cli.common import positive_int
+from stormfold.cli.common import output_path, positive_int
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate a movie, run both shipped engines, write a report")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=output_path, required=True, help="output folder")
     p.add_argument("--frames", type=positive_int, default=200, help="frames to simulate")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no console log")
     p.set_defaults(func=_cmd_demo)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from stormfold.cli.common import (Parser, add_movie_options, command_line, movie_options,
-                                  nonneg_int, positive_float, positive_int)
+                                  nonneg_int, output_path, positive_float, positive_int)
 from stormfold.errors import UserError
 
 
@@ -217,7 +217,8 @@ def _add_train_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one configuration key (repeatable)")
     p.add_argument("--seed", type=nonneg_int, default=None, help="random seed")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="model folder")
+    p.add_argument("--out", type=output_path, required=True, metavar="MODEL_DIR",
+                   help="model folder")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its last checkpoint in MODEL_DIR")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")

@@ -159,8 +159,8 @@ _PIXEL_KEYS = ("Pixelsize", "Camera.Pixelsize")
 
 
 class _LenientLoader(Loader):
-    """stormfold's YAML loader that turns unknown tags (e.g. ``!!python/object`` from numpy values in
-    files written by Picasso) into ``None`` instead of failing; never runs code."""
+    """stormfold's YAML loader that turns unknown tags (e.g. ``!!python/object`` from numpy
+    values in files written by Picasso) into ``None`` instead of failing; never runs code."""
 
 
 _LenientLoader.add_multi_constructor("", lambda loader, suffix, node: None)

@@ -61,7 +61,8 @@ _CAUSES = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota 
            errno.EROFS: "read-only file system", errno.EFBIG: "file too large",
            errno.EIO: "input/output error of the device",
            errno.ENOTDIR: "a part of the path is a file, not a folder",
-           errno.EISDIR: "it is a folder"}
+           errno.EISDIR: "it is a folder",
+           errno.ENOENT: "the folder does not exist or does not take new files"}
 # Temporary names of the writers (io.atomic, ThunderstormCsvWriter) → the file they become.
 _TEMPORARY = re.compile(r"^\.(?P<stem>.+?)\.(?:[0-9a-f]{8}\.tmp|partial)(?P<suffix>\.[^.]*)?$")
 
@@ -88,6 +89,13 @@ def environment_error(exc: OSError, path: Optional[Path | str] = None,
 def is_environment_error(exc: BaseException) -> bool:
     """True for an OSError whose errno is the environment's (permissions, space, ...)."""
     return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+
+
+def _is_output_environment_error(exc: BaseException) -> bool:
+    """As :func:`is_environment_error`, and ENOENT: while outputs are written every folder
+    was made or checked first, so a missing one is the file system's doing (a folder such
+    as /proc that takes no new files, or one removed meanwhile), not the program's."""
+    return is_environment_error(exc) or (isinstance(exc, OSError) and exc.errno == errno.ENOENT)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -297,7 +305,7 @@ class OutputSet:
             staging.mkdir()
         except OSError as exc:
             self._remove_created()
-            if is_environment_error(exc):
+            if _is_output_environment_error(exc):
                 raise environment_error(exc, self._user_path()) from None
             raise
         self.staging = staging
@@ -319,7 +327,7 @@ class OutputSet:
             return
         where = self._translate(getattr(exc, "filename", None))  # before staging goes
         self.abort()
-        if isinstance(exc, OSError) and is_environment_error(exc):
+        if _is_output_environment_error(exc):
             raise environment_error(exc, where) from None
 
     def _translate(self, filename: Any) -> Path:
@@ -440,7 +448,7 @@ class OutputFolder(OutputSet):
         try:
             return self._commit(staging, parameters, command_line, list(adopt))
         except OSError as exc:
-            if is_environment_error(exc):
+            if _is_output_environment_error(exc):
                 raise environment_error(exc, self._translate(exc.filename)) from None
             raise
 
@@ -560,7 +568,7 @@ class OutputFiles(OutputSet):
                 self.committed = True
                 self._created = []
         except OSError as exc:
-            if is_environment_error(exc):
+            if _is_output_environment_error(exc):
                 raise environment_error(exc, self._translate(exc.filename)) from None
             raise
         return staged

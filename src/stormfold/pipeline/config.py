@@ -149,6 +149,8 @@ class RunConfig:
     def validate(self) -> None:
         if not self.movies or not all(self.movies):
             raise UserError("movie: give the path of the movie (or a list of paths)")
+        if not self.output.strip():
+            raise UserError("output: give the folder to write (an empty path is refused)")
         if self.pixel_size_nm is not None:
             from stormfold.io.metadata import check_camera_pixel_size
 
