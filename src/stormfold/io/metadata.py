@@ -205,6 +205,20 @@ def _pixel_candidates(documents: Sequence[Mapping]) -> list[float]:
     return found
 
 
+def missing_pixel_size(documents: Sequence[Mapping], sidecar_name: str) -> str:
+    """Why Picasso YAML documents give no pixel size: none is there, or the one there is
+    not a size (``Pixelsize: 0``, ``abc``), which the user must fix rather than add."""
+    for doc in documents:
+        camera = doc.get("Camera")
+        nested = camera.get("Pixelsize") if isinstance(camera, Mapping) else None
+        for key, value in [(key, doc.get(key)) for key in _PIXEL_KEYS] + [("Camera.Pixelsize",
+                                                                          nested)]:
+            if value is not None:
+                return (f"{key} {value!r} in {sidecar_name} is invalid: a pixel size is a "
+                        f"number of nm > 0")
+    return f"no Pixelsize in {sidecar_name}"
+
+
 def pixel_size_from_documents(documents: Sequence[Mapping],
                               source: str | Path = "") -> float | None:
     """Camera pixel size (nm) from Picasso YAML documents, or ``None``.

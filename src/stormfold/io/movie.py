@@ -42,8 +42,8 @@ import tifffile
 
 from stormfold.errors import UserError
 from stormfold.io.metadata import (check_camera_pixel_size, load_yaml_documents,
-                                   pixel_size_from_documents, plausible_pixel_size,
-                                   tiff_pixel_size)
+                                   missing_pixel_size, pixel_size_from_documents,
+                                   plausible_pixel_size, tiff_pixel_size)
 from stormfold.io.readers import (ConcatReader, ContiguousReader, FolderReader, TiffPagesReader,
                                   check_frame_memory, first_line)
 from stormfold.io.tiff_layout import frame_layout, tifffile_messages
@@ -122,8 +122,9 @@ class Movie:
         Raises
         ------
         UserError
-            A damaged or truncated frame, NaN/Inf pixels (``nan_policy="error"``), or frames
-            that do not fit in memory; the message names the file and the frames.
+            Frames out of range, a damaged or truncated frame, NaN/Inf pixels
+            (``nan_policy="error"``), or frames that do not fit in memory; the message names
+            the file and the frames.
         """
         frames = self._frames(start, stop, checked=True)
         if frames.dtype.kind == "f" and not np.isfinite(frames).all():
@@ -147,10 +148,10 @@ class Movie:
 
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= int(start) <= int(stop) <= self.n_frames:
-            raise IndexError(f"frames {start}:{stop} out of range for a movie of "
-                             f"{self.n_frames} frames")
+            raise UserError(f"{self.path}: frames {start}:{stop} out of range for a movie of "
+                            f"{self.n_frames} frames (0 ≤ start ≤ stop ≤ {self.n_frames})")
         if self._reader is None:
-            raise ValueError(f"movie {self.path} is closed")
+            raise UserError(f"movie {self.path} is closed")
 
     def _non_finite(self, frames: np.ndarray, start: int) -> None:
         bad = ~np.isfinite(frames)
@@ -516,6 +517,7 @@ def _folder_frame_info(file: Path):
     with tifffile_messages() as messages:
         tif = _open_tiff(file, messages)
         with tif:
+            _check_one_plane(tif, file)
             layout = frame_layout(tif, file, messages=messages)
             if layout.n_frames != 1:
                 raise UserError(f"{file}: holds {layout.n_frames} frames; a folder movie needs "
@@ -524,6 +526,21 @@ def _folder_frame_info(file: Path):
             pixel, note = tiff_pixel_size(tif)
             return (layout.shape, layout.dtype.newbyteorder("="), pixel, note,
                     _tiff_metadata(tif))
+
+
+def _check_one_plane(tif, file: Path) -> None:
+    """A file of a folder movie holds one 2-D frame: say how many planes it has instead of
+    what they would be in a stack of their own (e.g. "colour" for three planes that
+    tifffile tagged RGB)."""
+    page = tif.pages.first
+    series = tif.series[0] if tif.series else None
+    pixels = int(page.imagelength) * int(page.imagewidth)
+    planes = len(tif.pages) if series is None else max(len(tif.pages),
+                                                        int(np.prod(series.shape)) // max(pixels, 1))
+    if planes > 1:
+        rgb = " tagged as RGB colour" if int(page.photometric) == 2 else ""
+        raise UserError(f"{file}: holds {planes} planes of {page.imagelength} x "
+                        f"{page.imagewidth} pixels{rgb}; a folder movie needs one frame per file")
 
 
 # --------------------------------------------------------------------------- Picasso raw
@@ -558,7 +575,7 @@ def _open_picasso_raw(path: Path) -> Movie:
     pixel, note = plausible_pixel_size(pixel_size_from_documents(documents, sidecar),
                                        f"Pixelsize in {sidecar.name}")
     if pixel is None and note is None:
-        note = f"no Pixelsize in {sidecar.name}"
+        note = missing_pixel_size(documents, sidecar.name)
     metadata = {"format": "picasso-raw",
                 "picasso": {k: v for k, v in first.items() if _small_scalar(v)}}
     reader = ContiguousReader(path, dtype, 0, (height, width))

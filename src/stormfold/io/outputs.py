@@ -326,9 +326,14 @@ class OutputSet:
                 self.abort()
             return
         where = self._translate(getattr(exc, "filename", None))  # before staging goes
+        staging = self.staging
         self.abort()
         if _is_output_environment_error(exc):
             raise environment_error(exc, where) from None
+        if isinstance(exc, UserError) and staging is not None and str(staging) in str(exc):
+            # A writer's message names the file it was given, the staged one: name the
+            # user's instead (staging/NAME becomes home/NAME).
+            raise UserError(str(exc).replace(str(staging), str(self.home))) from None
 
     def _translate(self, filename: Any) -> Path:
         """The user's path for a file named in an error (never the staging name)."""

@@ -47,7 +47,7 @@ import yaml
 from stormfold import __version__
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path
-from stormfold.io.metadata import (check_pixel_size, load_yaml_documents,
+from stormfold.io.metadata import (check_pixel_size, load_yaml_documents, missing_pixel_size,
                                    pixel_size_from_documents, sidecar_path)
 from stormfold.table import n_frames_of, validate_table
 
@@ -115,9 +115,9 @@ def read_picasso_hdf5(path: str | Path,
     else:
         px = pixel_size_from_documents(documents, sidecar)
         if px is None:
-            raise UserError(f"{path}: pixel size unknown (no Pixelsize in "
-                            f"{sidecar.name if documents else 'a YAML sidecar'}): "
-                            f"pass --pixel-size NM")
+            why = (missing_pixel_size(documents, sidecar.name) if documents
+                   else "no Pixelsize in a YAML sidecar")
+            raise UserError(f"{path}: pixel size unknown ({why}): pass --pixel-size NM")
     first = documents[0] if documents else {}
     standin = first.get(STANDIN_KEY) if isinstance(first.get(STANDIN_KEY), Mapping) else {}
     table, extras = _locs_to_table(locs, px, str(path), skip=tuple(standin))

@@ -192,6 +192,11 @@ def frame_layout(tif: tifffile.TiffFile, path: Path, axes: Optional[str] = None,
                         f"frames: save one channel as grayscale")
     if file_axes.endswith("S"):
         file_axes, dims = file_axes[:-1], dims[:-1]
+    if not file_axes.endswith("YX") and min(dims[-2:]) == 1:
+        # tifffile names the axes of a stack of 1-pixel-wide frames oddly (10x1x1 → YQX):
+        # the frames' size is the problem to report, not the axis names.
+        raise UserError(f"{path}: frames of {dims[-2]} x {dims[-1]} pixels (shape {dims}): too "
+                        f"small to be camera frames")
     if not file_axes.endswith("YX"):
         raise UserError(f"{path}: image axes {file_axes} (shape {dims}) do not end in rows "
                         f"and columns (YX)")

@@ -108,11 +108,12 @@ def choose_camera(overrides: CameraOverrides | None, movie=None, engine=None,
     given: set[str] = set()
     if overrides.camera_file is not None:
         fields = _camera_fields(overrides.camera_file)
-        camera = from_dict(Camera, fields, where="camera")
+        camera = _camera_from(fields, overrides.camera_file)
         source, given = f"file {overrides.camera_file}", set(fields)
     elif movie is not None and isinstance(movie.metadata.get("info"), dict) \
             and isinstance(movie.metadata["info"].get("camera"), dict):
-        camera = from_dict(Camera, movie.metadata["info"]["camera"], where="movie camera")
+        camera = _camera_from(movie.metadata["info"]["camera"],
+                              f"{movie.path} (the camera in its metadata)")
         source, given = "movie metadata", set(KEY_FIELDS)
     elif engine is not None and engine.training_camera() is not None:
         camera, source = engine.training_camera(), SOURCE_MODEL
@@ -126,6 +127,14 @@ def choose_camera(overrides: CameraOverrides | None, movie=None, engine=None,
         source += " + command-line " + ", ".join(fields)
     assumed = tuple(k for k in KEY_FIELDS if k not in given and k not in fields)
     return CameraChoice(camera, source, assumed)
+
+
+def _camera_from(fields: dict, source: str | Path) -> Camera:
+    """A :class:`Camera` from a file's fields; a bad field's message names the file."""
+    try:
+        return from_dict(Camera, fields, where="camera")
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def resolve_camera(overrides: CameraOverrides | None, movie=None, engine=None,
