@@ -6,9 +6,7 @@ folder created). The API cases check the exception type and message.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -22,17 +20,7 @@ import yaml
 from stormfold.errors import UserError
 from stormfold.io import open_movie, write_tiff
 from stormfold.io.thunderstorm import write_thunderstorm_csv
-
-
-def _snapshot(root: Path) -> dict:
-    state = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames:
-            state[os.path.relpath(os.path.join(dirpath, name), root)] = "folder"
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            state[os.path.relpath(path, root)] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return state
+from test_hostile_inputs import _snapshot  # every file's SHA-256 and every folder
 
 
 @pytest.fixture()
