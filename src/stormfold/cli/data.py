@@ -5,9 +5,10 @@ import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
-from stormfold.cli.common import (add_movie_options, camera_pixel_size, command_line, finite_float,
-                                  frame_range, movie_options, nonneg_float, nonneg_int, output_path,
-                                  positive_float, positive_int, positive_list, repairs_line)
+from stormfold.cli.common import (add_movie_options, camera_pixel_size, command_line,
+                                  finite_float, frame_range, movie_options, nonneg_float,
+                                  nonneg_int, output_path, positive_float, positive_int,
+                                  positive_list, repairs_line)
 from stormfold.errors import UserError
 
 
