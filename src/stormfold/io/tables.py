@@ -29,7 +29,7 @@ from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
 from stormfold.io.metadata import (GEOMETRY_FILES, RUN_RECORD, check_pixel_size, frames_near,
                                    geometry_near, load_yaml_mapping)
-from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
+from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of, validate_table
 
@@ -142,7 +142,31 @@ def estimated_near(path: str | Path) -> dict[str, str]:
 
 __all__ = ["FORMATS", "GEOMETRY_FILES", "convert_table", "default_image_size",
            "estimated_near", "frames_near", "geometry_near", "read_table", "table_format",
-           "write_frames_csv", "write_table"]
+           "table_sources", "write_frames_csv", "write_table"]
+
+
+def table_sources(path: str | Path) -> list[Path]:
+    """Every file that reading the table ``path`` may consult, which no output may replace.
+
+    The table itself; for Picasso HDF5 its sidecar; for a CSV the ``simulation.yaml`` /
+    ``run.yaml`` next to it that exist (geometry, frame base, frame range, estimated
+    columns). A command's record ``OUT.yaml`` or a Picasso output's sidecar could
+    otherwise replace the geometry the command has just read.
+    """
+    path = Path(path)
+    if table_format(path) == "picasso":
+        return [path, sidecar_path(path)]
+    return [path, *(path.parent / name for name in GEOMETRY_FILES
+                    if (path.parent / name).is_file())]
+
+
+def check_apart(outputs, sources) -> None:
+    """Refuse, in one line naming both, an output that would replace one of ``sources``."""
+    for out in outputs:
+        for source in sources:
+            if same_file(out, source):
+                raise UserError(f"the output {out} would overwrite the input file {source}: "
+                                f"choose another output name")
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
@@ -178,8 +202,8 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     """
     src, dst = Path(src), Path(dst)
     in_format, out_format = table_format(src), table_format(dst)
-    if same_file(src, dst):
-        raise UserError(f"output {dst} is the input file: choose another output name")
+    check_apart([dst, sidecar_path(dst)] if out_format == "picasso" else [dst],
+                table_sources(src))
     geometry: dict[str, Any] = {}
     if in_format == "picasso":
         table, info = read_picasso_hdf5(src, pixel_size_nm)
