@@ -160,13 +160,20 @@ def table_sources(path: str | Path) -> list[Path]:
                     if (path.parent / name).is_file())]
 
 
-def check_apart(outputs, sources) -> None:
-    """Refuse, in one line naming both, an output that would replace one of ``sources``."""
+def check_apart(outputs, table: str | Path) -> None:
+    """Refuse, in one line naming both, an output that would replace a file read with the
+    table ``table`` (:func:`table_sources`)."""
+    sources = table_sources(table)
     for out in outputs:
         for source in sources:
-            if same_file(out, source):
-                raise UserError(f"the output {out} would overwrite the input file {source}: "
+            if not same_file(out, source):
+                continue
+            if source == sources[0]:
+                raise UserError(f"output {out} would overwrite the input file {source}: "
                                 f"choose another output name")
+            what = "sidecar" if table_format(table) == "picasso" else "camera geometry"
+            raise UserError(f"output {out} would overwrite the input's {what} {source} (read "
+                            f"with {sources[0]}): choose another output name")
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
@@ -202,8 +209,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     """
     src, dst = Path(src), Path(dst)
     in_format, out_format = table_format(src), table_format(dst)
-    check_apart([dst, sidecar_path(dst)] if out_format == "picasso" else [dst],
-                table_sources(src))
+    check_apart([dst, sidecar_path(dst)] if out_format == "picasso" else [dst], src)
     geometry: dict[str, Any] = {}
     if in_format == "picasso":
         table, info = read_picasso_hdf5(src, pixel_size_nm)

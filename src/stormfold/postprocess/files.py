@@ -137,7 +137,7 @@ def check_outputs(source: InputTable, outputs: Iterable[str | Path]) -> None:
     seen: list[Path] = []
     for out in outputs:
         out = Path(out)
-        check_apart([out], source.protected())
+        check_apart([out], source.path)
         if out.exists() and out.is_dir():
             raise UserError(f"output {out} is a folder")
         if any(same_file(out, other) for other in seen):
