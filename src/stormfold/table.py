@@ -16,6 +16,7 @@ other column a step adds.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -31,6 +32,23 @@ INTEGER_COLUMNS = ("frame", "id", "detections", "cluster")
 #: Larger finite values are corrupt data; they would overflow float32 files, image sizes and
 #: the distance computations of matching, linking, drift and FRC.
 MAX_COORDINATE_NM = 1e9
+
+
+def check_length_nm(value: Any, what: str, allow_zero: bool = False) -> float:
+    """``value`` as a float length in nm; :class:`UserError` (one line with the allowed range)
+    unless it is a number in (0, :data:`MAX_COORDINATE_NM`] (or [0, …] with ``allow_zero``).
+
+    Lengths beyond the largest position a table may hold mean nothing for localizations and
+    would overflow grids, k-d trees and FFT sizes downstream."""
+    low = "[0" if allow_zero else "(0"
+    try:
+        length = float(value)
+    except (TypeError, ValueError):
+        length = math.nan
+    if not (length >= 0 if allow_zero else length > 0) or not length <= MAX_COORDINATE_NM:
+        raise UserError(f"{what} must be a number of nm in {low}, {MAX_COORDINATE_NM:g}], got "
+                        f"{value!r}")
+    return length
 
 
 def make_table(frame: Any, x_nm: Any, y_nm: Any, **columns: Any) -> pd.DataFrame:

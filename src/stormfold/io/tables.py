@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from stormfold.errors import UserError
@@ -98,6 +99,7 @@ def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | No
                         f"pass --pixel-size NM")
     px = check_pixel_size(pixel_size_nm, str(path))
     table = validate_table(table)
+    check_float32(table, path)
     default_w, default_h = default_image_size(table, px)
     return write_picasso_hdf5(path, table, px,
                               default_w if width_px is None else width_px,
@@ -143,6 +145,20 @@ def estimated_near(path: str | Path) -> dict[str, str]:
 __all__ = ["FORMATS", "GEOMETRY_FILES", "convert_table", "default_image_size",
            "estimated_near", "frames_near", "geometry_near", "read_table", "table_format",
            "table_sources", "write_frames_csv", "write_table"]
+
+
+def check_float32(table: pd.DataFrame, source: str | Path) -> None:
+    """Refuse (one line naming ``source`` and the column) values that a Picasso file's
+    float32 fields would store as ±inf."""
+    limit = float(np.finfo(np.float32).max)
+    for name in table.columns:
+        if name == "frame" or not pd.api.types.is_float_dtype(table[name]):
+            continue
+        values = table[name].to_numpy(dtype=np.float64)
+        big = np.isfinite(values) & (np.abs(values) > limit)
+        if big.any():
+            raise UserError(f"{source}: column {name} has {int(big.sum())} value(s) beyond the "
+                            f"float32 range (±{limit:.3g}) of a Picasso file: nothing written")
 
 
 def table_sources(path: str | Path) -> list[Path]:
@@ -232,6 +248,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     if px is None:
         raise UserError(f"{src}: pixel size unknown (no {' or '.join(GEOMETRY_FILES)} with "
                         f"pixel_size_nm next to it): pass --pixel-size NM")
+    check_float32(table, src)
     n_frames = geometry.get("n_frames")
     if n_frames is not None and n_frames < n_frames_of(table):
         n_frames = None

@@ -27,8 +27,8 @@ from stormfold.config import dump_yaml
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
-from stormfold.io.tables import (RUN_RECORD, check_apart, default_image_size, estimated_near,
-                                 geometry_near, table_format, table_sources)
+from stormfold.io.tables import (RUN_RECORD, check_apart, check_float32, default_image_size,
+                                 estimated_near, geometry_near, table_format, table_sources)
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of
 
@@ -210,6 +210,7 @@ def write_output_table(path: str | Path, table: pd.DataFrame, source: InputTable
         width, height = default_image_size(table, px)
     n_frames = source.n_frames if source.n_frames and source.n_frames >= n_frames_of(table) \
         else None
+    check_float32(table, source.path)
     history = [doc for doc in source.documents if isinstance(doc, dict)]
     write_picasso_hdf5(path, table, px, width, height, n_frames=n_frames,
                        info=history + [yaml.safe_load(dump_yaml(record))],

@@ -33,7 +33,7 @@ from scipy.signal.windows import tukey
 
 from stormfold.errors import UserError
 from stormfold.postprocess.render import histogram_2d
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 SPLITS = ("random", "blocks")
 THRESHOLD = 1.0 / 7.0
@@ -72,8 +72,7 @@ class FrcParams:
     threshold: float = THRESHOLD
 
     def validate(self) -> None:
-        if not self.pixel_nm > 0:
-            raise UserError(f"frc: pixel_nm must be > 0, got {self.pixel_nm}")
+        check_length_nm(self.pixel_nm, "frc: pixel_nm")
         if self.block_frames < 1:
             raise UserError(f"frc: block_frames must be ≥ 1, got {self.block_frames}")
         if not 0 <= self.tukey_alpha <= 1:
@@ -218,8 +217,7 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
     FrcResult
     """
     table = validate_table(table)
-    if not np.isfinite(pixel_nm) or pixel_nm <= 0:
-        raise UserError(f"FRC pixel size must be > 0 nm, got {pixel_nm}")
+    check_length_nm(pixel_nm, "FRC pixel size")
     if len(table) < 2:
         raise UserError("FRC needs at least two localizations")
     first = split_halves(table, split, seed, block_frames)
