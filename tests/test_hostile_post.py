@@ -91,3 +91,107 @@ def test_convert_api_refuses_the_geometry_as_output(folder):
     with pytest.raises(UserError, match="simulation.yaml"):
         convert_table(folder / "good.csv", folder / "simulation.h5")
     assert _snapshot(folder) == before
+
+
+# ---------------------------------------------------------------- 2. absurd magnitudes
+def test_far_coordinates_refused_naming_the_file_column(refused, folder):
+    table = _table()
+    table["frame"] += 1
+    table.loc[3, "x_nm"] = 1e20
+    table.rename(columns={"x_nm": "x [nm]", "y_nm": "y [nm]"}).to_csv(folder / "far.csv",
+                                                                      index=False)
+    for argv in (["convert", "far.csv", "far.hdf5"], ["drift", "far.csv", "--out", "d.csv"],
+                 ["frc", "far.csv", "--out", "f"]):
+        line = refused(*argv)
+        assert "x [nm]" in line and "1 of 60" in line and "1e+09" in line
+
+
+def test_missing_value_names_the_file_column(refused, folder):
+    (folder / "nan.csv").write_text("frame,x [nm],y [nm]\n1,5,6\n2,,7\n")
+    assert "column x [nm] has missing" in refused("render", "nan.csv", "--out", "r.png")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["evaluate", "--truth", "truth.csv", "--locs", "good.csv", "--tolerance", "1e300"],
+     "tolerance"),
+    (["link", "good.csv", "--out", "o.csv", "--radius-nm", "1e300", "--weight", "none"],
+     "radius_nm"),
+    (["frc", "good.csv", "--out", "f", "--pixel-nm", "1e300"], "pixel_nm"),
+    (["render", "good.csv", "--out", "r.png", "--pixel-nm", "1e300"], "pixel_nm"),
+    (["render", "good.csv", "--out", "r.png", "--method", "gaussian", "--sigma-nm", "1e300"],
+     "sigma_nm"),
+])
+def test_absurd_lengths_refused_with_the_range(refused, argv, words):
+    line = refused(*argv)
+    assert words in line and "1e+09]" in line
+
+
+def test_render_sigma_too_wide_for_the_pixel(refused):
+    line = refused("render", "good.csv", "--out", "r.png", "--method", "gaussian",
+                   "--sigma-nm", "1e8")
+    assert "σ" in line and "larger pixel size" in line and "memory" not in line
+
+
+def test_api_lengths_raise_user_error():
+    from stormfold.evaluate import evaluate
+    from stormfold.postprocess.render import render
+
+    table = _table()
+    with pytest.raises(UserError, match="field-of-view width"):
+        render(table, 10, fov_nm=(np.nan, 5))
+    with pytest.raises(UserError, match="tolerance"):
+        evaluate(table, table, tolerances_nm=[1e300])
+
+
+def test_picasso_write_never_stores_inf(refused, folder):
+    table = _table()
+    table.loc[0, "photons"] = 1e300
+    _csv(folder / "bright.csv", table)
+    line = refused("convert", "bright.csv", "bright.hdf5")
+    assert "photons" in line and "float32" in line and "staging" not in line
+
+
+# ---------------------------------------------------------------- 3. no hangs
+def test_link_max_dark_bounded_by_the_frame_span(run_cli, folder):
+    from stormfold.postprocess.link import link_groups
+
+    table = _table()
+    huge = link_groups(table, 200.0, 10 ** 12)
+    assert np.array_equal(huge, link_groups(table, 200.0, 9))
+    code, _, err = run_cli("link", "good.csv", "--out", "l.csv", "--max-dark", "1000000000000",
+                           "--weight", "none")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("expr", ["x_nm > 9**9**9", "x_nm > (9**64)**64", "x_nm > 2**1000000",
+                                  "x_nm ** (frame * 9**9**9) > 1"])
+def test_filter_refuses_unbounded_constant_powers(refused, expr):
+    assert "exponent" in refused("filter", "good.csv", "--out", "o.csv", "--expr", expr)
+
+
+def test_filter_keeps_ordinary_powers():
+    from stormfold.postprocess.filters import expression_mask
+
+    table = _table()
+    r = np.hypot(table.x_nm, table.y_nm)
+    assert np.array_equal(expression_mask(table, "(x_nm**2 + y_nm**2)**0.5 > 10**3"), r > 1000)
+    assert np.array_equal(expression_mask(table, "photons > 2**-3 * 1e4"),
+                          table.photons > 1250)
+
+
+# ---------------------------------------------------------------- 4. classic on blank frames
+@pytest.mark.parametrize("level", [100.0, 12345.678, 3.3e6])
+def test_classic_detects_nothing_on_constant_frames(level):
+    import torch
+
+    from stormfold.localize.classic.detect import detect
+
+    for dtype in (torch.float32, torch.float64):
+        frames = torch.full((3, 40, 48), level, dtype=dtype)
+        frames[1] += 1e-3 * level * torch.finfo(dtype).eps  # below the rounding of the level
+        assert len(detect(frames, 1.3, 1.0)) == 0
+        spot = frames.clone()
+        rr, cc = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
+        spot[0] += (0.05 * level * torch.exp(-((rr - 20) ** 2 + (cc - 24) ** 2) / 3.4)).to(dtype)
+        found = detect(spot, 1.3, 1.0)
+        assert len(found) >= 1 and int(found.frame[0]) == 0
