@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,110 @@ def test_classic_detects_nothing_on_constant_frames(level):
         spot[0] += (0.05 * level * torch.exp(-((rr - 20) ** 2 + (cc - 24) ** 2) / 3.4)).to(dtype)
         found = detect(spot, 1.3, 1.0)
         assert len(found) >= 1 and int(found.frame[0]) == 0
+
+
+# ---------------------------------------------------------------- 5-6. memory, models, warnings
+def test_torch_allocation_failure_is_one_line(run_cli, monkeypatch, folder):
+    from stormfold.cli import postprocess as cli_pp
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 360000000000 bytes.")
+
+    monkeypatch.setattr(cli_pp, "_pp_run", fail)
+    code, _, err = run_cli("render", "good.csv", "--out", "r.png")
+    assert code == 2 and err.count("\n") == 1
+    assert "not enough memory (360 GB asked at once)" in err and "internal" not in err
+
+
+def test_sofi_sigma_init_bounded():
+    from stormfold.sofi.train import SofiSolverConfig
+
+    with pytest.raises(UserError, match=r"sigma_init_nm \(--sigma-init\) must be a PSF σ"):
+        SofiSolverConfig(sigma_init_nm=1e9).validate()
+    SofiSolverConfig(sigma_init_nm=150.0).validate()
+
+
+def _copy_model(name: str, dest: Path) -> Path:
+    import shutil
+
+    from stormfold.modelfile import builtin_root
+
+    shutil.copytree(builtin_root() / name, dest)
+    return dest
+
+
+@pytest.mark.parametrize("name, edit, words", [
+    ("gridnet-generalist", ("architecture", "frame_width", 100000),
+     "frame_width must be an integer in 1..256"),
+    ("deepstorm-zerocost", ("architecture", "channels", [32, 64, 128, 10 ** 7]),
+     "channels must be an integer in 1..2048"),
+    ("unrolled-isbi2013", (None, "upsampling", 10 ** 6), "upsampling must be an integer in 1..16"),
+])
+def test_absurd_architectures_refused_at_load(tmp_path, name, edit, words):
+    from stormfold.localize import load_engine
+
+    folder = _copy_model(name, tmp_path / "m")
+    meta = yaml.safe_load((folder / "model.yaml").read_text())
+    section, key, value = edit
+    (meta[section] if section else meta)[key] = value
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(UserError, match=words):
+        load_engine(model=str(folder))
+
+
+@pytest.mark.parametrize("name", ["gridnet-generalist", "unrolled-isbi2013"])
+def test_nan_weights_refused_naming_the_tensor(tmp_path, name):
+    from safetensors.torch import load_file, save_file
+
+    from stormfold.localize import load_engine
+
+    folder = _copy_model(name, tmp_path / "m")
+    tensors = load_file(str(folder / "weights.safetensors"))
+    key = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[key] = tensors[key] * float("nan")
+    save_file(tensors, str(folder / "weights.safetensors"))
+    with pytest.raises(UserError, match=f"weight tensor '{key}' holds NaN"):
+        load_engine(model=str(folder))
+
+
+def test_model_given_as_a_file(refused, folder):
+    import tifffile
+
+    tifffile.imwrite(folder / "m.tif", np.full((12, 16, 16), 100, np.uint16),
+                     photometric="minisblack")
+    assert "good.csv is a file, not a model folder" in refused(
+        "localize", "m.tif", "--model", "good.csv", "--out", "o")
+
+
+def test_render_warns_when_nothing_is_in_the_field(run_cli, folder):
+    table = _table()
+    table["x_nm"] -= 1e6
+    _csv(folder / "left.csv", table)
+    with pytest.warns(UserWarning, match="none of the 60 localizations lies inside the "
+                                         "rendered field"):
+        assert run_cli("render", "left.csv", "--out", "left.png")[0] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_cli("render", "good.csv", "--out", "good.png")[0] == 0
+
+
+def test_ignored_options_warn(run_cli, folder):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(folder / "m.tif", rng.poisson(100, (30, 16, 16)).astype(np.uint16))
+    with pytest.warns(UserWarning, match="--threshold is ignored without --model"):
+        code, _, err = run_cli("sofi", "m.tif", "--out", "s", "--threshold", "0.5",
+                               "--pixel-size", "100")
+    assert code == 0, err
+    with pytest.warns(UserWarning, match="--em-gain is ignored without --emccd"):
+        run_cli("calibrate", "m.tif", "--out", "c", "--em-gain", "50", "--pixel-size", "100",
+                "--quiet")
+
+
+def test_calibrate_without_estimate_gives_the_reason():
+    from stormfold.calibrate.core import _finite
+
+    with pytest.raises(UserError, match=r"could not be estimated from this movie \(no spots\)$"):
+        _finite(float("nan"), "the PSF σ", ["no spots"])

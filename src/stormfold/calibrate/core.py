@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -80,10 +80,12 @@ def parse_roi(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def _finite(x: float, name: str) -> float:
+def _finite(x: float, name: str, notes: Sequence[str] = ()) -> float:
+    # Raised before any report is written: the estimators' notes go into the message.
     if not np.isfinite(x):
+        why = "; ".join(str(n).rstrip(".") for n in notes) or "no usable spots found"
         raise UserError(f"calibration failed: {name} could not be estimated from this movie "
-                        f"(see the notes in the report)")
+                        f"({why})")
     return float(x)
 
 
@@ -114,6 +116,7 @@ def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, sha
     draws without spread — never as a measured 0.
     """
     g = camera.adu_per_e
+    notes = [*camera.notes, *emitters.notes]
     gain = em_gain if camera.excess_factor > 1 else 1.0
     e_per_adu = gain / g
     rows, cols = shape
@@ -122,12 +125,13 @@ def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, sha
         "n_rows": int(rows), "n_cols": int(cols), "pixel_size_nm": float(pixel_size_nm),
         "structure": {"kind": "uniform"},
         "activation": {"model": "independent",
-                       "density_per_um2": _finite(emitters.density_per_um2, "the density"),
+                       "density_per_um2": _finite(emitters.density_per_um2, "the density", notes),
                        "density_std_per_um2": 0.0},
         "emitters": {"photons_distribution": "normal",
-                     "photons_mean": _finite(emitters.photons_mean, "the photons per emitter"),
+                     "photons_mean": _finite(emitters.photons_mean, "the photons per emitter",
+                                             notes),
                      "photons_std": _or_none(emitters.photons_std),
-                     "sigma_nm": _finite(emitters.sigma_nm, "the PSF σ"),
+                     "sigma_nm": _finite(emitters.sigma_nm, "the PSF σ", notes),
                      "sigma_std_nm": _or_none(emitters.sigma_std_nm)},
         "background": {"photons": float(camera.background_e / qe)},
         "drift": {"velocity_nm_per_frame": [0.0, 0.0], "random_walk_nm": 0.0},

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -234,7 +235,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emccd", action="store_true",
                    help="EMCCD camera: excess-noise factor 2 (else the gain comes out as 2× and "
                         "photons as ½, the ZeroCostDL4Mic correction)")
-    p.add_argument("--em-gain", type=positive_float, default=100.0, metavar="G",
+    p.add_argument("--em-gain", type=positive_float, default=None, metavar="G",
                    help="EM gain written to simulation.yaml with --emccd (does not change the "
                         "statistics; default 100)")
     p.add_argument("--qe", type=positive_float, default=1.0, metavar="Q",
@@ -256,10 +257,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from stormfold.io.movie import open_movie
 
     start, stop = frame_range(args.frames)
+    if args.em_gain is not None and not args.emccd:
+        warnings.warn("--em-gain is ignored without --emccd (a camera without EM gain)")
     with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
         roi = parse_roi(args.roi, movie.shape) if args.roi is not None else None
         result = calibrate(movie, args.out, roi=roi, start=start, stop=stop, emccd=args.emccd,
-                           qe=args.qe, em_gain=args.em_gain, baseline_adu=args.baseline,
+                           qe=args.qe, em_gain=100.0 if args.em_gain is None else args.em_gain,
+                           baseline_adu=args.baseline,
                            e_per_adu=args.e_per_adu,
                            settings=ScanSettings(threshold=args.threshold),
                            progress=not args.quiet, command=command_line())
