@@ -303,3 +303,8 @@ def test_calibrate_without_estimate_gives_the_reason():
 
     with pytest.raises(UserError, match=r"could not be estimated from this movie \(no spots\)$"):
         _finite(float("nan"), "the PSF σ", ["no spots"])
+
+
+def test_frc_pixel_larger_than_the_data_refused(refused):
+    line = refused("frc", "good.csv", "--out", "f", "--pixel-nm", "1e6")
+    assert "2 × 2 pixels" in line and "at least 16 pixels across" in line

@@ -39,6 +39,8 @@ SPLITS = ("random", "blocks")
 THRESHOLD = 1.0 / 7.0
 #: Largest FRC grid side (pixels).
 MAX_SIDE = 16384
+#: Smallest grid side (pixels): fewer rings carry no resolution.
+MIN_SIDE = 16
 
 
 @dataclass
@@ -231,6 +233,11 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
     if n > MAX_SIDE:
         raise UserError(f"FRC grid at {pixel_nm:g} nm would be {n} × {n} pixels: use a larger "
                         f"--pixel-nm or an ROI")
+    if n < MIN_SIDE:
+        span = max(float(np.ptp(x)), float(np.ptp(y)))
+        raise UserError(f"FRC grid at {pixel_nm:g} nm would be {n} × {n} pixels (the "
+                        f"localizations span {span:g} nm): use a --pixel-nm of at most "
+                        f"{span / (MIN_SIDE - 1):.3g} nm (at least {MIN_SIDE} pixels across)")
     # Centre the data on the grid so the window tapers every side alike.
     half = 0.5 * n * pixel_nm
     origin = (0.5 * (float(x.min()) + float(x.max())) - half,
