@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -257,13 +256,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from stormfold.io.movie import open_movie
 
     start, stop = frame_range(args.frames)
-    if args.em_gain is not None and not args.emccd:
-        warnings.warn("--em-gain is ignored without --emccd (a camera without EM gain)")
     with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
         roi = parse_roi(args.roi, movie.shape) if args.roi is not None else None
         result = calibrate(movie, args.out, roi=roi, start=start, stop=stop, emccd=args.emccd,
-                           qe=args.qe, em_gain=100.0 if args.em_gain is None else args.em_gain,
-                           baseline_adu=args.baseline,
+                           qe=args.qe, em_gain=args.em_gain, baseline_adu=args.baseline,
                            e_per_adu=args.e_per_adu,
                            settings=ScanSettings(threshold=args.threshold),
                            progress=not args.quiet, command=command_line())

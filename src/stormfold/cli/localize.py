@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from stormfold.cli.common import (add_camera_options, add_movie_options, camera_overrides,
@@ -98,8 +97,6 @@ def _cmd_sofi(args: argparse.Namespace) -> None:
     from stormfold.sofi.statistics import check_order_lag
 
     check_order_lag(args.order, 0 if args.lag is None else args.lag)
-    if args.threshold is not None and args.model is None:
-        warnings.warn("--threshold is ignored without --model (it binarises the reconstruction)")
     start, stop = frame_range(args.frames)
     overrides = camera_overrides(args)
     with open_movie(args.movie, pixel_size_nm=args.pixel_size, **movie_options(args)) as movie:
