@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -176,7 +176,7 @@ def table_sources(path: str | Path) -> list[Path]:
                     if (path.parent / name).is_file())]
 
 
-def check_apart(outputs, table: str | Path) -> None:
+def check_apart(outputs: Iterable[str | Path], table: str | Path) -> None:
     """Refuse, in one line naming both, an output that would replace a file read with the
     table ``table`` (:func:`table_sources`)."""
     sources = table_sources(table)
