@@ -322,7 +322,7 @@ def test_convert_needs_pixel_size(tmp_path):
     with pytest.raises(UserError, match=r"in\.csv: pixel size unknown.*--pixel-size"):
         convert_table(tmp_path / "in.csv", tmp_path / "out.hdf5")
     assert not (tmp_path / "out.hdf5").exists() and not (tmp_path / "out.yaml").exists()
-    with pytest.raises(UserError, match="is the input file"):
+    with pytest.raises(UserError, match="would overwrite the input file"):
         convert_table(tmp_path / "in.csv", tmp_path / "." / "in.csv")
 
 

@@ -589,7 +589,7 @@ def test_chain_in_memory_for_the_pipeline():
     assert run_chain(truth, {}).table is truth
     for bad, message in [({"steps": ["drift", "blur"]}, "unknown step 'blur'"),
                          ({"link": {"radius": 3}}, "unknown configuration key 'link.radius'"),
-                         ({"render": {"pixel_nm": -1}}, "pixel_nm must be > 0"),
+                         ({"render": {"pixel_nm": -1}}, r"pixel_nm must be a number of nm in \(0"),
                          ({"steps": ["link", "link"]}, "given twice"),
                          ({"colour": 1}, "unknown post-processing key 'colour'")]:
         with pytest.raises(UserError, match=message):

@@ -49,6 +49,9 @@ def resolve_model_dir(spec: str | Path) -> Path:
             raise UserError(f"unknown built-in model {text!r} (available: {known})")
         return path
     path = Path(spec)
+    if path.is_file():
+        raise UserError(f"--model {path} is a file, not a model folder (a folder holding "
+                        f"{META} and {WEIGHTS}, or builtin:NAME)")
     if not path.is_dir():
         raise UserError(f"model folder not found: {path}")
     for name in (META, WEIGHTS):
@@ -86,6 +89,10 @@ def load_model(spec: str | Path, engine: str | None = None,
         tensors = load_file(str(folder / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{folder / WEIGHTS}: cannot read weights ({exc})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{spec}: weight tensor {name!r} holds NaN or infinite values "
+                            f"(a damaged or diverged model): retrain it or use another model")
     return tensors, meta
 
 
@@ -112,6 +119,16 @@ def save_model(folder: str | Path, tensors: Mapping[str, torch.Tensor],
         out.commit({k: v for k, v in full.items() if k != "created"},
                    adopt=[name for name in adopt if (folder / name).is_file()])
     return folder
+
+
+def check_size(value: Any, what: str, maximum: int, source: str = "model.yaml") -> int:
+    """An architecture size (channels, levels, factor) as an int in 1..``maximum``.
+
+    The bound refuses in one line what would otherwise fail as a multi-GB allocation."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not 1 <= value <= maximum:
+        raise UserError(f"{source}: {what} must be an integer in 1..{maximum}, got {value!r}")
+    return int(value)
 
 
 def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor],

@@ -16,7 +16,8 @@ other column a step adds.
 """
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,27 @@ REQUIRED = ("frame", "x_nm", "y_nm")
 OPTIONAL = ("photons", "sigma_nm", "bg", "uncertainty_nm", "confidence", "id",
             "detections", "cluster")
 INTEGER_COLUMNS = ("frame", "id", "detections", "cluster")
+#: Largest accepted |x_nm|, |y_nm|, |z_nm| (1e9 nm = 1 m, far beyond any microscope's field).
+#: Larger finite values are corrupt data; they would overflow float32 files, image sizes and
+#: the distance computations of matching, linking, drift and FRC.
+MAX_COORDINATE_NM = 1e9
+
+
+def check_length_nm(value: Any, what: str, allow_zero: bool = False) -> float:
+    """``value`` as a float length in nm; :class:`UserError` (one line with the allowed range)
+    unless it is a number in (0, :data:`MAX_COORDINATE_NM`] (or [0, …] with ``allow_zero``).
+
+    Lengths beyond the largest position a table may hold mean nothing for localizations and
+    would overflow grids, k-d trees and FFT sizes downstream."""
+    low = "[0" if allow_zero else "(0"
+    try:
+        length = float(value)
+    except (TypeError, ValueError):
+        length = math.nan
+    if not (length >= 0 if allow_zero else length > 0) or not length <= MAX_COORDINATE_NM:
+        raise UserError(f"{what} must be a number of nm in {low}, {MAX_COORDINATE_NM:g}], got "
+                        f"{value!r}")
+    return length
 
 
 def make_table(frame: Any, x_nm: Any, y_nm: Any, **columns: Any) -> pd.DataFrame:
@@ -59,14 +81,26 @@ def empty_table(extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return make_table([], [], [], **{name: np.zeros(0) for name in extra})
 
 
-def validate_table(table: pd.DataFrame, source: str = "localization table") -> pd.DataFrame:
+def validate_table(table: pd.DataFrame, source: str = "localization table",
+                   names: Optional[Mapping[str, str]] = None) -> pd.DataFrame:
     """Check the required columns and dtypes; return the table with canonical dtypes.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table.
+    source : str
+        Where it comes from, for messages.
+    names : mapping, optional
+        Column → name in the file it was read from (``x_nm`` → ``x [nm]``), for messages.
 
     Raises
     ------
     UserError
-        When a required column is missing or holds non-numeric or non-finite values.
+        When a required column is missing or holds non-numeric or non-finite values, or a
+        position lies beyond :data:`MAX_COORDINATE_NM`.
     """
+    names = names or {}
     if not isinstance(table, pd.DataFrame):
         raise UserError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in REQUIRED if c not in table.columns]
@@ -77,8 +111,17 @@ def validate_table(table: pd.DataFrame, source: str = "localization table") -> p
     for col in REQUIRED:
         values = pd.to_numeric(out[col], errors="coerce").to_numpy()
         if len(values) and not np.all(np.isfinite(values)):
-            raise UserError(f"{source}: column {col} has missing or non-numeric values")
+            raise UserError(f"{source}: column {names.get(col, col)} has missing or "
+                            f"non-numeric values")
         out[col] = values
+    for col in ("x_nm", "y_nm", "z_nm"):
+        if col in out.columns and len(out):
+            far = np.abs(pd.to_numeric(out[col], errors="coerce").to_numpy(dtype=float)) \
+                > MAX_COORDINATE_NM
+            if far.any():
+                raise UserError(f"{source}: column {names.get(col, col)} has {int(far.sum())} of "
+                                f"{len(out)} row(s) beyond ±{MAX_COORDINATE_NM:g} nm (1 m): not "
+                                f"a position in a microscope")
     if len(out) and np.any(out["frame"].to_numpy() < 0):
         raise UserError(f"{source}: negative frame index (frames are 0-based in memory)")
     if len(out) and np.any(out["frame"].to_numpy() != np.round(out["frame"].to_numpy())):

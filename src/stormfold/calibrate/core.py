@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -80,10 +81,12 @@ def parse_roi(text: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-def _finite(x: float, name: str) -> float:
+def _finite(x: float, name: str, notes: Sequence[str] = ()) -> float:
+    # Raised before any report is written: the estimators' notes go into the message.
     if not np.isfinite(x):
+        why = "; ".join(str(n).rstrip(".") for n in notes) or "no usable spots found"
         raise UserError(f"calibration failed: {name} could not be estimated from this movie "
-                        f"(see the notes in the report)")
+                        f"({why})")
     return float(x)
 
 
@@ -114,6 +117,7 @@ def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, sha
     draws without spread — never as a measured 0.
     """
     g = camera.adu_per_e
+    notes = [*camera.notes, *emitters.notes]
     gain = em_gain if camera.excess_factor > 1 else 1.0
     e_per_adu = gain / g
     rows, cols = shape
@@ -122,12 +126,13 @@ def simulation_parameters(camera: CameraEstimate, emitters: EmitterEstimate, sha
         "n_rows": int(rows), "n_cols": int(cols), "pixel_size_nm": float(pixel_size_nm),
         "structure": {"kind": "uniform"},
         "activation": {"model": "independent",
-                       "density_per_um2": _finite(emitters.density_per_um2, "the density"),
+                       "density_per_um2": _finite(emitters.density_per_um2, "the density", notes),
                        "density_std_per_um2": 0.0},
         "emitters": {"photons_distribution": "normal",
-                     "photons_mean": _finite(emitters.photons_mean, "the photons per emitter"),
+                     "photons_mean": _finite(emitters.photons_mean, "the photons per emitter",
+                                             notes),
                      "photons_std": _or_none(emitters.photons_std),
-                     "sigma_nm": _finite(emitters.sigma_nm, "the PSF σ"),
+                     "sigma_nm": _finite(emitters.sigma_nm, "the PSF σ", notes),
                      "sigma_std_nm": _or_none(emitters.sigma_std_nm)},
         "background": {"photons": float(camera.background_e / qe)},
         "drift": {"velocity_nm_per_frame": [0.0, 0.0], "random_walk_nm": 0.0},
@@ -153,9 +158,13 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+#: EM gain written for an EMCCD when none is given (any split gives the same statistics).
+DEFAULT_EM_GAIN = 100.0
+
+
 def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int, int] | None = None,
               start: int = 0, stop: int | None = None, pixel_size_nm: float | None = None,
-              emccd: bool = False, qe: float = 1.0, em_gain: float = 100.0,
+              emccd: bool = False, qe: float = 1.0, em_gain: float | None = None,
               baseline_adu: float | None = None, e_per_adu: float | None = None,
               settings: ScanSettings | None = None, progress: bool = False,
               command: list[str] | None = None) -> CalibrationResult:
@@ -177,9 +186,10 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
         EMCCD: excess-noise factor 2 (see :mod:`.estimate`).
     qe : float
         Quantum efficiency: photons are reported before QE (photo-electrons / QE).
-    em_gain : float
-        EM gain written to ``simulation.yaml`` with ``emccd`` (only splits the measured
-        ADU per photo-electron into EM gain and e⁻/ADU; the statistics do not depend on it).
+    em_gain : float, optional
+        EM gain written to ``simulation.yaml`` with ``emccd`` (default 100; only splits the
+        measured ADU per photo-electron into EM gain and e⁻/ADU; the statistics do not depend
+        on it). Ignored, with a warning, without ``emccd``.
     baseline_adu, e_per_adu : float, optional
         Known camera values that replace the estimates (``e_per_adu`` in electrons per ADU
         at the output of the EM register, so g = EM gain / e_per_adu).
@@ -190,6 +200,7 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
 
     if not 0 < qe <= 1:
         raise UserError(f"--qe must be in (0, 1], got {qe}")
+    given_gain, em_gain = em_gain is not None, DEFAULT_EM_GAIN if em_gain is None else em_gain
     if emccd and not em_gain > 1:
         raise UserError(f"--em-gain must be > 1 for an EMCCD, got {em_gain}")
     if e_per_adu is not None and not e_per_adu > 0:
@@ -206,6 +217,9 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
             raise UserError(f"the analysed region {x1 - x0}×{y1 - y0} px is too small: need at "
                             f"least {2 * settings.roi_px} px on each side")
         start, stop = check_frame_range(start, stop, mv.n_frames)
+        if given_gain and not emccd:
+            warnings.warn("--em-gain is ignored without --emccd (a camera without EM gain)",
+                          UserWarning, stacklevel=2)
         if baseline_adu is not None:
             from stormfold.io.movie_checks import sample_statistics
             from stormfold.physics.camera import check_baseline

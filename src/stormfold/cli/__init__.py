@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
@@ -67,9 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: interrupted{_note(exc)}", file=sys.stderr)
         return 130
     except MemoryError:
-        print(f"{name}: error: not enough memory (try fewer frames per batch, e.g. "
-              f"--batch-frames, or a smaller movie)", file=sys.stderr)
-        return 2
+        return _out_of_memory(name)
+    except RuntimeError as exc:
+        # torch reports a failed allocation as a RuntimeError, not a MemoryError.
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
+            return _internal_error(name, exc)
+        return _out_of_memory(name, exc)
     except OSError as exc:
         from stormfold.io.outputs import environment_error, is_environment_error
 
@@ -113,6 +117,16 @@ def _interrupt_behind(exc: BaseException) -> BaseException | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _out_of_memory(name: str, exc: BaseException | None = None) -> int:
+    """The one line of a failed allocation (with its size when torch gave it)."""
+    asked = re.search(r"allocate (\d+) bytes", str(exc or ""))
+    size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked at once)" if asked else ""
+    print(f"{name}: error: not enough memory{size} (try fewer frames per batch, e.g. "
+          f"--batch-frames, a smaller movie or smaller sizes in the configuration)",
+          file=sys.stderr)
+    return 2
 
 
 def _internal_error(name: str, exc: BaseException) -> int:

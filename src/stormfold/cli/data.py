@@ -71,14 +71,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                            fov_from_simulation_yaml, report_json)
     from stormfold.io.atomic import write_text
     from stormfold.io.outputs import OutputFiles
-    from stormfold.io.tables import read_table
+    from stormfold.io.tables import read_table, table_sources
 
     for label, path in (("truth", args.truth), ("localization", args.locs)):
         if not path.is_file():
             raise UserError(f"{label} file not found: {path}")
     target = None
     if args.json is not None:  # writable, and no input, before any metric is printed
-        target = OutputFiles([args.json], [args.truth, args.locs]).check()
+        inputs = [*table_sources(args.truth), *table_sources(args.locs)]
+        target = OutputFiles([args.json], inputs).check()
     with target if target is not None else nullcontext():
         if target is not None:
             target.open()
@@ -204,13 +205,12 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
 def _cmd_convert(args: argparse.Namespace) -> None:
     from stormfold.io.outputs import OutputFiles
     from stormfold.io.picasso import sidecar_path
-    from stormfold.io.tables import convert_table, table_format
+    from stormfold.io.tables import convert_table, table_format, table_sources
 
     formats = table_format(args.input), table_format(args.output)
     paths = [args.output] + ([sidecar_path(args.output)] if formats[1] == "picasso" else [])
-    inputs = [args.input] + ([sidecar_path(args.input)] if formats[0] == "picasso" else [])
     size = 3.0 * args.input.stat().st_size if args.input.is_file() else 0.0
-    with OutputFiles(paths, inputs, size).check() as target:
+    with OutputFiles(paths, table_sources(args.input), size).check() as target:
         table = convert_table(args.input, target.path(args.output), pixel_size_nm=args.pixel_size,
                               width_px=args.width, height_px=args.height,
                               frame_base=args.frame_base)
@@ -234,7 +234,7 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emccd", action="store_true",
                    help="EMCCD camera: excess-noise factor 2 (else the gain comes out as 2× and "
                         "photons as ½, the ZeroCostDL4Mic correction)")
-    p.add_argument("--em-gain", type=positive_float, default=100.0, metavar="G",
+    p.add_argument("--em-gain", type=positive_float, default=None, metavar="G",
                    help="EM gain written to simulation.yaml with --emccd (does not change the "
                         "statistics; default 100)")
     p.add_argument("--qe", type=positive_float, default=1.0, metavar="Q",

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
 from stormfold.deepstorm.estimates import DeepStormEstimates
-from stormfold.deepstorm.model import SIZE_MULTIPLE, DeepSTORM, build_model, count_parameters
+from stormfold.deepstorm.model import (MAX_CHANNELS, SIZE_MULTIPLE, DeepSTORM, build_model,
+                                       count_parameters)
 from stormfold.deepstorm.normalization import Normalization, upsample
 from stormfold.device import resolve_precision
 from stormfold.errors import UserError
@@ -255,7 +256,7 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> DeepStormEngine:
     """Build the engine from a model's metadata and weights, refusing what does not fit."""
-    from stormfold.modelfile import check_state_dict, model_section
+    from stormfold.modelfile import check_size, check_state_dict, model_section
 
     if meta.get("engine") != ENGINE:
         raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
@@ -267,6 +268,8 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
             and all(isinstance(c, int) and c > 0 for c in channels)):
         raise UserError(f"{source}: architecture.channels must be 4 positive integers, "
                         f"got {channels!r}")
+    for c in channels:
+        check_size(c, "architecture.channels", MAX_CHANNELS, source)
     upsampling = _require(meta, "upsampling", source)
     if upsampling not in UPSAMPLINGS:
         raise UserError(f"{source}: upsampling {upsampling!r} is not one of {UPSAMPLINGS}")

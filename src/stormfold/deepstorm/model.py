@@ -15,6 +15,8 @@ from torch import nn
 
 #: Channels of the original network: encoder (3 pooled stages + bottleneck).
 DEFAULT_CHANNELS = (32, 64, 128, 512)
+#: Largest width of a model.yaml's channels (beyond it the network would not fit in memory).
+MAX_CHANNELS = 2048
 #: Side of the network input must be a multiple of this (three 2×2 max-pools).
 SIZE_MULTIPLE = 8
 #: Keras defaults translated to PyTorch: Keras momentum 0.99 ↔ PyTorch momentum 0.01.

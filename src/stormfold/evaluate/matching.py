@@ -32,7 +32,7 @@ from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite
 from scipy.spatial import cKDTree
 
 from stormfold.errors import UserError
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 METHODS = ("hungarian", "greedy")
 
@@ -98,13 +98,7 @@ class Matching:
 # --------------------------------------------------------------------------- helpers
 def check_tolerance(tolerance_nm: float) -> float:
     """Return ``tolerance_nm`` as a float; :class:`UserError` unless finite and ≥ 0."""
-    try:
-        tol = float(tolerance_nm)
-    except (TypeError, ValueError):
-        raise UserError(f"tolerance must be a number of nm, got {tolerance_nm!r}") from None
-    if not np.isfinite(tol) or tol < 0:
-        raise UserError(f"tolerance must be a finite number of nm ≥ 0, got {tolerance_nm!r}")
-    return tol
+    return check_length_nm(tolerance_nm, "tolerance", allow_zero=True)
 
 
 def check_method(method: str) -> str:

@@ -21,10 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stormfold.errors import UserError
+from stormfold.modelfile import check_size
 
 #: Raw output channels, in order (SPEC §10).
 OUTPUTS = ("logit", "dx", "dy", "photons", "sigma_x", "sigma_y", "sigma_photons", "bg")
 N_OUTPUTS = len(OUTPUTS)
+
+
+#: Largest channel width at full resolution (doubled at each level below: 2048 at 4 levels).
+MAX_WIDTH = 256
 
 
 @dataclass
@@ -53,8 +58,8 @@ class ArchitectureConfig:
     def validate(self) -> None:
         if self.context_frames not in (1, 3):
             raise UserError(f"architecture.context_frames must be 1 or 3, got {self.context_frames}")
-        if self.frame_width < 1 or self.context_width < 1:
-            raise UserError("architecture: frame_width and context_width must be ≥ 1")
+        for name in ("frame_width", "context_width"):
+            check_size(getattr(self, name), name, MAX_WIDTH, "architecture")
         if not 1 <= self.levels <= 4:
             raise UserError(f"architecture.levels must be in 1..4, got {self.levels}")
 

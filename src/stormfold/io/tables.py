@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file
 from stormfold.io.metadata import (GEOMETRY_FILES, RUN_RECORD, check_pixel_size, frames_near,
                                    geometry_near, load_yaml_mapping)
-from stormfold.io.picasso import read_picasso_hdf5, write_picasso_hdf5
+from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of, validate_table
 
@@ -98,6 +99,7 @@ def write_table(path: str | Path, table: pd.DataFrame, pixel_size_nm: float | No
                         f"pass --pixel-size NM")
     px = check_pixel_size(pixel_size_nm, str(path))
     table = validate_table(table)
+    check_float32(table, path)
     default_w, default_h = default_image_size(table, px)
     return write_picasso_hdf5(path, table, px,
                               default_w if width_px is None else width_px,
@@ -142,7 +144,52 @@ def estimated_near(path: str | Path) -> dict[str, str]:
 
 __all__ = ["FORMATS", "GEOMETRY_FILES", "convert_table", "default_image_size",
            "estimated_near", "frames_near", "geometry_near", "read_table", "table_format",
-           "write_frames_csv", "write_table"]
+           "table_sources", "write_frames_csv", "write_table"]
+
+
+def check_float32(table: pd.DataFrame, source: str | Path) -> None:
+    """Refuse (one line naming ``source`` and the column) values that a Picasso file's
+    float32 fields would store as ±inf."""
+    limit = float(np.finfo(np.float32).max)
+    for name in table.columns:
+        if name == "frame" or not pd.api.types.is_float_dtype(table[name]):
+            continue
+        values = table[name].to_numpy(dtype=np.float64)
+        big = np.isfinite(values) & (np.abs(values) > limit)
+        if big.any():
+            raise UserError(f"{source}: column {name} has {int(big.sum())} value(s) beyond the "
+                            f"float32 range (±{limit:.3g}) of a Picasso file: nothing written")
+
+
+def table_sources(path: str | Path) -> list[Path]:
+    """Every file that reading the table ``path`` may consult, which no output may replace.
+
+    The table itself; for Picasso HDF5 its sidecar; for a CSV the ``simulation.yaml`` /
+    ``run.yaml`` next to it that exist (geometry, frame base, frame range, estimated
+    columns). A command's record ``OUT.yaml`` or a Picasso output's sidecar could
+    otherwise replace the geometry the command has just read.
+    """
+    path = Path(path)
+    if table_format(path) == "picasso":
+        return [path, sidecar_path(path)]
+    return [path, *(path.parent / name for name in GEOMETRY_FILES
+                    if (path.parent / name).is_file())]
+
+
+def check_apart(outputs: Iterable[str | Path], table: str | Path) -> None:
+    """Refuse, in one line naming both, an output that would replace a file read with the
+    table ``table`` (:func:`table_sources`)."""
+    sources = table_sources(table)
+    for out in outputs:
+        for source in sources:
+            if not same_file(out, source):
+                continue
+            if source == sources[0]:
+                raise UserError(f"output {out} would overwrite the input file {source}: "
+                                f"choose another output name")
+            what = "sidecar" if table_format(table) == "picasso" else "camera geometry"
+            raise UserError(f"output {out} would overwrite the input's {what} {source} (read "
+                            f"with {sources[0]}): choose another output name")
 
 
 def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None = None,
@@ -178,8 +225,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     """
     src, dst = Path(src), Path(dst)
     in_format, out_format = table_format(src), table_format(dst)
-    if same_file(src, dst):
-        raise UserError(f"output {dst} is the input file: choose another output name")
+    check_apart([dst, sidecar_path(dst)] if out_format == "picasso" else [dst], src)
     geometry: dict[str, Any] = {}
     if in_format == "picasso":
         table, info = read_picasso_hdf5(src, pixel_size_nm)
@@ -202,6 +248,7 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     if px is None:
         raise UserError(f"{src}: pixel size unknown (no {' or '.join(GEOMETRY_FILES)} with "
                         f"pixel_size_nm next to it): pass --pixel-size NM")
+    check_float32(table, src)
     n_frames = geometry.get("n_frames")
     if n_frames is not None and n_frames < n_frames_of(table):
         n_frames = None

@@ -21,7 +21,7 @@ from scipy.spatial import ConvexHull, QhullError
 from sklearn.cluster import DBSCAN
 
 from stormfold.errors import UserError
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 SUMMARY_COLUMNS = ("cluster", "x_nm", "y_nm", "count", "area_nm2", "radius_of_gyration_nm",
                    "first_frame", "last_frame")
@@ -44,8 +44,7 @@ class ClusterParams:
     min_samples: int = 5
 
     def validate(self) -> None:
-        if not self.eps_nm > 0:
-            raise UserError(f"cluster: eps_nm must be > 0, got {self.eps_nm}")
+        check_length_nm(self.eps_nm, "cluster: eps_nm")
         if self.min_samples < 1:
             raise UserError(f"cluster: min_samples must be ≥ 1, got {self.min_samples}")
 

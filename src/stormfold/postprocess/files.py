@@ -5,7 +5,8 @@ output tables, and the YAML record of what a step did.
   (pixel size, image size, movie length) comes from the Picasso sidecar, else from a
   ``simulation.yaml`` / ``run.yaml`` next to a CSV (:func:`stormfold.io.tables.geometry_near`;
   ``frame_shape`` of a ``run.yaml`` gives the image size), else from options.
-* **Outputs** never replace the input or its Picasso sidecar (:func:`check_outputs`).
+* **Outputs** never replace a file the input was read with: the table, its Picasso sidecar,
+  the ``simulation.yaml`` / ``run.yaml`` next to a CSV (:func:`check_outputs`).
 * **Record**: a YAML document with the step, its parameters, the input, the version and
   the figures measured. Next to a CSV or image output ``X.ext`` it is ``X.yaml``; for a
   Picasso output it is appended to the sidecar ``X.yaml`` as one more document (Picasso
@@ -26,8 +27,8 @@ from stormfold.config import dump_yaml
 from stormfold.errors import UserError
 from stormfold.io.atomic import same_file, write_text
 from stormfold.io.picasso import read_picasso_hdf5, sidecar_path, write_picasso_hdf5
-from stormfold.io.tables import (RUN_RECORD, default_image_size, estimated_near, geometry_near,
-                                 table_format)
+from stormfold.io.tables import (RUN_RECORD, check_apart, check_float32, default_image_size,
+                                 estimated_near, geometry_near, table_format, table_sources)
 from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_csv
 from stormfold.table import n_frames_of
 
@@ -75,11 +76,9 @@ class InputTable:
         return None
 
     def protected(self) -> list[Path]:
-        """Files no output may replace: the input and its Picasso sidecar."""
-        paths = [self.path]
-        if table_format(self.path) == "picasso":
-            paths.append(sidecar_path(self.path))
-        return paths
+        """Files no output may replace: every file read with the table
+        (:func:`stormfold.io.tables.table_sources`)."""
+        return table_sources(self.path)
 
 
 def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> InputTable:
@@ -128,7 +127,7 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
 
 
 def check_outputs(source: InputTable, outputs: Iterable[str | Path]) -> None:
-    """Refuse outputs that would replace the input (or its sidecar) or each other.
+    """Refuse outputs that would replace a file the input was read with, or each other.
 
     Raises
     ------
@@ -138,11 +137,7 @@ def check_outputs(source: InputTable, outputs: Iterable[str | Path]) -> None:
     seen: list[Path] = []
     for out in outputs:
         out = Path(out)
-        for protected in source.protected():
-            if same_file(out, protected):
-                what = "the input file" if protected == source.path else "the input's sidecar"
-                raise UserError(f"output {out} would overwrite {what} {protected}: "
-                                f"choose another output name")
+        check_apart([out], source.path)
         if out.exists() and out.is_dir():
             raise UserError(f"output {out} is a folder")
         if any(same_file(out, other) for other in seen):
@@ -215,6 +210,7 @@ def write_output_table(path: str | Path, table: pd.DataFrame, source: InputTable
         width, height = default_image_size(table, px)
     n_frames = source.n_frames if source.n_frames and source.n_frames >= n_frames_of(table) \
         else None
+    check_float32(table, source.path)
     history = [doc for doc in source.documents if isinstance(doc, dict)]
     write_picasso_hdf5(path, table, px, width, height, n_frames=n_frames,
                        info=history + [yaml.safe_load(dump_yaml(record))],

@@ -4,13 +4,16 @@
   :meth:`pandas.DataFrame.eval`, e.g. ``"confidence > 0.3 and photons > 500"`` or
   ``"uncertainty_nm < 20 or detections >= 3"``. Columns use the in-memory names (``x_nm``,
   ``photons``, ``uncertainty_nm``, ``bkgstd_photon`` ...); ``and``, ``or``, ``not``,
-  comparisons, arithmetic and ``abs`` work. Nothing but the columns is visible.
+  comparisons, arithmetic and ``abs`` work. Nothing but the columns is visible. A power of
+  constants is limited (exponent a number of at most :data:`MAX_CONSTANT_EXPONENT`, no power
+  of a power): Python computes ``9**9**9`` exactly, which never ends.
 * **ROI**: keep x0 ≤ x < x1 and y0 ≤ y < y1 (nm).
 * **Local density**: keep localizations with at least ``min_neighbours`` other
   localizations (any frame) within ``radius_nm`` — counted with a k-d tree.
 """
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -20,7 +23,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from stormfold.errors import UserError
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 
 @dataclass
@@ -49,11 +52,51 @@ class FilterParams:
             check_roi(self.roi)
         if self.min_neighbours is not None and self.min_neighbours < 0:
             raise UserError(f"filter: min_neighbours must be ≥ 0, got {self.min_neighbours}")
-        if not self.radius_nm > 0:
-            raise UserError(f"filter: radius_nm must be > 0, got {self.radius_nm}")
+        check_length_nm(self.radius_nm, "filter: radius_nm")
 
 
 _FORBIDDEN = re.compile(r"__|@|`|\blambda\b|;|(?<![<>=!])=(?!=)")
+#: Largest |exponent| of a power whose exponent is a constant.
+MAX_CONSTANT_EXPONENT = 64
+
+
+def _has_name(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) for n in ast.walk(node))
+
+
+def _number(node: ast.AST) -> float | None:
+    """The value of a number literal (with an optional sign), else None."""
+    sign = 1.0
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        sign = -1.0 if isinstance(node.op, ast.USub) else 1.0
+        node = node.operand
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        return sign * float(node.value)
+    return None
+
+
+def _check_powers(expr: str) -> None:
+    """Refuse powers of constants that exact integer arithmetic cannot finish (``9**9**9``).
+
+    A power over columns is computed in floating point by numpy and always ends; a constant
+    exponent must be a number literal of at most :data:`MAX_CONSTANT_EXPONENT`, and a power of
+    constants may not be raised again."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        return  # reported by the evaluation, with pandas' wording
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow)):
+            continue
+        exponent = _number(node.right)
+        nested = not _has_name(node.left) and any(
+            isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left))
+        constant = not _has_name(node.right)
+        if constant and (exponent is None or abs(exponent) > MAX_CONSTANT_EXPONENT or nested):
+            raise UserError(f"filter expression {expr!r}: a constant exponent must be a number "
+                            f"in [-{MAX_CONSTANT_EXPONENT}, {MAX_CONSTANT_EXPONENT}] and not "
+                            f"raise a power again (write large numbers as 1e9)")
 
 
 def expression_mask(table: pd.DataFrame, expr: str) -> np.ndarray:
@@ -70,6 +113,7 @@ def expression_mask(table: pd.DataFrame, expr: str) -> np.ndarray:
     if _FORBIDDEN.search(expr):
         raise UserError(f"filter expression {expr!r}: only conditions over columns are "
                         f"allowed (no assignments, '@', '__' or backquotes)")
+    _check_powers(expr)
     columns = ", ".join(map(str, table.columns))
     try:
         result = table.eval(expr, local_dict={}, global_dict={}, resolvers=())
@@ -116,8 +160,7 @@ def local_density(table: pd.DataFrame, radius_nm: float) -> np.ndarray:
     -------
     numpy.ndarray of int64, shape (len(table),)
     """
-    if not np.isfinite(radius_nm) or radius_nm <= 0:
-        raise UserError(f"density radius must be > 0 nm, got {radius_nm}")
+    radius_nm = check_length_nm(radius_nm, "density radius")
     if not len(table):
         return np.zeros(0, np.int64)
     points = np.column_stack([table["x_nm"].to_numpy(), table["y_nm"].to_numpy()])

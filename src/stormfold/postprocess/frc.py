@@ -33,12 +33,14 @@ from scipy.signal.windows import tukey
 
 from stormfold.errors import UserError
 from stormfold.postprocess.render import histogram_2d
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 SPLITS = ("random", "blocks")
 THRESHOLD = 1.0 / 7.0
 #: Largest FRC grid side (pixels).
 MAX_SIDE = 16384
+#: Smallest grid side (pixels): fewer rings carry no resolution.
+MIN_SIDE = 16
 
 
 @dataclass
@@ -72,8 +74,7 @@ class FrcParams:
     threshold: float = THRESHOLD
 
     def validate(self) -> None:
-        if not self.pixel_nm > 0:
-            raise UserError(f"frc: pixel_nm must be > 0, got {self.pixel_nm}")
+        check_length_nm(self.pixel_nm, "frc: pixel_nm")
         if self.block_frames < 1:
             raise UserError(f"frc: block_frames must be ≥ 1, got {self.block_frames}")
         if not 0 <= self.tukey_alpha <= 1:
@@ -218,8 +219,7 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
     FrcResult
     """
     table = validate_table(table)
-    if not np.isfinite(pixel_nm) or pixel_nm <= 0:
-        raise UserError(f"FRC pixel size must be > 0 nm, got {pixel_nm}")
+    check_length_nm(pixel_nm, "FRC pixel size")
     if len(table) < 2:
         raise UserError("FRC needs at least two localizations")
     first = split_halves(table, split, seed, block_frames)
@@ -233,6 +233,11 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
     if n > MAX_SIDE:
         raise UserError(f"FRC grid at {pixel_nm:g} nm would be {n} × {n} pixels: use a larger "
                         f"--pixel-nm or an ROI")
+    if n < MIN_SIDE:
+        span = max(float(np.ptp(x)), float(np.ptp(y)))
+        raise UserError(f"FRC grid at {pixel_nm:g} nm would be {n} × {n} pixels (the "
+                        f"localizations span {span:g} nm): use a --pixel-nm of at most "
+                        f"{span / (MIN_SIDE - 1):.3g} nm (at least {MIN_SIDE} pixels across)")
     # Centre the data on the grid so the window tapers every side alike.
     half = 0.5 * n * pixel_nm
     origin = (0.5 * (float(x.min()) + float(x.max())) - half,

@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from stormfold.errors import UserError
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 WEIGHTS = ("photons", "confidence", "none")
 
@@ -58,15 +58,13 @@ class LinkParams:
     weight: Literal["photons", "confidence", "none"] = "photons"
 
     def validate(self) -> None:
-        if not self.radius_nm > 0:
-            raise UserError(f"link: radius_nm must be > 0, got {self.radius_nm}")
+        check_length_nm(self.radius_nm, "link: radius_nm")
         if self.max_dark < 0:
             raise UserError(f"link: max_dark must be ≥ 0, got {self.max_dark}")
 
 
 def _check(radius_nm: float, max_dark: int) -> tuple[float, int]:
-    if not np.isfinite(radius_nm) or radius_nm <= 0:
-        raise UserError(f"link radius must be a positive number of nm, got {radius_nm}")
+    radius_nm = check_length_nm(radius_nm, "link radius")
     if int(max_dark) != max_dark or max_dark < 0:
         raise UserError(f"max_dark must be a non-negative integer, got {max_dark}")
     return float(radius_nm), int(max_dark)
@@ -117,6 +115,9 @@ def candidate_links(frame: np.ndarray, x_nm: np.ndarray, y_nm: np.ndarray, radiu
     y_nm = np.asarray(y_nm, np.float64)
     if len(frame) < 2:
         return _no_pairs()
+    # No pair is further apart than the table's frame span: a larger max_dark adds nothing
+    # but loop turns (one per frame of --max-dark).
+    max_dark = min(max_dark, int(frame.max() - frame.min()))
     if method == "kdtree":
         a, b = _pairs_kdtree(frame, x_nm, y_nm, radius_nm, max_dark)
     elif method == "grid":

@@ -19,6 +19,7 @@ directly.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -28,7 +29,7 @@ import pandas as pd
 import scipy.fft
 
 from stormfold.errors import UserError
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 METHODS = ("histogram", "gaussian")
 #: Largest rendered image (pixels); beyond this the pixel size is refused as too small.
@@ -62,10 +63,8 @@ class RenderParams:
     formats: tuple[str, ...] = ("tif", "png")
 
     def validate(self) -> None:
-        if not self.pixel_nm > 0:
-            raise UserError(f"render: pixel_nm must be > 0, got {self.pixel_nm}")
-        if not self.sigma_nm > 0:
-            raise UserError(f"render: sigma_nm must be > 0, got {self.sigma_nm}")
+        check_length_nm(self.pixel_nm, "render: pixel_nm")
+        check_length_nm(self.sigma_nm, "render: sigma_nm")
         bad = [f for f in self.formats if f not in ("tif", "png")]
         if bad or not self.formats:
             raise UserError(f"render: formats must be a list of tif and/or png, got "
@@ -78,7 +77,10 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
     (default: just covering every localization)."""
     pixel_nm = _check_pixel(pixel_nm)
     if fov_nm is not None:
-        width, height = float(fov_nm[0]), float(fov_nm[1])
+        if len(fov_nm) != 2:
+            raise UserError(f"render field of view must be (width, height) in nm, got {fov_nm!r}")
+        width = check_length_nm(fov_nm[0], "render field-of-view width")
+        height = check_length_nm(fov_nm[1], "render field-of-view height")
     elif len(table):
         width = max(float(table["x_nm"].max()), pixel_nm)
         height = max(float(table["y_nm"].max()), pixel_nm)
@@ -92,10 +94,21 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
     return rows, cols
 
 
+def _warn_outside(table: pd.DataFrame, pixel_nm: float, shape: tuple[int, int]) -> None:
+    """One warning when a non-empty table has no localization inside the rendered field."""
+    if not len(table):
+        return
+    x, y = table["x_nm"].to_numpy(), table["y_nm"].to_numpy()
+    inside = (x >= 0) & (x < shape[1] * pixel_nm) & (y >= 0) & (y < shape[0] * pixel_nm)
+    if not inside.any():
+        warnings.warn(f"none of the {len(table)} localizations lies inside the rendered field "
+                      f"(0–{shape[1] * pixel_nm:g} × 0–{shape[0] * pixel_nm:g} nm): the image is "
+                      f"empty; check the pixel size and the field of view", UserWarning,
+                      stacklevel=3)
+
+
 def _check_pixel(pixel_nm: float) -> float:
-    if not np.isfinite(pixel_nm) or pixel_nm <= 0:
-        raise UserError(f"render pixel size must be a positive number of nm, got {pixel_nm}")
-    return float(pixel_nm)
+    return check_length_nm(pixel_nm, "render pixel size")
 
 
 def histogram_2d(x_nm: np.ndarray, y_nm: np.ndarray, pixel_nm: float, shape: tuple[int, int],
@@ -185,6 +198,7 @@ def render_histogram(table: pd.DataFrame, pixel_nm: float,
     """
     table = validate_table(table)
     shape = grid_shape(table, pixel_nm, fov_nm)
+    _warn_outside(table, pixel_nm, shape)
     image = histogram_2d(table["x_nm"].to_numpy(), table["y_nm"].to_numpy(), pixel_nm, shape)
     return image.astype(np.float32)
 
@@ -222,6 +236,7 @@ def render_gaussian(table: pd.DataFrame, pixel_nm: float, sigma_nm: float | str 
     table = validate_table(table)
     pixel_nm = _check_pixel(pixel_nm)
     shape = grid_shape(table, pixel_nm, fov_nm)
+    _warn_outside(table, pixel_nm, shape)
     x = table["x_nm"].to_numpy()
     y = table["y_nm"].to_numpy()
     if isinstance(sigma_nm, str):
@@ -229,9 +244,7 @@ def render_gaussian(table: pd.DataFrame, pixel_nm: float, sigma_nm: float | str 
             raise UserError(f"sigma must be a number of nm or 'uncertainty', got {sigma_nm!r}")
         sigma = _uncertainty(table)
     else:
-        if not np.isfinite(sigma_nm) or sigma_nm <= 0:
-            raise UserError(f"Gaussian rendering σ must be > 0 nm, got {sigma_nm}")
-        sigma = np.full(len(table), float(sigma_nm))
+        sigma = np.full(len(table), check_length_nm(sigma_nm, "Gaussian rendering σ"))
     if not sigma_ratio > 1:
         raise ValueError(f"sigma_ratio must be > 1, got {sigma_ratio}")
     if not len(table):
@@ -244,6 +257,11 @@ def render_gaussian(table: pd.DataFrame, pixel_nm: float, sigma_nm: float | str 
         group[:] = 0
         centres = {0: float(sigma_nm) / pixel_nm}
     pad = int(math.ceil(4 * max(centres.values()))) + 1
+    if (shape[0] + 2 * pad) * (shape[1] + 2 * pad) > MAX_PIXELS:
+        raise UserError(f"Gaussian rendering with σ up to {max(centres.values()) * pixel_nm:g} nm "
+                        f"at {pixel_nm:g} nm per pixel needs a {shape[1] + 2 * pad} × "
+                        f"{shape[0] + 2 * pad} image (a 4 σ margin): choose a smaller σ or a "
+                        f"larger pixel size")
     rows = scipy.fft.next_fast_len(shape[0] + 2 * pad, real=True)
     cols = scipy.fft.next_fast_len(shape[1] + 2 * pad, real=True)
     origin = (-pad * pixel_nm, -pad * pixel_nm)

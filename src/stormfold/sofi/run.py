@@ -111,6 +111,9 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
                         f"{model.lag} (or omit --lag)")
     if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
         raise UserError(f"--threshold must be a number ≥ 0, got {threshold}")
+    if threshold is not None and model is None:
+        warnings.warn("--threshold is ignored without --model (it binarises the "
+                      "reconstruction)", UserWarning, stacklevel=2)
     own = not isinstance(movie, Movie)
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own else movie
     try:

@@ -36,6 +36,12 @@ from stormfold.unrolled.train import LossConfig, OptimConfig
 __all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train_sofi"]
 
 
+#: Largest initial PSF σ: 10 µm in nm, and 10 camera pixels (a PSF is 1–2 pixels wide;
+#: the blur kernels grow with σ, so a wild guess would exhaust the memory).
+MAX_SIGMA_INIT_NM = 10_000.0
+MAX_SIGMA_INIT_PX = 10.0
+
+
 @dataclass
 class SofiSolverConfig:
     """The unrolled solver on the variance-domain operator.
@@ -70,8 +76,9 @@ class SofiSolverConfig:
         if self.upsampling < 1 or self.iterations < 1 or self.checkpoint_segments < 1:
             raise UserError("solver.upsampling, solver.iterations and "
                             "solver.checkpoint_segments must be ≥ 1")
-        if self.sigma_init_nm is not None and not self.sigma_init_nm > 0:
-            raise UserError(f"solver.sigma_init_nm must be > 0, got {self.sigma_init_nm}")
+        if self.sigma_init_nm is not None and not 0 < self.sigma_init_nm <= MAX_SIGMA_INIT_NM:
+            raise UserError(f"solver.sigma_init_nm (--sigma-init) must be a PSF σ in (0, "
+                            f"{MAX_SIGMA_INIT_NM:g}] nm, got {self.sigma_init_nm}")
         if self.eps < 0:
             raise UserError(f"solver.eps must be ≥ 0, got {self.eps}")
 
@@ -194,6 +201,10 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
     """The untrained model: σ at its initial guess, θ initialised, bounds set."""
     s, p = config.solver, config.params
     sigma0_nm = s.sigma_init_nm if s.sigma_init_nm is not None else dataset.sigma_nm
+    if not sigma0_nm <= MAX_SIGMA_INIT_PX * dataset.pixel_size_nm:
+        raise UserError(f"solver.sigma_init_nm (--sigma-init) {sigma0_nm:g} nm is more than "
+                        f"{MAX_SIGMA_INIT_PX:g} camera pixels of {dataset.pixel_size_nm:g} nm: "
+                        f"give the PSF σ (typically 1–2 pixels)")
     fine_px = dataset.pixel_size_nm / s.upsampling
     sigma0 = sigma0_nm / fine_px
     solver = build_sofi_solver(s.upsampling, sigma0, learn_sigma=s.learn_sigma,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from stormfold.errors import UserError
-from stormfold.modelfile import check_state_dict, load_model, save_model
+from stormfold.modelfile import check_size, check_state_dict, load_model, save_model
 from stormfold.physics.operator import BandedBlurDownsample
 from stormfold.unrolled.solver import UnrolledAPG
 
@@ -71,6 +71,12 @@ def save_unrolled_model(folder: str | Path, solver: UnrolledAPG, pixel_size_nm: 
     return save_model(folder, solver.state_dict(), meta, adopt)
 
 
+#: Bounds on a model.yaml's sizes (beyond them the operators would not fit in memory).
+MAX_UPSAMPLING = 16
+MAX_ITERATIONS = 10_000
+MAX_SIGMA_PX_PER_FACTOR = 10.0
+
+
 def _require(meta: dict, key: str, source: str) -> Any:
     if key not in meta:
         raise UserError(f"{source}: model.yaml has no {key!r} (not an unrolled model?)")
@@ -91,6 +97,14 @@ def solver_from_meta(meta: dict[str, Any], source: str = "model") -> UnrolledAPG
     if not isinstance(s, dict):
         raise UserError(f"{source}: 'solver' in model.yaml must be a mapping")
     bg = s.get("background", {}) or {}
+    factor = check_size(_require(meta, "upsampling", source), "upsampling", MAX_UPSAMPLING, source)
+    check_size(s.get("iterations", 1), "solver.iterations", MAX_ITERATIONS, source)
+    sigma = _require(meta, "sigma_fine_px", source)
+    largest = MAX_SIGMA_PX_PER_FACTOR * factor
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
+            or not 0 < sigma <= largest:
+        raise UserError(f"{source}: sigma_fine_px must be in (0, {largest:g}] (at most "
+                        f"{MAX_SIGMA_PX_PER_FACTOR:g} camera pixels), got {sigma!r}")
     try:
         solver = build_solver(int(_require(meta, "upsampling", source)),
                               float(_require(meta, "sigma_fine_px", source)),

@@ -103,6 +103,11 @@ def band_pass_noise_gain(sigma_px: float, ratio: float = 2.5) -> float:
     return math.sqrt(aa * aa - 2.0 * ab * ab + bb * bb)
 
 
+#: Detection cut floor in units of the frame dtype's eps × the frame's mean level: 16 × the
+#: largest rounding residue of the band-pass filter on a constant frame.
+ROUNDING_FLOOR = 64.0
+
+
 @dataclass
 class Candidates:
     """Candidate emitters in a batch (int64 tensors of length n, except ``score``).
@@ -161,7 +166,11 @@ def detect(frames: torch.Tensor, sigma_px: float, threshold: float, ratio: float
     if noise is None:
         noise = robust_noise(filtered, smooth)
     noise = noise.clamp_min(torch.finfo(frames.dtype).tiny)
-    cand = local_maxima(filtered, threshold * noise)
+    # Filtering a constant frame leaves rounding residue (≤ 4 eps × its level, measured); with
+    # a zero noise estimate any of it would pass the threshold, so the cut never falls below
+    # ROUNDING_FLOOR eps × the frame's mean level (far below any real noise).
+    floor = ROUNDING_FLOOR * torch.finfo(frames.dtype).eps * frames.abs().mean(dim=(1, 2))
+    cand = local_maxima(filtered, torch.maximum(threshold * noise, floor))
     cand.score = cand.score / noise[cand.frame]
     return cand
 

@@ -16,6 +16,7 @@ from stormfold.postprocess.drift.fiducials import estimate_drift_fiducials
 from stormfold.postprocess.drift.rcc import estimate_drift_rcc
 from stormfold.postprocess.drift.reliability import drift_to_apply
 from stormfold.postprocess.drift.trajectory import DriftResult, apply_drift
+from stormfold.table import check_length_nm
 
 METHODS = ("rcc", "fiducials")
 
@@ -73,12 +74,10 @@ class DriftParams:
         if self.bins < 2:
             raise UserError(f"drift: bins must be ≥ 2, got {self.bins}")
         for name in ("pixel_nm", "radius_nm"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"drift: {name} must be > 0, got {getattr(self, name)}")
+            check_length_nm(getattr(self, name), f"drift: {name}")
         for name in ("max_shift_nm", "max_residual_nm", "blur_nm"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UserError(f"drift: {name} must be > 0 (or null), got {value}")
+            if getattr(self, name) is not None:
+                check_length_nm(getattr(self, name), f"drift: {name} (or null)")
         if self.max_dark < 0:
             raise UserError(f"drift: max_dark must be ≥ 0, got {self.max_dark}")
         if not 0 < self.min_fraction <= 1:
