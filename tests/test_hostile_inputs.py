@@ -372,3 +372,38 @@ def test_refused_resume_changes_nothing(world, tmp_path, run_cli):
     assert code == 2 and "configuration differs" in err
     _check_one_line(err)
     assert _snapshot(tmp_path) == before
+
+
+def test_damaged_resume_state_says_to_start_again(world, tmp_path, run_cli):
+    """A partial table cut mid-row can never be resumed: the message says to run without
+    --resume (not to retry), and nothing is written."""
+    from stormfold.pipeline.config import load_run_config
+    from stormfold.pipeline.state import config_fingerprint
+
+    out = tmp_path / "interrupted"
+    config = load_run_config(world / "run_ok.yaml", overrides=[f"output={out}"])
+    state = out / ".stormfold-run"
+    state.mkdir(parents=True)
+    (state / "localizations.partial.csv").write_text('"frame","x [nm]"\n1,2.5\n3,4')
+    (state / "state.json").write_text(
+        f'{{"fingerprint": "{config_fingerprint(config)}", "chunks_done": 1, '
+        f'"csv_bytes": 25, "n_locs": 2, "engine_s": 0}}')
+    np.savez(state / "sums.1.npz", superres=np.zeros(1), widefield=np.zeros(1))
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli("run", world / "run_ok.yaml", "--resume", "--quiet",
+                           "--set", f"output={out}")
+    assert code == 2 and "is damaged" in err and "run without --resume" in err
+    assert "--resume to continue" not in err
+    _check_one_line(err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_file_where_the_run_state_goes_is_refused(world, tmp_path, run_cli):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".stormfold-run").write_text("mine")
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli("run", world / "run_ok.yaml", "--quiet", "--set", f"output={out}")
+    assert code == 2 and "is not a folder" in err
+    _check_one_line(err)
+    assert _snapshot(tmp_path) == before

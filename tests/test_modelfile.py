@@ -71,3 +71,21 @@ def test_model_section_names_the_model_and_integers_must_be_finite():
     for bad in (float("inf"), float("nan"), 1.5, True):
         with pytest.raises(UserError, match="expected an integer"):
             model_section(RefineOptions, {"method": "mle", "split_neighbours": bad}, "refine", "m")
+
+
+@pytest.mark.parametrize("damage", ["state_garbage", "state_list", "tensors_garbage",
+                                    "tensors_truncated"])
+def test_damaged_checkpoint_is_one_line_saying_to_train_again(tmp_path, damage):
+    net = torch.nn.Linear(3, 2)
+    folder = save_checkpoint(tmp_path / "ck", net, state={"epoch": 1})
+    state, tensors = folder / "state.json", folder / "state.safetensors"
+    if damage == "state_garbage":
+        state.write_text("garbage")
+    elif damage == "state_list":
+        state.write_text("[1, 2]")
+    elif damage == "tensors_garbage":
+        tensors.write_bytes(b"\x00\xff" * 64)
+    else:
+        tensors.write_bytes(tensors.read_bytes()[:40])
+    with pytest.raises(UserError, match=r"damaged checkpoint .*train again without --resume"):
+        load_checkpoint(folder, torch.nn.Linear(3, 2))

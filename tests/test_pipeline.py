@@ -301,3 +301,27 @@ def test_run_trains_a_model_from_the_movies_simulation(sim, tmp_path):
     run(config, quiet=True)
     assert (out / "model" / "weights.safetensors").stat().st_mtime_ns == weights  # reused
     assert "using the model trained earlier" in (out / "run.log").read_text()
+
+
+def test_resume_fingerprint_follows_the_files_not_only_their_names(tmp_path):
+    """--resume must not continue a run whose movie, camera file or model changed under the
+    same names (it would join two runs' localizations in one table)."""
+    import os
+
+    from stormfold.pipeline.config import load_run_config
+    from stormfold.pipeline.state import config_fingerprint
+
+    movie, camera = tmp_path / "movie.tif", tmp_path / "cam.yaml"
+    movie.write_bytes(b"x" * 100)
+    camera.write_text("baseline_adu: 0\ne_per_adu: 1\n")
+    config = load_run_config(overrides={"movie": str(movie), "camera": {"file": str(camera)},
+                                        "engine": {"engine": "classic", "model": None}})
+    first = config_fingerprint(config)
+    assert config_fingerprint(config) == first
+    stat = camera.stat()
+    camera.write_text("baseline_adu: 90\ne_per_adu: 3\n")
+    os.utime(camera, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert config_fingerprint(config) != first
+    second = config_fingerprint(config)
+    movie.write_bytes(b"y" * 50)
+    assert config_fingerprint(config) != second

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path, write_text
 
 TENSORS = "state.safetensors"
@@ -72,6 +74,25 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
     return folder
 
 
+def damaged(folder: Path, exc: BaseException) -> UserError:
+    """The one-line error of a checkpoint that cannot be read: it can never be resumed, so
+    the message says how to go on rather than to retry."""
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return UserError(f"{folder}: damaged checkpoint ({detail}): train again without --resume")
+
+
+def read_state(folder: str | Path) -> dict:
+    """The JSON state of the checkpoint in ``folder``; a damaged one is a :class:`UserError`."""
+    folder = Path(folder)
+    try:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise damaged(folder, exc) from None
+    if not isinstance(state, dict):
+        raise damaged(folder, TypeError(f"{STATE} holds no mapping"))
+    return state
+
+
 def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -82,14 +103,18 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
     folder = Path(folder)
     if not (folder / STATE).is_file() or not (folder / TENSORS).is_file():
         return None
-    meta = json.loads((folder / STATE).read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / TENSORS))
-    if model is not None:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if optimizer is not None and "optimizer" in meta:
-        restore_optimizer(optimizer, tensors, meta["optimizer"])
-    if restore_rng and "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
+    meta = read_state(folder)
+    try:
+        tensors = load_file(str(folder / TENSORS))
+        if model is not None:
+            model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                   if k.startswith("model.")})
+        if optimizer is not None and "optimizer" in meta:
+            restore_optimizer(optimizer, tensors, meta["optimizer"])
+        if restore_rng and "rng.torch" in tensors:
+            torch.set_rng_state(tensors["rng.torch"])
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise damaged(folder, exc) from None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return extra, meta
 

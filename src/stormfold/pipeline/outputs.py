@@ -76,10 +76,36 @@ def resumable_state(state_dir: Path, config: RunConfig) -> tuple | None:
         return None
     if loaded[0].fingerprint != config_fingerprint(config):
         raise UserError(f"--resume: the configuration differs from the interrupted run in "
-                        f"{state_dir.parent} (movie, frames, camera, engine or chunks; the "
-                        f"post-processing and evaluation may change); run without --resume "
-                        f"to start again")
+                        f"{state_dir.parent} (movie, frames, camera, engine or chunks, or the "
+                        f"movie, camera or model files changed since; the post-processing "
+                        f"and evaluation may change); run without --resume to start again")
     partial = state_dir / "localizations.partial.csv"
     if not partial.is_file() or os.path.getsize(partial) < loaded[0].csv_bytes:
         return None
+    _check_partial(partial, loaded[0].csv_bytes)
     return loaded
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Refuse (one line) a file where a run keeps its state: it is not ours to remove."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise UserError(f"{state_dir} exists and is not a folder: stormfold run keeps an "
+                        f"interrupted run's state there; move or remove that file")
+
+
+def _check_partial(partial: Path, csv_bytes: int) -> None:
+    """The saved rows of an interrupted run's table must end on a row boundary and start with
+    a text header: a damaged table can never be resumed, so the message says to start again
+    rather than to retry (reading only its first line and its last saved byte)."""
+    with open(partial, "rb") as fh:
+        head = fh.readline(65536)
+        fh.seek(max(csv_bytes - 1, 0))
+        last = fh.read(1)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        last = b""
+    if csv_bytes and (last != b"\n" or not head.endswith(b"\n")):
+        raise UserError(f"--resume: the interrupted run's table {partial} is damaged (its saved "
+                        f"rows do not end on a whole line of text); run without --resume to "
+                        f"start again")

@@ -45,7 +45,8 @@ from stormfold.io.manifest import link_or_copy
 from stormfold.io.outputs import OutputFolder
 from stormfold.physics.geometry import FrameGeometry
 from stormfold.pipeline.config import EngineSpec, RunConfig, check_inputs
-from stormfold.pipeline.outputs import MODEL_DIR, check_camera, output_set, resumable_state
+from stormfold.pipeline.outputs import (MODEL_DIR, check_camera, check_state_dir, output_set,
+                                        resumable_state)
 from stormfold.pipeline.state import (STATE_DIR, SUMS_GLOB, RunState, config_fingerprint,
                                       run_parameters)
 from stormfold.pipeline.truth import truth_in_corrected_frame
@@ -207,6 +208,7 @@ def plan(config: RunConfig, resume: bool = False, protect: tuple = ()) -> RunPla
         if engine is not None:
             check_camera(p)
         p.out = output_set(config, geometry, stop - start, chain_files, protect)
+        check_state_dir(p.state_dir)
         p.resumed = resumable_state(p.state_dir, config) if resume else None
     except BaseException:
         movie.close()

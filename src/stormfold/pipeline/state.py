@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from stormfold.config import to_dict
+from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path, write_text
+from stormfold.modelfile import resolve_model_dir
 from stormfold.pipeline.config import RunConfig
 
 STATE_DIR = ".stormfold-run"
@@ -62,11 +65,46 @@ def sums_path(folder: Path, chunks_done: int) -> Path:
 NOT_STREAMED = ("scheduler", "report", "output", "postprocess", "evaluation")
 
 
+def _file_identity(path: Path) -> list:
+    """(path, size, modification time) of a file, of every entry of a folder, or ``[]`` for
+    what does not exist (reported by the run itself)."""
+    try:
+        if path.is_dir():
+            return sorted([str(e.path), e.stat().st_size, e.stat().st_mtime_ns]
+                          for e in os.scandir(path) if e.is_file())
+        info = path.stat()
+    except OSError:
+        return []
+    return [[str(path), info.st_size, info.st_mtime_ns]]
+
+
+def input_files(config: RunConfig) -> list[Path]:
+    """The files a run's localizations are made from, besides its configuration: the movie
+    (and a Picasso sidecar), the camera file, the model folder or the training config."""
+    movies = [config.movie] if isinstance(config.movie, str) else list(config.movie)
+    files = [Path(m) for m in movies if m]
+    files += [f.with_suffix(".yaml") for f in files if f.suffix.lower() == ".raw"]
+    if config.camera.file:
+        files.append(Path(config.camera.file))
+    if config.engine.train is not None and config.engine.train.config:
+        files.append(Path(config.engine.train.config))
+    model = config.engine.model
+    if model and config.engine.train is None:
+        try:
+            files.append(resolve_model_dir(model))
+        except UserError:  # an unknown model is the run's own error to report
+            pass
+    return files
+
+
 def config_fingerprint(config: RunConfig) -> str:
     """What an interrupted run and its ``--resume`` must share: everything that changes the
     localizations (movie, frames, camera, engine, chunks), not the post-processing, the
-    evaluation or the report."""
+    evaluation or the report. The movie, camera file and model enter by size and
+    modification time: a resume that reads other data under the same names would mix two
+    runs' localizations in one table."""
     relevant = {k: v for k, v in to_dict(config).items() if k not in NOT_STREAMED}
+    relevant["input_files"] = [_file_identity(f) for f in input_files(config)]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

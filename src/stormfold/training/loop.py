@@ -110,7 +110,9 @@ class TrainingRun:
             raise UserError(f"{self.out_dir} already holds a model or a training run: use "
                             f"--resume to continue it, or choose another --out")
         if self.resume:  # fail before any data are simulated
-            saved = json.loads(state.read_text(encoding="utf-8")).get("config")
+            from stormfold.checkpoint import read_state
+
+            saved = read_state(self.checkpoint_dir).get("config")
             if saved != self.key:
                 self._refuse()
 
@@ -136,12 +138,12 @@ class TrainingRun:
         Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ.
         Returns (extra tensors, state) or None when not resuming.
         """
-        from stormfold.checkpoint import load_checkpoint
+        from stormfold.checkpoint import load_checkpoint, read_state
 
         self.data = data
         if not self.resume:
             return None
-        saved = json.loads((self.checkpoint_dir / "state.json").read_text(encoding="utf-8"))
+        saved = read_state(self.checkpoint_dir)
         if saved.get("data") != data:
             self._refuse()
         loaded = load_checkpoint(self.checkpoint_dir, model, optimizer)
