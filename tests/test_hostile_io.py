@@ -346,3 +346,16 @@ def test_reading_frames_out_of_range_is_a_user_error(tmp_path):
             movie.read(5, 2)
         with pytest.raises(UserError, match="out of range"):
             movie.read(0, 5)
+
+
+def test_an_ome_channel_stack_read_as_time_is_warned(tmp_path):
+    import tifffile
+
+    from stormfold.io.movie import open_movie
+
+    path = tmp_path / "channels.ome.tif"
+    tifffile.imwrite(path, np.ones((4, 16, 16), np.uint16), ome=True, metadata={"axes": "CYX"})
+    with pytest.warns(UserWarning, match="calls the 4 planes channels; they are read as 4 frames"):
+        movie = open_movie(path, pixel_size_nm=100)
+    assert movie.n_frames == 4
+    movie.close()

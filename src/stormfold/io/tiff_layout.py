@@ -212,6 +212,12 @@ def frame_layout(tif: tifffile.TiffFile, path: Path, axes: Optional[str] = None,
                         f"name the axes, e.g. axes={hint!r} with z= or channel=")
     elif len(outer) <= 1:
         letters = "T" * len(outer)
+        if outer_axes in ("C", "Z") and outer[0] > 1:
+            # one outer axis is read as time whatever its name, but say so when the file
+            # names it otherwise: a channel or z stack is rarely a blinking movie
+            name = "channels" if outer_axes == "C" else "z planes"
+            warnings.warn(f"{path}: its metadata calls the {outer[0]} planes {name}; they are "
+                          f"read as {outer[0]} frames in time (give axes= if that is wrong)")
     elif all(a in "TZC" for a in outer_axes) and len(set(outer_axes)) == len(outer_axes):
         letters = outer_axes
     else:
