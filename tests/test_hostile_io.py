@@ -346,3 +346,17 @@ def test_reading_frames_out_of_range_is_a_user_error(tmp_path):
             movie.read(5, 2)
         with pytest.raises(UserError, match="out of range"):
             movie.read(0, 5)
+
+
+# --------------------------------------------------------------------------- review 8
+def test_dumped_yaml_reads_back_equal_through_the_loader(tmp_path):
+    from stormfold.config import Loader, dump_yaml, dump_yaml_all
+    from stormfold.io.picasso import write_picasso_hdf5  # noqa: F401  (uses dump_yaml_all)
+
+    data = {"a": "1e3", "b": 1e-3, "c": "-2E+5", "d": ".5e1", "e": 1e20, "f": "text"}
+    assert yaml.load(dump_yaml(data), Loader=Loader) == data
+    assert "'1e3'" in dump_yaml(data)
+    assert list(yaml.load_all(dump_yaml_all([data, {"g": "3e-2"}]), Loader=Loader)) == [
+        data, {"g": "3e-2"}]
+    # PyYAML's own SafeDumper is not changed for other libraries.
+    assert yaml.safe_dump({"a": "1e3"}) == "a: 1e3\n"
