@@ -308,3 +308,34 @@ def test_calibrate_without_estimate_gives_the_reason():
 def test_frc_pixel_larger_than_the_data_refused(refused):
     line = refused("frc", "good.csv", "--out", "f", "--pixel-nm", "1e6")
     assert "2 × 2 pixels" in line and "at least 16 pixels across" in line
+
+
+# --------------------------------------------------------------------------- review 8
+def test_a_terminal_that_cannot_show_a_character_does_not_fail_the_command(folder):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = subprocess.run([sys.executable, "-m", "stormfold", "render", "good.csv", "--out",
+                           "out/x.png"], cwd=folder, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "\\xd7" in proc.stdout  # the "×" of "N × M pixels", escaped
+    assert (folder / "out" / "x.png").is_file()
+
+
+@pytest.mark.parametrize("argv,hint,absent", [
+    (["localize", "m.tif", "--engine", "classic", "--out", "o"], "--batch-frames", "--batch-size"),
+    (["train", "deepstorm", "--out", "o"], "--batch-size", "--batch-frames"),
+    (["render", "t.csv", "--out", "o.png"], "a smaller movie", "--batch"),
+])
+def test_the_out_of_memory_hint_names_only_options_of_the_command(capsys, argv, hint, absent):
+    from stormfold.cli import _options, _out_of_memory, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    assert _out_of_memory("stormfold x", _options(parser, args)) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("stormfold x: error: not enough memory (try ")
+    assert hint in line
+    assert absent not in line
