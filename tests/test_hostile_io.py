@@ -360,3 +360,16 @@ def test_dumped_yaml_reads_back_equal_through_the_loader(tmp_path):
         data, {"g": "3e-2"}]
     # PyYAML's own SafeDumper is not changed for other libraries.
     assert yaml.safe_dump({"a": "1e3"}) == "a: 1e3\n"
+
+
+@pytest.mark.parametrize("threads", [0, 257, 10**9])
+def test_thread_counts_are_bounded(threads):
+    from stormfold.gridnet.config import ScheduleConfig
+    from stormfold.localize.classic.engine import ClassicOptions
+
+    with pytest.raises(UserError, match=r"schedule.threads must be 1..256, got"):
+        ScheduleConfig(threads=threads).validate()
+    with pytest.raises(UserError, match=r"classic: threads must be 1..256, got"):
+        ClassicOptions(threads=threads).validate()
+    ScheduleConfig(threads=256).validate()
+    ClassicOptions(threads=256).validate()

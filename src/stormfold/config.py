@@ -24,6 +24,9 @@ T = TypeVar("T")
 #: Marks a field (``Annotated[..., INF_ALLOWED]``) whose floats may be ±inf: an open end of a
 #: box of bounds. Everywhere else a configuration float must be finite.
 INF_ALLOWED = "inf allowed"
+#: Most torch threads a configuration may ask for (``schedule.threads``, ``classic.threads``):
+#: more than any CPU has, far fewer than the value that would exhaust the process limits.
+MAX_THREADS = 256
 #: A (low, high) box where ``.inf`` / ``-.inf`` means "no bound on that side".
 Bounds = Annotated[tuple[float, float], INF_ALLOWED]
 
