@@ -373,3 +373,14 @@ def test_thread_counts_are_bounded(threads):
         ClassicOptions(threads=threads).validate()
     ScheduleConfig(threads=256).validate()
     ClassicOptions(threads=256).validate()
+
+
+@pytest.mark.parametrize("settings,match", [
+    (["camera.baseline_adu=65535"], "camera.baseline_adu must be below 65535 ADU"),
+    (["camera.baseline_adu=1e6"], "uint16 movie), got 1e+06"),
+    (["pixel_size_nm=5"], "pixel_size_nm: camera pixel size 5 nm is outside 10–2000 nm"),
+    (["pixel_size_nm=5000"], "camera pixel size 5000 nm is outside 10–2000 nm"),
+])
+def test_simulation_camera_must_be_one_localize_accepts(refused, settings, match):
+    set_args = [arg for s in settings for arg in ("--set", s)]
+    refused("simulate", "--out", "sim", *set_args, match=match)
