@@ -7,6 +7,7 @@ folder created). The API cases check the exception type and message.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -384,3 +385,29 @@ def test_thread_counts_are_bounded(threads):
 def test_simulation_camera_must_be_one_localize_accepts(refused, settings, match):
     set_args = [arg for s in settings for arg in ("--set", s)]
     refused("simulate", "--out", "sim", *set_args, match=match)
+
+
+def test_weights_and_checkpoints_get_the_mode_of_every_other_output(tmp_path):
+    import stat
+
+    import torch
+
+    from stormfold.checkpoint import save_checkpoint
+    from stormfold.io.atomic import usual_file_mode
+    from stormfold.modelfile import WEIGHTS, save_model
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    save_model(tmp_path / "m", {"w": torch.zeros(3)}, {"engine": "deepstorm"})
+    assert mode(tmp_path / "m" / WEIGHTS) == mode(tmp_path / "m" / "model.yaml")
+    assert mode(tmp_path / "m" / WEIGHTS) == usual_file_mode()
+    save_checkpoint(tmp_path / "ck", model=torch.nn.Linear(2, 1), state={"step": 1})
+    assert {mode(p) for p in (tmp_path / "ck").iterdir()} == {usual_file_mode()}
+    old = os.umask(0o077)  # the user's umask is obeyed, not widened
+    try:
+        assert usual_file_mode() == 0o600
+        save_model(tmp_path / "private", {"w": torch.zeros(3)}, {"engine": "deepstorm"})
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "private" / WEIGHTS) == 0o600
