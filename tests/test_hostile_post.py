@@ -339,3 +339,31 @@ def test_the_out_of_memory_hint_names_only_options_of_the_command(capsys, argv, 
     assert line.startswith("stormfold x: error: not enough memory (try ")
     assert hint in line
     assert absent not in line
+
+
+def test_api_mistakes_are_user_errors_in_one_line():
+    from stormfold.evaluate import nrmse, psnr
+    from stormfold.io import open_movie, read_table
+    from stormfold.postprocess import apply_drift, run_chain
+    from stormfold.table import validate_table
+
+    table = _table()
+    twice = pd.concat([table, table[["photons"]]], axis=1)
+    with pytest.raises(UserError, match=r"column\(s\) photons appear more than once"):
+        validate_table(twice)
+    with pytest.raises(UserError, match="apply_drift: the drift must be a pandas DataFrame"):
+        apply_drift(table, "junk")
+    with pytest.raises(UserError, match="movie must be a file path .* got NoneType"):
+        open_movie(None)
+    with pytest.raises(UserError, match="localization table must be a file path .* got NoneType"):
+        read_table(None)
+    with pytest.raises(UserError, match=r"YAML file path or a dict .* got list \[1, 2\]"):
+        run_chain(table, [1, 2])
+    complex_image = np.ones((8, 8), complex)
+    for metric in (psnr, nrmse):
+        with pytest.raises(UserError, match="the reference image is complex"):
+            metric(complex_image, np.ones((8, 8)))
+        with pytest.raises(UserError, match="the estimate image is complex"):
+            metric(np.ones((8, 8)), complex_image)
+    with pytest.raises(UserError, match=r"psnr: the reference image has 64 of 64 pixel\(s\) NaN"):
+        psnr(np.full((8, 8), np.nan), np.zeros((8, 8)))

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 
 T = TypeVar("T")
 
@@ -248,7 +248,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file safely; a missing or malformed file is a UserError."""
-    path = Path(path)
+    path = as_path(path, "configuration file")
     if not path.is_file():
         raise UserError(f"configuration file not found: {path}")
     return read_yaml_text(path)
