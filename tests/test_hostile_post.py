@@ -367,3 +367,32 @@ def test_api_mistakes_are_user_errors_in_one_line():
             metric(np.ones((8, 8)), complex_image)
     with pytest.raises(UserError, match=r"psnr: the reference image has 64 of 64 pixel\(s\) NaN"):
         psnr(np.full((8, 8), np.nan), np.zeros((8, 8)))
+
+
+@pytest.mark.parametrize("name,key,match", [
+    ("deepstorm-zerocost", "threshold", "threshold must be a positive finite number"),
+    ("gridnet-generalist", "threshold", "threshold must be in (0, 1]"),
+    ("unrolled-isbi2013", "extraction", "extraction.threshold must be a number ≥ 0"),
+])
+def test_a_nan_threshold_in_model_yaml_names_the_model(tmp_path, run_cli, name, key, match):
+    import shutil
+
+    from stormfold.io import write_tiff
+    from stormfold.modelfile import builtin_root
+
+    model = shutil.copytree(builtin_root() / name, tmp_path / "my_model")
+    text = (model / "model.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if key == "threshold":
+        lines = ["threshold: .nan" if line.startswith("threshold:") else line for line in lines]
+    else:
+        lines = ["  threshold: .nan" if line.startswith("  threshold:") else line for line in lines]
+    assert lines != text.splitlines()
+    (model / "model.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiff(tmp_path / "m.tif", np.full((2, 16, 16), 100, np.uint16), pixel_size_nm=100.0)
+    code, _, err = run_cli("localize", tmp_path / "m.tif", "--model", model, "--out",
+                           tmp_path / "out")
+    assert code == 2, err
+    assert err.strip().startswith(f"stormfold localize: error: {model}: {match}")
+    assert "got nan" in err
+    assert not (tmp_path / "out").exists()
