@@ -7,6 +7,7 @@ folder created). The API cases check the exception type and message.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -359,3 +360,67 @@ def test_an_ome_channel_stack_read_as_time_is_warned(tmp_path):
         movie = open_movie(path, pixel_size_nm=100)
     assert movie.n_frames == 4
     movie.close()
+
+
+# --------------------------------------------------------------------------- review 8
+def test_dumped_yaml_reads_back_equal_through_the_loader(tmp_path):
+    from stormfold.config import Loader, dump_yaml, dump_yaml_all
+    from stormfold.io.picasso import write_picasso_hdf5  # noqa: F401  (uses dump_yaml_all)
+
+    data = {"a": "1e3", "b": 1e-3, "c": "-2E+5", "d": ".5e1", "e": 1e20, "f": "text"}
+    assert yaml.load(dump_yaml(data), Loader=Loader) == data
+    assert "'1e3'" in dump_yaml(data)
+    assert list(yaml.load_all(dump_yaml_all([data, {"g": "3e-2"}]), Loader=Loader)) == [
+        data, {"g": "3e-2"}]
+    # PyYAML's own SafeDumper is not changed for other libraries.
+    assert yaml.safe_dump({"a": "1e3"}) == "a: 1e3\n"
+
+
+@pytest.mark.parametrize("threads", [0, 257, 10**9])
+def test_thread_counts_are_bounded(threads):
+    from stormfold.gridnet.config import ScheduleConfig
+    from stormfold.localize.classic.engine import ClassicOptions
+
+    with pytest.raises(UserError, match=r"schedule.threads must be 1..256, got"):
+        ScheduleConfig(threads=threads).validate()
+    with pytest.raises(UserError, match=r"classic: threads must be 1..256, got"):
+        ClassicOptions(threads=threads).validate()
+    ScheduleConfig(threads=256).validate()
+    ClassicOptions(threads=256).validate()
+
+
+@pytest.mark.parametrize("settings,match", [
+    (["camera.baseline_adu=65535"], "camera.baseline_adu must be below 65535 ADU"),
+    (["camera.baseline_adu=1e6"], "uint16 movie), got 1e+06"),
+    (["pixel_size_nm=5"], "pixel_size_nm: camera pixel size 5 nm is outside 10–2000 nm"),
+    (["pixel_size_nm=5000"], "camera pixel size 5000 nm is outside 10–2000 nm"),
+])
+def test_simulation_camera_must_be_one_localize_accepts(refused, settings, match):
+    set_args = [arg for s in settings for arg in ("--set", s)]
+    refused("simulate", "--out", "sim", *set_args, match=match)
+
+
+def test_weights_and_checkpoints_get_the_mode_of_every_other_output(tmp_path):
+    import stat
+
+    import torch
+
+    from stormfold.checkpoint import save_checkpoint
+    from stormfold.io.atomic import usual_file_mode
+    from stormfold.modelfile import WEIGHTS, save_model
+
+    def mode(path):
+        return stat.S_IMODE(path.stat().st_mode)
+
+    save_model(tmp_path / "m", {"w": torch.zeros(3)}, {"engine": "deepstorm"})
+    assert mode(tmp_path / "m" / WEIGHTS) == mode(tmp_path / "m" / "model.yaml")
+    assert mode(tmp_path / "m" / WEIGHTS) == usual_file_mode()
+    save_checkpoint(tmp_path / "ck", model=torch.nn.Linear(2, 1), state={"step": 1})
+    assert {mode(p) for p in (tmp_path / "ck").iterdir()} == {usual_file_mode()}
+    old = os.umask(0o077)  # the user's umask is obeyed, not widened
+    try:
+        assert usual_file_mode() == 0o600
+        save_model(tmp_path / "private", {"w": torch.zeros(3)}, {"engine": "deepstorm"})
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "private" / WEIGHTS) == 0o600

@@ -308,3 +308,91 @@ def test_calibrate_without_estimate_gives_the_reason():
 def test_frc_pixel_larger_than_the_data_refused(refused):
     line = refused("frc", "good.csv", "--out", "f", "--pixel-nm", "1e6")
     assert "2 × 2 pixels" in line and "at least 16 pixels across" in line
+
+
+# --------------------------------------------------------------------------- review 8
+def test_a_terminal_that_cannot_show_a_character_does_not_fail_the_command(folder):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    proc = subprocess.run([sys.executable, "-m", "stormfold", "render", "good.csv", "--out",
+                           "out/x.png"], cwd=folder, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "\\xd7" in proc.stdout  # the "×" of "N × M pixels", escaped
+    assert (folder / "out" / "x.png").is_file()
+
+
+@pytest.mark.parametrize("argv,hint,absent", [
+    (["localize", "m.tif", "--engine", "classic", "--out", "o"], "--batch-frames", "--batch-size"),
+    (["train", "deepstorm", "--out", "o"], "--batch-size", "--batch-frames"),
+    (["render", "t.csv", "--out", "o.png"], "a smaller movie", "--batch"),
+])
+def test_the_out_of_memory_hint_names_only_options_of_the_command(capsys, argv, hint, absent):
+    from stormfold.cli import _options, _out_of_memory, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    assert _out_of_memory("stormfold x", _options(parser, args)) == 2
+    line = capsys.readouterr().err
+    assert line.startswith("stormfold x: error: not enough memory (try ")
+    assert hint in line
+    assert absent not in line
+
+
+def test_api_mistakes_are_user_errors_in_one_line():
+    from stormfold.evaluate import nrmse, psnr
+    from stormfold.io import open_movie, read_table
+    from stormfold.postprocess import apply_drift, run_chain
+    from stormfold.table import validate_table
+
+    table = _table()
+    twice = pd.concat([table, table[["photons"]]], axis=1)
+    with pytest.raises(UserError, match=r"column\(s\) photons appear more than once"):
+        validate_table(twice)
+    with pytest.raises(UserError, match="apply_drift: the drift must be a pandas DataFrame"):
+        apply_drift(table, "junk")
+    with pytest.raises(UserError, match="movie must be a file path .* got NoneType"):
+        open_movie(None)
+    with pytest.raises(UserError, match="localization table must be a file path .* got NoneType"):
+        read_table(None)
+    with pytest.raises(UserError, match=r"YAML file path or a dict .* got list \[1, 2\]"):
+        run_chain(table, [1, 2])
+    complex_image = np.ones((8, 8), complex)
+    for metric in (psnr, nrmse):
+        with pytest.raises(UserError, match="the reference image is complex"):
+            metric(complex_image, np.ones((8, 8)))
+        with pytest.raises(UserError, match="the estimate image is complex"):
+            metric(np.ones((8, 8)), complex_image)
+    with pytest.raises(UserError, match=r"psnr: the reference image has 64 of 64 pixel\(s\) NaN"):
+        psnr(np.full((8, 8), np.nan), np.zeros((8, 8)))
+
+
+@pytest.mark.parametrize("name,key,match", [
+    ("deepstorm-zerocost", "threshold", "threshold must be a positive finite number"),
+    ("gridnet-generalist", "threshold", "threshold must be in (0, 1]"),
+    ("unrolled-isbi2013", "extraction", "extraction.threshold must be a number ≥ 0"),
+])
+def test_a_nan_threshold_in_model_yaml_names_the_model(tmp_path, run_cli, name, key, match):
+    import shutil
+
+    from stormfold.io import write_tiff
+    from stormfold.modelfile import builtin_root
+
+    model = shutil.copytree(builtin_root() / name, tmp_path / "my_model")
+    text = (model / "model.yaml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if key == "threshold":
+        lines = ["threshold: .nan" if line.startswith("threshold:") else line for line in lines]
+    else:
+        lines = ["  threshold: .nan" if line.startswith("  threshold:") else line for line in lines]
+    assert lines != text.splitlines()
+    (model / "model.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_tiff(tmp_path / "m.tif", np.full((2, 16, 16), 100, np.uint16), pixel_size_nm=100.0)
+    code, _, err = run_cli("localize", tmp_path / "m.tif", "--model", model, "--out",
+                           tmp_path / "out")
+    assert code == 2, err
+    assert err.strip().startswith(f"stormfold localize: error: {model}: {match}")
+    assert "got nan" in err
+    assert not (tmp_path / "out").exists()

@@ -17,13 +17,16 @@ from typing import Annotated, Any, Mapping, TypeVar
 
 import yaml
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 
 T = TypeVar("T")
 
 #: Marks a field (``Annotated[..., INF_ALLOWED]``) whose floats may be ±inf: an open end of a
 #: box of bounds. Everywhere else a configuration float must be finite.
 INF_ALLOWED = "inf allowed"
+#: Most torch threads a configuration may ask for (``schedule.threads``, ``classic.threads``):
+#: more than any CPU has, far fewer than the value that would exhaust the process limits.
+MAX_THREADS = 256
 #: A (low, high) box where ``.inf`` / ``-.inf`` means "no bound on that side".
 Bounds = Annotated[tuple[float, float], INF_ALLOWED]
 
@@ -55,11 +58,17 @@ class Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+"
-               r"|[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$"),
-    list("-+0123456789."))
+class Dumper(yaml.SafeDumper):
+    """The YAML dumper of every stormfold file: PyYAML's SafeDumper that knows the float rule
+    of :class:`Loader`, so a string such as ``'1e3'`` is written quoted and reads back a string."""
+
+
+#: Scientific notation without a dot (``1e-3``) is a float for both reading and writing.
+_SCIENTIFIC_FLOAT = re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+"
+                               r"|[-+]?\.[0-9_]+[eE][-+]?[0-9]+)$")
+for _cls in (Loader, Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _SCIENTIFIC_FLOAT,
+                               list("-+0123456789."))
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -239,7 +248,7 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file safely; a missing or malformed file is a UserError."""
-    path = Path(path)
+    path = as_path(path, "configuration file")
     if not path.is_file():
         raise UserError(f"configuration file not found: {path}")
     return read_yaml_text(path)
@@ -247,4 +256,10 @@ def load_yaml(path: str | Path) -> Any:
 
 def dump_yaml(data: Any) -> str:
     """YAML text of ``data`` (dataclasses are converted), keys in definition order."""
-    return yaml.safe_dump(to_dict(data), sort_keys=False, allow_unicode=True)
+    return yaml.dump(to_dict(data), Dumper=Dumper, sort_keys=False, allow_unicode=True)
+
+
+def dump_yaml_all(documents: list[Any]) -> str:
+    """YAML text of several documents (``---`` separated), written like :func:`dump_yaml`."""
+    return yaml.dump_all([to_dict(d) for d in documents], Dumper=Dumper, sort_keys=False,
+                         default_flow_style=False, allow_unicode=True)

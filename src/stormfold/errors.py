@@ -18,6 +18,19 @@ def require(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def as_path(value, what: str = "path"):
+    """``value`` as a :class:`pathlib.Path`; anything but a ``str`` or path-like object (``None``,
+    a number, a list) is a one-line :class:`UserError` naming ``what`` and the type given."""
+    import os
+    import reprlib
+    from pathlib import Path
+
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise UserError(f"{what} must be a file path (str or pathlib.Path), got "
+                    f"{type(value).__name__} {reprlib.repr(value)}")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception by the command line so that outputs are cleaned
     up as on Ctrl-C (exit code 143 instead of 130)."""

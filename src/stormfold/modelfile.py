@@ -8,6 +8,7 @@ training command, the seed and the stormfold version).
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -144,6 +145,21 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise UserError(f"{source}: weight {name} has shape {tuple(tensors[name].shape)}, "
                             f"the architecture needs {tuple(value.shape)}")
+
+
+def stored_threshold(value: Any, source: str, maximum: float = math.inf,
+                     meaning: str = "") -> float:
+    """A model's calibrated detection threshold as a float in (0, ``maximum``].
+
+    A value that is not such a number (``.nan`` in a hand-edited ``model.yaml``) is a
+    :class:`UserError` naming the model (``source``), the file the user must fix.
+    """
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and 0 < value <= maximum
+    if not valid:
+        bound = "a positive finite number" if maximum == math.inf else f"in (0, {maximum:g}]"
+        raise UserError(f"{source}: threshold must be {bound}{meaning}, got {value!r}")
+    return float(value)
 
 
 def model_section(cls: type, data: Any, key: str, source: str) -> Any:

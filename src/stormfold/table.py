@@ -97,12 +97,16 @@ def validate_table(table: pd.DataFrame, source: str = "localization table",
     Raises
     ------
     UserError
-        When a required column is missing or holds non-numeric or non-finite values, or a
+        When a column name is repeated, a required column is missing or holds non-numeric or non-finite values, or a
         position lies beyond :data:`MAX_COORDINATE_NM`.
     """
     names = names or {}
     if not isinstance(table, pd.DataFrame):
         raise UserError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
+    repeated = table.columns[table.columns.duplicated()].unique()
+    if len(repeated):
+        raise UserError(f"{source}: column(s) {', '.join(map(str, repeated))} appear more than "
+                        f"once (each column name must be unique)")
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise UserError(f"{source}: missing column(s) {', '.join(missing)} "

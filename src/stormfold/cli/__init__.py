@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stormfold`` command; returns the exit code."""
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     name = f"stormfold {args.command}"
@@ -68,12 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: interrupted{_note(exc)}", file=sys.stderr)
         return 130
     except MemoryError:
-        return _out_of_memory(name)
+        return _out_of_memory(name, _options(parser, args))
     except RuntimeError as exc:
         # torch reports a failed allocation as a RuntimeError, not a MemoryError.
         if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc):
             return _internal_error(name, exc)
-        return _out_of_memory(name, exc)
+        return _out_of_memory(name, _options(parser, args), exc)
     except OSError as exc:
         from stormfold.io.outputs import environment_error, is_environment_error
 
@@ -119,13 +120,44 @@ def _interrupt_behind(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _out_of_memory(name: str, exc: BaseException | None = None) -> int:
-    """The one line of a failed allocation (with its size when torch gave it)."""
+def _tolerant_streams() -> None:
+    """Let stdout/stderr write any text: on a terminal or pipe whose encoding lacks a
+    character (``PYTHONIOENCODING=ascii``) it is escaped, not an error after the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or detached stream: nothing to print to
+                pass
+
+
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The option strings (``--batch-frames``, ...) that the command in ``args`` accepts,
+    following nested commands (``train deepstorm``)."""
+    options: set[str] = set()
+    while parser is not None:
+        chosen = None
+        for action in parser._actions:
+            options.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None) or "")
+        parser = chosen
+    return options
+
+
+def _out_of_memory(name: str, options: set[str], exc: BaseException | None = None) -> int:
+    """The one line of a failed allocation (with its size when torch gave it); the hint names
+    only options that this command has."""
     asked = re.search(r"allocate (\d+) bytes", str(exc or ""))
     size = f" ({int(asked.group(1)) / 1e9:.3g} GB asked at once)" if asked else ""
-    print(f"{name}: error: not enough memory{size} (try fewer frames per batch, e.g. "
-          f"--batch-frames, a smaller movie or smaller sizes in the configuration)",
-          file=sys.stderr)
+    hints = []
+    if "--batch-frames" in options:
+        hints.append("fewer frames per batch, e.g. --batch-frames")
+    if "--batch-size" in options:
+        hints.append("fewer patches per step, e.g. --batch-size")
+    hints.append("a smaller movie or smaller sizes in the configuration")
+    print(f"{name}: error: not enough memory{size} (try {', '.join(hints)})", file=sys.stderr)
     return 2
 
 

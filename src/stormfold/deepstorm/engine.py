@@ -256,7 +256,7 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
                      threshold: float | None = None, options: dict | None = None,
                      source: str = "model") -> DeepStormEngine:
     """Build the engine from a model's metadata and weights, refusing what does not fit."""
-    from stormfold.modelfile import check_size, check_state_dict, model_section
+    from stormfold.modelfile import check_size, check_state_dict, model_section, stored_threshold
 
     if meta.get("engine") != ENGINE:
         raise UserError(f"{source}: model is for engine {meta.get('engine')!r}, not {ENGINE!r}")
@@ -293,7 +293,8 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
                         f"{channels} give {count_parameters(model)}")
     check_state_dict(model, tensors, source)
     model.load_state_dict(tensors)
-    thr = threshold if threshold is not None else _require(meta, "threshold", source)
+    thr = threshold if threshold is not None else stored_threshold(
+        _require(meta, "threshold", source), source, meaning=" (a fraction of target_scale)")
     opts = {}
     for key, value in (options or {}).items():
         if key not in _OPTIONS:

@@ -26,9 +26,26 @@ SSIM_K2 = 0.03
 SSIM_TRUNCATE = 3.5
 
 
+def _image(image: np.ndarray, which: str, name: str) -> np.ndarray:
+    """``image`` as float64, refusing what has no single real value per pixel."""
+    array = np.asarray(image)
+    if array.dtype.kind == "c":
+        raise UserError(f"{name}: the {which} image is complex (dtype {array.dtype}): give its "
+                        f"real part or magnitude")
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{name}: the {which} image must hold real numbers, got dtype "
+                        f"{array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise UserError(f"{name}: the {which} image has {bad} of {array.size} pixel(s) NaN or "
+                        f"infinite")
+    return array
+
+
 def _pair(reference: np.ndarray, estimate: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    ref = np.asarray(reference, dtype=np.float64)
-    est = np.asarray(estimate, dtype=np.float64)
+    ref = _image(reference, "reference", name)
+    est = _image(estimate, "estimate", name)
     if ref.shape != est.shape:
         raise UserError(f"{name}: images differ in shape: reference {ref.shape}, "
                         f"estimate {est.shape}")

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from stormfold.config import from_dict, merge, parse_overrides, to_dict
+from stormfold.config import MAX_THREADS, from_dict, merge, parse_overrides, to_dict
 from stormfold.errors import UserError
 from stormfold.gridnet.decode import DECODERS, DEFAULT_P_RAW, RADIUS_RANGE_PX
 from stormfold.gridnet.network import ArchitectureConfig
@@ -87,8 +87,8 @@ class ScheduleConfig:
             raise UserError("schedule: weight_decay and grad_clip must be ≥ 0")
         if self.checkpoint_minutes < 0 or self.validation_minutes < 0:
             raise UserError("schedule: checkpoint_minutes and validation_minutes must be ≥ 0")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"schedule.threads must be ≥ 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise UserError(f"schedule.threads must be 1..{MAX_THREADS}, got {self.threads}")
 
 
 @dataclass

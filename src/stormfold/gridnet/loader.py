@@ -23,7 +23,7 @@ from stormfold.gridnet.network import ArchitectureConfig, GridNet, count_paramet
 from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig
 from stormfold.localize.refine import RefineOptions
-from stormfold.modelfile import model_section
+from stormfold.modelfile import model_section, stored_threshold
 from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
@@ -92,9 +92,8 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
             raise UserError(f"gridnet option {key} must be {kind.__name__}, got {value!r}")
         opts[key] = kind(value)
     if threshold is None:
-        stored_thr = require_section(meta, "threshold", source)
-        if isinstance(stored_thr, bool) or not isinstance(stored_thr, (int, float)):
-            raise UserError(f"{source}: threshold must be a number, got {stored_thr!r}")
+        stored_thr = stored_threshold(require_section(meta, "threshold", source), source, 1.0,
+                                      " (a detection probability)")
     thr = float(threshold) if threshold is not None else float(stored_thr)
     # Models written before the decoder section decode with peaks (p_raw, p_keep at the top).
     stored = meta.get("decoder")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +22,51 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield tmp
+        give_usual_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def usual_file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` less the process umask.
+
+    The umask is read from ``/proc/self/status`` where Linux gives it; elsewhere it is read
+    by setting and restoring it (which is not thread-safe, hence the preference)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def give_usual_mode(path: str | Path, mode: int | None = None) -> None:
+    """Give the regular file(s) at ``path`` (a file, or every file under a folder) the
+    :func:`usual_file_mode`.
+
+    Some writers (safetensors) create their file ``0o600`` like a private temporary file; an
+    output must be readable as any other file the user writes. A file with other hard links
+    is shared with another path (a resumed run's table) and is left as it is.
+    """
+    mode = usual_file_mode() if mode is None else mode
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, _, filenames in os.walk(path):
+            for name in filenames:
+                give_usual_mode(Path(dirpath) / name, mode)
+        return
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 import tifffile
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 from stormfold.io.metadata import (check_camera_pixel_size, load_yaml_documents,
                                    missing_pixel_size, pixel_size_from_documents,
                                    plausible_pixel_size, tiff_pixel_size)
@@ -295,7 +295,7 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
         too large for memory, int8 pixels, missing or inconsistent Picasso sidecar, bad
         pixel size or option.
     """
-    path = Path(path)
+    path = as_path(path, "movie")
     given = None if pixel_size_nm is None else check_camera_pixel_size(pixel_size_nm, str(path))
     check_nan_policy(nan_policy)
     for name, value in (("z", z), ("channel", channel)):

@@ -48,6 +48,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from stormfold import __version__
 from stormfold.errors import UserError
+from stormfold.io.atomic import give_usual_mode
 from stormfold.io.manifest import (MANIFEST, MANIFEST_FORMAT, STAGING_PREFIX, fingerprint,
                                    fsync_dir, inventory, read_manifest, sha256_file)
 
@@ -367,6 +368,7 @@ class OutputSet:
         self._created = []
 
     def _move(self, source: Path, target: Path) -> None:
+        give_usual_mode(source)
         if source.is_dir():
             if target.exists() or target.is_symlink():
                 _remove(target)

@@ -42,9 +42,9 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 import pandas as pd
-import yaml
 
 from stormfold import __version__
+from stormfold.config import dump_yaml_all
 from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path
 from stormfold.io.metadata import (check_pixel_size, load_yaml_documents, missing_pixel_size,
@@ -291,8 +291,7 @@ def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: flo
         document.update({str(k): _plain(v) for k, v in info.items() if k not in document})
     elif info is not None:
         documents += [{str(k): _plain(v) for k, v in doc.items()} for doc in info]
-    text = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False,
-                              allow_unicode=True)
+    text = dump_yaml_all(documents)
     with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_yaml:
         with h5py.File(tmp_h5, "w") as fh:
             fh.create_dataset(LOCS_DATASET, data=records)

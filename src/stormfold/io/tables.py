@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 from stormfold.io.atomic import same_file
 from stormfold.io.metadata import (GEOMETRY_FILES, RUN_RECORD, check_pixel_size, frames_near,
                                    geometry_near, load_yaml_mapping)
@@ -61,6 +61,7 @@ def read_table(path: str | Path, pixel_size_nm: float | None = None,
     frame_base : {0, 1}, optional
         First frame number of a CSV that does not state it (ignored for Picasso, 0-based).
     """
+    path = as_path(path, "localization table")
     if table_format(path) == "picasso":
         return read_picasso_hdf5(path, pixel_size_nm)[0]
     return read_thunderstorm_csv(path, pixel_size_nm=pixel_size_nm, frame_base=frame_base)

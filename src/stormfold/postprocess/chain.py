@@ -26,6 +26,8 @@ adds ``postprocessed.<ext>`` (the final table, format of the input) and
 """
 from __future__ import annotations
 
+import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -241,6 +243,10 @@ def check_chain(config: Optional[str | Path | dict] = None,
     """
     data: Any = {}
     if config is not None:
+        if not isinstance(config, (dict, str, os.PathLike)):
+            raise UserError(f"the post-processing config must be a YAML file path or a dict of "
+                            f"step sections, got {type(config).__name__} {reprlib.repr(config)} "
+                            f"(step names go in steps=)")
         data = config if isinstance(config, dict) else load_yaml(config)
         data = {} if data is None else data
         if not isinstance(data, dict):

@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional
 
 from stormfold.config import from_dict, load_yaml, merge, parse_overrides, to_dict
 from stormfold.errors import UserError
-from stormfold.physics.camera import Camera
+from stormfold.io.metadata import check_camera_pixel_size
+from stormfold.physics.camera import ADU_MAX, Camera
 from stormfold.physics.psf import sigma_from_fwhm
 
 
@@ -211,8 +212,10 @@ class SimulationConfig:
         if not (1 <= self.n_rows <= MAX_COUNT and 1 <= self.n_cols <= MAX_COUNT):
             raise UserError(f"image size must be 1 to {MAX_COUNT} pixels a side, got "
                             f"{self.n_rows}×{self.n_cols}")
-        if not self.pixel_size_nm > 0:
-            raise UserError(f"pixel_size_nm must be > 0, got {self.pixel_size_nm}")
+        check_camera_pixel_size(self.pixel_size_nm, "pixel_size_nm")
+        if not self.camera.baseline_adu < ADU_MAX:
+            raise UserError(f"camera.baseline_adu must be below {ADU_MAX} ADU (the largest value of "
+                            f"the uint16 movie), got {self.camera.baseline_adu:g}")
         if self.seed < 0:
             raise UserError(f"seed must be ≥ 0, got {self.seed}")
 

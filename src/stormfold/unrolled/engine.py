@@ -229,7 +229,12 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
     except (TypeError, ValueError):
         raise UserError("connectivity and chunk_frames must be integers") from None
     if threshold is None and extraction.get("threshold") is not None:
-        threshold = float(extraction["threshold"])
+        threshold = extraction["threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not (np.isfinite(threshold) and threshold >= 0):
+            raise UserError(f"{spec}: extraction.threshold must be a number ≥ 0 (photons per "
+                            f"fine pixel), got {threshold!r}")
+        threshold = float(threshold)
     method = str(options.get("method", extraction.get("method", "components")))
     stored = str(extraction.get("method", "components"))
     if method != stored and not user_threshold:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from stormfold.config import from_dict
+from stormfold.config import MAX_THREADS, from_dict
 from stormfold.errors import UserError
 from stormfold.localize.classic.detect import detect, extract_rois
 from stormfold.localize.classic.fit import B, N, S, X, Y, FitBounds, fit_spots, initial_guess
@@ -116,8 +116,8 @@ class ClassicOptions:
             raise UserError(f"classic: read_noise_photons must be ≥ 0, got {self.read_noise_photons}")
         if self.upsampling < 1:
             raise UserError(f"classic: upsampling must be ≥ 1, got {self.upsampling}")
-        if self.threads < 1:
-            raise UserError(f"classic: threads must be ≥ 1, got {self.threads}")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise UserError(f"classic: threads must be 1..{MAX_THREADS}, got {self.threads}")
 
 
 @dataclass

@@ -152,6 +152,9 @@ def apply_drift(table: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:
         A corrected copy (other columns unchanged).
     """
     table = validate_table(table)
+    if not isinstance(drift, pd.DataFrame):
+        raise UserError(f"apply_drift: the drift must be a pandas DataFrame (frame, dx_nm, dy_nm), "
+                        f"got {type(drift).__name__}")
     missing = [c for c in ("frame", "dx_nm", "dy_nm") if c not in drift.columns]
     if missing:
         raise UserError(f"drift table lacks column(s) {', '.join(missing)}")
