@@ -102,10 +102,10 @@ def _check_partial(partial: Path, csv_bytes: int) -> None:
         fh.seek(max(csv_bytes - 1, 0))
         last = fh.read(1)
     try:
-        head.decode("utf-8")
+        text_header = head.endswith(b"\n") and bool(head.decode("utf-8"))
     except UnicodeDecodeError:
-        last = b""
-    if csv_bytes and (last != b"\n" or not head.endswith(b"\n")):
+        text_header = False
+    if csv_bytes and (last != b"\n" or not text_header):
         raise UserError(f"--resume: the interrupted run's table {partial} is damaged (its saved "
                         f"rows do not end on a whole line of text); run without --resume to "
                         f"start again")

@@ -70,12 +70,12 @@ def _file_identity(path: Path) -> list:
     what does not exist (reported by the run itself)."""
     try:
         if path.is_dir():
-            return sorted([str(e.path), e.stat().st_size, e.stat().st_mtime_ns]
-                          for e in os.scandir(path) if e.is_file())
-        info = path.stat()
+            entries = [(e.path, e.stat()) for e in os.scandir(path) if e.is_file()]
+        else:
+            entries = [(str(path), path.stat())]
     except OSError:
         return []
-    return [[str(path), info.st_size, info.st_mtime_ns]]
+    return sorted([name, info.st_size, info.st_mtime_ns] for name, info in entries)
 
 
 def input_files(config: RunConfig) -> list[Path]:
