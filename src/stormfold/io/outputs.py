@@ -334,8 +334,7 @@ class OutputSet:
         if isinstance(exc, UserError) and staging is not None and str(staging) in str(exc):
             # A writer's message names the file it was given, the staged one: name the
             # user's instead (staging/NAME becomes home/NAME).
-            message = str(exc).replace(f"{staging}{os.sep}", str(self.home / "x")[:-1])
-            raise UserError(message.replace(str(staging), str(self.home))) from None
+            raise UserError(str(exc).replace(str(staging), str(self.home))) from None
 
     def _translate(self, filename: Any) -> Path:
         """The user's path for a file named in an error (never the staging name)."""

@@ -180,12 +180,13 @@ def check_simulation_memory(config: SimulationConfig, in_memory: bool = False) -
     from stormfold.io.readers import check_memory
 
     pixels = float(config.n_rows) * float(config.n_cols)
+    rows = expected_rows(config)
     chunk = min(CHUNK_FRAMES, config.n_frames) * pixels * 8.0 * _CHUNK_ARRAYS
-    truth = expected_rows(config) * _TRUTH_ROW_BYTES + config.n_frames * 64.0
+    truth = rows * _TRUTH_ROW_BYTES + config.n_frames * 64.0
     movie = 2.0 * config.n_frames * pixels if in_memory else 0.0
     check_memory(chunk + truth + movie,
                  f"simulation: {config.n_frames} frames of {config.n_cols} x {config.n_rows} "
-                 f"pixels ({expected_rows(config):.3g} emitter-frames) need")
+                 f"pixels ({rows:.3g} emitter-frames) need")
 
 
 def simulate(config: SimulationConfig) -> Simulation:
