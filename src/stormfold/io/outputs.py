@@ -333,8 +333,10 @@ class OutputSet:
             raise environment_error(exc, where) from None
         if isinstance(exc, UserError) and staging is not None and str(staging) in str(exc):
             # A writer's message names the file it was given, the staged one: name the
-            # user's instead (staging/NAME becomes home/NAME).
-            raise UserError(str(exc).replace(str(staging), str(self.home))) from None
+            # user's instead (staging/NAME becomes home/NAME; str(home / "x") minus "x" is
+            # the user's prefix, empty when home is the current folder ".").
+            message = str(exc).replace(f"{staging}{os.sep}", str(self.home / "x")[:-1])
+            raise UserError(message.replace(str(staging), str(self.home))) from None
 
     def _translate(self, filename: Any) -> Path:
         """The user's path for a file named in an error (never the staging name)."""
