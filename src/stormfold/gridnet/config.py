@@ -188,7 +188,9 @@ class GridnetTrainConfig:
     init: str = "none"
     simulation: Optional[SimulationConfig] = None
     domain: DomainConfig = field(default_factory=DomainConfig)
-    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    #: None: the init model's (or the default for ``init: none``). Given with an init model,
+    #: wider widths grow that model (:mod:`~stormfold.gridnet.widen`).
+    architecture: Optional[ArchitectureConfig] = None
     normalization: InputNormalization = field(default_factory=InputNormalization)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -253,6 +255,8 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
     cfg.domain = from_dict(DomainConfig, merge(to_dict(base), domain_over), where="domain")
     if "init" not in data:
         cfg.init = GENERALIST if cfg.simulation is not None else "none"
+    if cfg.architecture is None and cfg.init == "none":
+        cfg.architecture = ArchitectureConfig()
     s = cfg.schedule
     if s.steps is None and s.minutes is None:
         if cfg.init == "none":

@@ -17,7 +17,8 @@ or minutes; :func:`write_history`); gridnet adds:
   against wall time in ``training.csv``; at the end the threshold and the decoder are
   calibrated on other held-back samples (:mod:`~stormfold.gridnet.validation`).
 - Initialisation: from scratch, or (the default for a per-microscope model) from the
-  shipped generalist, which is then fine-tuned on the microscope's domain.
+  shipped generalist, which is then fine-tuned on the microscope's domain; an
+  ``architecture`` wider than the init model's grows it first (:mod:`.widen`).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.sampler import DomainConfig, Sampler, check_sigma
 from stormfold.gridnet.validation import (decoder_variants, held_back, held_back_outputs,
                                         jaccard_curve, variant_label)
+from stormfold.gridnet.widen import check_growable, widen
 from stormfold.modelfile import model_section
 from stormfold.training import Budget, TrainingRun, run_loop, write_history
 
@@ -113,14 +115,18 @@ def initial_model(config: GridnetTrainConfig) -> tuple[GridNet, dict | None]:
 
 
 def _adopt_init(config: GridnetTrainConfig, init_meta: dict) -> GridnetTrainConfig:
-    """Fine-tuning keeps the initial model's architecture and normalisation, and refuses a
-    simulation whose σ in pixels is outside that model's range."""
+    """Fine-tuning keeps the initial model's normalisation and its architecture, or grows it
+    to the given wider one; it refuses a simulation whose σ in pixels is outside that model's
+    range."""
     config = copy.deepcopy(config)
     source = str(config.init)
     architecture = require_section(init_meta, "architecture", source)
-    config.architecture = model_section(ArchitectureConfig, {k: v for k, v in
-                                        architecture.items() if k != "n_parameters"},
-                                        "architecture", source)
+    init_arch = model_section(ArchitectureConfig, {k: v for k, v in architecture.items()
+                                                   if k != "n_parameters"}, "architecture", source)
+    if config.architecture is None:
+        config.architecture = init_arch
+    else:
+        check_growable(init_arch, config.architecture, source)
     config.normalization = model_section(
         InputNormalization, require_section(init_meta, "normalization", source),
         "normalization", source)
@@ -305,6 +311,8 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
     model, init_meta = initial_model(config)
     if init_meta is not None:
         config = _adopt_init(config, init_meta)
+        if config.architecture != model.config:
+            model = widen(model, config.architecture, config.seed)
     run = TrainingRun(out_dir, resume, _config_key(config), "the budget (schedule.steps, "
                       "schedule.minutes, --minutes, --steps)", command)
     model = model.to(device).to(memory_format=torch.channels_last)
