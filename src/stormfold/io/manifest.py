@@ -51,14 +51,37 @@ def fingerprint(parameters: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def is_member_path(path: object) -> bool:
+    """True for a path a manifest may list: relative, POSIX, inside the folder.
+
+    A manifest is read back to find the stale files of an earlier set (which are removed)
+    and the files to check, so a doctored one must not reach outside its folder: no
+    absolute path, drive, ``..``, ``.``, empty component or backslash.
+    """
+    if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
+        return False
+    parts = path.split("/")
+    return not path.startswith("/") and ":" not in parts[0] and \
+        all(part not in ("", ".", "..") for part in parts)
+
+
+def _is_entry(entry: object) -> bool:
+    return (isinstance(entry, dict) and is_member_path(entry.get("path"))
+            and type(entry.get("bytes")) is int and entry["bytes"] >= 0
+            and isinstance(entry.get("sha256"), str))
+
+
 def read_manifest(folder: Path | str) -> Optional[dict]:
-    """The manifest of a complete output folder, or None (absent or unreadable)."""
+    """The manifest of a complete output folder, or None (absent, unreadable, or listing a
+    file outside the folder: then the folder counts as incomplete and nothing it lists is
+    trusted)."""
     path = Path(folder) / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list) or \
+            not all(_is_entry(f) for f in data["files"]):
         return None
     return data
 

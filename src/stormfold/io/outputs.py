@@ -50,7 +50,8 @@ from stormfold import __version__
 from stormfold.errors import UserError
 from stormfold.io.atomic import give_usual_mode
 from stormfold.io.manifest import (MANIFEST, MANIFEST_FORMAT, STAGING_PREFIX, fingerprint,
-                                   fsync_dir, inventory, read_manifest, sha256_file)
+                                   fsync_dir, inventory, is_member_path, read_manifest,
+                                   sha256_file)
 
 
 #: errno values that are the environment's doing, not the program's.
@@ -493,8 +494,10 @@ class OutputFolder(OutputSet):
                     raise UserError(f"the output {target} would replace an input")
                 self._move(entry, target)
             if old is not None and old.get("command") == self.command:
-                for name in sorted({Path(f["path"]).parts[0] for f in old["files"]} - new_names):
+                for name in sorted({f["path"].split("/")[0] for f in old["files"]} - new_names):
                     stale = self.home / name
+                    if not is_member_path(name) or stale.parent != self.home:
+                        continue  # read_manifest refuses such lists; never leave the folder
                     if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
                         _remove(stale)
             fsync_dir(self.home)
