@@ -90,6 +90,15 @@ def _finite(x: float, name: str, notes: Sequence[str] = ()) -> float:
     return float(x)
 
 
+def _require_blinking(emitters: EmitterEstimate, path) -> None:
+    # Spots that never blink (beads, a static sample) would otherwise be written as a
+    # simulation of independently blinking emitters, with photons and density from noise.
+    fl = emitters.fluctuation
+    if fl is not None and fl.no_blinking:
+        raise UserError(f"no blinking found in {Path(path).name}: {fl.reason}; calibrate needs a "
+                        f"movie of blinking emitters (nothing was written)")
+
+
 def _camera_record(cam: CameraEstimate, sim_camera: dict) -> dict:
     """The camera estimate for the output files, its gain as ``e_per_adu`` (with its
     standard error) like every camera file, instead of the internal ADU per e⁻."""
@@ -248,6 +257,7 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
         cam, line, bg = estimate_camera(stats, emccd=emccd, baseline_adu=baseline_adu,
                                         adu_per_e=g_known)
         emitters, spots = estimate_emitters(stats, cam, px, qe=qe)
+        _require_blinking(emitters, mv.path)
         simulation = simulation_parameters(cam, emitters, (y1 - y0, x1 - x0), stop - start, px,
                                            qe, em_gain)
         notes = cam.notes + emitters.notes

@@ -168,6 +168,8 @@ class LatticeFit:
     background_e: float
     read_noise_adu: float
     margin: float
+    deviance: float = math.nan
+    dof: int = 1
 
 
 def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: float = 0.001,
@@ -218,9 +220,12 @@ def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: f
         prob = model.reshape(len(lams), width)[:, values - lo]
         nll = -(counts[None, :] * np.log(np.maximum(prob, 1e-12))).sum(1)
         i = int(np.argmin(nll))
-        rows.append((float(nll[i]), float(g), float(base[i]), float(lams[i])))
-    rows.sort()
-    best_nll, g, baseline, lam = rows[0]
+        rows.append((float(nll[i]), float(g), float(base[i]), float(lams[i]), prob[i]))
+    rows.sort(key=lambda r: r[0])
+    best_nll, g, baseline, lam, best_prob = rows[0]
+    # Deviance against the histogram itself: ≈ χ² with (bins − 3) degrees of freedom when
+    # the exact lattice is the right model, far above when read noise blurs it.
+    deviance = float(2.0 * (counts * np.log(counts / (n * np.maximum(best_prob, 1e-12)))).sum())
     others = [r[0] for r in rows if abs(r[1] / g - 1.0) > 0.01]
     margin = (min(others) - best_nll) if others else 0.0
     # Variance of the exact lattice model at the fit; what is left is read noise.
@@ -228,7 +233,24 @@ def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: f
     adu = np.rint(baseline + g * k)
     pk = poisson.pmf(k, lam)
     model_var = float((pk * (adu - (pk * adu).sum()) ** 2).sum())
-    return LatticeFit(g, baseline, lam, math.sqrt(max(var - model_var, 0.0)), float(margin))
+    return LatticeFit(g, baseline, lam, math.sqrt(max(var - model_var, 0.0)), float(margin),
+                      deviance, max(len(values) - 3, 1))
+
+
+#: Largest deviance per background pixel (twice the Kullback–Leibler divergence between
+#: the histogram and the exact lattice) still taken as a sharp lattice: measured 6e-4 for
+#: the camera model without read noise (3.6 e⁻/ADU), 0.015–0.036 with 0.14–1.2 ADU of read
+#: noise, where the lattice's g is off by 3–9 %.
+LATTICE_MAX_DEVIANCE_PER_PIXEL = 0.002
+
+
+def lattice_is_sharp(fit: LatticeFit, n_pixels: float) -> bool:
+    """Whether the exact (read-noise-free) lattice describes the histogram: its deviance
+    within the χ² noise (mean + 5 SD) plus a small systematic allowance per pixel. Read
+    noise of a fraction of an ADU blurs the lattice, and the lattice model then fits the
+    blur with a wrong g by a large likelihood margin."""
+    allowed = fit.dof + 5.0 * math.sqrt(2.0 * fit.dof) + LATTICE_MAX_DEVIANCE_PER_PIXEL * n_pixels
+    return bool(fit.deviance <= allowed)
 
 
 def _split(g: float, k2: float, k3: float, f: float, c3: float) -> tuple[float, float]:
@@ -338,8 +360,18 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
             and math.sqrt(k2) < LATTICE_MAX_STD_ADU and g >= LATTICE_MIN_GAIN):
         # Coarse ADU over a few-electron lattice: the moments are biased (module doc).
         fit = lattice_scan(stats.background_hist, g, rel_range=0.0 if adu_per_e is not None else 0.06)
-        if fit.margin > LATTICE_MIN_MARGIN or adu_per_e is not None:
+        sharp = lattice_is_sharp(fit, bg["n"])
+        if not sharp and adu_per_e is None and abs(fit.adu_per_e / g - 1.0) > 0.01:
+            notes.append(f"the lattice fit of the background histogram gives {1 / fit.adu_per_e:.4g} "
+                         f"e⁻/ADU, {100 * (g / fit.adu_per_e - 1):+.1f} % from the {gain_source}; "
+                         f"read noise blurs the lattice (deviance {fit.deviance:.0f} for "
+                         f"{fit.dof} degrees of freedom), so the slope is used")
+        if (sharp and fit.margin > LATTICE_MIN_MARGIN) or adu_per_e is not None:
             if adu_per_e is None:
+                if np.isfinite(g_se) and abs(fit.adu_per_e - g) > 2.0 * g_se:
+                    notes.append(f"the lattice of the background histogram gives "
+                                 f"{1 / fit.adu_per_e:.4g} e⁻/ADU, the {gain_source} "
+                                 f"{1 / g:.4g} ± {g_se / g ** 2:.2g}: the lattice is used")
                 gain_source = (f"lattice of the background histogram (exact rounding, "
                                f"log-likelihood margin {fit.margin:.0f}); the {gain_source} "
                                f"gave {g:.4g}")
