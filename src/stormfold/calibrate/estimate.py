@@ -152,6 +152,8 @@ class CameraEstimate:
     lambda_skew: float = math.nan
     lambda_max: float = math.nan
     notes: list[str] = field(default_factory=list)
+    #: Why the camera type (``--emccd`` or not) does not fit the data ("" when it does).
+    mismatch: str = ""
 
     @property
     def adu_per_count(self) -> float:
@@ -253,6 +255,22 @@ def lattice_is_sharp(fit: LatticeFit, n_pixels: float) -> bool:
     return bool(fit.deviance <= allowed)
 
 
+#: Mean–variance slope over F·g (g from the background's skewness) from which ``--emccd``
+#: is taken as a mistake: 1 for an EMCCD, ≥ 1.5 for a camera without EM gain (κ₃/κ₂ is g,
+#: not 3g, and read noise only lowers it), 1.05–1.2 for crowded spots.
+NOT_EMCCD_RATIO = 1.3
+
+
+def _not_emccd(ratio: float, what: str, bg: dict) -> str:
+    k2, k3 = bg["var"], bg["m3"]
+    shape = (bg["m4"] - 3.0 * k2 ** 2) * k2 / k3 ** 2 if k3 > 0 else math.nan
+    return (f"--emccd does not fit this movie: the mean–variance slope of the spot residuals "
+            f"is {ratio:.2f}× the {what} (an EMCCD gives 1, a camera without EM gain ≥ 1.5; "
+            f"the background's κ₄κ₂/κ₃² is {shape:.2f}: EMCCD 1.33, no EM gain ≈ 1): the camera "
+            f"probably has no EM gain, and the photons come out about {2.0 * ratio:.1f}× too "
+            f"high — run without --emccd")
+
+
 def _split(g: float, k2: float, k3: float, f: float, c3: float) -> tuple[float, float]:
     """λ from the skewness for gain g, bounded by 0 and the no-read-noise limit; and that limit."""
     lam_max = max(k2 - 1.0 / 12.0, 0.0) / (f * g * g)
@@ -299,17 +317,27 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
     rng = np.random.default_rng(seed)
     g_bg = k3 / (3.0 * max(k2 - 1.0 / 12.0, 1e-12))  # EMCCD without read noise
     g_bg_rel_se = k3_se / k3 if k3 > 0 else math.inf
+    mismatch = ""
     if adu_per_e is not None:
         g, g_se, gain_source = float(adu_per_e), math.nan, "given"
+        ratio = line.slope / (f * g) if line.identifiable else 1.0
+        if emccd and ratio <= 1.0 / NOT_EMCCD_RATIO:
+            mismatch = (f"--emccd does not fit this movie with the given gain: the mean–variance "
+                        f"slope of the spot residuals is {ratio:.2f}× the 2·g an EMCCD gives "
+                        f"(excess-noise factor 2); the camera has no EM gain, or --em-gain / "
+                        f"--e-per-adu is wrong")
     elif emccd and baseline_adu is None and g_bg_rel_se < MAX_SLOPE_REL_SE:
         # EM gain makes the read noise negligible against the amplified shot noise, so
         # the background alone gives g: κ₂ = 2g²λ, κ₃ = 6g³λ ⇒ g = κ₃ / (3κ₂).
         g, g_se = g_bg, g_bg * g_bg_rel_se
         gain_source = ("background skewness, EMCCD with negligible read noise "
                        "(κ₃ / 3κ₂)")
-        if line.identifiable and abs(line.slope / f - g) > 0.05 * g:
+        ratio = line.slope / (f * g) if line.identifiable else 1.0
+        if ratio >= NOT_EMCCD_RATIO:
+            mismatch = _not_emccd(ratio, "2·g from the background's skewness", bg)
+        elif abs(ratio - 1.0) > 0.05:
             notes.append(f"the gain from the mean–variance slope of the spot residuals is "
-                         f"{100 * (line.slope / f / g - 1):+.0f} % from the background's: the "
+                         f"{100 * (ratio - 1):+.0f} % from the background's: the "
                          f"spots are probably crowded (residuals inflated by neighbours); the "
                          f"background value is used")
     elif line.identifiable:
@@ -380,7 +408,9 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
             base_se = math.nan
             split = ("maximum likelihood of the background histogram as a rounded Poisson "
                      "lattice (the skewness is biased by the coarse rounding)")
-    cam = CameraEstimate(baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
+    if mismatch:
+        notes.append(mismatch)
+    cam = CameraEstimate(mismatch=mismatch, baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
                          read_noise_adu=math.sqrt(read_var), background_e=float(lam),
                          background_mean_adu=k1, background_std_adu=math.sqrt(k2),
                          gain_source=gain_source, split_source=split, baseline_se_adu=base_se,
