@@ -27,8 +27,13 @@ below g³λ), and the skewness split then misplaces the baseline. There the hist
 shows the lattice: :func:`lattice_scan` fits the exact model ADU = round(baseline + g·k),
 k ~ Poisson(λ), by maximum likelihood over a grid of g (±6 % around the spot slope's) and of
 the baseline along b + g·λ = mean, and its answer replaces the moments when the best g beats
-every g more than 1 % away by :data:`LATTICE_MIN_MARGIN` in log-likelihood (with read noise
-of an ADU or more no g stands out and the moments stay).
+every g more than 1 % away by :data:`LATTICE_MIN_MARGIN` in log-likelihood and the lattice is
+sharp (:func:`lattice_is_sharp`: its deviance is what a right model leaves). Read noise of a
+fraction of an ADU blurs the lattice: the read-noise-free model then still finds a g by a
+wide margin, 3–9 % off, so the moments stay (with a note giving both gains).
+
+``--emccd`` on a camera without EM gain shows as a mean–variance slope 1.5× (or more) the
+F·g the background's skewness gives (an EMCCD gives 1): warned, as :data:`NOT_EMCCD_RATIO`.
 """
 from __future__ import annotations
 
