@@ -6,8 +6,6 @@ its folder byte-for-byte as it was; a warned one prints one warning line and sti
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -17,15 +15,7 @@ import tifffile
 
 from stormfold.calibrate import calibrate
 from stormfold.simulate import build_config, simulate_to_folder
-
-
-def _snapshot(root: Path) -> dict:
-    state = {}
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            path = Path(dirpath) / name
-            state[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
+from test_hostile_inputs import _snapshot  # every file's SHA-256 and every folder
 
 
 def _static_movie(path: Path, n_frames: int = 30, seed: int = 1) -> Path:
