@@ -90,6 +90,15 @@ def _finite(x: float, name: str, notes: Sequence[str] = ()) -> float:
     return float(x)
 
 
+def _require_blinking(emitters: EmitterEstimate, path) -> None:
+    # Spots that never blink (beads, a static sample) would otherwise be written as a
+    # simulation of independently blinking emitters, with photons and density from noise.
+    fl = emitters.fluctuation
+    if fl is not None and fl.no_blinking:
+        raise UserError(f"no blinking found in {Path(path).name}: {fl.reason}; calibrate needs a "
+                        f"movie of blinking emitters (nothing was written)")
+
+
 def _camera_record(cam: CameraEstimate, sim_camera: dict) -> dict:
     """The camera estimate for the output files, its gain as ``e_per_adu`` (with its
     standard error) like every camera file, instead of the internal ADU per e⁻."""
@@ -160,6 +169,9 @@ def _clean(obj: Any) -> Any:
 
 #: EM gain written for an EMCCD when none is given (any split gives the same statistics).
 DEFAULT_EM_GAIN = 100.0
+#: Largest EM gain taken: EMCCD registers are specified up to ×1000 (beyond, the gain ages
+#: the register and a value like 1e9 is a typo that would write e_per_adu ≈ 1e9).
+MAX_EM_GAIN = 1000.0
 
 
 def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int, int] | None = None,
@@ -201,8 +213,9 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
     if not 0 < qe <= 1:
         raise UserError(f"--qe must be in (0, 1], got {qe}")
     given_gain, em_gain = em_gain is not None, DEFAULT_EM_GAIN if em_gain is None else em_gain
-    if emccd and not em_gain > 1:
-        raise UserError(f"--em-gain must be > 1 for an EMCCD, got {em_gain}")
+    if emccd and not 1 < em_gain <= MAX_EM_GAIN:
+        raise UserError(f"--em-gain must be in (1, {MAX_EM_GAIN:g}] for an EMCCD (EM registers "
+                        f"are made for gains up to about 1000), got {em_gain}")
     if e_per_adu is not None and not e_per_adu > 0:
         raise UserError(f"--e-per-adu must be > 0, got {e_per_adu}")
     settings = settings or ScanSettings()
@@ -247,7 +260,10 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
                            progress=progress)
         cam, line, bg = estimate_camera(stats, emccd=emccd, baseline_adu=baseline_adu,
                                         adu_per_e=g_known)
+        if cam.mismatch:
+            warnings.warn(cam.mismatch, UserWarning, stacklevel=2)
         emitters, spots = estimate_emitters(stats, cam, px, qe=qe)
+        _require_blinking(emitters, mv.path)
         simulation = simulation_parameters(cam, emitters, (y1 - y0, x1 - x0), stop - start, px,
                                            qe, em_gain)
         notes = cam.notes + emitters.notes

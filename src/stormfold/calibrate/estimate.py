@@ -27,8 +27,13 @@ below g³λ), and the skewness split then misplaces the baseline. There the hist
 shows the lattice: :func:`lattice_scan` fits the exact model ADU = round(baseline + g·k),
 k ~ Poisson(λ), by maximum likelihood over a grid of g (±6 % around the spot slope's) and of
 the baseline along b + g·λ = mean, and its answer replaces the moments when the best g beats
-every g more than 1 % away by :data:`LATTICE_MIN_MARGIN` in log-likelihood (with read noise
-of an ADU or more no g stands out and the moments stay).
+every g more than 1 % away by :data:`LATTICE_MIN_MARGIN` in log-likelihood and the lattice is
+sharp (:func:`lattice_is_sharp`: its deviance is what a right model leaves). Read noise of a
+fraction of an ADU blurs the lattice: the read-noise-free model then still finds a g by a
+wide margin, 3–9 % off, so the moments stay (with a note giving both gains).
+
+``--emccd`` on a camera without EM gain shows as a mean–variance slope 1.5× (or more) the
+F·g the background's skewness gives (an EMCCD gives 1): warned, as :data:`NOT_EMCCD_RATIO`.
 """
 from __future__ import annotations
 
@@ -152,6 +157,8 @@ class CameraEstimate:
     lambda_skew: float = math.nan
     lambda_max: float = math.nan
     notes: list[str] = field(default_factory=list)
+    #: Why the camera type (``--emccd`` or not) does not fit the data ("" when it does).
+    mismatch: str = ""
 
     @property
     def adu_per_count(self) -> float:
@@ -168,6 +175,8 @@ class LatticeFit:
     background_e: float
     read_noise_adu: float
     margin: float
+    deviance: float = math.nan
+    dof: int = 1
 
 
 def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: float = 0.001,
@@ -218,9 +227,12 @@ def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: f
         prob = model.reshape(len(lams), width)[:, values - lo]
         nll = -(counts[None, :] * np.log(np.maximum(prob, 1e-12))).sum(1)
         i = int(np.argmin(nll))
-        rows.append((float(nll[i]), float(g), float(base[i]), float(lams[i])))
-    rows.sort()
-    best_nll, g, baseline, lam = rows[0]
+        rows.append((float(nll[i]), float(g), float(base[i]), float(lams[i]), prob[i]))
+    rows.sort(key=lambda r: r[0])
+    best_nll, g, baseline, lam, best_prob = rows[0]
+    # Deviance against the histogram itself: ≈ χ² with (bins − 3) degrees of freedom when
+    # the exact lattice is the right model, far above when read noise blurs it.
+    deviance = float(2.0 * (counts * np.log(counts / (n * np.maximum(best_prob, 1e-12)))).sum())
     others = [r[0] for r in rows if abs(r[1] / g - 1.0) > 0.01]
     margin = (min(others) - best_nll) if others else 0.0
     # Variance of the exact lattice model at the fit; what is left is read noise.
@@ -228,7 +240,40 @@ def lattice_scan(hist: np.ndarray, g0: float, rel_range: float = 0.06, g_step: f
     adu = np.rint(baseline + g * k)
     pk = poisson.pmf(k, lam)
     model_var = float((pk * (adu - (pk * adu).sum()) ** 2).sum())
-    return LatticeFit(g, baseline, lam, math.sqrt(max(var - model_var, 0.0)), float(margin))
+    return LatticeFit(g, baseline, lam, math.sqrt(max(var - model_var, 0.0)), float(margin),
+                      deviance, max(len(values) - 3, 1))
+
+
+#: Largest deviance per background pixel (twice the Kullback–Leibler divergence between
+#: the histogram and the exact lattice) still taken as a sharp lattice: measured 6e-4 for
+#: the camera model without read noise (3.6 e⁻/ADU), 0.015–0.036 with 0.14–1.2 ADU of read
+#: noise, where the lattice's g is off by 3–9 %.
+LATTICE_MAX_DEVIANCE_PER_PIXEL = 0.002
+
+
+def lattice_is_sharp(fit: LatticeFit, n_pixels: float) -> bool:
+    """Whether the exact (read-noise-free) lattice describes the histogram: its deviance
+    within the χ² noise (mean + 5 SD) plus a small systematic allowance per pixel. Read
+    noise of a fraction of an ADU blurs the lattice, and the lattice model then fits the
+    blur with a wrong g by a large likelihood margin."""
+    allowed = fit.dof + 5.0 * math.sqrt(2.0 * fit.dof) + LATTICE_MAX_DEVIANCE_PER_PIXEL * n_pixels
+    return bool(fit.deviance <= allowed)
+
+
+#: Mean–variance slope over F·g (g from the background's skewness) from which ``--emccd``
+#: is taken as a mistake: 1 for an EMCCD, ≥ 1.5 for a camera without EM gain (κ₃/κ₂ is g,
+#: not 3g, and read noise only lowers it), 1.05–1.2 for crowded spots.
+NOT_EMCCD_RATIO = 1.3
+
+
+def _not_emccd(ratio: float, what: str, bg: dict) -> str:
+    k2, k3 = bg["var"], bg["m3"]
+    shape = (bg["m4"] - 3.0 * k2 ** 2) * k2 / k3 ** 2 if k3 > 0 else math.nan
+    return (f"--emccd does not fit this movie: the mean–variance slope of the spot residuals "
+            f"is {ratio:.2f}× the {what} (an EMCCD gives 1, a camera without EM gain ≥ 1.5; "
+            f"the background's κ₄κ₂/κ₃² is {shape:.2f}: EMCCD 1.33, no EM gain ≈ 1): the camera "
+            f"probably has no EM gain, and the photons come out about {2.0 * ratio:.1f}× too "
+            f"high — run without --emccd")
 
 
 def _split(g: float, k2: float, k3: float, f: float, c3: float) -> tuple[float, float]:
@@ -277,17 +322,27 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
     rng = np.random.default_rng(seed)
     g_bg = k3 / (3.0 * max(k2 - 1.0 / 12.0, 1e-12))  # EMCCD without read noise
     g_bg_rel_se = k3_se / k3 if k3 > 0 else math.inf
+    mismatch = ""
     if adu_per_e is not None:
         g, g_se, gain_source = float(adu_per_e), math.nan, "given"
+        ratio = line.slope / (f * g) if line.identifiable else 1.0
+        if emccd and ratio <= 1.0 / NOT_EMCCD_RATIO:
+            mismatch = (f"--emccd does not fit this movie with the given gain: the mean–variance "
+                        f"slope of the spot residuals is {ratio:.2f}× the 2·g an EMCCD gives "
+                        f"(excess-noise factor 2); the camera has no EM gain, or --em-gain / "
+                        f"--e-per-adu is wrong")
     elif emccd and baseline_adu is None and g_bg_rel_se < MAX_SLOPE_REL_SE:
         # EM gain makes the read noise negligible against the amplified shot noise, so
         # the background alone gives g: κ₂ = 2g²λ, κ₃ = 6g³λ ⇒ g = κ₃ / (3κ₂).
         g, g_se = g_bg, g_bg * g_bg_rel_se
         gain_source = ("background skewness, EMCCD with negligible read noise "
                        "(κ₃ / 3κ₂)")
-        if line.identifiable and abs(line.slope / f - g) > 0.05 * g:
+        ratio = line.slope / (f * g) if line.identifiable else 1.0
+        if ratio >= NOT_EMCCD_RATIO:
+            mismatch = _not_emccd(ratio, "2·g from the background's skewness", bg)
+        elif abs(ratio - 1.0) > 0.05:
             notes.append(f"the gain from the mean–variance slope of the spot residuals is "
-                         f"{100 * (line.slope / f / g - 1):+.0f} % from the background's: the "
+                         f"{100 * (ratio - 1):+.0f} % from the background's: the "
                          f"spots are probably crowded (residuals inflated by neighbours); the "
                          f"background value is used")
     elif line.identifiable:
@@ -338,8 +393,18 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
             and math.sqrt(k2) < LATTICE_MAX_STD_ADU and g >= LATTICE_MIN_GAIN):
         # Coarse ADU over a few-electron lattice: the moments are biased (module doc).
         fit = lattice_scan(stats.background_hist, g, rel_range=0.0 if adu_per_e is not None else 0.06)
-        if fit.margin > LATTICE_MIN_MARGIN or adu_per_e is not None:
+        sharp = lattice_is_sharp(fit, bg["n"])
+        if not sharp and adu_per_e is None and abs(fit.adu_per_e / g - 1.0) > 0.01:
+            notes.append(f"the lattice fit of the background histogram gives {1 / fit.adu_per_e:.4g} "
+                         f"e⁻/ADU, {100 * (g / fit.adu_per_e - 1):+.1f} % from the {gain_source}; "
+                         f"read noise blurs the lattice (deviance {fit.deviance:.0f} for "
+                         f"{fit.dof} degrees of freedom), so the slope is used")
+        if (sharp and fit.margin > LATTICE_MIN_MARGIN) or adu_per_e is not None:
             if adu_per_e is None:
+                if np.isfinite(g_se) and abs(fit.adu_per_e - g) > 2.0 * g_se:
+                    notes.append(f"the lattice of the background histogram gives "
+                                 f"{1 / fit.adu_per_e:.4g} e⁻/ADU, the {gain_source} "
+                                 f"{1 / g:.4g} ± {g_se / g ** 2:.2g}: the lattice is used")
                 gain_source = (f"lattice of the background histogram (exact rounding, "
                                f"log-likelihood margin {fit.margin:.0f}); the {gain_source} "
                                f"gave {g:.4g}")
@@ -348,7 +413,9 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
             base_se = math.nan
             split = ("maximum likelihood of the background histogram as a rounded Poisson "
                      "lattice (the skewness is biased by the coarse rounding)")
-    cam = CameraEstimate(baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
+    if mismatch:
+        notes.append(mismatch)
+    cam = CameraEstimate(mismatch=mismatch, baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
                          read_noise_adu=math.sqrt(read_var), background_e=float(lam),
                          background_mean_adu=k1, background_std_adu=math.sqrt(k2),
                          gain_source=gain_source, split_source=split, baseline_se_adu=base_se,

@@ -54,6 +54,16 @@ class FluctuationStats:
 
     def covariance(self) -> dict[tuple[int, int], float]:
         """Mean over pixels of the unbiased temporal covariance at each lag (ADU²)."""
+        return {lag: mean for lag, (mean, _) in self.covariance_with_error().items()}
+
+    def covariance_with_error(self) -> dict[tuple[int, int], tuple[float, float]]:
+        """Mean over pixels of the temporal covariance at each lag and its standard error
+        (ADU²), the error from the scatter of the per-pixel covariances.
+
+        Camera noise alone makes the per-pixel products independent from pixel to pixel
+        and from lag to lag, so under "nothing fluctuates" each mean is an independent
+        zero-mean estimate with this error; spatial structure only enlarges it.
+        """
         t = self.n_frames
         if t < 3 or self.sum_1 is None:
             return {}
@@ -62,7 +72,8 @@ class FluctuationStats:
         for lag in LAGS:
             sa, sb = _pair_slices(lag, self.shape)
             cov = (self.sum_lag[lag] - t * m[sa] * m[sb]) / (t - 1)
-            out[lag] = float(cov.mean())
+            se = float(cov.std(ddof=1) / math.sqrt(cov.size)) if cov.size > 1 else math.inf
+            out[lag] = (float(cov.mean()), se)
         return out
 
 
@@ -95,8 +106,17 @@ class FluctuationEstimate:
     lags: list = field(default_factory=list)
     covariance: list = field(default_factory=list)
     model: list = field(default_factory=list)
+    amplitude_se_adu2: float = math.nan
     ok: bool = False
+    significant: bool = False
+    #: True when the covariance shows no blinking at all (not merely a failed fit).
+    no_blinking: bool = False
     reason: str = ""
+
+
+#: Standard errors by which the fluctuation amplitude must exceed zero to count as blinking
+#: (the fit picks σ among many, so well above the 2–3 of a single test).
+MIN_AMPLITUDE_Z = 5.0
 
 
 def estimate_fluctuation(stats: FluctuationStats, background_level_adu: float,
@@ -112,11 +132,13 @@ def estimate_fluctuation(stats: FluctuationStats, background_level_adu: float,
     """
     from scipy.optimize import least_squares
 
-    cov = stats.covariance()
-    if not cov:
+    cov_se = stats.covariance_with_error()
+    if not cov_se:
         return FluctuationEstimate(reason="fewer than 3 frames")
+    cov = {k: v[0] for k, v in cov_se.items()}
     lags = np.array(list(cov), np.float64)
     c = np.array([cov[k] for k in cov])
+    c_se = np.array([cov_se[k][1] for k in cov])
     scale = max(abs(c).max(), 1e-12)
 
     def model(p):
@@ -128,15 +150,27 @@ def estimate_fluctuation(stats: FluctuationStats, background_level_adu: float,
 
     c1 = cov.get((0, 1), 0.0)
     if not c1 > 0:
-        return FluctuationEstimate(reason="no positive correlation between neighbouring pixels")
+        return FluctuationEstimate(no_blinking=True,
+                                   reason="no positive correlation of the frame-to-frame "
+                                          "fluctuations between neighbouring pixels")
     res = least_squares(resid, x0=[c1 / pixel_overlap(np.array([0.0]), 1.0)[0] /
                                    pixel_overlap(np.array([1.0]), 1.0)[0], 1.0],
                         bounds=([0.0, 0.2], [np.inf, 10.0]))
     a, s = res.x
     m = float(stats.sum_1.mean() / stats.n_frames - background_level_adu)
+    # Standard error of A at the fitted σ: the weighted linear fit of the independent lags.
+    shape = model([1.0, s])
+    a_se = float(1.0 / math.sqrt(max(((shape / c_se) ** 2).sum(), 1e-300)))
     est = FluctuationEstimate(sigma_px=float(s), amplitude_adu2=float(a), mean_signal_adu=m,
                               lags=lags.tolist(), covariance=c.tolist(),
-                              model=model(res.x).tolist())
+                              model=model(res.x).tolist(), amplitude_se_adu2=a_se)
+    if not a > MIN_AMPLITUDE_Z * a_se:
+        est.reason = (f"the frame-to-frame fluctuations are not correlated between neighbouring "
+                      f"pixels beyond noise (amplitude {a:.3g} ± {a_se:.2g} ADU², needs "
+                      f"{MIN_AMPLITUDE_Z:g} standard errors)")
+        est.no_blinking = True
+        return est
+    est.significant = True
     if not (m > 0 and a > 0):
         est.reason = "no signal above the background"
         return est
