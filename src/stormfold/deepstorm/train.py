@@ -267,6 +267,29 @@ def _training_patches(config: DeepStormTrainConfig, movie: str | Path | None,
     return data, patches
 
 
+#: Bytes per fine-grid pixel and per channel-at-full-resolution of one training step: the
+#: convolution, batch-norm and ReLU outputs the backward pass keeps and their gradients.
+STEP_BYTES_PER_CHANNEL_PX = 6 * 4.0
+
+
+def check_training_memory(config: DeepStormTrainConfig) -> None:
+    """Refuse, before any data are made, a run whose patches and training step would not
+    fit in memory (the estimate counts each level's channels at its resolution)."""
+    from stormfold.io.readers import check_memory
+
+    arch, pcfg, sched = config.architecture, config.patches, config.schedule
+    c = arch.channels
+    # Encoder and decoder at full, 1/2 and 1/4 resolution, the bottleneck at 1/8.
+    channels = 2 * c[0] + 2 * c[1] / 4 + 2 * c[2] / 16 + c[3] / 64
+    fine_px = float(pcfg.patch_px * arch.upsampling) ** 2
+    step = sched.batch_size * fine_px * channels * STEP_BYTES_PER_CHANNEL_PX
+    stored = float(pcfg.n_patches) * pcfg.patch_px ** 2 * 4.0 * 2
+    check_memory(step + stored,
+                 f"deepstorm training: {pcfg.n_patches} patches of {pcfg.patch_px}² px, "
+                 f"batches of {sched.batch_size} at upsampling {arch.upsampling}, need about",
+                 " (lower the batch size, the patch size or the number of patches)")
+
+
 def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                     movie: str | Path | None = None, truth: str | Path | None = None,
                     resume: bool = False, device: torch.device | str | None = None,
@@ -310,6 +333,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     if (pcfg.patch_px * L) % 8:
         raise UserError(f"patches.patch_px × upsampling ({pcfg.patch_px}×{L}) must be a "
                         f"multiple of 8")
+    check_training_memory(config)
     t_start = time.perf_counter()
 
     data, patches = _training_patches(config, movie, truth, movie_options)
@@ -357,7 +381,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
 
     run.start_clock()
     try:
-        run_loop(epoch_step, first_epoch, Budget(steps=sched.epochs), run, after=checkpoint)
+        run_loop(epoch_step, first_epoch, Budget(steps=sched.epochs), run, after=checkpoint,
+                 model=st.model, unit="epoch")
     finally:
         bar.close()
     train_seconds = run.seconds

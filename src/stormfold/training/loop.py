@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from stormfold import __version__
 from stormfold.errors import UserError
+from stormfold.training.guards import check_finite
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -177,8 +178,14 @@ class TrainingRun:
 def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
              run: TrainingRun | None = None,
              after: Callable[[int, dict], None] | None = None,
-             converged: Callable[[dict], bool] | None = None) -> int:
+             converged: Callable[[dict], bool] | None = None, model: Any = None,
+             unit: str = "step") -> int:
     """Run ``step(i)`` for i = first, first + 1, … until ``budget`` is spent.
+
+    After every step, before ``after`` (which checkpoints), a NaN or infinite ``loss`` or
+    ``val_loss`` in the record or parameter of ``model`` stops the run with
+    :class:`~stormfold.training.guards.TrainingDiverged` (a UserError): a diverged network
+    is neither checkpointed nor written as a model.
 
     Parameters
     ----------
@@ -194,6 +201,10 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
         Called after every step (checkpoints, logs, progress).
     converged : callable(record) -> bool, optional
         Stop early when it returns True.
+    model : torch.nn.Module, optional
+        Its parameters are checked for NaN/Inf after every step.
+    unit : str
+        What a step is called in the divergence message ("step", "epoch", …).
 
     Returns
     -------
@@ -205,6 +216,7 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
     while not budget.spent(i, run.seconds if run is not None else time.perf_counter() - t0):
         record = step(i)
         i += 1
+        check_finite(i, record, model, unit)
         if after is not None:
             after(i, record)
         if converged is not None and converged(record):

@@ -138,7 +138,8 @@ def fit(solver: UnrolledAPG, y: torch.Tensor, target: torch.Tensor, loss: LossCo
 
     try:
         run_loop(outer_iteration, start_iteration, Budget(steps=optim.outer_iterations),
-                 after=after, converged=lambda record: getattr(optimizer, "converged", False))
+                 after=after, converged=lambda record: getattr(optimizer, "converged", False),
+                 model=solver, unit="outer iteration")
     finally:
         bar.close()
     return history, optimizer

@@ -31,8 +31,9 @@ import torch
 from stormfold import __version__
 from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
-from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, fine_targets,
-                                movie_data, read_config_file, simulated_data, without)
+from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check_lr,
+                                fine_targets, movie_data, read_config_file, simulated_data,
+                                without)
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, build_optimizer, default_learn, fit,
                                     upper_loss, write_log)
@@ -239,6 +240,7 @@ class OptimConfig:
             raise UserError("optim.checkpoint_every must be ≥ 1")
         if self.max_backtracks < 1:
             raise UserError("optim.max_backtracks must be ≥ 1")
+        check_lr(self.adam_lr, "optim.adam_lr")
 
 
 @dataclass
