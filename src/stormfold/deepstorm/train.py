@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from stormfold import __version__
+from stormfold.checkpoint import damaged
 from stormfold.config import to_dict
 from stormfold.deepstorm.config import DeepStormTrainConfig, build_train_config
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
@@ -193,6 +194,11 @@ class TrainResult:
     engine: DeepStormEngine
 
 
+#: The checkpoint state a resumed run needs (see :func:`stormfold.checkpoint.check_fields`).
+STATE_FIELDS = {"epoch": int, "history": list, "best_val": float, "best_epoch": float,
+                "scheduler": dict}
+
+
 @dataclass
 class _State:
     """What changes from epoch to epoch (all of it goes into the checkpoint)."""
@@ -218,11 +224,14 @@ class _State:
 
     def restore(self, run: TrainingRun, fingerprint: str, epochs: int, device) -> int:
         """Continue a checkpoint (resume); returns the first epoch to run."""
-        loaded = run.restore(self.model, self.optimizer, data=fingerprint)
+        loaded = run.restore(self.model, self.optimizer, data=fingerprint, fields=STATE_FIELDS)
         if loaded is None:
             return 0
         extra, state = loaded
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise damaged(run.checkpoint_dir, exc) from None
         self.history = state["history"]
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.best_weights = {k[len("best."):]: v.to(device) for k, v in extra.items()

@@ -199,7 +199,8 @@ class _Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self) -> None:
-        restored = self.run.restore(self.model, self.optimizer)
+        restored = self.run.restore(self.model, self.optimizer,
+                                    fields={"step": int, "history": list})
         if restored is None:
             return
         _, state = restored

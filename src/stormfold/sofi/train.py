@@ -29,7 +29,8 @@ from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
-from stormfold.unrolled.fit import LOG_CSV, LOG_PNG, build_optimizer, fit, write_log
+from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer, fit,
+                                    write_log)
 from stormfold.unrolled.losses import localization_loss
 from stormfold.unrolled.train import LossConfig, OptimConfig
 
@@ -377,7 +378,7 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     y, b, target = dataset_tensors(dataset, scale, device)
     learn = ["rho", "alpha"] + (["operator.sigma_fine_px"] if config.solver.learn_sigma else [])
     optimizer = build_optimizer(solver, learn, config.optim)
-    restored = run.restore(solver, optimizer)
+    restored = run.restore(solver, optimizer, fields=RESUME_FIELDS)
     history: list[dict] = restored[1].get("history", []) if restored else []
     start = int(restored[1].get("iteration", 0)) if restored else 0
     out_dir.mkdir(parents=True, exist_ok=True)

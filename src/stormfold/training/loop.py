@@ -132,14 +132,16 @@ class TrainingRun:
         return (out_dir / CHECKPOINT_DIR / "state.json").is_file() and not is_complete(out_dir)
 
     # ------------------------------------------------------------------ checkpoints
-    def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None
-                ) -> tuple[dict, dict] | None:
+    def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None,
+                fields: dict[str, type] | None = None) -> tuple[dict, dict] | None:
         """On resume, load the checkpoint into ``model`` and ``optimizer`` (and the torch RNG).
 
-        Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ.
+        Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ, and
+        (as damaged) one whose state lacks the trainer's ``fields`` ({key: int (a count),
+        float, list or dict}; see :func:`stormfold.checkpoint.check_fields`).
         Returns (extra tensors, state) or None when not resuming.
         """
-        from stormfold.checkpoint import load_checkpoint, read_state
+        from stormfold.checkpoint import check_fields, load_checkpoint, read_state
 
         self.data = data
         if not self.resume:
@@ -147,6 +149,7 @@ class TrainingRun:
         saved = read_state(self.checkpoint_dir)
         if saved.get("data") != data:
             self._refuse()
+        check_fields(self.checkpoint_dir, saved, fields or {})
         loaded = load_checkpoint(self.checkpoint_dir, model, optimizer)
         if loaded is None:
             raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is incomplete")

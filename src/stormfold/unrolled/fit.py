@@ -29,6 +29,9 @@ LOG_CSV = "training_log.csv"
 LOG_PNG = "training_log.png"
 
 
+#: The checkpoint state a resumed fit needs (see :func:`stormfold.checkpoint.check_fields`).
+RESUME_FIELDS = {"iteration": int, "history": list}
+
 # --------------------------------------------------------------------------- loss & optimiser
 def upper_loss(solver: UnrolledAPG, x: torch.Tensor, target: torch.Tensor,
                loss: LossConfig) -> torch.Tensor:

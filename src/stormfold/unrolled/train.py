@@ -35,8 +35,8 @@ from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check
                                 fine_targets, movie_data, read_config_file, simulated_data,
                                 without)
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
-from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, build_optimizer, default_learn, fit,
-                                    upper_loss, write_log)
+from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
+                                    default_learn, fit, upper_loss, write_log)
 from stormfold.unrolled.solver import UnrolledAPG
 
 __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build_optimizer",
@@ -508,7 +508,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
             raise UserError(f"params.learn: unknown parameter {name!r} "
                             f"(learnable: {', '.join(n for n, _ in solver.named_parameters())})")
     optimizer = build_optimizer(solver, learn, config.optim)
-    restored = run.restore(solver, optimizer)
+    restored = run.restore(solver, optimizer, fields=RESUME_FIELDS)
     history = restored[1].get("history", []) if restored else []
     start = int(restored[1].get("iteration", 0)) if restored else 0
     run.out_dir.mkdir(parents=True, exist_ok=True)
