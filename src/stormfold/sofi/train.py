@@ -29,6 +29,7 @@ from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
+from stormfold.training.guards import diverged
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer, fit,
                                     write_log)
 from stormfold.unrolled.losses import localization_loss
@@ -41,6 +42,12 @@ __all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train
 #: the blur kernels grow with σ, so a wild guess would exhaust the memory).
 MAX_SIGMA_INIT_NM = 10_000.0
 MAX_SIGMA_INIT_PX = 10.0
+#: Smallest initial PSF σ, in camera pixels: below about 0.3 px the pixel-integrated
+#: Gaussian puts nearly all its light in one pixel (a delta), the cumulant carries no PSF
+#: shape, and σ collapses to 0 in training (a model that finds nothing).
+MIN_SIGMA_INIT_PX = 0.3
+#: A learned σ below this many camera pixels has collapsed (the training diverged).
+COLLAPSED_SIGMA_PX = 0.1
 
 
 @dataclass
@@ -202,6 +209,11 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
     """The untrained model: σ at its initial guess, θ initialised, bounds set."""
     s, p = config.solver, config.params
     sigma0_nm = s.sigma_init_nm if s.sigma_init_nm is not None else dataset.sigma_nm
+    if not sigma0_nm >= MIN_SIGMA_INIT_PX * dataset.pixel_size_nm:
+        raise UserError(f"solver.sigma_init_nm (--sigma-init) {sigma0_nm:g} nm is less than "
+                        f"{MIN_SIGMA_INIT_PX:g} camera pixels of {dataset.pixel_size_nm:g} nm "
+                        f"(a PSF that narrow is a delta on the pixel grid): give the PSF σ "
+                        f"(typically 1–2 pixels)")
     if not sigma0_nm <= MAX_SIGMA_INIT_PX * dataset.pixel_size_nm:
         raise UserError(f"solver.sigma_init_nm (--sigma-init) {sigma0_nm:g} nm is more than "
                         f"{MAX_SIGMA_INIT_PX:g} camera pixels of {dataset.pixel_size_nm:g} nm: "
@@ -220,6 +232,20 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
                           p.sigma_bounds[1] * sigma0)
     solver.project_parameters_()
     return SofiModel(solver, dataset.pixel_size_nm, dataset.lag, scale, camera)
+
+
+def check_learned(model: SofiModel, step: int) -> None:
+    """Refuse to write a model whose σ collapsed or whose θ is not finite or has ρ = 0 (no
+    regularisation left): the training diverged (:class:`TrainingDiverged`)."""
+    theta = theta_record(model)
+    sigma_px = model.sigma_nm / model.pixel_size_nm
+    if not all(np.isfinite(v) for v in theta.values()):
+        raise diverged(step, "a parameter is not finite", "outer iteration")
+    if not sigma_px >= COLLAPSED_SIGMA_PX:
+        raise diverged(step, f"σ collapsed to {model.sigma_nm:.3g} nm = {sigma_px:.3g} camera "
+                             f"pixels", "outer iteration")
+    if not float(model.solver.rho.detach().max()) > 0:
+        raise diverged(step, "ρ fell to 0", "outer iteration")
 
 
 def jaccard_scores(reconstructions: np.ndarray, targets: np.ndarray, tau: float,
@@ -439,5 +465,6 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
         },
         "command": command or [], "seed": config.seed, "stormfold_version": __version__,
     }
+    check_learned(model, int(history[-1]["iteration"]) if history else 0)
     save_sofi_model(out_dir, model, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(out_dir)
