@@ -334,7 +334,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     if (movie is None) != (truth is None):
         raise UserError("give both --movie and --truth to train on an existing movie")
     key = without(to_dict(config), "calibration", "schedule.epochs")
-    run = TrainingRun(out_dir, resume, key, "schedule.epochs", command)
+    run = TrainingRun(out_dir, resume, key, "schedule.epochs", command, engine=ENGINE)
     device = torch.device(device) if device is not None else torch.device("cpu")
     arch, sched, pcfg = config.architecture, config.schedule, config.patches
     precision = resolve_precision(sched.precision, device)

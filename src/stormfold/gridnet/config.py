@@ -223,6 +223,8 @@ class GridnetTrainConfig:
     def validate(self) -> None:
         if self.seed < 0:
             raise UserError(f"seed must be ≥ 0, got {self.seed}")
+        if not str(self.init).strip():
+            raise UserError("empty --init (init): give a model folder, builtin:NAME or none")
 
 
 _SECTIONS = ("init", "simulation", "domain", "architecture", "normalization", "schedule", "loss",

@@ -349,7 +349,7 @@ def _train(config: GridnetTrainConfig, out_dir: Path, resume: bool, device: torc
             model = widen(model, config.architecture, config.seed)
     check_training_memory(config)
     run = TrainingRun(out_dir, resume, _config_key(config), "the budget (schedule.steps, "
-                      "schedule.minutes, --minutes, --steps)", command)
+                      "schedule.minutes, --minutes, --steps)", command, engine=ENGINE)
     model = model.to(device).to(memory_format=torch.channels_last)
     sched, vcfg = config.schedule, config.validation
     tr = _Trainer(config, model, run, device)

@@ -27,7 +27,7 @@ from stormfold import __version__
 from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
-from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
+from stormfold.sofi.model import ENGINE, SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
 from stormfold.training.guards import diverged
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer, fit,
@@ -388,7 +388,7 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     config.validate()
     cfg_dict = to_dict(config)
     run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
-                      "optim.outer_iterations", command)
+                      "optim.outer_iterations", command, engine=ENGINE)
     out_dir = run.out_dir
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()

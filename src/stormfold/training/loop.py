@@ -87,10 +87,13 @@ class TrainingRun:
         Those keys, for the error message (e.g. ``"schedule.epochs"``).
     command : list of str, optional
         The command line of this session.
+    engine : str, optional
+        The engine being trained, recorded in the checkpoint: resuming another engine's run
+        is refused with both names.
     """
 
     def __init__(self, out_dir: str | Path, resume: bool, key: dict, may_change: str,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, engine: str | None = None):
         from stormfold.modelfile import META
 
         self.out_dir = Path(out_dir)
@@ -98,6 +101,7 @@ class TrainingRun:
         self.resume = bool(resume)
         self.key = json.loads(json.dumps(key, default=str))  # as it reads back from JSON
         self.may_change = may_change
+        self.engine = engine
         self.commands: list[list[str]] = [list(command)] if command is not None else []
         self.seconds_before = 0.0
         self.data: str | None = None
@@ -113,9 +117,26 @@ class TrainingRun:
         if self.resume:  # fail before any data are simulated
             from stormfold.checkpoint import read_state
 
-            saved = read_state(self.checkpoint_dir).get("config")
-            if saved != self.key:
+            saved = read_state(self.checkpoint_dir)
+            self._check_engine(saved)
+            if saved.get("config") != self.key:
                 self._refuse()
+
+    def _check_engine(self, saved: dict) -> None:
+        """Name both engines when the checkpoint (or the model beside it) is another's."""
+        from stormfold.config import read_yaml_text
+        from stormfold.modelfile import META
+
+        other = saved.get("engine")
+        if other is None and (self.out_dir / META).is_file():
+            try:
+                meta = read_yaml_text(self.out_dir / META)
+            except UserError:  # a damaged model.yaml names no engine
+                meta = None
+            other = meta.get("engine") if isinstance(meta, dict) else None
+        if self.engine is not None and other is not None and other != self.engine:
+            raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is a {other} "
+                            f"training, this is {self.engine}: choose another --out")
 
     def _refuse(self) -> None:
         raise UserError(f"--resume: the configuration or the training data differs from the "
@@ -173,7 +194,7 @@ class TrainingRun:
         from stormfold.checkpoint import save_checkpoint
 
         full = dict(state or {})
-        full.update(config=self.key, data=self.data, seconds=self.seconds,
+        full.update(config=self.key, data=self.data, seconds=self.seconds, engine=self.engine,
                     commands=self.commands, stormfold_version=__version__)
         save_checkpoint(self.checkpoint_dir, model, optimizer, tensors=tensors, state=full)
 

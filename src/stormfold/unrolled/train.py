@@ -37,6 +37,7 @@ from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
                                     default_learn, fit, upper_loss, write_log)
+from stormfold.unrolled.model import ENGINE
 from stormfold.unrolled.solver import UnrolledAPG
 
 __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build_optimizer",
@@ -489,7 +490,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
 
     cfg_dict = to_dict(config)
     run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
-                      "optim.outer_iterations", command)
+                      "optim.outer_iterations", command, engine=ENGINE)
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
     td = build_training_data(config.data, config.seed)
