@@ -30,10 +30,10 @@ from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
 from stormfold.sofi.model import ENGINE, SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
 from stormfold.training.guards import diverged
-from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer, fit,
-                                    write_log)
+from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
+                                    check_fit_memory, fit, write_log)
 from stormfold.unrolled.losses import localization_loss
-from stormfold.unrolled.train import LossConfig, OptimConfig
+from stormfold.unrolled.train import LossConfig, OptimConfig, check_solver_size
 
 __all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train_sofi"]
 
@@ -84,6 +84,7 @@ class SofiSolverConfig:
         if self.upsampling < 1 or self.iterations < 1 or self.checkpoint_segments < 1:
             raise UserError("solver.upsampling, solver.iterations and "
                             "solver.checkpoint_segments must be ≥ 1")
+        check_solver_size(self.upsampling, self.iterations)
         if self.sigma_init_nm is not None and not 0 < self.sigma_init_nm <= MAX_SIGMA_INIT_NM:
             raise UserError(f"solver.sigma_init_nm (--sigma-init) must be a PSF σ in (0, "
                             f"{MAX_SIGMA_INIT_NM:g}] nm, got {self.sigma_init_nm}")
@@ -380,6 +381,17 @@ def train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool = Fals
         torch.set_num_threads(previous)
 
 
+def _data_shape(data: SofiDataConfig, dataset: SofiDataset | None) -> tuple[int, int, int]:
+    """(patterns, rows, cols) of the training cumulants, before they are simulated."""
+    if dataset is not None:
+        return tuple(dataset.cumulants.shape[-3:])
+    from stormfold.simulate import build_config
+
+    sim = build_config(preset=data.preset, overrides=dict(data.simulation),
+                       n_frames=data.n_frames)
+    return data.n_patterns, sim.n_rows, sim.n_cols
+
+
 def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, device: Any,
                 progress: bool, command: list[str] | None,
                 dataset: SofiDataset | None) -> dict[str, Any]:
@@ -392,6 +404,8 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     out_dir = run.out_dir
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
+    check_fit_memory(_data_shape(config.data, dataset), config.solver.upsampling,
+                     config.solver.iterations, config.solver.checkpoint_segments, "train sofi")
     if dataset is None:
         dataset = build_dataset(config.data, config.seed, config.solver.upsampling,
                                 progress=progress)

@@ -31,13 +31,14 @@ import torch
 from stormfold import __version__
 from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
-from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check_lr,
-                                fine_targets, movie_data, read_config_file, simulated_data,
-                                without)
+from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check_at_most,
+                                check_lr, fine_targets, movie_data, read_config_file,
+                                simulated_data, without)
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
-                                    default_learn, fit, upper_loss, write_log)
-from stormfold.unrolled.model import ENGINE
+                                    check_fit_memory, default_learn, fit, upper_loss,
+                                    write_log)
+from stormfold.unrolled.model import ENGINE, MAX_ITERATIONS, MAX_UPSAMPLING
 from stormfold.unrolled.solver import UnrolledAPG
 
 __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build_optimizer",
@@ -46,6 +47,15 @@ __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build
 
 
 # --------------------------------------------------------------------------- configuration
+def check_solver_size(upsampling: int, iterations: int) -> None:
+    """The largest fine grid and unroll depth a model may have (:mod:`.model` refuses to read
+    larger ones, so a longer training could never be used)."""
+    check_at_most(upsampling, MAX_UPSAMPLING, "solver.upsampling",
+                  "a model file allows no finer grid")
+    check_at_most(iterations, MAX_ITERATIONS, "solver.iterations",
+                  "a model file allows no deeper unrolling")
+
+
 @dataclass
 class DataConfig:
     """Training data: a simulation (preset + overrides) or a given movie with its truth.
@@ -122,6 +132,7 @@ class SolverConfig:
             raise UserError(f"solver.upsampling must be ≥ 1, got {self.upsampling}")
         if self.iterations < 1:
             raise UserError(f"solver.iterations must be ≥ 1, got {self.iterations}")
+        check_solver_size(self.upsampling, self.iterations)
         if self.eps < 0:
             raise UserError(f"solver.eps must be ≥ 0, got {self.eps}")
         if self.sigma_nm is not None and self.sigma_nm <= 0:
@@ -500,6 +511,8 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
                              value)
     if config.loss.kind == "reconstruction" and value != "photons":
         raise UserError("the reconstruction loss needs photons in the ground truth")
+    check_fit_memory(td.photons.shape, config.solver.upsampling, config.solver.iterations,
+                     config.solver.checkpoint_segments, "train unrolled")
     solver = build_solver_for(config, td, target_np).to(device)
     y = torch.from_numpy(td.photons).to(device)
     target = torch.from_numpy(target_np).to(device)
