@@ -235,9 +235,10 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
     return SofiModel(solver, dataset.pixel_size_nm, dataset.lag, scale, camera)
 
 
-def check_learned(model: SofiModel, step: int) -> None:
-    """Refuse to write a model whose σ collapsed or whose θ is not finite or has ρ = 0 (no
-    regularisation left): the training diverged (:class:`TrainingDiverged`)."""
+def check_learned(model: SofiModel, step: int, rho_init: float = 1.0) -> None:
+    """Refuse to write a model whose σ collapsed or whose θ is not finite or whose ρ fell to 0
+    from ``rho_init`` > 0 (no regularisation left): the training diverged
+    (:class:`TrainingDiverged`)."""
     theta = theta_record(model)
     sigma_px = model.sigma_nm / model.pixel_size_nm
     if not all(np.isfinite(v) for v in theta.values()):
@@ -245,7 +246,7 @@ def check_learned(model: SofiModel, step: int) -> None:
     if not sigma_px >= COLLAPSED_SIGMA_PX:
         raise diverged(step, f"σ collapsed to {model.sigma_nm:.3g} nm = {sigma_px:.3g} camera "
                              f"pixels", "outer iteration")
-    if not float(model.solver.rho.detach().max()) > 0:
+    if rho_init > 0 and not float(model.solver.rho.detach().max()) > 0:
         raise diverged(step, "ρ fell to 0", "outer iteration")
 
 
@@ -479,6 +480,6 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
         },
         "command": command or [], "seed": config.seed, "stormfold_version": __version__,
     }
-    check_learned(model, int(history[-1]["iteration"]) if history else 0)
+    check_learned(model, int(history[-1]["iteration"]) if history else 0, config.params.rho)
     save_sofi_model(out_dir, model, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(out_dir)
