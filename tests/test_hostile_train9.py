@@ -273,3 +273,20 @@ def test_empty_init_is_named(refused):
 
     with pytest.raises(UserError, match="empty model folder name"):
         resolve_model_dir("")
+
+
+def test_unrolled_and_sofi_resume_check_their_state(tmp_path):
+    from stormfold.training import TrainingRun
+    from stormfold.unrolled.fit import RESUME_FIELDS
+
+    model = torch.nn.Linear(2, 1)
+    run = TrainingRun(tmp_path / "u", False, {"a": 1}, "optim.outer_iterations", engine="unrolled")
+    run.save(model, state={"iteration": "3", "history": []})
+    again = TrainingRun(tmp_path / "u", True, {"a": 1}, "optim.outer_iterations",
+                        engine="unrolled")
+    with pytest.raises(UserError, match=r"damaged checkpoint \(iteration is '3'"):
+        again.restore(model, fields=RESUME_FIELDS)
+    run.save(model, state={"iteration": 3, "history": []})
+    assert again.restore(model, fields=RESUME_FIELDS)[1]["iteration"] == 3
+    with pytest.raises(UserError, match="is an unrolled training, this is sofi"):
+        TrainingRun(tmp_path / "u", True, {"a": 1}, "optim.outer_iterations", engine="sofi")

@@ -135,8 +135,9 @@ class TrainingRun:
                 meta = None
             other = meta.get("engine") if isinstance(meta, dict) else None
         if self.engine is not None and other is not None and other != self.engine:
-            raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is a {other} "
-                            f"training, this is {self.engine}: choose another --out")
+            article = "an" if str(other)[:1] in "aeiou" else "a"
+            raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is {article} "
+                            f"{other} training, this is {self.engine}: choose another --out")
 
     def _refuse(self) -> None:
         raise UserError(f"--resume: the configuration or the training data differs from the "
