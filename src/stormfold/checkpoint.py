@@ -93,6 +93,24 @@ def read_state(folder: str | Path) -> dict:
     return state
 
 
+def check_fields(folder: str | Path, state: dict, fields: dict[str, type]) -> None:
+    """Refuse (as a damaged checkpoint) a state whose ``fields`` are missing or of the wrong
+    type: ``int`` means a count ≥ 0, ``float`` any finite or infinite number, ``list`` and
+    ``dict`` a JSON array or object."""
+    for key, kind in fields.items():
+        value = state.get(key)
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            what = "a count ≥ 0" if kind is int else {float: "a number", list: "a list",
+                                                       dict: "a mapping"}.get(kind, kind.__name__)
+            raise damaged(Path(folder), ValueError(f"{key} is {value!r}, not {what}"))
+
+
 def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
                     optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -42,6 +42,8 @@ def list_builtin() -> list[str]:
 def resolve_model_dir(spec: str | Path) -> Path:
     """Folder of a model given as a path or ``builtin:NAME``; UserError when it is not a model."""
     text = str(spec)
+    if not text.strip():  # Path("") is the current folder: name the real mistake
+        raise UserError("empty model folder name: give a model folder or builtin:NAME")
     if text.startswith(BUILTIN_PREFIX):
         name = text[len(BUILTIN_PREFIX):]
         path = builtin_root() / name

@@ -9,10 +9,10 @@ import numpy as np
 
 from stormfold.config import from_dict, merge, parse_overrides
 from stormfold.deepstorm.engine import UPSAMPLINGS
-from stormfold.deepstorm.model import DEFAULT_CHANNELS
+from stormfold.deepstorm.model import DEFAULT_CHANNELS, MAX_CHANNELS
 from stormfold.errors import UserError
 from stormfold.simulate.config import PROVENANCE_KEYS, SimulationConfig, build_config
-from stormfold.training import read_config_file
+from stormfold.training import check_at_most, check_lr, read_config_file
 
 #: Thresholds (fractions of target_scale) tried by the calibration.
 DEFAULT_THRESHOLDS = tuple(float(v) for v in np.round(np.geomspace(0.001, 1.0, 61), 6))
@@ -45,8 +45,20 @@ class ArchitectureConfig:
                             f"got {self.upsampling}")
         if min(self.channels) < 1:
             raise UserError(f"architecture.channels must be positive, got {list(self.channels)}")
+        check_at_most(max(self.channels), MAX_CHANNELS, "architecture.channels",
+                      "wider layers would not fit in memory")
         if not self.target_scale > 0:
             raise UserError(f"architecture.target_scale must be > 0, got {self.target_scale}")
+
+
+#: Largest number of training patches: 100× the 10,000 of Deep-STORM's recipe; all are kept in
+#: memory and every epoch sees each once, so more make hour-long epochs.
+MAX_PATCHES = 1_000_000
+#: Largest patch side (camera px): the paper's patches are 26 px, about the network's
+#: receptive field; a patch is upsampled L× and (128 · 16)² fine pixels is one large image.
+MAX_PATCH_PX = 128
+#: Largest batch (patches per optimisation step; the paper's is 16).
+MAX_BATCH_SIZE = 1024
 
 
 @dataclass
@@ -63,6 +75,10 @@ class PatchConfig:
             raise UserError(f"patches.n_patches must be ≥ 2, got {self.n_patches}")
         if self.patch_px < 1:
             raise UserError(f"patches.patch_px must be ≥ 1, got {self.patch_px}")
+        check_at_most(self.n_patches, MAX_PATCHES, "patches.n_patches (--patches)",
+                      "every patch is kept in memory and seen in every epoch")
+        check_at_most(self.patch_px, MAX_PATCH_PX, "patches.patch_px",
+                      "the network sees a few tens of pixels; larger patches only cost memory")
         if self.min_emitters < 0:
             raise UserError(f"patches.min_emitters must be ≥ 0, got {self.min_emitters}")
         if not 0 < self.val_fraction < 1:
@@ -98,8 +114,11 @@ class ScheduleConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("schedule.epochs and schedule.batch_size must be ≥ 1")
-        if not self.lr > 0 or not 0 < self.lr_factor < 1 or self.lr_patience < 0 or self.lr_min < 0:
-            raise UserError("schedule: need lr > 0, 0 < lr_factor < 1, lr_patience ≥ 0 and "
+        check_at_most(self.batch_size, MAX_BATCH_SIZE, "schedule.batch_size (--batch-size)",
+                      "the activations of one batch are held for the backward pass")
+        check_lr(self.lr, "schedule.lr (--lr)")
+        if not 0 < self.lr_factor < 1 or self.lr_patience < 0 or self.lr_min < 0:
+            raise UserError("schedule: need 0 < lr_factor < 1, lr_patience ≥ 0 and "
                             "lr_min ≥ 0")
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from stormfold import __version__
+from stormfold.checkpoint import damaged
 from stormfold.config import to_dict
 from stormfold.deepstorm.config import DeepStormTrainConfig, build_train_config
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
@@ -193,6 +194,11 @@ class TrainResult:
     engine: DeepStormEngine
 
 
+#: The checkpoint state a resumed run needs (see :func:`stormfold.checkpoint.check_fields`).
+STATE_FIELDS = {"epoch": int, "history": list, "best_val": float, "best_epoch": float,
+                "scheduler": dict}
+
+
 @dataclass
 class _State:
     """What changes from epoch to epoch (all of it goes into the checkpoint)."""
@@ -218,11 +224,14 @@ class _State:
 
     def restore(self, run: TrainingRun, fingerprint: str, epochs: int, device) -> int:
         """Continue a checkpoint (resume); returns the first epoch to run."""
-        loaded = run.restore(self.model, self.optimizer, data=fingerprint)
+        loaded = run.restore(self.model, self.optimizer, data=fingerprint, fields=STATE_FIELDS)
         if loaded is None:
             return 0
         extra, state = loaded
-        self.scheduler.load_state_dict(state["scheduler"])
+        try:
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise damaged(run.checkpoint_dir, exc) from None
         self.history = state["history"]
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.best_weights = {k[len("best."):]: v.to(device) for k, v in extra.items()
@@ -267,6 +276,29 @@ def _training_patches(config: DeepStormTrainConfig, movie: str | Path | None,
     return data, patches
 
 
+#: Bytes per fine-grid pixel and per channel-at-full-resolution of one training step: the
+#: convolution, batch-norm and ReLU outputs the backward pass keeps and their gradients.
+STEP_BYTES_PER_CHANNEL_PX = 6 * 4.0
+
+
+def check_training_memory(config: DeepStormTrainConfig) -> None:
+    """Refuse, before any data are made, a run whose patches and training step would not
+    fit in memory (the estimate counts each level's channels at its resolution)."""
+    from stormfold.io.readers import check_memory
+
+    arch, pcfg, sched = config.architecture, config.patches, config.schedule
+    c = arch.channels
+    # Encoder and decoder at full, 1/2 and 1/4 resolution, the bottleneck at 1/8.
+    channels = 2 * c[0] + 2 * c[1] / 4 + 2 * c[2] / 16 + c[3] / 64
+    fine_px = float(pcfg.patch_px * arch.upsampling) ** 2
+    step = sched.batch_size * fine_px * channels * STEP_BYTES_PER_CHANNEL_PX
+    stored = float(pcfg.n_patches) * pcfg.patch_px ** 2 * 4.0 * 2
+    check_memory(step + stored,
+                 f"deepstorm training: {pcfg.n_patches} patches of {pcfg.patch_px}² px, "
+                 f"batches of {sched.batch_size} at upsampling {arch.upsampling}, need about",
+                 " (lower the batch size, the patch size or the number of patches)")
+
+
 def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
                     movie: str | Path | None = None, truth: str | Path | None = None,
                     resume: bool = False, device: torch.device | str | None = None,
@@ -302,7 +334,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     if (movie is None) != (truth is None):
         raise UserError("give both --movie and --truth to train on an existing movie")
     key = without(to_dict(config), "calibration", "schedule.epochs")
-    run = TrainingRun(out_dir, resume, key, "schedule.epochs", command)
+    run = TrainingRun(out_dir, resume, key, "schedule.epochs", command, engine=ENGINE)
     device = torch.device(device) if device is not None else torch.device("cpu")
     arch, sched, pcfg = config.architecture, config.schedule, config.patches
     precision = resolve_precision(sched.precision, device)
@@ -310,6 +342,7 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
     if (pcfg.patch_px * L) % 8:
         raise UserError(f"patches.patch_px × upsampling ({pcfg.patch_px}×{L}) must be a "
                         f"multiple of 8")
+    check_training_memory(config)
     t_start = time.perf_counter()
 
     data, patches = _training_patches(config, movie, truth, movie_options)
@@ -357,7 +390,8 @@ def train_deepstorm(config: DeepStormTrainConfig, out_dir: str | Path,
 
     run.start_clock()
     try:
-        run_loop(epoch_step, first_epoch, Budget(steps=sched.epochs), run, after=checkpoint)
+        run_loop(epoch_step, first_epoch, Budget(steps=sched.epochs), run, after=checkpoint,
+                 model=st.model, unit="epoch")
     finally:
         bar.close()
     train_seconds = run.seconds

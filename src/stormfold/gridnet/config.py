@@ -22,8 +22,22 @@ from stormfold.gridnet.sampler import DomainConfig, domain_around
 from stormfold.localize.refine import RefineOptions
 from stormfold.simulate.config import (PROVENANCE_KEYS, SimulationConfig, build_config,
                                        read_training_yaml)
+from stormfold.training.guards import check_at_most, check_lr
 
 GENERALIST = "builtin:gridnet-generalist"
+#: Largest training frame side (px). The network sees a few tens of pixels around each
+#: pixel, so larger frames add no context, only fewer steps per minute (more samples per
+#: step come from batch_size); 100,000 px frames took 23.5 GB before the kernel killed them.
+MAX_FRAME_PX = 256
+#: Largest validation frame side (px): as above, and every held-back frame is kept in memory.
+MAX_VALIDATION_FRAME_PX = 512
+#: Largest batch: samples are simulated one by one (ms each) and the time budget is checked
+#: between steps, so one step of 10⁸ samples ran for hours past --minutes.
+MAX_BATCH_SIZE = 1024
+#: Largest number of held-back samples per activation model (validation and calibration):
+#: they are simulated before training starts and kept in memory, and more than a few
+#: thousand change the Jaccard only in its third decimal.
+MAX_HELD_BACK = 5000
 DEFAULT_THRESHOLDS = tuple(round(float(v), 4) for v in np.arange(0.05, 0.96, 0.025))
 
 
@@ -79,8 +93,11 @@ class ScheduleConfig:
             raise UserError(f"schedule.batch_size must be ≥ 1, got {self.batch_size}")
         if self.frame_px < 8 or self.frame_px % 4:
             raise UserError(f"schedule.frame_px must be a multiple of 4, ≥ 8, got {self.frame_px}")
-        if self.lr is not None and not self.lr > 0:
-            raise UserError(f"schedule.lr must be > 0, got {self.lr}")
+        check_at_most(self.batch_size, MAX_BATCH_SIZE, "schedule.batch_size",
+                      "samples are simulated one by one and --minutes is checked between steps")
+        check_at_most(self.frame_px, MAX_FRAME_PX, "schedule.frame_px",
+                      "larger frames add no context; raise schedule.batch_size instead")
+        check_lr(self.lr, "schedule.lr")
         if not (0 <= self.warmup_fraction < 1 and 0 < self.final_lr_fraction <= 1):
             raise UserError("schedule: need 0 ≤ warmup_fraction < 1 and 0 < final_lr_fraction ≤ 1")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -157,6 +174,11 @@ class ValidationConfig:
             raise UserError("validation: n_samples and calibration_samples must be ≥ 1")
         if self.frame_px < 8 or self.frame_px % 4:
             raise UserError(f"validation.frame_px must be a multiple of 4, ≥ 8, got {self.frame_px}")
+        check_at_most(self.frame_px, MAX_VALIDATION_FRAME_PX, "validation.frame_px",
+                      "held-back frames are kept in memory")
+        for name in ("n_samples", "calibration_samples"):
+            check_at_most(getattr(self, name), MAX_HELD_BACK, f"validation.{name}",
+                          "held-back samples are simulated up front and kept in memory")
         if not self.tolerance_nm > 0:
             raise UserError(f"validation.tolerance_nm must be > 0, got {self.tolerance_nm}")
         if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
@@ -201,6 +223,8 @@ class GridnetTrainConfig:
     def validate(self) -> None:
         if self.seed < 0:
             raise UserError(f"seed must be ≥ 0, got {self.seed}")
+        if not str(self.init).strip():
+            raise UserError("empty --init (init): give a model folder, builtin:NAME or none")
 
 
 _SECTIONS = ("init", "simulation", "domain", "architecture", "normalization", "schedule", "loss",

@@ -29,8 +29,12 @@ import pandas as pd
 from stormfold.errors import UserError
 from stormfold.sofi.statistics import CumulantAccumulator, check_order_lag
 from stormfold.sofi.theory import noise_offset
+from stormfold.training.guards import check_at_most
 
 PATTERNS = ("superposed", "filaments")
+#: Largest number of training patterns (50× the default): each is a simulated movie reduced
+#: to its cumulant, and every outer iteration unrolls the solver on all of them.
+MAX_PATTERNS = 1000
 
 
 @dataclass
@@ -76,6 +80,8 @@ class SofiDataConfig:
         check_order_lag(2, self.lag)
         if self.n_patterns < 1:
             raise UserError(f"data.n_patterns must be ≥ 1, got {self.n_patterns}")
+        check_at_most(self.n_patterns, MAX_PATTERNS, "data.n_patterns (--patterns)",
+                      "each pattern is a simulated movie, all are fitted at every iteration")
         if self.n_frames is not None and self.n_frames < 2:
             raise UserError(f"data.n_frames must be ≥ 2, got {self.n_frames}")
         if self.base_filaments < 1 or self.copies < 1:

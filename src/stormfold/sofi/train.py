@@ -27,11 +27,13 @@ from stormfold import __version__
 from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.data import SofiDataConfig, SofiDataset, build_dataset
-from stormfold.sofi.model import SofiModel, build_sofi_solver, save_sofi_model
+from stormfold.sofi.model import ENGINE, SofiModel, build_sofi_solver, save_sofi_model
 from stormfold.training import CHECKPOINT_DIR, TrainingRun, read_config_file, without
-from stormfold.unrolled.fit import LOG_CSV, LOG_PNG, build_optimizer, fit, write_log
+from stormfold.training.guards import diverged
+from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
+                                    check_fit_memory, fit, write_log)
 from stormfold.unrolled.losses import localization_loss
-from stormfold.unrolled.train import LossConfig, OptimConfig
+from stormfold.unrolled.train import LossConfig, OptimConfig, check_solver_size
 
 __all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train_sofi"]
 
@@ -40,6 +42,12 @@ __all__ = ["CHECKPOINT_DIR", "SofiTrainConfig", "load_sofi_train_config", "train
 #: the blur kernels grow with σ, so a wild guess would exhaust the memory).
 MAX_SIGMA_INIT_NM = 10_000.0
 MAX_SIGMA_INIT_PX = 10.0
+#: Smallest initial PSF σ, in camera pixels: below about 0.3 px the pixel-integrated
+#: Gaussian puts nearly all its light in one pixel (a delta), the cumulant carries no PSF
+#: shape, and σ collapses to 0 in training (a model that finds nothing).
+MIN_SIGMA_INIT_PX = 0.3
+#: A learned σ below this many camera pixels has collapsed (the training diverged).
+COLLAPSED_SIGMA_PX = 0.1
 
 
 @dataclass
@@ -76,6 +84,7 @@ class SofiSolverConfig:
         if self.upsampling < 1 or self.iterations < 1 or self.checkpoint_segments < 1:
             raise UserError("solver.upsampling, solver.iterations and "
                             "solver.checkpoint_segments must be ≥ 1")
+        check_solver_size(self.upsampling, self.iterations)
         if self.sigma_init_nm is not None and not 0 < self.sigma_init_nm <= MAX_SIGMA_INIT_NM:
             raise UserError(f"solver.sigma_init_nm (--sigma-init) must be a PSF σ in (0, "
                             f"{MAX_SIGMA_INIT_NM:g}] nm, got {self.sigma_init_nm}")
@@ -201,6 +210,11 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
     """The untrained model: σ at its initial guess, θ initialised, bounds set."""
     s, p = config.solver, config.params
     sigma0_nm = s.sigma_init_nm if s.sigma_init_nm is not None else dataset.sigma_nm
+    if not sigma0_nm >= MIN_SIGMA_INIT_PX * dataset.pixel_size_nm:
+        raise UserError(f"solver.sigma_init_nm (--sigma-init) {sigma0_nm:g} nm is less than "
+                        f"{MIN_SIGMA_INIT_PX:g} camera pixels of {dataset.pixel_size_nm:g} nm "
+                        f"(a PSF that narrow is a delta on the pixel grid): give the PSF σ "
+                        f"(typically 1–2 pixels)")
     if not sigma0_nm <= MAX_SIGMA_INIT_PX * dataset.pixel_size_nm:
         raise UserError(f"solver.sigma_init_nm (--sigma-init) {sigma0_nm:g} nm is more than "
                         f"{MAX_SIGMA_INIT_PX:g} camera pixels of {dataset.pixel_size_nm:g} nm: "
@@ -219,6 +233,21 @@ def build_model_for(config: SofiTrainConfig, dataset: SofiDataset, scale: float,
                           p.sigma_bounds[1] * sigma0)
     solver.project_parameters_()
     return SofiModel(solver, dataset.pixel_size_nm, dataset.lag, scale, camera)
+
+
+def check_learned(model: SofiModel, step: int, rho_init: float = 1.0) -> None:
+    """Refuse to write a model whose σ collapsed or whose θ is not finite or whose ρ fell to 0
+    from ``rho_init`` > 0 (no regularisation left): the training diverged
+    (:class:`TrainingDiverged`)."""
+    theta = theta_record(model)
+    sigma_px = model.sigma_nm / model.pixel_size_nm
+    if not all(np.isfinite(v) for v in theta.values()):
+        raise diverged(step, "a parameter is not finite", "outer iteration")
+    if not sigma_px >= COLLAPSED_SIGMA_PX:
+        raise diverged(step, f"σ collapsed to {model.sigma_nm:.3g} nm = {sigma_px:.3g} camera "
+                             f"pixels", "outer iteration")
+    if rho_init > 0 and not float(model.solver.rho.detach().max()) > 0:
+        raise diverged(step, "ρ fell to 0", "outer iteration")
 
 
 def jaccard_scores(reconstructions: np.ndarray, targets: np.ndarray, tau: float,
@@ -353,6 +382,17 @@ def train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool = Fals
         torch.set_num_threads(previous)
 
 
+def _data_shape(data: SofiDataConfig, dataset: SofiDataset | None) -> tuple[int, int, int]:
+    """(patterns, rows, cols) of the training cumulants, before they are simulated."""
+    if dataset is not None:
+        return tuple(dataset.cumulants.shape[-3:])
+    from stormfold.simulate import build_config
+
+    sim = build_config(preset=data.preset, overrides=dict(data.simulation),
+                       n_frames=data.n_frames)
+    return data.n_patterns, sim.n_rows, sim.n_cols
+
+
 def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, device: Any,
                 progress: bool, command: list[str] | None,
                 dataset: SofiDataset | None) -> dict[str, Any]:
@@ -361,10 +401,12 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     config.validate()
     cfg_dict = to_dict(config)
     run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
-                      "optim.outer_iterations", command)
+                      "optim.outer_iterations", command, engine=ENGINE)
     out_dir = run.out_dir
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
+    check_fit_memory(_data_shape(config.data, dataset), config.solver.upsampling,
+                     config.solver.iterations, config.solver.checkpoint_segments, "train sofi")
     if dataset is None:
         dataset = build_dataset(config.data, config.seed, config.solver.upsampling,
                                 progress=progress)
@@ -377,7 +419,7 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
     y, b, target = dataset_tensors(dataset, scale, device)
     learn = ["rho", "alpha"] + (["operator.sigma_fine_px"] if config.solver.learn_sigma else [])
     optimizer = build_optimizer(solver, learn, config.optim)
-    restored = run.restore(solver, optimizer)
+    restored = run.restore(solver, optimizer, fields=RESUME_FIELDS)
     history: list[dict] = restored[1].get("history", []) if restored else []
     start = int(restored[1].get("iteration", 0)) if restored else 0
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,5 +480,6 @@ def _train_sofi(config: SofiTrainConfig, out_dir: str | Path, resume: bool, devi
         },
         "command": command or [], "seed": config.seed, "stormfold_version": __version__,
     }
+    check_learned(model, int(history[-1]["iteration"]) if history else 0, config.params.rho)
     save_sofi_model(out_dir, model, extra, (LOG_CSV, LOG_PNG))
     return read_model_meta(out_dir)

@@ -23,10 +23,13 @@ so a new engine plugs in without touching the pipeline; see docs/architecture.md
 from stormfold.training.calibrate import Calibration, calibrate_threshold
 from stormfold.training.data import (Sampler, TrainingData, movie_data, read_config_file,
                                     simulated_data)
+from stormfold.training.guards import (MAX_LR, TrainingDiverged, check_at_most, check_finite,
+                                      check_lr)
 from stormfold.training.loop import CHECKPOINT_DIR, Budget, TrainingRun, run_loop, without
 from stormfold.training.output import write_history
 from stormfold.training.targets import fine_grid_sum, fine_targets
 
-__all__ = ["Budget", "CHECKPOINT_DIR", "Calibration", "Sampler", "TrainingData", "TrainingRun",
+__all__ = ["Budget", "CHECKPOINT_DIR", "Calibration", "MAX_LR", "TrainingDiverged",
+           "check_at_most", "check_finite", "check_lr", "Sampler", "TrainingData", "TrainingRun",
            "calibrate_threshold", "fine_grid_sum", "fine_targets", "movie_data",
            "read_config_file", "run_loop", "simulated_data", "without", "write_history"]

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from stormfold import __version__
 from stormfold.errors import UserError
+from stormfold.training.guards import check_finite
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -86,10 +87,13 @@ class TrainingRun:
         Those keys, for the error message (e.g. ``"schedule.epochs"``).
     command : list of str, optional
         The command line of this session.
+    engine : str, optional
+        The engine being trained, recorded in the checkpoint: resuming another engine's run
+        is refused with both names.
     """
 
     def __init__(self, out_dir: str | Path, resume: bool, key: dict, may_change: str,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, engine: str | None = None):
         from stormfold.modelfile import META
 
         self.out_dir = Path(out_dir)
@@ -97,6 +101,7 @@ class TrainingRun:
         self.resume = bool(resume)
         self.key = json.loads(json.dumps(key, default=str))  # as it reads back from JSON
         self.may_change = may_change
+        self.engine = engine
         self.commands: list[list[str]] = [list(command)] if command is not None else []
         self.seconds_before = 0.0
         self.data: str | None = None
@@ -112,9 +117,27 @@ class TrainingRun:
         if self.resume:  # fail before any data are simulated
             from stormfold.checkpoint import read_state
 
-            saved = read_state(self.checkpoint_dir).get("config")
-            if saved != self.key:
+            saved = read_state(self.checkpoint_dir)
+            self._check_engine(saved)
+            if saved.get("config") != self.key:
                 self._refuse()
+
+    def _check_engine(self, saved: dict) -> None:
+        """Name both engines when the checkpoint (or the model beside it) is another's."""
+        from stormfold.config import read_yaml_text
+        from stormfold.modelfile import META
+
+        other = saved.get("engine")
+        if other is None and (self.out_dir / META).is_file():
+            try:
+                meta = read_yaml_text(self.out_dir / META)
+            except UserError:  # a damaged model.yaml names no engine
+                meta = None
+            other = meta.get("engine") if isinstance(meta, dict) else None
+        if self.engine is not None and other is not None and other != self.engine:
+            article = "an" if str(other)[:1] in "aeiou" else "a"
+            raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is {article} "
+                            f"{other} training, this is {self.engine}: choose another --out")
 
     def _refuse(self) -> None:
         raise UserError(f"--resume: the configuration or the training data differs from the "
@@ -131,14 +154,16 @@ class TrainingRun:
         return (out_dir / CHECKPOINT_DIR / "state.json").is_file() and not is_complete(out_dir)
 
     # ------------------------------------------------------------------ checkpoints
-    def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None
-                ) -> tuple[dict, dict] | None:
+    def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None,
+                fields: dict[str, type] | None = None) -> tuple[dict, dict] | None:
         """On resume, load the checkpoint into ``model`` and ``optimizer`` (and the torch RNG).
 
-        Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ.
+        Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ, and
+        (as damaged) one whose state lacks the trainer's ``fields`` ({key: int (a count),
+        float, list or dict}; see :func:`stormfold.checkpoint.check_fields`).
         Returns (extra tensors, state) or None when not resuming.
         """
-        from stormfold.checkpoint import load_checkpoint, read_state
+        from stormfold.checkpoint import check_fields, load_checkpoint, read_state
 
         self.data = data
         if not self.resume:
@@ -146,6 +171,7 @@ class TrainingRun:
         saved = read_state(self.checkpoint_dir)
         if saved.get("data") != data:
             self._refuse()
+        check_fields(self.checkpoint_dir, saved, fields or {})
         loaded = load_checkpoint(self.checkpoint_dir, model, optimizer)
         if loaded is None:
             raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is incomplete")
@@ -169,7 +195,7 @@ class TrainingRun:
         from stormfold.checkpoint import save_checkpoint
 
         full = dict(state or {})
-        full.update(config=self.key, data=self.data, seconds=self.seconds,
+        full.update(config=self.key, data=self.data, seconds=self.seconds, engine=self.engine,
                     commands=self.commands, stormfold_version=__version__)
         save_checkpoint(self.checkpoint_dir, model, optimizer, tensors=tensors, state=full)
 
@@ -177,8 +203,14 @@ class TrainingRun:
 def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
              run: TrainingRun | None = None,
              after: Callable[[int, dict], None] | None = None,
-             converged: Callable[[dict], bool] | None = None) -> int:
+             converged: Callable[[dict], bool] | None = None, model: Any = None,
+             unit: str = "step") -> int:
     """Run ``step(i)`` for i = first, first + 1, … until ``budget`` is spent.
+
+    After every step, before ``after`` (which checkpoints), a NaN or infinite ``loss`` or
+    ``val_loss`` in the record or parameter of ``model`` stops the run with
+    :class:`~stormfold.training.guards.TrainingDiverged` (a UserError): a diverged network
+    is neither checkpointed nor written as a model.
 
     Parameters
     ----------
@@ -194,6 +226,10 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
         Called after every step (checkpoints, logs, progress).
     converged : callable(record) -> bool, optional
         Stop early when it returns True.
+    model : torch.nn.Module, optional
+        Its parameters are checked for NaN/Inf after every step.
+    unit : str
+        What a step is called in the divergence message ("step", "epoch", …).
 
     Returns
     -------
@@ -205,6 +241,7 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
     while not budget.spent(i, run.seconds if run is not None else time.perf_counter() - t0):
         record = step(i)
         i += 1
+        check_finite(i, record, model, unit)
         if after is not None:
             after(i, record)
         if converged is not None and converged(record):

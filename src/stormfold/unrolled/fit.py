@@ -9,6 +9,8 @@ and the experiments; the configurations it reads (:class:`~stormfold.unrolled.tr
 """
 from __future__ import annotations
 
+import math
+
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -28,6 +30,28 @@ if TYPE_CHECKING:
 LOG_CSV = "training_log.csv"
 LOG_PNG = "training_log.png"
 
+
+#: The checkpoint state a resumed fit needs (see :func:`stormfold.checkpoint.check_fields`).
+RESUME_FIELDS = {"iteration": int, "history": list}
+#: Fine-grid images per frame and per unrolled iteration that the backward pass keeps
+#: (iterate, momentum, gradient and projection), float32.
+IMAGES_PER_ITERATION = 4
+
+
+def check_fit_memory(data_shape: tuple[int, ...], upsampling: int, iterations: int,
+                     segments: int, what: str) -> None:
+    """Refuse, before fitting, a full-batch fit whose backward pass would not fit in memory:
+    every frame of ``data_shape`` (frames, rows, cols) unrolled over ``iterations`` on the
+    ``upsampling``× finer grid, of which ``segments`` > 1 keeps only the segment ends and
+    one segment at a time."""
+    from stormfold.io.readers import check_memory
+
+    n, rows, cols = (int(v) for v in data_shape[-3:])
+    kept = iterations if segments <= 1 else segments + math.ceil(iterations / segments)
+    need = float(n) * rows * cols * upsampling ** 2 * 4.0 * IMAGES_PER_ITERATION * kept
+    check_memory(need, f"{what}: {n} images of {cols} x {rows} px at upsampling {upsampling} "
+                       f"unrolled over {iterations} iterations need about",
+                 " (use fewer frames or iterations, or more solver.checkpoint_segments)")
 
 # --------------------------------------------------------------------------- loss & optimiser
 def upper_loss(solver: UnrolledAPG, x: torch.Tensor, target: torch.Tensor,
@@ -138,7 +162,8 @@ def fit(solver: UnrolledAPG, y: torch.Tensor, target: torch.Tensor, loss: LossCo
 
     try:
         run_loop(outer_iteration, start_iteration, Budget(steps=optim.outer_iterations),
-                 after=after, converged=lambda record: getattr(optimizer, "converged", False))
+                 after=after, converged=lambda record: getattr(optimizer, "converged", False),
+                 model=solver, unit="outer iteration")
     finally:
         bar.close()
     return history, optimizer

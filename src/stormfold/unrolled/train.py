@@ -31,11 +31,14 @@ import torch
 from stormfold import __version__
 from stormfold.config import Bounds, from_dict, to_dict
 from stormfold.errors import UserError
-from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, fine_targets,
-                                movie_data, read_config_file, simulated_data, without)
+from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check_at_most,
+                                check_lr, fine_targets, movie_data, read_config_file,
+                                simulated_data, without)
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
-from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, build_optimizer, default_learn, fit,
-                                    upper_loss, write_log)
+from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
+                                    check_fit_memory, default_learn, fit, upper_loss,
+                                    write_log)
+from stormfold.unrolled.model import ENGINE, MAX_ITERATIONS, MAX_UPSAMPLING
 from stormfold.unrolled.solver import UnrolledAPG
 
 __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build_optimizer",
@@ -44,6 +47,15 @@ __all__ = ["CHECKPOINT_DIR", "LOG_CSV", "LOG_PNG", "UnrolledTrainConfig", "build
 
 
 # --------------------------------------------------------------------------- configuration
+def check_solver_size(upsampling: int, iterations: int) -> None:
+    """The largest fine grid and unroll depth a model may have (:mod:`.model` refuses to read
+    larger ones, so a longer training could never be used)."""
+    check_at_most(upsampling, MAX_UPSAMPLING, "solver.upsampling",
+                  "a model file allows no finer grid")
+    check_at_most(iterations, MAX_ITERATIONS, "solver.iterations",
+                  "a model file allows no deeper unrolling")
+
+
 @dataclass
 class DataConfig:
     """Training data: a simulation (preset + overrides) or a given movie with its truth.
@@ -120,6 +132,7 @@ class SolverConfig:
             raise UserError(f"solver.upsampling must be ≥ 1, got {self.upsampling}")
         if self.iterations < 1:
             raise UserError(f"solver.iterations must be ≥ 1, got {self.iterations}")
+        check_solver_size(self.upsampling, self.iterations)
         if self.eps < 0:
             raise UserError(f"solver.eps must be ≥ 0, got {self.eps}")
         if self.sigma_nm is not None and self.sigma_nm <= 0:
@@ -239,6 +252,7 @@ class OptimConfig:
             raise UserError("optim.checkpoint_every must be ≥ 1")
         if self.max_backtracks < 1:
             raise UserError("optim.max_backtracks must be ≥ 1")
+        check_lr(self.adam_lr, "optim.adam_lr")
 
 
 @dataclass
@@ -487,7 +501,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
 
     cfg_dict = to_dict(config)
     run = TrainingRun(out_dir, resume, without(cfg_dict, "optim.outer_iterations"),
-                      "optim.outer_iterations", command)
+                      "optim.outer_iterations", command, engine=ENGINE)
     wall_start = time.perf_counter()
     torch.manual_seed(config.seed)
     td = build_training_data(config.data, config.seed)
@@ -497,6 +511,8 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
                              value)
     if config.loss.kind == "reconstruction" and value != "photons":
         raise UserError("the reconstruction loss needs photons in the ground truth")
+    check_fit_memory(td.photons.shape, config.solver.upsampling, config.solver.iterations,
+                     config.solver.checkpoint_segments, "train unrolled")
     solver = build_solver_for(config, td, target_np).to(device)
     y = torch.from_numpy(td.photons).to(device)
     target = torch.from_numpy(target_np).to(device)
@@ -506,7 +522,7 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
             raise UserError(f"params.learn: unknown parameter {name!r} "
                             f"(learnable: {', '.join(n for n, _ in solver.named_parameters())})")
     optimizer = build_optimizer(solver, learn, config.optim)
-    restored = run.restore(solver, optimizer)
+    restored = run.restore(solver, optimizer, fields=RESUME_FIELDS)
     history = restored[1].get("history", []) if restored else []
     start = int(restored[1].get("iteration", 0)) if restored else 0
     run.out_dir.mkdir(parents=True, exist_ok=True)
