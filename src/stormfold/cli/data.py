@@ -188,8 +188,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="localization table (.csv ThunderSTORM or .hdf5/.h5 Picasso)")
     p.add_argument("output", type=output_path, metavar="OUT",
                    help="output table; the format follows the extension")
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm (needed for Picasso output unless a "
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm, 10–2000 (needed for Picasso output unless a "
                         "simulation.yaml/run.yaml next to the CSV gives it; overrides a "
                         "Picasso input's YAML)")
     p.add_argument("--width", type=positive_int, default=None, metavar="PX",

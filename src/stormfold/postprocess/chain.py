@@ -108,7 +108,8 @@ def _drift(table: pd.DataFrame, p: DriftParams, ctx: Context) -> StepOutput:
                        title=f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm{verdict}")
     summary = (f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm, range "
                f"{s['drift_range_x_nm']:.1f} × {s['drift_range_y_nm']:.1f} nm")
-    if reliability is not None:
+    # An applied fiducial estimate keeps its RMS and range; RCC states its verdict always.
+    if reliability is not None and (p.method == "rcc" or not reliability.applied):
         summary = f"drift ({p.method}): {reliability.summary()}"
     # drift.csv is what was subtracted: zeros when the estimate was not applied.
     return StepOutput("drift", corrected, s,
