@@ -72,10 +72,10 @@ def joint_crlb(truth: pd.DataFrame, shape_px: tuple[int, int], pixel_size_nm: fl
     if missing:
         from stormfold.io.thunderstorm import CANONICAL
 
-        # Named as the truth file's header says it (sigma [nm]), not the table column.
+        # Named as the truth file's header says it (sigma [nm]), then as the table column.
         header = {column: name for name, column in CANONICAL}
-        raise UserError(f"the bound needs ground-truth column(s) "
-                        f"{', '.join(header.get(c, c) for c in missing)}")
+        names = [c if header.get(c, c) == c else f"{header[c]} ({c})" for c in missing]
+        raise UserError(f"the bound needs ground-truth column(s) {', '.join(names)}")
     rows, cols = (int(v) for v in shape_px)
     if rows <= 0 or cols <= 0 or not pixel_size_nm > 0 or window_px < 1:
         raise UserError("the bound needs a positive frame shape, pixel size and window")
