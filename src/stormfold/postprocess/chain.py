@@ -366,6 +366,10 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
 
     if geometry is not None:
         fov_nm = geometry.fov_nm
+    if pixel_size_nm is not None:
+        from stormfold.io.metadata import check_camera_pixel_size
+
+        check_camera_pixel_size(pixel_size_nm, "run_chain: pixel_size_nm")
 
     names, params = check_chain(config, steps)
     ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))
