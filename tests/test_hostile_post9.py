@@ -267,3 +267,122 @@ def test_bound_names_the_truth_header(refused, folder):
     table.to_csv(folder / "truth.csv", index=False)
     line = refused("evaluate", "--truth", "truth.csv", "--locs", "truth.csv", "--bound")
     assert "sigma [nm]" in line
+
+
+# ---------------------------------------------------------------- 6. smaller items
+def test_render_of_an_empty_table_warns_and_writes(run_cli, folder):
+    _csv(folder / "empty.csv", _random_table(0, 1))
+    with pytest.warns(UserWarning, match="holds no localization"):
+        code, _, err = run_cli("render", "empty.csv", "--out", "r.tif", "--pixel-size", "100")
+    assert code == 0, err
+    assert (folder / "r.tif").is_file()
+
+
+def _movie(path: Path, frames: int) -> Path:
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(path, rng.poisson(100, (frames, 16, 16)).astype(np.uint16))
+    return path
+
+
+def test_sofi_on_few_frames_warns(run_cli, folder):
+    _movie(folder / "m.tif", 30)
+    with pytest.warns(UserWarning, match="SOFI from 30 frames: a cumulant needs at least 100"):
+        code, _, err = run_cli("sofi", "m.tif", "--out", "s", "--pixel-size", "100")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("value", ["1e38", "inf", "-1"])
+def test_sofi_threshold_bounded(refused, folder, value):
+    _movie(folder / "m.tif", 30)
+    line = refused("sofi", "m.tif", "--out", "s", "--pixel-size", "100", "--model", "nowhere",
+                   "--threshold", value)
+    assert "--threshold must be a number in [0, 1e+06]" in line
+
+
+def test_cluster_out_of_memory_hint_names_eps_and_the_table(capsys):
+    from stormfold.cli import _options, _out_of_memory, build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["cluster", "t.csv", "--out", "c.csv", "--eps-nm", "1e9",
+                              "--min-samples", "3"])
+    assert _out_of_memory("stormfold cluster", _options(parser, args)) == 2
+    line = capsys.readouterr().err
+    assert "--eps-nm" in line and "a smaller table" in line and "movie" not in line
+
+
+def _run_yaml(folder: Path, **extra) -> None:
+    _movie(folder / "m.tif", 16)
+    (folder / "r.yaml").write_text(yaml.safe_dump(
+        {"movie": "m.tif", "pixel_size_nm": 100, "output": "out", "report": False,
+         "postprocess": {}, **extra}))
+
+
+def test_run_records_the_chunk_size_that_ran(run_cli, folder):
+    _run_yaml(folder, chunk_frames=4, engine={"engine": "classic", "batch_frames": 8})
+    code, _, err = run_cli("run", "r.yaml", "--quiet")
+    assert code == 0, err
+    record = yaml.safe_load((folder / "out" / "run.yaml").read_text())
+    assert record["config"]["chunk_frames"] == 4  # as given
+    assert record["chunks"] == {"frames_per_chunk": 8, "count": 2, "batch_frames": 8}
+
+
+@pytest.mark.parametrize("sums, partial", [(64, True), (90, False)])
+def test_run_resume_refuses_an_inconsistent_state(refused, folder, sums, partial):
+    import json
+
+    from stormfold.pipeline.config import load_run_config
+    from stormfold.pipeline.state import config_fingerprint
+
+    _run_yaml(folder, engine={"engine": "classic"})
+    state = folder / "out" / ".stormfold-run"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text(json.dumps(
+        {"fingerprint": config_fingerprint(load_run_config(folder / "r.yaml")),
+         "chunks_done": 90, "csv_bytes": 10, "n_locs": 0, "engine_s": 0}))
+    np.savez(state / f"sums.{sums}.npz", superres=np.zeros(1), widefield=np.zeros(1))
+    if partial:
+        (state / "localizations.partial.csv").write_text("frame\n")
+    line = refused("run", "r.yaml", "--resume")
+    assert "damaged or inconsistent" in line and "without --resume" in line
+
+
+def test_drift_api_parameters_checked():
+    from stormfold.postprocess import run_chain
+    from stormfold.postprocess.drift import estimate_drift_rcc
+
+    table = _random_table(2000, 100)
+    for kwargs, match in (({"field_nm": 0}, "field_nm"), ({"blur_nm": 0}, "blur_nm"),
+                          ({"max_shift_nm": float("nan")}, "max_shift_nm"),
+                          ({"max_drift_fraction": -1}, "max_drift_fraction")):
+        with pytest.raises(UserError, match=match):
+            estimate_drift_rcc(table, **kwargs)
+    for px in (float("nan"), -5.0, 0.1):
+        with pytest.raises(UserError, match="pixel_size_nm"):
+            run_chain(table, steps=[], pixel_size_nm=px)
+    assert run_chain(table, steps=[], pixel_size_nm=100.0) is not None
+
+
+def test_napari_writer_error_names_the_users_path(tmp_path):
+    pytest.importorskip("napari")
+    from stormfold.napari._io import write_points
+
+    (tmp_path / "a_file").write_text("")
+    target = tmp_path / "a_file" / "nap.csv"  # a folder that cannot be
+    with pytest.raises(UserError) as info:
+        write_points(str(target), np.array([[0, 100.0, 200.0]]), {"features": None, "metadata": {}})
+    message = str(info.value)
+    assert str(target) in message and ".tmp" not in message and "\n" not in message
+
+
+def test_napari_pixel_size_that_is_not_a_number_reads_as_unknown(qapp):
+    pytest.importorskip("magicgui")
+    from stormfold.napari._base import PixelSizeBox
+
+    box = PixelSizeBox(value=0.0, min=0.0, max=1e5)
+    for value in (float("nan"), float("inf")):
+        box.value = value
+        assert box.value == 0.0
+    box.value = 160.0
+    assert box.value == 160.0

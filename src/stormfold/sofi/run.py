@@ -106,6 +106,9 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
 
     if int(batch_frames) < 1:
         raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
+    if threshold is not None and not (np.isfinite(threshold) and 0 <= threshold <= MAX_THRESHOLD):
+        raise UserError(f"--threshold must be a number in [0, {MAX_THRESHOLD:g}] (units of the "
+                        f"model's variance scale), got {threshold}")
     model_spec = None
     if model is not None and not isinstance(model, SofiModel):
         model_spec = str(model)
@@ -116,9 +119,6 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     if model is not None and lag != model.lag:
         raise UserError(f"the model was trained on lag-{model.lag} cumulants: use --lag "
                         f"{model.lag} (or omit --lag)")
-    if threshold is not None and not (np.isfinite(threshold) and 0 <= threshold <= MAX_THRESHOLD):
-        raise UserError(f"--threshold must be a number in [0, {MAX_THRESHOLD:g}] (units of the "
-                        f"model's variance scale), got {threshold}")
     if threshold is not None and model is None:
         warnings.warn("--threshold is ignored without --model (it binarises the "
                       "reconstruction)", UserWarning, stacklevel=2)
