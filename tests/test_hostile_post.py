@@ -327,16 +327,17 @@ def test_a_terminal_that_cannot_show_a_character_does_not_fail_the_command(folde
 @pytest.mark.parametrize("argv,hint,absent", [
     (["localize", "m.tif", "--engine", "classic", "--out", "o"], "--batch-frames", "--batch-size"),
     (["train", "deepstorm", "--out", "o"], "--batch-size", "--batch-frames"),
-    (["render", "t.csv", "--out", "o.png"], "a smaller movie", "--batch"),
+    (["render", "t.csv", "--out", "o.png"], "a smaller table", "--batch"),
 ])
 def test_the_out_of_memory_hint_names_only_options_of_the_command(capsys, argv, hint, absent):
     from stormfold.cli import _options, _out_of_memory, build_parser
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    assert _out_of_memory("stormfold x", _options(parser, args)) == 2
+    name = f"stormfold {argv[0]}"
+    assert _out_of_memory(name, _options(parser, args)) == 2
     line = capsys.readouterr().err
-    assert line.startswith("stormfold x: error: not enough memory (try ")
+    assert line.startswith(f"{name}: error: not enough memory (try ")
     assert hint in line
     assert absent not in line
 

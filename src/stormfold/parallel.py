@@ -79,8 +79,12 @@ def run_chunks_distributed(address: str, bounds: list[tuple[int, int]], movie, s
 
     try:
         client = Client(address, timeout="10s")
-    except (OSError, TimeoutError) as exc:
-        raise UserError(f"scheduler: cannot connect to the Dask scheduler at {address} ({exc})") from None
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        # Dask raises ValueError/TypeError for addresses it cannot use (a protocol it
+        # lacks, security settings missing): the address is the user's, so one line.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"scheduler: cannot connect to the Dask scheduler at {address} "
+                        f"({reason})") from None
     try:
         plugin = EnginePlugin(spec.model, spec.engine, spec.threshold, dict(spec.options),
                               None if device is None else str(device))

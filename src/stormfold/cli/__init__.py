@@ -146,6 +146,11 @@ def _options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[s
     return options
 
 
+#: Commands whose input is a localization table, not a movie (for the out-of-memory hint).
+_TABLE_COMMANDS = {"drift", "link", "filter", "cluster", "render", "frc", "postprocess",
+                   "convert", "evaluate"}
+
+
 def _out_of_memory(name: str, options: set[str], exc: BaseException | None = None) -> int:
     """The one line of a failed allocation (with its size when torch gave it); the hint names
     only options that this command has."""
@@ -156,7 +161,12 @@ def _out_of_memory(name: str, options: set[str], exc: BaseException | None = Non
         hints.append("fewer frames per batch, e.g. --batch-frames")
     if "--batch-size" in options:
         hints.append("fewer patches per step, e.g. --batch-size")
-    hints.append("a smaller movie or smaller sizes in the configuration")
+    if "--eps-nm" in options:
+        hints.append("a smaller --eps-nm (DBSCAN holds every pair of neighbours within it)")
+    command = name.split()[-1]
+    hints.append("a smaller table or fewer localizations (an ROI, a filter)"
+                 if command in _TABLE_COMMANDS else
+                 "a smaller movie or smaller sizes in the configuration")
     print(f"{name}: error: not enough memory{size} (try {', '.join(hints)})", file=sys.stderr)
     return 2
 

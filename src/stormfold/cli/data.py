@@ -111,15 +111,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if floor is not None:
         first = floor.iloc[0]
         print(f"joint Cramér–Rao floor (an unbiased estimator that knows the number of "
-              f"emitters): median bound {first.joint_median_nm:.1f} nm, alone "
-              f"{first.alone_median_nm:.1f} nm")
+              f"emitters): median bound {_nm(first.joint_median_nm)}, alone "
+              f"{_nm(first.alone_median_nm)}")
         for row in floor.itertuples():
-            print(f"  at {row.tolerance_nm:g} nm it would score RMSE {row.floor_rmse_nm:.1f} nm, "
+            print(f"  at {row.tolerance_nm:g} nm it would score RMSE {_nm(row.floor_rmse_nm)}, "
                   f"recall {row.floor_recall:.3f}; at these localizations' recall "
                   f"({row.recall:.3f}, the hardest emitters left out) RMSE "
-                  f"{row.floor_rmse_at_recall_nm:.1f} nm")
+                  f"{_nm(row.floor_rmse_at_recall_nm)}")
     if target is not None:
         print(f"wrote {args.json}")
+
+
+def _nm(value: float) -> str:
+    """A bound for the terminal: infinite means the emitters cannot be told apart (overlapping
+    or without photons); NaN means no emitter is within reach of the tolerance."""
+    if value == float("inf"):
+        return "unbounded (emitters not separable)"
+    return f"{value:.1f} nm" if value == value else "n/a (no emitter within the tolerance)"
 
 
 def _bound(truth, sim_yaml: Path, tolerances, frames, border_nm: float, fov, recalls):
@@ -188,8 +196,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="localization table (.csv ThunderSTORM or .hdf5/.h5 Picasso)")
     p.add_argument("output", type=output_path, metavar="OUT",
                    help="output table; the format follows the extension")
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm (needed for Picasso output unless a "
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm, 10–2000 (needed for Picasso output unless a "
                         "simulation.yaml/run.yaml next to the CSV gives it; overrides a "
                         "Picasso input's YAML)")
     p.add_argument("--width", type=positive_int, default=None, metavar="PX",

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from stormfold.cli.common import float_list, nonneg_int, output_path, positive_float, positive_int
+from stormfold.cli.common import (camera_pixel_size, float_list, nonneg_int, output_path,
+                                  positive_float, positive_int)
 from stormfold.errors import UserError
 
 
@@ -15,8 +16,8 @@ def _add_pp_io(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("input", type=Path, metavar="IN",
                    help="localization table (.csv ThunderSTORM or .hdf5 Picasso)")
     p.add_argument("--out", type=output_path, required=True, metavar="OUT", help=out_help)
-    p.add_argument("--pixel-size", type=positive_float, default=None, metavar="NM",
-                   help="camera pixel size in nm, for Picasso files whose sidecar (or the "
+    p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
+                   help="camera pixel size in nm (10–2000), for Picasso files whose sidecar (or the "
                         "simulation.yaml/run.yaml next to a CSV) lacks it")
 
 

@@ -65,12 +65,17 @@ def joint_crlb(truth: pd.DataFrame, shape_px: tuple[int, int], pixel_size_nm: fl
     DataFrame
         Indexed like ``truth``: ``crlb_nm`` (joint lateral bound √(CRLB_x + CRLB_y), nm;
         inf where the information matrix is singular, e.g. two emitters on one spot, or
-        the emitter has no photons; NaN outside the frame) and ``crlb_alone_nm`` (the same
+        the emitter has no photons) and ``crlb_alone_nm`` (the same
         emitter alone with the background, nm).
     """
     missing = [c for c in BOUND_COLUMNS if c not in truth.columns]
     if missing:
-        raise UserError(f"the bound needs ground-truth column(s) {', '.join(missing)}")
+        from stormfold.io.thunderstorm import CANONICAL
+
+        # Named as the truth file's header says it (sigma [nm]), then as the table column.
+        header = {column: name for name, column in CANONICAL}
+        names = [c if header.get(c, c) == c else f"{header[c]} ({c})" for c in missing]
+        raise UserError(f"the bound needs ground-truth column(s) {', '.join(names)}")
     rows, cols = (int(v) for v in shape_px)
     if rows <= 0 or cols <= 0 or not pixel_size_nm > 0 or window_px < 1:
         raise UserError("the bound needs a positive frame shape, pixel size and window")
@@ -88,7 +93,15 @@ def joint_crlb(truth: pd.DataFrame, shape_px: tuple[int, int], pixel_size_nm: fl
     sigma = truth["sigma_nm"].to_numpy(np.float64) / pixel_size_nm
     if not (np.isfinite(np.c_[x, y, counts, sigma]).all() and (counts >= 0).all()
             and (sigma > 0).all()):
-        raise UserError("the bound needs finite positions, photons ≥ 0 and sigma_nm > 0")
+        raise UserError("the bound needs finite positions, photons ≥ 0 and sigma [nm] > 0")
+    outside = np.flatnonzero((x < 0) | (x >= cols) | (y < 0) | (y >= rows))
+    if outside.size:
+        # A simulation's truth lies inside its frame: else truth and settings do not match.
+        i = int(outside[0])
+        raise UserError(f"the bound: {outside.size} true emitter(s) outside the simulated "
+                        f"{cols} × {rows} px frame (first at x {x[i] * pixel_size_nm:g} nm, "
+                        f"y {y[i] * pixel_size_nm:g} nm): the truth does not come from this "
+                        f"simulation")
     # An emitter without photons adds nothing to the data; its position has no bound.
     joint[counts == 0] = np.inf
     alone[counts == 0] = np.inf

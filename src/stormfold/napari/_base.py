@@ -2,6 +2,7 @@
 Cancel button, one-line error notifications, and a chooser of the viewer's image layers."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar,
@@ -156,6 +157,23 @@ class JobWidget(Container):
         self.cancel_button.enabled = False
 
 
+class PixelSizeBox(FloatSpinBox):
+    """The pixel-size field: a value that is not a finite number (NaN, inf) reads as 0,
+    "unknown", where Qt would clamp it to the field's maximum and show 100000 nm."""
+
+    @property
+    def value(self) -> float:
+        return FloatSpinBox.value.fget(self)
+
+    @value.setter
+    def value(self, number: Any) -> None:
+        try:
+            finite = math.isfinite(float(number))
+        except (TypeError, ValueError):
+            finite = False
+        FloatSpinBox.value.fset(self, number if finite else 0.0)
+
+
 class MovieJobWidget(JobWidget):
     """A job on a movie layer: the movie chooser, its pixel size (prefilled from the movie)
     and a frame range; subclasses place these widgets among their own."""
@@ -163,7 +181,7 @@ class MovieJobWidget(JobWidget):
     def __init__(self, napari_viewer: Any, **kwargs):
         super().__init__(napari_viewer, **kwargs)
         self.movie = ImageLayerChoice(napari_viewer, label="movie")
-        self.pixel_size_nm = FloatSpinBox(value=0.0, min=0.0, max=1e5, step=1.0,
+        self.pixel_size_nm = PixelSizeBox(value=0.0, min=0.0, max=1e5, step=1.0,
                                           label="pixel size (nm)",
                                           tooltip="camera pixel size; 0 = unknown")
         self.first_frame = SpinBox(value=0, min=0, max=10**9, label="first frame")

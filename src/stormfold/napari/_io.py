@@ -149,5 +149,9 @@ def write_points(path: str, data: Any, attributes: dict) -> list[str]:
                             f"this layer has none: save as .csv instead")
         if meta.get("frame_shape"):
             height, width = (int(v) for v in meta["frame_shape"])
-    write_table(path, table, px, width, height)
+    try:
+        write_table(path, table, px, width, height)
+    except OSError as exc:
+        # The error names the temporary file of the atomic write; the user gave ``path``.
+        raise UserError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
     return [str(path)]

@@ -63,17 +63,25 @@ def check_camera(p: Any) -> None:
 
 def resumable_state(state_dir: Path, config: RunConfig) -> tuple | None:
     """What ``--resume`` continues: (state, superres sums, widefield sums), or None when
-    there is nothing to continue (no state, or its partial table is missing or short).
+    there is nothing to continue (no state).
 
     Raises
     ------
     UserError
         The interrupted run localized with another configuration (movie, frames, camera,
-        engine or chunks).
+        engine or chunks), or its state is damaged or inconsistent (unreadable state.json,
+        missing image sums, a partial table missing, short or cut mid-row).
     """
-    loaded = RunState.load(state_dir)
-    if loaded is None:
+    if not (state_dir / "state.json").exists():
         return None
+    loaded = RunState.load(state_dir)
+    damaged = (f"--resume: the interrupted run's state in {state_dir} is damaged or "
+               f"inconsistent ({{}}); run without --resume to start again")
+    if loaded is None:
+        # A state is saved after its image sums, so a state without them was edited or
+        # damaged: starting from frame 0 in silence would hide it.
+        raise UserError(damaged.format("state.json is unreadable, or the image sums of "
+                                       "the chunks it counts are missing"))
     if loaded[0].fingerprint != config_fingerprint(config):
         raise UserError(f"--resume: the configuration differs from the interrupted run in "
                         f"{state_dir.parent} (movie, frames, camera, engine or chunks, or the "
@@ -81,7 +89,8 @@ def resumable_state(state_dir: Path, config: RunConfig) -> tuple | None:
                         f"and evaluation may change); run without --resume to start again")
     partial = state_dir / "localizations.partial.csv"
     if not partial.is_file() or os.path.getsize(partial) < loaded[0].csv_bytes:
-        return None
+        raise UserError(damaged.format(f"{partial.name} is missing or shorter than the "
+                                       f"{loaded[0].csv_bytes} bytes saved"))
     _check_partial(partial, loaded[0].csv_bytes)
     return loaded
 

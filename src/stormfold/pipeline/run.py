@@ -266,10 +266,15 @@ def _prepare(p: RunPlan, quiet: bool, shown_as: tuple[str, str] | None = None) -
 
 
 # --------------------------------------------------------------------------- 2. stream
-def _chunks(p: RunPlan) -> list[tuple[int, int]]:
-    # Chunks are whole numbers of batches so local and distributed runs compute alike.
+def _chunk_frames(p: RunPlan) -> int:
+    """Frames per chunk as run: ``chunk_frames`` rounded down to whole batches (at least
+    one), so local and distributed runs compute alike."""
     batch = p.spec.batch_frames
-    chunk = max(batch, p.config.chunk_frames // batch * batch)
+    return max(batch, p.config.chunk_frames // batch * batch)
+
+
+def _chunks(p: RunPlan) -> list[tuple[int, int]]:
+    chunk = _chunk_frames(p)
     return [(a, min(a + chunk, p.stop)) for a in range(p.start, p.stop, chunk)]
 
 
@@ -281,6 +286,9 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
 
     state_dir = p.state_dir
     bounds = _chunks(p)
+    if _chunk_frames(p) != p.config.chunk_frames:
+        p.log.info(f"chunk_frames {p.config.chunk_frames} runs as {_chunk_frames(p)} (whole "
+                   f"batches of {p.spec.batch_frames} frames)")
     partial = state_dir / "localizations.partial.csv"
     loaded = p.resumed
     if resume and loaded is None:
@@ -458,6 +466,10 @@ def write_outputs(p: RunPlan, s: Streamed, pp: Any, evaluation: pd.DataFrame | N
     meta = {
         "stormfold_version": __version__,
         "config": to_dict(config),
+        # What ran: config.chunk_frames rounded to whole batches (the config stays as given,
+        # so that its fingerprint is the manifest's).
+        "chunks": {"frames_per_chunk": _chunk_frames(p), "count": len(_chunks(p)),
+                   "batch_frames": p.spec.batch_frames},
         "movie": {"paths": config.movies, "n_frames": p.movie.n_frames, "frames": [p.start, p.stop],
                   "frame_shape": list(g.shape), "pixel_size_nm": g.pixel_size_nm},
         "camera": to_dict(p.camera), "camera_source": p.camera_source,

@@ -108,7 +108,8 @@ def _drift(table: pd.DataFrame, p: DriftParams, ctx: Context) -> StepOutput:
                        title=f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm{verdict}")
     summary = (f"drift ({p.method}): RMS {s['drift_rms_nm']:.1f} nm, range "
                f"{s['drift_range_x_nm']:.1f} × {s['drift_range_y_nm']:.1f} nm")
-    if reliability is not None:
+    # An applied fiducial estimate keeps its RMS and range; RCC states its verdict always.
+    if reliability is not None and (p.method == "rcc" or not reliability.applied):
         summary = f"drift ({p.method}): {reliability.summary()}"
     # drift.csv is what was subtracted: zeros when the estimate was not applied.
     return StepOutput("drift", corrected, s,
@@ -365,6 +366,10 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
 
     if geometry is not None:
         fov_nm = geometry.fov_nm
+    if pixel_size_nm is not None:
+        from stormfold.io.metadata import check_camera_pixel_size
+
+        check_camera_pixel_size(pixel_size_nm, "run_chain: pixel_size_nm")
 
     names, params = check_chain(config, steps)
     ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))

@@ -41,6 +41,10 @@ THRESHOLD = 1.0 / 7.0
 MAX_SIDE = 16384
 #: Smallest grid side (pixels): fewer rings carry no resolution.
 MIN_SIDE = 16
+#: Fewest localizations in the smaller half: below, the two renderings are a few isolated
+#: points whose FRC curve crosses the threshold wherever their spacing puts it (3
+#: localizations gave "695 nm", 50 gave "473 nm"), not a resolution.
+MIN_HALF = 50
 
 
 @dataclass
@@ -79,8 +83,8 @@ class FrcParams:
             raise UserError(f"frc: block_frames must be ≥ 1, got {self.block_frames}")
         if not 0 <= self.tukey_alpha <= 1:
             raise UserError(f"frc: tukey_alpha must be in [0, 1], got {self.tukey_alpha}")
-        if self.smooth_rings < 1:
-            raise UserError(f"frc: smooth_rings must be ≥ 1, got {self.smooth_rings}")
+        if int(self.smooth_rings) != self.smooth_rings or self.smooth_rings < 1:
+            raise UserError(f"frc: smooth_rings must be an integer ≥ 1, got {self.smooth_rings}")
         if not 0 < self.threshold < 1:
             raise UserError(f"frc: threshold must be in (0, 1), got {self.threshold}")
         if self.seed < 0:
@@ -212,14 +216,22 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
     smooth_rings : int
         Moving-average window (rings) before the threshold crossing.
     threshold : float
-        FRC threshold.
+        FRC threshold, in (0, 1).
 
     Returns
     -------
     FrcResult
+
+    Raises
+    ------
+    UserError
+        A parameter out of range (:meth:`FrcParams.validate`), or fewer than
+        :data:`MIN_HALF` localizations in the smaller half.
     """
     table = validate_table(table)
     check_length_nm(pixel_nm, "FRC pixel size")
+    FrcParams(pixel_nm, split, block_frames, seed, tukey_alpha, smooth_rings,
+              threshold).validate()
     if len(table) < 2:
         raise UserError("FRC needs at least two localizations")
     first = split_halves(table, split, seed, block_frames)
@@ -238,6 +250,10 @@ def frc(table: pd.DataFrame, pixel_nm: float = 5.0, split: str = "random", seed:
         raise UserError(f"FRC grid at {pixel_nm:g} nm would be {n} × {n} pixels (the "
                         f"localizations span {span:g} nm): use a --pixel-nm of at most "
                         f"{span / (MIN_SIDE - 1):.3g} nm (at least {MIN_SIDE} pixels across)")
+    smaller = int(min(first.sum(), (~first).sum()))
+    if smaller < MIN_HALF:
+        raise UserError(f"FRC from {len(table)} localizations ({smaller} in the smaller half, "
+                        f"fewer than {MIN_HALF}): too few for a resolution")
     # Centre the data on the grid so the window tapers every side alike.
     half = 0.5 * n * pixel_nm
     origin = (0.5 * (float(x.min()) + float(x.max())) - half,

@@ -95,8 +95,11 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
 
 
 def _warn_outside(table: pd.DataFrame, pixel_nm: float, shape: tuple[int, int]) -> None:
-    """One warning when a non-empty table has no localization inside the rendered field."""
+    """One warning when the table is empty or has no localization inside the rendered field
+    (the image is still written: an empty result, e.g. after a filter, is a result)."""
     if not len(table):
+        warnings.warn(f"the table holds no localization: the {shape[1]} × {shape[0]} image is "
+                      f"empty", UserWarning, stacklevel=3)
         return
     x, y = table["x_nm"].to_numpy(), table["y_nm"].to_numpy()
     inside = (x >= 0) & (x < shape[1] * pixel_nm) & (y >= 0) & (y < shape[0] * pixel_nm)

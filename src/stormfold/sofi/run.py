@@ -35,6 +35,13 @@ from stormfold.config import dump_yaml, to_dict
 from stormfold.errors import UserError
 from stormfold.sofi.statistics import CumulantAccumulator, check_order_lag
 
+#: Largest --threshold (units of the variance scale, ≈ fluorophores per group): far above any
+#: reconstruction, and τ × scale still fits the float32 images it is compared with.
+MAX_THRESHOLD = 1e6
+#: Fewer frames than this give a cumulant dominated by its sampling noise (relative error
+#: ≈ √(2/T) for a variance): a warning, not a refusal (a quick look is still a look).
+MIN_USEFUL_FRAMES = 100
+
 #: The record's entries that make two SOFI runs the same (their fingerprint).
 FINGERPRINT_KEYS = ("input", "frames", "order", "lag", "pixel_size_nm", "camera", "model")
 OUTPUTS = {"cumulant": "sofi.tif", "mean": "mean.tif", "reconstruction": "reconstruction.tif",
@@ -99,6 +106,9 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
 
     if int(batch_frames) < 1:
         raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
+    if threshold is not None and not (np.isfinite(threshold) and 0 <= threshold <= MAX_THRESHOLD):
+        raise UserError(f"--threshold must be a number in [0, {MAX_THRESHOLD:g}] (units of the "
+                        f"model's variance scale), got {threshold}")
     model_spec = None
     if model is not None and not isinstance(model, SofiModel):
         model_spec = str(model)
@@ -109,8 +119,6 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     if model is not None and lag != model.lag:
         raise UserError(f"the model was trained on lag-{model.lag} cumulants: use --lag "
                         f"{model.lag} (or omit --lag)")
-    if threshold is not None and not (np.isfinite(threshold) and threshold >= 0):
-        raise UserError(f"--threshold must be a number ≥ 0, got {threshold}")
     if threshold is not None and model is None:
         warnings.warn("--threshold is ignored without --model (it binarises the "
                       "reconstruction)", UserWarning, stacklevel=2)
@@ -126,6 +134,11 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
         start, stop = check_frame_range(start, stop, mv.n_frames)
         if stop - start < 2:
             raise UserError(f"SOFI needs at least 2 frames, --frames {start}:{stop} gives 1")
+        if stop - start < MIN_USEFUL_FRAMES:
+            warnings.warn(f"SOFI from {stop - start} frames: a cumulant needs at least "
+                          f"{MIN_USEFUL_FRAMES} (its sampling error is ≈ √(2/T) = "
+                          f"{np.sqrt(2.0 / (stop - start)):.0%} of the signal)", UserWarning,
+                          stacklevel=2)
         check_camera_on_movie(cam, cam_source, mv)
         names = ["cumulant", "mean", "record"] + (["reconstruction", "locs"] + (
             ["binary"] if binarise else []) if model is not None else [])

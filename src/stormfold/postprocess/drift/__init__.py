@@ -16,8 +16,8 @@ One module per concept:
 * :mod:`~stormfold.postprocess.drift.rcc` — redundant cross-correlation of time bins,
   without fiducials (Wang et al., Opt. Express 22:15982, 2014);
 * :mod:`~stormfold.postprocess.drift.fiducials` — averaged tracks of long-lived emitters;
-* :mod:`~stormfold.postprocess.drift.reliability` — whether the data support an RCC
-  estimate and whether it is significant, hence what is applied;
+* :mod:`~stormfold.postprocess.drift.reliability` — whether the data support an RCC or
+  fiducial estimate and whether it is significant, hence what is applied;
 * :mod:`~stormfold.postprocess.drift.trajectory` — the result, applying and reading a
   trajectory, comparing two;
 * :mod:`~stormfold.postprocess.drift.estimate` — the step's parameters, the choice of
@@ -28,14 +28,15 @@ from stormfold.postprocess.drift.estimate import (METHODS, DriftParams, correct_
 from stormfold.postprocess.drift.fiducials import estimate_drift_fiducials
 from stormfold.postprocess.drift.rcc import estimate_drift_rcc, rcc_shifts
 from stormfold.postprocess.drift.reliability import (DriftReliability, DriftUnsupported,
-                                                     assess_rcc, drift_to_apply)
+                                                     FiducialSupport, assess_rcc,
+                                                     drift_to_apply)
 from stormfold.postprocess.drift.trajectory import (DRIFT_COLUMNS, DriftResult, apply_drift,
                                                     read_drift_csv, residual_rms_nm,
                                                     write_drift_csv)
 
 __all__ = [
     "DRIFT_COLUMNS", "METHODS", "DriftParams", "DriftResult", "DriftReliability", "DriftUnsupported",
-    "apply_drift", "assess_rcc", "correct_drift", "drift_to_apply", "estimate_drift",
+    "FiducialSupport", "apply_drift", "assess_rcc", "correct_drift", "drift_to_apply", "estimate_drift",
     "estimate_drift_fiducials", "estimate_drift_rcc", "rcc_shifts", "read_drift_csv",
     "residual_rms_nm", "write_drift_csv",
 ]

@@ -1,7 +1,7 @@
 """The drift step: its parameters, the choice of estimator, and the correction.
 
 ``method: rcc`` (:mod:`~stormfold.postprocess.drift.rcc`) or ``method: fiducials``
-(:mod:`~stormfold.postprocess.drift.fiducials`); what an RCC estimate may correct is
+(:mod:`~stormfold.postprocess.drift.fiducials`); what an estimate may correct is
 decided by :mod:`~stormfold.postprocess.drift.reliability`.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from stormfold.errors import UserError
 from stormfold.postprocess.drift.fiducials import estimate_drift_fiducials
 from stormfold.postprocess.drift.rcc import estimate_drift_rcc
-from stormfold.postprocess.drift.reliability import drift_to_apply
+from stormfold.postprocess.drift.reliability import check_on_unsupported, drift_to_apply
 from stormfold.postprocess.drift.trajectory import DriftResult, apply_drift
 from stormfold.table import check_length_nm
 
@@ -52,8 +52,9 @@ class DriftParams:
         RCC: an estimated drift larger than this fraction of the field is taken as a
         failure of the estimate (raise it for a stage known to drift that far).
     on_unsupported : {"error", "warn"}
-        RCC: an estimate the data do not support (:class:`DriftReliability`) stops the
-        chain with a one-line error, or is reported as a warning; nothing is applied.
+        An estimate the data do not support (RCC: :class:`DriftReliability`; fiducials:
+        fewer than 10 frames with a fiducial, :class:`FiducialSupport`) stops the chain with
+        a one-line error, or is reported as a warning; nothing is applied.
     """
 
     method: Literal["rcc", "fiducials"] = "rcc"
@@ -87,6 +88,7 @@ class DriftParams:
                             f"{self.max_drift_fraction}")
         if self.smooth_frames < 1:
             raise UserError(f"drift: smooth_frames must be ≥ 1, got {self.smooth_frames}")
+        check_on_unsupported(self.on_unsupported)
 
 
 def estimate_drift(table: pd.DataFrame, method: str = "rcc", n_frames: Optional[int] = None,
@@ -119,7 +121,7 @@ def correct_drift(table: pd.DataFrame, method: str = "rcc", n_frames: Optional[i
     Parameters
     ----------
     on_unsupported : {"error", "warn"}
-        An RCC estimate the data do not support raises :class:`DriftUnsupported`, or
+        An estimate the data do not support raises :class:`DriftUnsupported`, or
         warns; either way nothing is subtracted. A drift that is not significant is not
         subtracted either (no error).
 
@@ -128,5 +130,6 @@ def correct_drift(table: pd.DataFrame, method: str = "rcc", n_frames: Optional[i
     corrected : pandas.DataFrame
     result : DriftResult
     """
+    check_on_unsupported(on_unsupported)
     result = estimate_drift(table, method, n_frames=n_frames, **params)
     return apply_drift(table, drift_to_apply(result, on_unsupported)), result

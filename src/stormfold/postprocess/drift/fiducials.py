@@ -4,11 +4,16 @@ Long-lived emitters (beads) are found by linking
 (:func:`stormfold.postprocess.link.link_groups`): groups present in at least
 ``min_fraction`` of the frames. Their tracks pₖ(t) = d(t) + cₖ + noise are averaged with
 the per-fiducial offsets cₖ estimated jointly (alternating least squares), frames without
-a fiducial are interpolated, and the trajectory is optionally smoothed with a moving
-average.
+a fiducial between two with one are interpolated linearly, and the trajectory is optionally
+smoothed with a moving average. Before the first and after the last frame with a fiducial
+the drift is held at the nearest measured value, with a warning naming those frames: a
+linear extrapolation of a noisy track invents a drift. Fewer than
+:data:`~stormfold.postprocess.drift.reliability.MIN_FIDUCIAL_FRAMES` frames with a fiducial
+do not support an estimate (:class:`~stormfold.postprocess.drift.reliability.FiducialSupport`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -16,8 +21,9 @@ import pandas as pd
 from scipy.ndimage import uniform_filter1d
 
 from stormfold.errors import UserError
+from stormfold.postprocess.drift.reliability import FiducialSupport, assess_fiducials
 from stormfold.postprocess.drift.trajectory import (DriftResult, drift_table, frames_spanned,
-                                                    interpolate_linear, rounded,
+                                                    interpolate_hold, rounded,
                                                     trajectory_summary)
 from stormfold.table import validate_table
 
@@ -47,7 +53,14 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
     Returns
     -------
     DriftResult
-        ``stats`` also lists the fiducials (mean positions, detections).
+        ``stats`` also lists the fiducials (mean positions, detections);
+        ``reliability`` is a :class:`FiducialSupport`.
+
+    Warns
+    -----
+    UserWarning
+        Frames at the start or end of the movie hold no fiducial (the drift there is held
+        constant).
     """
     from stormfold.postprocess.link import link_groups
 
@@ -86,8 +99,14 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
         offsets = np.column_stack([np.bincount(k, rel[:, a], nk) / per_fiducial for a in (0, 1)])
     t = np.arange(n_frames, dtype=np.float64)
     known = np.flatnonzero(present)
-    trajectory = interpolate_linear(known.astype(np.float64), track[known], t) if len(known) > 1 else \
-        np.repeat(track[known], n_frames, axis=0)
+    trajectory = interpolate_hold(known.astype(np.float64), track[known], t)
+    support = assess_fiducials(FiducialSupport(nk, int(present.sum()), n_frames,
+                                               _uncovered(known, n_frames)))
+    if support.applied and support.uncovered_frames:
+        spans = " and ".join(f"{a}–{b}" if b > a else f"{a}" for a, b in support.uncovered_frames)
+        warnings.warn(f"drift (fiducials): no fiducial in frames {spans} of {n_frames} "
+                      f"(1-based): the drift there is held at the nearest measured value, "
+                      f"not extrapolated", UserWarning, stacklevel=2)
     if smooth_frames > 1:
         trajectory = uniform_filter1d(trajectory, int(smooth_frames), axis=0, mode="nearest")
     offset = trajectory[0].copy()
@@ -101,5 +120,17 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
              "min_fraction": float(min_fraction), "smooth_frames": int(smooth_frames),
              "n_fiducials": nk, "frames_with_fiducials": int(present.sum()),
              "fiducial_scatter_rms_nm": rounded(np.sqrt(np.mean(np.sum(scatter ** 2, 1)) / 2)),
-             "fiducials": fiducials, **trajectory_summary(trajectory)}
-    return DriftResult(drift_table(trajectory), points, stats)
+             "fiducials": fiducials, **trajectory_summary(trajectory),
+             "reliability": support.to_dict()}
+    return DriftResult(drift_table(trajectory), points, stats, support)
+
+
+def _uncovered(known: np.ndarray, n_frames: int) -> list:
+    """The frame spans (1-based, inclusive) before the first and after the last frame in
+    ``known`` (0-based, sorted)."""
+    spans = []
+    if known[0] > 0:
+        spans.append([1, int(known[0])])
+    if known[-1] < n_frames - 1:
+        spans.append([int(known[-1]) + 2, int(n_frames)])
+    return spans

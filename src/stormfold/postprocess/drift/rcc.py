@@ -34,7 +34,7 @@ from stormfold.postprocess.drift.trajectory import (DriftResult, drift_table, fr
                                                     interpolate_linear, rounded,
                                                     trajectory_summary)
 from stormfold.postprocess.render import histogram_2d
-from stormfold.table import validate_table
+from stormfold.table import check_length_nm, validate_table
 
 #: Largest RCC rendering (pixels per bin image); beyond it the pixel size is refused.
 MAX_RCC_PIXELS = 2 ** 25
@@ -281,6 +281,12 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
         raise UserError(f"RCC pixel size must be > 0 nm, got {pixel_nm}")
     if interpolation not in ("cubic", "linear"):
         raise UserError(f"unknown interpolation {interpolation!r}: choose cubic or linear")
+    for name, value in (("max_shift_nm", max_shift_nm), ("max_residual_nm", max_residual_nm),
+                        ("blur_nm", blur_nm), ("field_nm", field_nm)):
+        if value is not None:
+            check_length_nm(value, f"RCC {name} (or None)")
+    if not 0 < max_drift_fraction <= 1:
+        raise UserError(f"RCC max_drift_fraction must be in (0, 1], got {max_drift_fraction}")
     frame = table["frame"].to_numpy()
     n_frames = frames_spanned(table, n_frames)
     if n_frames < n_bins:

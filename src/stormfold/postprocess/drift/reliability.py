@@ -1,12 +1,13 @@
-"""How far a drift estimate by redundant cross-correlation can be trusted, and what is
-applied (SPEC §8).
+"""How far a drift estimate can be trusted, and what is applied (SPEC §8).
 
 :func:`~stormfold.postprocess.drift.rcc.estimate_drift_rcc` measures a
 :class:`DriftReliability` (localizations per bin, correlation-peak prominence, rejected and
 residual pairs, split-half precision, drift against the field); :func:`assess_rcc` turns the
 figures into a verdict with the criteria below, measured in docs/postprocess.md ("Drift
-reliability"); :func:`drift_to_apply` gives the trajectory to subtract: the estimate, or
-zeros when it is unsupported (an error or a warning) or not significant.
+reliability"). :func:`~stormfold.postprocess.drift.fiducials.estimate_drift_fiducials`
+gives a :class:`FiducialSupport` (:func:`assess_fiducials`): enough frames hold a fiducial
+to follow a drift, or not. :func:`drift_to_apply` gives the trajectory to subtract: the
+estimate, or zeros when it is unsupported (an error or a warning) or not significant.
 """
 from __future__ import annotations
 
@@ -20,8 +21,32 @@ from stormfold.errors import UserError
 from stormfold.postprocess.drift.trajectory import DriftResult, rounded
 
 
+ON_UNSUPPORTED = ("error", "warn")
+
+
+class _Verdict:
+    """What :func:`drift_to_apply` and the records need of a reliability check."""
+
+    verdict: str
+    problems: list
+
+    @property
+    def applied(self) -> bool:
+        return self.verdict == "applied"
+
+    def to_dict(self) -> dict:
+        """Plain numbers and strings (YAML-safe), for the chain's record and the report."""
+        out = {}
+        for name, value in vars(self).items():
+            if isinstance(value, float):
+                value = rounded(value)
+            out[name] = list(value) if isinstance(value, list) else value
+        out["applied"] = self.applied
+        return out
+
+
 @dataclass
-class DriftReliability:
+class DriftReliability(_Verdict):
     """How far an RCC estimate can be trusted, and what is done with it.
 
     Attributes
@@ -69,20 +94,6 @@ class DriftReliability:
     field_nm: float
     verdict: str = "applied"
     problems: list = field(default_factory=list)
-
-    @property
-    def applied(self) -> bool:
-        return self.verdict == "applied"
-
-    def to_dict(self) -> dict:
-        """Plain numbers and strings (YAML-safe), for the chain's record and the report."""
-        out = {}
-        for name, value in vars(self).items():
-            if isinstance(value, float):
-                value = rounded(value)
-            out[name] = list(value) if isinstance(value, list) else value
-        out["applied"] = self.applied
-        return out
 
     def summary(self) -> str:
         """One line: the verdict and its figures."""
@@ -138,13 +149,73 @@ def assess_rcc(reliability: DriftReliability,
     return r
 
 
+#: Fewer frames holding a fiducial than this do not define a trajectory: one or two frames
+#: give a "drift" that is the beads' localization noise (or none at all, RMS 0).
+MIN_FIDUCIAL_FRAMES = 10
+
+
+@dataclass
+class FiducialSupport(_Verdict):
+    """Whether fiducial tracks support a drift trajectory (:func:`assess_fiducials`).
+
+    Attributes
+    ----------
+    n_fiducials : int
+        Tracks taken as fiducials.
+    frames_with_fiducials : int
+        Frames holding at least one fiducial detection.
+    n_frames : int
+        Movie length (frames).
+    uncovered_frames : list of [int, int]
+        Frame spans (1-based, inclusive) before the first and after the last frame with a
+        fiducial: the drift there is held at the nearest covered value, not extrapolated.
+    verdict : {"applied", "unsupported"}
+    problems : list of str
+    """
+
+    n_fiducials: int
+    frames_with_fiducials: int
+    n_frames: int
+    uncovered_frames: list = field(default_factory=list)
+    verdict: str = "applied"
+    problems: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: the verdict and its figures."""
+        figures = (f"{self.n_fiducials} fiducial track(s) in {self.frames_with_fiducials} "
+                   f"of {self.n_frames} frames")
+        if self.verdict == "unsupported":
+            return f"estimate not supported by the data: {'; '.join(self.problems)} ({figures})"
+        return f"corrected ({figures})"
+
+
+def assess_fiducials(support: FiducialSupport) -> FiducialSupport:
+    """Set ``verdict`` and ``problems`` of ``support``: at least
+    :data:`MIN_FIDUCIAL_FRAMES` frames must hold a fiducial."""
+    problems = []
+    if support.frames_with_fiducials < MIN_FIDUCIAL_FRAMES:
+        problems.append(f"fiducials seen in only {support.frames_with_fiducials} frame(s) "
+                        f"(< {MIN_FIDUCIAL_FRAMES}: too few to follow a drift)")
+    support.problems = problems
+    support.verdict = "unsupported" if problems else "applied"
+    return support
+
+
+def check_on_unsupported(value: object) -> str:
+    """``on_unsupported`` checked: ``"error"`` or ``"warn"``."""
+    if value not in ON_UNSUPPORTED:
+        raise UserError(f"on_unsupported must be one of {', '.join(ON_UNSUPPORTED)}, got "
+                        f"{value!r}")
+    return str(value)
+
+
 class DriftUnsupported(UserError):
-    """An RCC estimate the data do not support (refused: nothing is applied)."""
+    """A drift estimate the data do not support (refused: nothing is applied)."""
 
 
 def drift_to_apply(result: DriftResult, on_unsupported: str = "error") -> pd.DataFrame:
-    """The trajectory to subtract: the estimate when its reliability says ``applied``
-    (fiducial estimates always), else zeros.
+    """The trajectory to subtract: the estimate when its reliability says ``applied``,
+    else zeros.
 
     Parameters
     ----------
@@ -153,11 +224,13 @@ def drift_to_apply(result: DriftResult, on_unsupported: str = "error") -> pd.Dat
         An unsupported estimate raises :class:`DriftUnsupported` (a one-line UserError
         naming the reasons), or gives a warning; either way nothing is applied.
     """
+    check_on_unsupported(on_unsupported)
     reliability = result.reliability
     if reliability is None or reliability.applied:
         return result.drift
     if reliability.verdict == "unsupported":
-        message = f"drift (RCC): {reliability.summary()}"
+        method = "RCC" if result.stats.get("method", "rcc") == "rcc" else "fiducials"
+        message = f"drift ({method}): {reliability.summary()}"
         if on_unsupported == "error":
             raise DriftUnsupported(message + "; nothing applied (the drift option "
                                              "on_unsupported: warn goes on uncorrected)")

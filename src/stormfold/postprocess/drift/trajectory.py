@@ -16,7 +16,7 @@ from stormfold.errors import UserError
 from stormfold.table import validate_table
 
 if TYPE_CHECKING:
-    from stormfold.postprocess.drift.reliability import DriftReliability
+    from stormfold.postprocess.drift.reliability import DriftReliability, FiducialSupport
 
 
 @dataclass
@@ -32,16 +32,16 @@ class DriftResult:
         frame of the bin) or the averaged fiducial track, same anchoring.
     stats : dict
         Method, parameters and figures (drift RMS and range, RCC residual, pairs used,
-        RCC ``reliability``).
-    reliability : DriftReliability or None
-        RCC only: how far the estimate can be trusted and whether it is applied
-        (:func:`drift_to_apply`).
+        ``reliability``).
+    reliability : DriftReliability, FiducialSupport or None
+        How far the estimate can be trusted and whether it is applied
+        (:func:`drift_to_apply`); None: always applied.
     """
 
     drift: pd.DataFrame
     points: pd.DataFrame
     stats: dict = field(default_factory=dict)
-    reliability: Optional["DriftReliability"] = None
+    reliability: Optional["DriftReliability | FiducialSupport"] = None
 
 
 def frames_spanned(table: pd.DataFrame, n_frames: Optional[int]) -> int:
@@ -89,6 +89,14 @@ def interpolate_linear(t_known: np.ndarray, values: np.ndarray, t: np.ndarray) -
             out[left, axis] = v[0] + slope0 * (t[left] - t_known[0])
             out[right, axis] = v[-1] + slope1 * (t[right] - t_known[-1])
     return out
+
+
+def interpolate_hold(t_known: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Piecewise-linear interpolation, held constant at the first and last known value
+    outside ``t_known`` (a measured track says nothing about the drift beyond its ends, and
+    a slope from the last two noisy points would invent one)."""
+    return np.column_stack([np.interp(t, t_known, values[:, axis])
+                            for axis in range(values.shape[1])])
 
 
 DRIFT_COLUMNS = ("frame", "dx_nm", "dy_nm")
