@@ -9,6 +9,7 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, FileEdit, FloatSpinBox, PushButton, TextEdit
 
+from stormfold.calibrate.core import MAX_EM_GAIN
 from stormfold.errors import UserError
 from stormfold.napari._base import MovieJobWidget, folder_or_none
 from stormfold.napari._jobs import (CalibrateSettings, calibration_summary,
@@ -24,7 +25,7 @@ class CalibrateWidget(MovieJobWidget):
         super().__init__(napari_viewer, labels=True)
         self.emccd = CheckBox(value=False, text="EMCCD")
         self.qe = FloatSpinBox(value=1.0, min=0.01, max=1.0, step=0.01, label="QE")
-        self.em_gain = FloatSpinBox(value=100.0, min=1.0, max=10000.0, label="EM gain")
+        self.em_gain = FloatSpinBox(value=100.0, min=1.01, max=MAX_EM_GAIN, label="EM gain")
         self.threshold = FloatSpinBox(value=5.0, min=0.1, max=100.0, label="threshold (σ)")
         self.out_dir = FileEdit(mode="d", label="save to",
                                 tooltip="optional folder: simulation.yaml, calibration.html, "
