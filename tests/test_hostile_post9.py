@@ -330,27 +330,3 @@ def test_drift_api_parameters_checked():
         with pytest.raises(UserError, match="pixel_size_nm"):
             run_chain(table, steps=[], pixel_size_nm=px)
     assert run_chain(table, steps=[], pixel_size_nm=100.0) is not None
-
-
-def test_napari_writer_error_names_the_users_path(tmp_path):
-    pytest.importorskip("napari")
-    from stormfold.napari._io import write_points
-
-    (tmp_path / "a_file").write_text("")
-    target = tmp_path / "a_file" / "nap.csv"  # a folder that cannot be
-    with pytest.raises(UserError) as info:
-        write_points(str(target), np.array([[0, 100.0, 200.0]]), {"features": None, "metadata": {}})
-    message = str(info.value)
-    assert str(target) in message and ".tmp" not in message and "\n" not in message
-
-
-def test_napari_pixel_size_that_is_not_a_number_reads_as_unknown(qapp):
-    pytest.importorskip("magicgui")
-    from stormfold.napari._base import PixelSizeBox
-
-    box = PixelSizeBox(value=0.0, min=0.0, max=1e5)
-    for value in (float("nan"), float("inf")):
-        box.value = value
-        assert box.value == 0.0
-    box.value = 160.0
-    assert box.value == 160.0

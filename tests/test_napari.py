@@ -486,3 +486,27 @@ def test_screenshot_shows_widget_and_layers(viewer, qtbot, demo, gl_display, tmp
     without_images = viewer.screenshot(canvas_only=False, flash=False)
     assert rings(shot) - rings(without_points) > 50  # the points are drawn over the movie
     assert bright(without_points) - bright(without_images) > 200  # and the movie, rendering
+
+
+def test_napari_writer_error_names_the_users_path(tmp_path):
+    from stormfold.errors import UserError
+    from stormfold.napari._io import write_points
+
+    (tmp_path / "a_file").write_text("")
+    target = tmp_path / "a_file" / "nap.csv"  # a folder that cannot be
+    with pytest.raises(UserError) as info:
+        write_points(str(target), np.array([[0, 100.0, 200.0]]), {"features": None, "metadata": {}})
+    message = str(info.value)
+    assert str(target) in message and ".tmp" not in message and "\n" not in message
+
+
+def test_napari_pixel_size_that_is_not_a_number_reads_as_unknown(gl_display, qapp):
+    # gl_display first: Qt must not start before this module has set up its display.
+    from stormfold.napari._base import PixelSizeBox
+
+    box = PixelSizeBox(value=0.0, min=0.0, max=1e5)
+    for value in (float("nan"), float("inf")):
+        box.value = value
+        assert box.value == 0.0
+    box.value = 160.0
+    assert box.value == 160.0
