@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.training import Budget, TrainingDiverged, run_loop
+from test_hostile_post9 import folder  # noqa: F401  (a fixture: the test runs in tmp_path)
 
 # A tiny Deep-STORM training that takes seconds (as in test_deepstorm.py).
 DS_TINY = ["train", "deepstorm", "--preset", "zerocost", "--set",
@@ -32,14 +32,6 @@ def _files(root: Path) -> dict:
     """Every file under ``root`` with its bytes (the folders here hold a few small files)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file()}
-
-
-@pytest.fixture()
-def folder(tmp_path):
-    old = Path.cwd()
-    os.chdir(tmp_path)
-    yield tmp_path
-    os.chdir(old)
 
 
 @pytest.fixture()
