@@ -69,8 +69,8 @@ def refused(run_cli, folder, limited_memory):
     ("validation.frame_px=100000", "validation.frame_px must be ≤ 512"),
     ("validation.n_samples=1000000", "validation.n_samples must be ≤ 5,000"),
     ("validation.calibration_samples=1000000", "validation.calibration_samples must be ≤"),
-    ("schedule.lr=1e9", r"schedule.lr must be in \(0, 1\]"),
-    ("schedule.lr=0", r"schedule.lr must be in \(0, 1\]"),
+    ("schedule.lr=1e9", r"schedule.lr must be in \(0, 0.1\]"),
+    ("schedule.lr=0", r"schedule.lr must be in \(0, 0.1\]"),
 ])
 def test_gridnet_sizes_and_lr_are_bounded(refused, setting, match):
     import re
@@ -99,7 +99,7 @@ def test_gridnet_memory_estimate_admits_the_defaults():
     (["--batch-size", "100000"], "schedule.batch_size (--batch-size) must be ≤ 1,024"),
     (["--set", "patches.patch_px=100000"], "patches.patch_px must be ≤ 128"),
     (["--set", "architecture.channels=[4,4,8,100000]"], "architecture.channels must be ≤"),
-    (["--lr", "1e9"], "schedule.lr (--lr) must be in (0, 1]"),
+    (["--lr", "1e9"], "schedule.lr (--lr) must be in (0, 0.1]"),
     (["--batch-size", "1024", "--set", "architecture.channels=[32,64,128,512]", "--set",
       "architecture.upsampling=16", "--set", "patches.patch_px=64"], "deepstorm training"),
 ])
@@ -120,7 +120,7 @@ def test_sofi_sizes_and_memory_are_bounded(refused, args, match):
 @pytest.mark.parametrize("args, match", [
     (["--set", "solver.upsampling=64"], "solver.upsampling must be ≤ 16"),
     (["--set", "solver.iterations=100000"], "solver.iterations must be ≤ 10,000"),
-    (["--set", "optim.adam_lr=1e9"], r"optim.adam_lr must be in (0, 1]"),
+    (["--set", "optim.adam_lr=1e9"], r"optim.adam_lr must be in (0, 0.1]"),
 ])
 def test_unrolled_sizes_and_lr_are_bounded(refused, args, match):
     assert match in refused("train", "unrolled", "--quiet", "--out", "u", *args)

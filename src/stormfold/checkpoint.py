@@ -8,6 +8,8 @@ incomplete and ignored. Nothing is pickled.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,22 +95,46 @@ def read_state(folder: str | Path) -> dict:
     return state
 
 
-def check_fields(folder: str | Path, state: dict, fields: dict[str, type]) -> None:
+@dataclass(frozen=True)
+class Records:
+    """A field that is a list of JSON objects, each with these number-valued keys (a
+    training history, which a resumed run reads back and extends)."""
+
+    keys: tuple[str, ...]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        not math.isnan(value)
+
+
+def _field_ok(value: Any, kind: Any) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind is float:
+        return _is_number(value)
+    if isinstance(kind, Records):
+        return isinstance(value, list) and all(
+            isinstance(r, dict) and all(_is_number(r.get(k)) for k in kind.keys) for r in value)
+    return isinstance(value, kind)
+
+
+def _field_kind(kind: Any) -> str:
+    if isinstance(kind, Records):
+        return f"a list of records with {', '.join(kind.keys)}"
+    return "a count ≥ 0" if kind is int else {float: "a number", list: "a list",
+                                               dict: "a mapping"}.get(kind, kind.__name__)
+
+
+def check_fields(folder: str | Path, state: dict, fields: dict[str, Any]) -> None:
     """Refuse (as a damaged checkpoint) a state whose ``fields`` are missing or of the wrong
-    type: ``int`` means a count ≥ 0, ``float`` any finite or infinite number, ``list`` and
-    ``dict`` a JSON array or object."""
+    type: ``int`` means a count ≥ 0, ``float`` a finite or infinite number (not NaN),
+    ``list`` and ``dict`` a JSON array or object, :class:`Records` a history."""
     for key, kind in fields.items():
         value = state.get(key)
-        if kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        elif kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            what = "a count ≥ 0" if kind is int else {float: "a number", list: "a list",
-                                                       dict: "a mapping"}.get(kind, kind.__name__)
-            raise damaged(Path(folder), ValueError(f"{key} is {value!r}, not {what}"))
+        if not _field_ok(value, kind):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise damaged(Path(folder), ValueError(f"{key} is {shown}, not {_field_kind(kind)}"))
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
@@ -131,7 +157,8 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module | None = None,
             restore_optimizer(optimizer, tensors, meta["optimizer"])
         if restore_rng and "rng.torch" in tensors:
             torch.set_rng_state(tensors["rng.torch"])
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError,
+            SafetensorError) as exc:
         raise damaged(folder, exc) from None
     extra = {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}
     return extra, meta

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from stormfold import __version__
-from stormfold.checkpoint import damaged
+from stormfold.checkpoint import Records, damaged
 from stormfold.config import to_dict
 from stormfold.deepstorm.config import DeepStormTrainConfig, build_train_config
 from stormfold.deepstorm.data import PatchSet, batch_targets, extract_patches
@@ -195,7 +195,8 @@ class TrainResult:
 
 
 #: The checkpoint state a resumed run needs (see :func:`stormfold.checkpoint.check_fields`).
-STATE_FIELDS = {"epoch": int, "history": list, "best_val": float, "best_epoch": float,
+STATE_FIELDS = {"epoch": int, "history": Records(("epoch", "loss", "val_loss", "lr")),
+                "best_val": float, "best_epoch": float,
                 "scheduler": dict}
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stormfold.checkpoint import Records
 from stormfold.config import to_dict
 from stormfold.errors import UserError
 from stormfold.gridnet.config import (GENERALIST, GridnetTrainConfig, ScheduleConfig,
@@ -200,7 +201,7 @@ class _Trainer:
     # ------------------------------------------------------------------ checkpoints
     def restore(self) -> None:
         restored = self.run.restore(self.model, self.optimizer,
-                                    fields={"step": int, "history": list})
+                                    fields={"step": int, "history": Records(("step", "seconds"))})
         if restored is None:
             return
         _, state = restored

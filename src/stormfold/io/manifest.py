@@ -61,8 +61,12 @@ def is_member_path(path: object) -> bool:
     if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
         return False
     parts = path.split("/")
+    # Longer names than the file system takes (255 bytes a name, 4096 a path) cannot be
+    # files of the folder, and asking for them fails with ENAMETOOLONG.
     return not path.startswith("/") and ":" not in parts[0] and \
-        all(part not in ("", ".", "..") for part in parts)
+        len(path.encode("utf-8", "surrogatepass")) <= 4096 and \
+        all(part not in ("", ".", "..") and len(part.encode("utf-8", "surrogatepass")) <= 255
+            for part in parts)
 
 
 def _is_entry(entry: object) -> bool:

@@ -498,8 +498,11 @@ class OutputFolder(OutputSet):
                     stale = self.home / name
                     if not is_member_path(name) or stale.parent != self.home:
                         continue  # read_manifest refuses such lists; never leave the folder
-                    if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
-                        _remove(stale)
+                    try:
+                        if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
+                            _remove(stale)
+                    except OSError:
+                        continue  # a leftover that cannot go must not stop the new manifest
             fsync_dir(self.home)
             write_text(marker, json.dumps(manifest, indent=1) + "\n")
             fsync_dir(self.home)

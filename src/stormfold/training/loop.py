@@ -171,7 +171,9 @@ class TrainingRun:
         saved = read_state(self.checkpoint_dir)
         if saved.get("data") != data:
             self._refuse()
-        check_fields(self.checkpoint_dir, saved, fields or {})
+        # What every run reads back: its training time and its commands (written by save).
+        common = {k: kind for k, kind in (("seconds", float), ("commands", list)) if k in saved}
+        check_fields(self.checkpoint_dir, saved, {**common, **(fields or {})})
         loaded = load_checkpoint(self.checkpoint_dir, model, optimizer)
         if loaded is None:
             raise UserError(f"--resume: the checkpoint in {self.checkpoint_dir} is incomplete")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stormfold.checkpoint import Records
 from stormfold.training import Budget, run_loop, write_history
 from stormfold.unrolled.losses import localization_loss, reconstruction_loss
 from stormfold.unrolled.sgp import SGP, ProjectedAdam
@@ -32,7 +33,8 @@ LOG_PNG = "training_log.png"
 
 
 #: The checkpoint state a resumed fit needs (see :func:`stormfold.checkpoint.check_fields`).
-RESUME_FIELDS = {"iteration": int, "history": list}
+RESUME_FIELDS = {"iteration": int,
+                 "history": Records(("iteration", "loss", "evaluations", "seconds"))}
 #: Fine-grid images per frame and per unrolled iteration that the backward pass keeps
 #: (iterate, momentum, gradient and projection), float32.
 IMAGES_PER_ITERATION = 4

@@ -232,8 +232,9 @@ def drift_to_apply(result: DriftResult, on_unsupported: str = "error") -> pd.Dat
         method = "RCC" if result.stats.get("method", "rcc") == "rcc" else "fiducials"
         message = f"drift ({method}): {reliability.summary()}"
         if on_unsupported == "error":
-            raise DriftUnsupported(message + "; nothing applied (the drift option "
-                                             "on_unsupported: warn goes on uncorrected)")
+            raise DriftUnsupported(message + "; nothing applied (in `stormfold run`, the "
+                                             "drift step's on_unsupported: warn continues "
+                                             "without the correction)")
         warnings.warn(message + "; nothing applied", UserWarning, stacklevel=2)
     zeros = result.drift.copy()
     zeros[["dx_nm", "dy_nm"]] = 0.0
