@@ -155,12 +155,14 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ checkpoints
     def restore(self, model: Any = None, optimizer: Any = None, data: str | None = None,
-                fields: dict[str, type] | None = None) -> tuple[dict, dict] | None:
+                fields: dict[str, Any] | None = None) -> tuple[dict, dict] | None:
         """On resume, load the checkpoint into ``model`` and ``optimizer`` (and the torch RNG).
 
         Refuses a checkpoint whose configuration key or data fingerprint ``data`` differ, and
         (as damaged) one whose state lacks the trainer's ``fields`` ({key: int (a count),
-        float, list or dict}; see :func:`stormfold.checkpoint.check_fields`).
+        float, list, dict or a history's :class:`~stormfold.checkpoint.Records`}; see
+        :func:`stormfold.checkpoint.check_fields`), or whose training time or commands are
+        damaged.
         Returns (extra tensors, state) or None when not resuming.
         """
         from stormfold.checkpoint import check_fields, load_checkpoint, read_state
