@@ -415,8 +415,9 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
                      "lattice (the skewness is biased by the coarse rounding)")
     if mismatch:
         notes.append(mismatch)
-    cam = CameraEstimate(mismatch=mismatch, baseline_adu=float(baseline), adu_per_e=float(g), excess_factor=f,
-                         read_noise_adu=math.sqrt(read_var), background_e=float(lam),
+    cam = CameraEstimate(mismatch=mismatch, baseline_adu=float(baseline), adu_per_e=float(g),
+                         excess_factor=f, read_noise_adu=math.sqrt(read_var),
+                         background_e=float(lam),
                          background_mean_adu=k1, background_std_adu=math.sqrt(k2),
                          gain_source=gain_source, split_source=split, baseline_se_adu=base_se,
                          adu_per_e_se=float(g_se), lambda_skew=float(lam_skew),

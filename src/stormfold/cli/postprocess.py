@@ -17,8 +17,8 @@ def _add_pp_io(p: argparse.ArgumentParser, out_help: str) -> None:
                    help="localization table (.csv ThunderSTORM or .hdf5 Picasso)")
     p.add_argument("--out", type=output_path, required=True, metavar="OUT", help=out_help)
     p.add_argument("--pixel-size", type=camera_pixel_size, default=None, metavar="NM",
-                   help="camera pixel size in nm (10–2000), for Picasso files whose sidecar (or the "
-                        "simulation.yaml/run.yaml next to a CSV) lacks it")
+                   help="camera pixel size in nm (10–2000), for Picasso files whose sidecar "
+                        "(or the simulation.yaml/run.yaml next to a CSV) lacks it")
 
 
 def _pp_params(args: argparse.Namespace, names: Sequence[str]) -> dict:

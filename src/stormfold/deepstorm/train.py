@@ -196,8 +196,7 @@ class TrainResult:
 
 #: The checkpoint state a resumed run needs (see :func:`stormfold.checkpoint.check_fields`).
 STATE_FIELDS = {"epoch": int, "history": Records(("epoch", "loss", "val_loss", "lr")),
-                "best_val": float, "best_epoch": float,
-                "scheduler": dict}
+                "best_val": float, "best_epoch": float, "scheduler": dict}
 
 
 @dataclass

@@ -285,9 +285,9 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
     from stormfold.io.thunderstorm import ThunderstormCsvWriter, read_thunderstorm_csv
 
     state_dir = p.state_dir
-    bounds = _chunks(p)
-    if _chunk_frames(p) != p.config.chunk_frames:
-        p.log.info(f"chunk_frames {p.config.chunk_frames} runs as {_chunk_frames(p)} (whole "
+    bounds, chunk = _chunks(p), _chunk_frames(p)
+    if chunk != p.config.chunk_frames:
+        p.log.info(f"chunk_frames {p.config.chunk_frames} runs as {chunk} (whole "
                    f"batches of {p.spec.batch_frames} frames)")
     partial = state_dir / "localizations.partial.csv"
     loaded = p.resumed

@@ -36,7 +36,7 @@ from stormfold.postprocess.drift.trajectory import (DRIFT_COLUMNS, DriftResult, 
 
 __all__ = [
     "DRIFT_COLUMNS", "METHODS", "DriftParams", "DriftResult", "DriftReliability", "DriftUnsupported",
-    "FiducialSupport", "apply_drift", "assess_rcc", "correct_drift", "drift_to_apply", "estimate_drift",
-    "estimate_drift_fiducials", "estimate_drift_rcc", "rcc_shifts", "read_drift_csv",
+    "FiducialSupport", "apply_drift", "assess_rcc", "correct_drift", "drift_to_apply",
+    "estimate_drift", "estimate_drift_fiducials", "estimate_drift_rcc", "rcc_shifts", "read_drift_csv",
     "residual_rms_nm", "write_drift_csv",
 ]
