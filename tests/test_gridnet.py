@@ -510,13 +510,21 @@ def test_model_files_refused_when_they_do_not_match(tiny_model, tmp_path):
     assert load_engine(model=out, options={"split_llr": 0}).refine.split_llr == 0.0
     with pytest.raises(UserError, match="split_llr"):
         load_engine(model=out, options={"split_llr": -2})
-    # Crowded emitters are split-tested too (one neighbour); a refine section written before
+    # Crowded emitters are split-tested too (two neighbours); a refine section written before
     # that option keeps testing lone emitters only.
-    assert meta["refine"]["split_neighbours"] == 1
-    assert load_engine(model=out).refine.split_neighbours == 1
+    assert meta["refine"]["split_neighbours"] == 2
+    assert load_engine(model=out).refine.split_neighbours == 2
     old = broken(lambda m: m["refine"].pop("split_neighbours"))
     assert load_engine(model=old).refine.split_neighbours == 0
-    assert load_engine(model=out, options={"split_neighbours": 2}).refine.split_neighbours == 2
+    assert load_engine(model=out, options={"split_neighbours": 1}).refine.split_neighbours == 1
+    # The photon evidence is on (also for a section written before it); --set turns it off.
+    assert meta["refine"]["split_photons"] is True
+    before = broken(lambda m: m["refine"].pop("split_photons"))
+    assert load_engine(model=before).refine.split_photons
+    assert not load_engine(model=out, options={"split_photons": False}).refine.split_photons
+    for bad in (1, "no", None):
+        with pytest.raises(UserError, match="split_photons"):
+            load_engine(model=out, options={"split_photons": bad})
     for bad in (float("inf"), float("nan"), -1, 1.5):
         with pytest.raises(UserError, match="split_neighbours"):
             load_engine(model=out, options={"split_neighbours": bad})
@@ -723,4 +731,5 @@ def test_generalist_refinement_improves_positions(tmp_path):
         rmse[method] = float(np.sqrt(np.mean(m.dx_nm ** 2 + m.dy_nm ** 2)))
         rmse[method + "_n"] = len(locs)
     assert rmse["mle_n"] == rmse["none_n"] and rmse["mle_n"] > 150
-    assert rmse["mle"] < 0.92 * rmse["none"], rmse
+    # 0.92 with the phase-5 weights (whose network positions are better than phase 3's)
+    assert rmse["mle"] < 0.95 * rmse["none"], rmse

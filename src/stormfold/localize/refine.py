@@ -57,7 +57,7 @@ SPLIT_LLR = 30.0
 #: frame's crowded emitters are tested when it also holds this many of them.
 SPLIT_MIN_LONE = 3
 #: Default of ``RefineOptions.split_neighbours``.
-SPLIT_NEIGHBOURS = 1
+SPLIT_NEIGHBOURS = 2
 
 
 @dataclass
@@ -81,6 +81,11 @@ class RefineOptions:
         Emitters with up to this many other emitters in their region are split-tested too
         (0: only emitters alone in their region). Their dispersion is taken over the
         frame's crowded emitters, whose one-emitter fits also absorb the neighbours' misfit.
+    split_photons : bool
+        Add the photon evidence to the split test: a spot as bright as two of the frame's
+        emitters while each half is as bright as one (see
+        :func:`stormfold.localize.split.photon_evidence`). Off for samples whose emitters
+        differ in brightness by design (e.g. clusters of several dyes reported as one).
     """
 
     method: str = "none"
@@ -89,6 +94,7 @@ class RefineOptions:
     guard: float = 2.0
     split_llr: float = SPLIT_LLR
     split_neighbours: int = SPLIT_NEIGHBOURS
+    split_photons: bool = True
 
     def validate(self) -> "RefineOptions":
         if self.method not in REFINE_METHODS:
@@ -104,6 +110,9 @@ class RefineOptions:
             raise UserError(f"refine split_llr must be a finite number ≥ 0 (0: never split), "
                             f"got {self.split_llr!r}")
         _check_integer("split_neighbours", self.split_neighbours, 0, 8)
+        if not isinstance(self.split_photons, bool):
+            raise UserError(f"refine split_photons must be true or false, "
+                            f"got {self.split_photons!r}")
         return self
 
     @property
@@ -373,5 +382,5 @@ def _refine_chunk(frames, frame, x0, y0, counts, ux, uy, gamma, options, size, s
             group = frame * 2 + crowded.long()
             split_pairs(out, torch.nonzero(tested).squeeze(1), gather, total, (x, y, N, b, sig),
                         (c0, r0), (h, w), sigma_split, gamma, size, options.split_llr,
-                        group, 2 * b_count)
+                        group, 2 * b_count, photon_prior=options.split_photons)
     return out

@@ -27,11 +27,18 @@ SPLIT_ITERATIONS = 5
 SPLIT_MIN_FRACTION = 0.2
 SPLIT_MIN_SEPARATION_PX = 0.4
 SPLIT_MAX_SHIFT_PX = 2.0
+#: The photon evidence of the split test needs this many lone tested emitters in a frame;
+#: its spread is their robust one widened by PRIOR_SPREAD_SE/√n of itself (n emitters), and
+#: at least PRIOR_MIN_SPREAD of their median photons (see :func:`photon_statistics`).
+PRIOR_MIN_EMITTERS = 8
+PRIOR_SPREAD_SE = 1.0
+PRIOR_MIN_SPREAD = 0.05
 
 
 def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, params,
                 corners, shape, sigma_px: torch.Tensor, gamma: float, size: int,
-                llr_min: float, group: torch.Tensor, n_groups: int) -> None:
+                llr_min: float, group: torch.Tensor, n_groups: int,
+                photon_prior: bool = True) -> None:
     """Replace emitters of ``idx`` by two where the data say so (writes ``out``).
 
     Each emitter's region is fitted twice with the other emitters' models held fixed and
@@ -47,11 +54,17 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     noise model that under-states the pixel variance (read noise left out, a wrong gain)
     inflates every likelihood ratio by about φ, and would split single emitters.
 
-    The pair is kept when 2·(NLL₁ − NLL₂) / φ > ``llr_min``, the weaker emitter holds
-    ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
-    :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
+    With ``photon_prior``, the photon evidence (:func:`photon_evidence`: the one-emitter fit
+    as bright as two of the frame's emitters, each of the pair's as bright as one) is added
+    to that ratio, and where it alone exceeds ``llr_min`` the pair need not be
+    :data:`SPLIT_MIN_SEPARATION_PX` apart (two emitters closer than the PSF can resolve,
+    told apart by their photons).
+
+    The pair is kept when 2·(NLL₁ − NLL₂) / φ (+ the evidence) > ``llr_min``, the weaker
+    emitter holds ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
+    :data:`SPLIT_MIN_SEPARATION_PX` apart (see above), both are within :data:`SPLIT_MAX_SHIFT_PX` of
     the single estimate and inside the frame, and their Cramér–Rao bounds are finite. Of
-    kept pairs whose regions overlap, only the one with the largest 2·ΔNLL / φ stays: each
+    kept pairs whose regions overlap, only the one with the largest strength stays: each
     was fitted with the other's single model fixed, so both could claim one emitter the
     detector missed between them.
     """
@@ -97,6 +110,10 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         at += sel.numel()
     every = torch.ones(idx.numel(), dtype=torch.bool)
     phi = group_median(ratio, group[idx], every, n_groups).clamp_min(1.0)[group[idx]]
+    # Groups are 2·frame (lone) and 2·frame + 1 (crowded): see refine_localizations.
+    centre_n, spread_n = photon_statistics(th1_all[:, 2], group[idx] // 2, group[idx] % 2 == 0,
+                                           (n_groups + 1) // 2) \
+        if photon_prior else (torch.full((idx.numel(),), math.nan),) * 2
 
     # Pass 2: the two-emitter fits and the test.
     at = 0
@@ -105,6 +122,7 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         k = sel.numel()
         th1, nll1 = th1_all[at:at + k], nll1_all[at:at + k]
         dispersion = phi[at:at + k]
+        mu_n, s_n = centre_n[at:at + k], spread_n[at:at + k]
         at += k
         data, valid, d, others, sg, centre = region_of(j)
         zero = torch.zeros(k)
@@ -133,9 +151,11 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
         shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
                               torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
-        strength = 2.0 * (nll1 - nll2) / dispersion
+        bright = photon_evidence(th1[:, 2], th2[:, 2], th2[:, 5], mu_n, s_n)
+        strength = 2.0 * (nll1 - nll2) / dispersion + bright
         keep = (strength > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
-            (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
+            ((torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX)
+             | (bright > llr_min)) & \
             (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
             (var[:, [0, 1, 3, 4]] > 0).all(1) & \
             (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
@@ -158,6 +178,42 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         var[:, 1].to(out.crlb_y_px2)
     out.crlb2_x_px2[rows], out.crlb2_y_px2[rows] = var[:, 3].to(out.crlb2_x_px2), \
         var[:, 4].to(out.crlb2_y_px2)
+
+
+def photon_statistics(counts: torch.Tensor, frame: torch.Tensor, lone: torch.Tensor,
+                      n_frames: int):
+    """Per emitter, the median μ and a spread s of the one-emitter photon counts of the
+    ``lone`` emitters of its ``frame``; μ is NaN in frames with fewer than
+    :data:`PRIOR_MIN_EMITTERS` of them.
+
+    s is the robust standard deviation widened for the sample size, 1.4826 · MAD · (1 + c/√n)
+    for n emitters with c = :data:`PRIOR_SPREAD_SE` (the MAD's standard error is about
+    1.17 s/√n for Gaussian photons), and at least :data:`PRIOR_MIN_SPREAD` · μ. A frame holds
+    few emitters at low density, and the MAD of a few can be small by chance (nine emitters
+    of 300–5,000 photons gave 435 instead of ~1,400): a spread taken too narrow splits bright
+    single emitters. Per frame, so that results do not depend on how frames are batched
+    (pooled over the frames of a call, the evidence gained more, but with the batching)."""
+    med = group_median(counts, frame, lone, n_frames)
+    mad = group_median((counts - med[frame]).abs(), frame, lone, n_frames)
+    n = torch.bincount(frame[lone], minlength=n_frames).to(counts.dtype)
+    spread = torch.maximum(1.4826 * mad * (1 + PRIOR_SPREAD_SE / n.clamp_min(1).sqrt()),
+                           PRIOR_MIN_SPREAD * med)
+    med = torch.where(n >= PRIOR_MIN_EMITTERS, med, math.nan)
+    return med[frame], spread[frame]
+
+
+def photon_evidence(single: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                    centre: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Evidence (≥ 0, in units of 2·Δlog L) that a spot of ``single`` photons is two
+    emitters of ``first`` and ``second``, from the frame's distribution of one emitter's
+    photons (Gaussian, ``centre`` ± ``spread``):
+    ((N − μ)² − (N₁ − μ)² − (N₂ − μ)²) / s², floored at 0; 0 where μ is NaN.
+
+    It is the log-ratio of the Gaussian exponents only: it rewards a pair whose photons are
+    typical of one emitter each while their sum is not, and never counts against a pair
+    (emitters ON for part of a frame are dimmer than the distribution says)."""
+    term = ((single - centre) ** 2 - (first - centre) ** 2 - (second - centre) ** 2) / spread ** 2
+    return torch.where(torch.isfinite(term), term.clamp_min(0.0), torch.zeros_like(term))
 
 
 def _strongest_nearby(centres: torch.Tensor, strength: torch.Tensor, n_pixels: int,
