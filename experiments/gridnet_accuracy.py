@@ -82,6 +82,21 @@ def scores(truth: pd.DataFrame, locs: pd.DataFrame) -> dict:
     return out
 
 
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of the paired differences a − b and its standard error (std of the differences
+    / √n; NaN for one pair)."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+    return float(diff.mean()), se
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """Lines of a Markdown table whose columns are the keys of the first row."""
+    keys = list(rows[0])
+    return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + \
+        ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+
+
 def interior_ji(truth: pd.DataFrame, locs: pd.DataFrame, cfg, margin_nm: float = 100.0) -> float:
     """JI@100 of the truth and the localizations at least ``margin_nm`` inside the frame of
     the simulation ``cfg``: the border band left out, where an emitter has part of its light

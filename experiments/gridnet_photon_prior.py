@@ -3,8 +3,8 @@
 At 0.5 and 2 emitters/µm² the shipped Deep-STORM finds more of the ``zerocost`` emitters
 than the gridnet generalist (``gridnet_sparse.py``: 0.7 and 1.3 % with the phase-3 weights,
 0.3 and 0.4 % with the phase-5 weights and the split test's photon evidence), most of them
-emitters with a neighbour closer than 200 nm. Deep-STORM was trained on that camera's emitters alone:
-2,250 ± 250 photons. Two such emitters 1 px apart make a spot twice as bright as any it saw
+emitters with a neighbour closer than 200 nm. Deep-STORM was trained on that camera's
+emitters alone: 2,250 ± 250 photons. Two such emitters 1 px apart make a spot twice as bright as any it saw
 as one emitter; the generalist was trained on 200–10,000 photons, where such a spot is
 often one bright emitter.
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import (DEEPSTORM, interior_ji, localize, run_header,  # noqa: E402
-                              scores, simulate, write_record)
+from gridnet_accuracy import (DEEPSTORM, interior_ji, localize, markdown_table,  # noqa: E402
+                              paired_difference, run_header, scores, simulate, write_record)
 
 #: Photon distributions of the emitters: the preset's, and one as wide as real dyes'.
 PHOTONS = {"preset 2250±250": [],
@@ -110,14 +110,11 @@ def summarise(rows: list[dict], models: list[str]) -> list[dict]:
             for label in models:
                 mine = [r for r in case if r["model"] == label]
                 n = len(mine)
-                diff = [a["ji_100"] - b["ji_100"] for a, b in zip(mine, first)]
-                mean = sum(diff) / n
-                se = math.sqrt(sum((x - mean) ** 2 for x in diff) / (n - 1) / n) \
-                    if n > 1 else math.nan
+                mean, se = paired_difference([r["ji_100"] for r in mine],
+                                             [r["ji_100"] for r in first])
                 avg = {key: round(float(np.nanmean([r[key] for r in mine])), 4)
                        for key in ("ji_100", "ji_100_interior", "precision", "recall",
-                                   "recall_close",
-                                   "recall_far", "rmse_nm")}
+                                   "recall_close", "recall_far", "rmse_nm")}
                 out.append({"photons": photons, "density_per_um2": density, "model": label,
                             "movies": n, "emitters": sum(r["n_truth"] for r in mine),
                             "close": sum(r["n_close"] for r in mine), **avg,
@@ -127,10 +124,7 @@ def summarise(rows: list[dict], models: list[str]) -> list[dict]:
 
 
 def _markdown(result: dict) -> str:
-    def table(rows):
-        keys = list(rows[0])
-        return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + \
-            ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    table = markdown_table
     return "\n".join([f"Photon prior at low density ({result['when']}, CPU {result['cpu']}, "
                       f"{result['threads']} thread(s))", "", f"Command: `{result['command']}`",
                       "", f"Close: nearest neighbour in the frame < {CLOSE_NM:g} nm.", "",

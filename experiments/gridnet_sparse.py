@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import (DEEPSTORM, interior_ji, localize, run_header,  # noqa: E402
-                              scores, simulate, write_record)
+from gridnet_accuracy import (DEEPSTORM, interior_ji, localize, markdown_table,  # noqa: E402
+                              paired_difference, run_header, scores, simulate, write_record)
 
 DENSITIES = (0.5, 2.0)
 
@@ -53,10 +53,9 @@ def _interior_difference(g: list[dict], s: list[dict]) -> dict:
     if not all("ji_100_interior" in r for r in g + s):
         return {"ji_100_interior_gridnet": math.nan, "ji_100_interior_deepstorm": math.nan,
                 "interior_difference": math.nan, "interior_standard_error": math.nan}
-    diff = [a["ji_100_interior"] - b["ji_100_interior"] for a, b in zip(g, s)]
-    n = len(diff)
-    mean = sum(diff) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in diff) / (n - 1) / n) if n > 1 else math.nan
+    n = len(g)
+    mean, se = paired_difference([r["ji_100_interior"] for r in g],
+                                 [r["ji_100_interior"] for r in s])
     return {"ji_100_interior_gridnet": round(sum(r["ji_100_interior"] for r in g) / n, 4),
             "ji_100_interior_deepstorm": round(sum(r["ji_100_interior"] for r in s) / n, 4),
             "interior_difference": round(mean, 4), "interior_standard_error": round(se, 4)}
@@ -98,10 +97,8 @@ def run(generalist: str, movies: int, frames: int, work: Path,
         mine = [r for r in rows if r["density_per_um2"] == density]
         g = [r for r in mine if r["engine"] == "gridnet-generalist"]
         s = [r for r in mine if r["engine"] == "deepstorm-zerocost"]
-        diff = [a["ji_100"] - b["ji_100"] for a, b in zip(g, s)]
-        n = len(diff)
-        mean = sum(diff) / n
-        se = math.sqrt(sum((x - mean) ** 2 for x in diff) / (n - 1) / n) if n > 1 else math.nan
+        n = len(g)
+        mean, se = paired_difference([r["ji_100"] for r in g], [r["ji_100"] for r in s])
         summary.append({"density_per_um2": density, "movies": n,
                         "emitters": sum(r["n_truth"] for r in g),
                         "ji_100_gridnet": round(sum(r["ji_100"] for r in g) / n, 4),
@@ -114,10 +111,7 @@ def run(generalist: str, movies: int, frames: int, work: Path,
 
 
 def _markdown(result: dict) -> str:
-    def table(rows):
-        keys = list(rows[0])
-        return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] + \
-            ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    table = markdown_table
     return "\n".join([f"gridnet vs Deep-STORM at low density ({result['when']}, generalist "
                       f"{result['generalist']}, CPU {result['cpu']}, {result['threads']} "
                       f"thread(s))", "", f"Command: `{result['command']}`", "",

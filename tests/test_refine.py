@@ -29,6 +29,15 @@ def expected_counts(shape, x_px, y_px, counts, sigma_px, bg):
     return bg + np.einsum("n,nr,nc->rc", np.asarray(counts, float), ey, ex)
 
 
+def poisson_frames(rng, shape, frame, x_px, y_px, counts, sigma_px, bg):
+    """Poisson-noisy frames (n, rows, cols) of the emitters of each ``frame`` index (0 … n−1),
+    float32."""
+    frame, counts = np.asarray(frame), np.broadcast_to(np.asarray(counts, float), frame.shape)
+    return np.stack([rng.poisson(expected_counts(shape, x_px[frame == f], y_px[frame == f],
+                                                 counts[frame == f], sigma_px, bg))
+                     for f in range(int(frame.max()) + 1)]).astype(np.float32)
+
+
 def crlb_xy(x, y, counts, sigma, bg, size=15, h=1e-4):
     """√(CRLB_x + CRLB_y) of one emitter alone (x, y, N, b free), Poisson data."""
     theta = np.array([x, y, counts, bg], float)
@@ -64,9 +73,7 @@ def test_isolated_emitters_reach_the_cramer_rao_bound():
     xt = (gx.ravel()[None] + rng.uniform(0, 1, (n_frames, per_frame))).ravel()
     yt = (gy.ravel()[None] + rng.uniform(0, 1, (n_frames, per_frame))).ravel()
     frame = np.repeat(np.arange(n_frames), per_frame)
-    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
-                                                   [counts] * per_frame, sigma, bg))
-                       for f in range(n_frames)]).astype(np.float32)
+    frames = poisson_frames(rng, (size, size), frame, xt, yt, counts, sigma, bg)
     # Starts off by 0.3 px, as a detector's estimate might be.
     x0, y0 = xt + 0.3, yt - 0.2
     for sigma_px in (sigma, None):  # σ known, and fitted per emitter
@@ -116,9 +123,7 @@ def test_chunks_of_frames_give_the_same_result(monkeypatch):
     xt = rng.uniform(4, 28, 30)
     yt = rng.uniform(4, 28, 30)
     frame = np.repeat(np.arange(6), 5)
-    frames = np.stack([rng.poisson(expected_counts((32, 32), xt[frame == f], yt[frame == f],
-                                                   [1500.0] * 5, 1.2, 8.0))
-                       for f in range(6)]).astype(np.float32)
+    frames = poisson_frames(rng, (32, 32), frame, xt, yt, 1500.0, 1.2, 8.0)
     whole = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
     monkeypatch.setattr(refine_mod, "REFINE_CHUNK_PIXELS", 1)  # one frame per chunk
     chunked = _run(frames, frame, xt + 0.2, yt, [1500.0] * 30, [0.4] * 30)
@@ -221,9 +226,7 @@ def test_single_emitters_with_poisson_noise_are_not_split():
     yt = (gy.ravel()[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
     counts = rng.uniform(300, 5000, xt.size)
     frame = np.repeat(np.arange(n_frames), 9)
-    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
-                                                   counts[frame == f], 1.2, 20.0))
-                       for f in range(n_frames)]).astype(np.float32)
+    frames = poisson_frames(rng, (size, size), frame, xt, yt, counts, 1.2, 20.0)
     res = _run(frames, frame, xt + 0.2, yt - 0.1, counts, [0.5] * xt.size)
     assert bool(res.accepted.all())
     assert int(res.split.sum()) == 0
@@ -297,9 +300,7 @@ def test_crowded_single_emitters_with_poisson_noise_are_not_split():
     yt = (gy[None] + rng.uniform(0, 1, (n_frames, 9))).ravel()
     counts = rng.uniform(300, 5000, xt.size)
     frame = np.repeat(np.arange(n_frames), 9)
-    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
-                                                   counts[frame == f], 1.2, 20.0))
-                       for f in range(n_frames)]).astype(np.float32)
+    frames = poisson_frames(rng, (size, size), frame, xt, yt, counts, 1.2, 20.0)
     res = _run(frames, frame, xt + 0.2, yt - 0.1, counts, [0.5] * xt.size, split_neighbours=2)
     assert bool(res.accepted.all())
     assert int(res.split.sum()) == 0

@@ -11,7 +11,7 @@ from stormfold.errors import UserError
 from stormfold.localize import split as split_mod
 from stormfold.localize.refine import RefineOptions
 from stormfold.localize.split import photon_evidence, photon_statistics
-from test_refine import _run, expected_counts
+from test_refine import _run, expected_counts, poisson_frames
 
 
 def test_photon_evidence_known_answers():
@@ -107,9 +107,7 @@ def test_single_emitters_of_spread_brightness_are_not_split():
     yt = (gy.ravel()[None] + rng.uniform(0, 1, (n_frames, n))).ravel()
     counts = rng.uniform(300, 5000, xt.size)
     frame = np.repeat(np.arange(n_frames), n)
-    frames = np.stack([rng.poisson(expected_counts((size, size), xt[frame == f], yt[frame == f],
-                                                   counts[frame == f], 1.2, 20.0))
-                       for f in range(n_frames)]).astype(np.float32)
+    frames = poisson_frames(rng, (size, size), frame, xt, yt, counts, 1.2, 20.0)
     res = _run(frames, frame, xt + 0.2, yt - 0.1, counts, [0.5] * xt.size, split_neighbours=2)
     assert bool(res.accepted.all())
     assert int(res.split.sum()) == 0
