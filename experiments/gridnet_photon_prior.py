@@ -2,11 +2,11 @@
 
 At 0.5 and 2 emitters/µm² the shipped Deep-STORM finds more of the ``zerocost`` emitters
 than the gridnet generalist (``gridnet_sparse.py``: 0.7 and 1.3 % with the phase-3 weights,
-0.3 and 0.4 % with the phase-5 weights and the split test's photon evidence), most of them
+0.4 and 0.6 % with the phase-5 weights and the split test's photon evidence), most of them
 emitters with a neighbour closer than 200 nm. Deep-STORM was trained on that camera's
-emitters alone: 2,250 ± 250 photons. Two such emitters 1 px apart make a spot twice as bright as any it saw
-as one emitter; the generalist was trained on 200–10,000 photons, where such a spot is
-often one bright emitter.
+emitters alone: 2,250 ± 250 photons. Two such emitters 1 px apart make a spot twice as
+bright as any it saw as one emitter; the generalist was trained on 200–10,000 photons,
+where such a spot is often one bright emitter.
 
 This experiment localizes fresh ``zerocost`` movies whose emitters have the preset's photons
 (normal, 2,250 ± 250) and movies whose photons are spread (uniform 500–4,000: the same mean,

@@ -56,13 +56,11 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
 
     With ``photon_prior``, the photon evidence (:func:`photon_evidence`: the one-emitter fit
     as bright as two of the frame's emitters, each of the pair's as bright as one) is added
-    to that ratio, and where it alone exceeds ``llr_min`` the pair need not be
-    :data:`SPLIT_MIN_SEPARATION_PX` apart (two emitters closer than the PSF can resolve,
-    told apart by their photons).
+    to that ratio.
 
     The pair is kept when 2·(NLL₁ − NLL₂) / φ (+ the evidence) > ``llr_min``, the weaker
     emitter holds ≥ :data:`SPLIT_MIN_FRACTION` of the photons, the two are ≥
-    :data:`SPLIT_MIN_SEPARATION_PX` apart (see above), both are within :data:`SPLIT_MAX_SHIFT_PX` of
+    :data:`SPLIT_MIN_SEPARATION_PX` apart, both are within :data:`SPLIT_MAX_SHIFT_PX` of
     the single estimate and inside the frame, and their Cramér–Rao bounds are finite. Of
     kept pairs whose regions overlap, only the one with the largest strength stays: each
     was fitted with the other's single model fixed, so both could claim one emitter the
@@ -151,11 +149,10 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
         weaker = torch.minimum(th2[:, 2], th2[:, 5]) / (th2[:, 2] + th2[:, 5])
         shift = torch.maximum(torch.hypot(th2[:, 0] - th1[:, 0], th2[:, 1] - th1[:, 1]),
                               torch.hypot(th2[:, 3] - th1[:, 0], th2[:, 4] - th1[:, 1]))
-        bright = photon_evidence(th1[:, 2], th2[:, 2], th2[:, 5], mu_n, s_n)
-        strength = 2.0 * (nll1 - nll2) / dispersion + bright
+        strength = 2.0 * (nll1 - nll2) / dispersion + \
+            photon_evidence(th1[:, 2], th2[:, 2], th2[:, 5], mu_n, s_n)
         keep = (strength > llr_min) & (weaker >= SPLIT_MIN_FRACTION) & \
-            ((torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX)
-             | (bright > llr_min)) & \
+            (torch.hypot(th2[:, 0] - th2[:, 3], th2[:, 1] - th2[:, 4]) >= SPLIT_MIN_SEPARATION_PX) & \
             (shift <= SPLIT_MAX_SHIFT_PX) & (err == 0) & torch.isfinite(var).all(1) & \
             (var[:, [0, 1, 3, 4]] > 0).all(1) & \
             (x1 >= 0) & (x1 < w) & (y1 >= 0) & (y1 < h) & (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
@@ -191,8 +188,10 @@ def photon_statistics(counts: torch.Tensor, frame: torch.Tensor, lone: torch.Ten
     1.17 s/√n for Gaussian photons), and at least :data:`PRIOR_MIN_SPREAD` · μ. A frame holds
     few emitters at low density, and the MAD of a few can be small by chance (nine emitters
     of 300–5,000 photons gave 435 instead of ~1,400): a spread taken too narrow splits bright
-    single emitters. Per frame, so that results do not depend on how frames are batched
-    (pooled over the frames of a call, the evidence gained more, but with the batching)."""
+    single emitters. Per frame, so that the statistics do not depend on how frames are
+    batched (pooled over the frames of a call, the evidence gained more, but with the
+    batching)."""
+    lone = lone & torch.isfinite(counts)
     med = group_median(counts, frame, lone, n_frames)
     mad = group_median((counts - med[frame]).abs(), frame, lone, n_frames)
     n = torch.bincount(frame[lone], minlength=n_frames).to(counts.dtype)
