@@ -82,7 +82,7 @@ def _close_pairs(photons_pair, seed=4, split_photons=True, n_frames=3):
 def test_pairs_twice_as_bright_as_the_frames_emitters_are_split():
     with_photons = sum(int(_close_pairs(2000.0, seed).sum()) for seed in range(2))
     without = sum(int(_close_pairs(2000.0, seed, split_photons=False).sum()) for seed in range(2))
-    # 0.7 px apart the shape alone rarely decides; the brightness does (14 of the 24 pairs
+    # 0.7 px apart the shape alone rarely decides; the brightness does (13 of the 24 pairs
     # with the evidence, none without, when written).
     assert with_photons >= 10 and without <= 3, (with_photons, without)
 
