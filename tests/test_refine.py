@@ -174,7 +174,9 @@ def _pair_among_singles(split_llr):
     pair_x, pair_y, pair_n = np.array([31.7, 32.9]), np.array([32.0, 32.5]), np.array([2000.0, 1500.0])
     xt = np.r_[singles_x, pair_x]
     yt = np.r_[singles_y, pair_y]
-    nt = np.r_[[1800.0] * 8, pair_n]
+    # The singles' photons vary as real emitters' do: with eight identical ones the split
+    # test's photon prior (the frame's median ± 5 %) would pull the pair's brighter member.
+    nt = np.r_[np.linspace(1500.0, 2200.0, 8), pair_n]
     frames = expected_counts((42, 42), xt, yt, nt, sigma, bg)[None].astype(np.float32)
     centre_x = np.average(pair_x, weights=pair_n)
     centre_y = np.average(pair_y, weights=pair_n)

@@ -35,9 +35,12 @@ def region_information(jac, m, valid):
     return jf, wgt, torch.bmm(jf * wgt[:, None, :], jf.transpose(1, 2))
 
 
-def scoring_step(jf, wgt, info, d, m, lam):
-    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p)."""
+def scoring_step(jf, wgt, info, d, m, lam, prior_grad=None):
+    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p); a prior's
+    gradient of log-density (n, p) is added to the likelihood's, its precision to ``info``."""
     grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
+    if prior_grad is not None:
+        grad = grad + prior_grad
     diag = torch.diagonal(info, dim1=1, dim2=2)
     step, _ = torch.linalg.solve_ex(info + torch.diag_embed(lam[:, None] * diag + 1e-9),
                                     grad[:, :, None])
@@ -61,26 +64,50 @@ def group_median(values: torch.Tensor, group: torch.Tensor, mask: torch.Tensor,
     return out
 
 
-def fit_regions(theta, model, others, valid, d, gamma, counts_at, iterations):
+def fit_regions(theta, model, others, valid, d, gamma, counts_at, iterations, prior=None):
     """Levenberg–Marquardt (Fisher scoring) of ``model`` on regions; returns the estimate,
-    its negative log-likelihood and its Fisher information."""
+    its negative log-likelihood and its Fisher information.
+
+    ``prior`` = (mean, precision), tensors (n,): a one-sided Gaussian prior on every
+    parameter of ``counts_at`` (the photons), penalising ½·precision·(N − mean)² where
+    N > mean, so that the fit maximises the posterior; dimmer is not penalised (precision
+    0: no prior). The returned negative log-likelihood and information are the
+    likelihood's alone.
+    """
+    prec = torch.zeros_like(theta)
+    mean = torch.zeros_like(theta)
+    if prior is not None:
+        mean[:, counts_at] = prior[0][:, None].to(theta)
+        prec[:, counts_at] = prior[1][:, None].to(theta)
+
+    def excess(t):
+        return (t - mean).clamp_min(0.0)
+
+    def penalty(t):
+        return 0.5 * (prec * excess(t) ** 2).sum(1)
+
     def nll(mu):
         m = expected_data(mu, others, gamma)
         return poisson_nll(m, valid, d), m
 
     mu, jac = model(theta, True)
     cur, m = nll(mu)
+    cur = cur + penalty(theta)
     lam = torch.full((theta.shape[0],), 1e-2)
     for _ in range(iterations):
         jf, wgt, info = region_information(jac, m, valid)
-        trial = theta + scoring_step(jf, wgt, info, d, m, lam)
+        curvature = torch.where(theta > mean, prec, torch.zeros_like(prec))
+        step = scoring_step(jf, wgt, info + torch.diag_embed(curvature), d, m, lam,
+                            -prec * excess(theta))
+        trial = theta + step
         trial[:, counts_at] = trial[:, counts_at].clamp_min(1.0)
         mu_t, jac_t = model(trial, True)
         new, m_t = nll(mu_t)
+        new = new + penalty(trial)
         ok = torch.isfinite(new) & torch.isfinite(trial).all(1) & (new <= cur)
         theta = torch.where(ok[:, None], trial, theta)
         jac = torch.where(ok[:, None, None, None], jac_t, jac)
         m = torch.where(ok[:, None, None], m_t, m)
         cur = torch.where(ok, new, cur)
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-6, 1e6)
-    return theta, cur, region_information(jac, m, valid)[2]
+    return theta, cur - penalty(theta), region_information(jac, m, valid)[2]
