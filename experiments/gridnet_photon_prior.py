@@ -2,7 +2,8 @@
 
 At 0.5 and 2 emitters/µm² the shipped Deep-STORM finds more of the ``zerocost`` emitters
 than the gridnet generalist (``gridnet_sparse.py``: 0.7 and 1.3 % with the phase-3 weights,
-0.4 and 0.6 % with the phase-5 weights and the split test's photon evidence), most of them
+0.4 and 0.6 % with the phase-5 weights and the split test's photon evidence, 0.2 and 0.16 %
+with the pair fit's photon prior too), most of them
 emitters with a neighbour closer than 200 nm. Deep-STORM was trained on that camera's
 emitters alone: 2,250 ± 250 photons. Two such emitters 1 px apart make a spot twice as
 bright as any it saw as one emitter; the generalist was trained on 200–10,000 photons,
