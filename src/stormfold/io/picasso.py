@@ -105,7 +105,8 @@ def read_picasso_hdf5(path: str | Path,
         ``frame``, ``x_nm``, ``y_nm`` and, when the fields exist, ``photons``,
         ``sigma_nm``, ``bg``, ``uncertainty_nm`` (nm, √((lpx² + lpy²)/2) × px; not from
         stand-in ``lpx``/``lpy``), ``uncertainty_x_nm`` and ``uncertainty_y_nm`` (lpx, lpy
-        × px; only when they differ in some row), then extra fields unchanged (floats as float64, integers as int64).
+        × px; only when they differ in some row), then extra fields unchanged (floats as
+        float64, integers as int64).
     info : dict
         ``pixel_size_nm``, ``width_px``, ``height_px``, ``n_frames`` (``None`` when the
         sidecar lacks them), ``columns_estimated`` (table column → how it was estimated,
