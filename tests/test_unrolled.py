@@ -716,3 +716,21 @@ def test_dim_movie_warns_once_and_names_threshold():
     assert len(said) == 1 and "--threshold" in said[0]  # measured: 81 % below, 907 for 164
     assert run([])[0] == []                             # measured: 0 % below
     assert run(dim, threshold=88.4)[0] == []
+
+
+def test_dim_movie_warning_reaches_run_yaml(tmp_path, run_cli):
+    """`stormfold run` routes the warning through its own path: stderr once, run.yaml."""
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config("challenge2016", n_frames=4, seed=3, overrides=[
+        "n_rows=64", "n_cols=64", "emitters.photons_mean=300", "emitters.photons_std=30",
+        "activation.density_per_um2=1"])
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "movie": str(tmp_path / "sim" / "movie.tif"), "output": str(tmp_path / "out"),
+        "engine": {"model": "builtin:unrolled-isbi2013"}}))
+    code, _, err = run_cli("run", tmp_path / "run.yaml", "--quiet")
+    assert code == 0, err
+    assert err.count("are fainter than all but 5 %") == 1 and "engine.threshold" in err
+    record = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert any("fainter than all but 5 %" in w for w in record["warnings"])

@@ -143,8 +143,8 @@ def low_intensity_warning(n_low: int, n: int, floor: float, threshold: float) ->
     return (f"unrolled: {n_low} of {n} localizations ({100 * n_low / n:.0f} %) are fainter "
             f"than all but 5 % of those on the model's training frames (intensity {floor:.3g}; "
             f"threshold {threshold:.3g}): the movie is likely dimmer or noisier than the "
-            f"training data and noise peaks are being localized; raise --threshold "
-            f"(e.g. --threshold {floor:.3g})")
+            f"training data and noise peaks are being localized; raise the threshold "
+            f"(e.g. --threshold {floor:.3g}; stormfold run: engine.threshold)")
 
 
 class UnrolledEngine(Engine):
@@ -205,6 +205,9 @@ class UnrolledEngine(Engine):
             and np.isfinite(floor) and floor > 0
         self.intensity_p05 = float(floor) if valid else None
         self._low = [0, 0]  # localizations below intensity_p05, all (None once warned)
+        #: Where the warning goes: :func:`warnings.warn` when None (``stormfold run`` sets
+        #: its own, so the warning also reaches run.log, run.yaml and the report).
+        self.warn = None
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
         """x_K for frames (B, rows, cols) in photons → (B, rows·L, cols·L) float32."""
@@ -242,7 +245,10 @@ class UnrolledEngine(Engine):
         text = low_intensity_warning(*self._low, self.intensity_p05, self.threshold)
         if text is not None:
             self._low = None
-            warnings.warn(text, UserWarning, stacklevel=3)
+            if self.warn is not None:
+                self.warn(text)
+            else:
+                warnings.warn(text, UserWarning, stacklevel=3)
 
     def training_camera(self) -> Camera | None:
         return self.camera
