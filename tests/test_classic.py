@@ -12,7 +12,7 @@ from stormfold.localize.classic.detect import (band_pass, band_pass_noise_gain, 
                                                extract_rois, gaussian_blur, gaussian_kernel,
                                                robust_noise)
 from stormfold.localize.classic.engine import (ClassicOptions, NoiseModel, _drop_duplicates,
-                                               build_engine)
+                                               build_engine, on_fit_bound)
 from stormfold.localize.classic.fit import (PARAMETERS, FitBounds, fisher_information,
                                             fit_spots, gaussian_model, initial_guess)
 from stormfold.physics.camera import Camera
@@ -199,6 +199,39 @@ def test_drop_duplicates_keeps_the_stronger():
     y = torch.tensor([5.0, 5.1, 9.0, 5.0])
     keep = _drop_duplicates(frame, x, y, torch.tensor([3.0, 7.0, 1.0, 1.0]), 0.5)
     assert keep.tolist() == [1, 2, 3]
+
+
+def test_fits_on_a_bound_are_dropped_at_every_edge():
+    """Emitters half outside the frame are clipped to the region's edge by the fit: dropped
+    at the first row/column as at the last (review 12 #4: x = 0.000 was kept), while the
+    interior emitter is kept."""
+    f = np.repeat([0, 1], 5)
+    x = np.tile([-0.3, 32.3, 12.5, 20.5, 16.2], 2)
+    y = np.tile([10.5, 20.5, -0.3, 32.3, 16.7], 2)
+    clean = render_emitters((2, 32, 32), f, x, y, np.full(10, 3000.0), np.full(10, 1.1)) + 10.0
+    frames = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    engine = build_engine()
+    locs = engine.process(frames, 0, 100.0).locs
+    assert engine.describe()["counts"]["candidates"] == 10  # all five found in both frames
+    assert len(locs) == 2  # before: also the four at x = 0 or y = 0 (the far edges dropped)
+    np.testing.assert_allclose(locs.x_nm, 1620.0, atol=5.0)
+    np.testing.assert_allclose(locs.y_nm, 1670.0, atol=5.0)
+
+
+def test_on_fit_bound_marks_positions_photons_and_sigma():
+    bounds = FitBounds(sigma_min_px=0.5, sigma_max_px=2.0)
+    theta = torch.tensor([[3.5, 3.5, 500.0, 5.0, 1.0],      # inside: kept
+                          [0.0, 3.5, 500.0, 5.0, 1.0],      # x at the low bound
+                          [SIZE, 3.5, 500.0, 5.0, 1.0],     # x at the high bound
+                          [3.5, 0.0005, 500.0, 5.0, 1.0],   # y within 1e-3 px of 0
+                          [3.5, SIZE, 500.0, 5.0, 1.0],     # y at the high bound
+                          [3.5, 3.5, 1.0, 5.0, 1.0],        # N clipped to min_counts
+                          [3.5, 3.5, 500.0, 5.0, 2.0],      # σ at its upper bound
+                          [0.01, 6.99, 1.5, 5.0, 1.0]],     # near but off every bound
+                         dtype=torch.float64)
+    assert on_fit_bound(theta, SIZE, bounds).tolist() == [False, True, True, True, True, True,
+                                                         True, False]
+    assert not on_fit_bound(theta[6:7], SIZE, bounds, fit_sigma=False).any()
 
 
 @pytest.mark.parametrize("preset", ["thunderstorm", "challenge2016"])

@@ -196,6 +196,47 @@ def test_real_picasso_file(shared_data, tmp_path, picasso_keeps):
     assert read_picasso_hdf5(path, pixel_size_nm=100.0)[1]["pixel_size_nm"] == 100.0
 
 
+def test_picasso_per_axis_precision_round_trip(tmp_path):
+    """lpx/lpy come from the per-axis uncertainties when the table has them (gridnet), and
+    read back as the same three columns, also through a CSV (review 12 #6: lpx = lpy = the
+    combined value); without per-axis columns lpx = lpy and none are invented on reading."""
+    sx, sy = np.array([10.0, 20.0, 7.0]), np.array([12.0, 20.0, np.nan])
+    combined = np.sqrt(0.5 * (sx ** 2 + sy ** 2))
+    combined[2] = 9.0  # a row without σy: both fields fall back to the combined value
+    table = make_table([0, 1, 1], [150.0, 250.0, 900.0], [150.0, 250.0, 400.0],
+                       uncertainty_nm=combined, uncertainty_x_nm=sx, uncertainty_y_nm=sy)
+    write_picasso_hdf5(tmp_path / "g.hdf5", table, 100.0, 16, 16)
+    with h5py.File(tmp_path / "g.hdf5") as fh:
+        locs = fh["locs"][()]
+    assert locs.dtype.names == ("frame", "x", "y", "lpx", "lpy")  # no duplicate extras
+    np.testing.assert_allclose(locs["lpx"], [0.10, 0.20, 0.07], rtol=1e-6)
+    np.testing.assert_allclose(locs["lpy"], [0.12, 0.20, 0.09], rtol=1e-6)
+    back, _ = read_picasso_hdf5(tmp_path / "g.hdf5")
+    np.testing.assert_allclose(back["uncertainty_x_nm"], [10.0, 20.0, 7.0], rtol=1e-6)
+    np.testing.assert_allclose(back["uncertainty_y_nm"], [12.0, 20.0, 9.0], rtol=1e-6)
+    np.testing.assert_allclose(back["uncertainty_nm"][:2], combined[:2], rtol=1e-6)
+    # CSV → HDF5 → CSV keeps the per-axis columns
+    write_thunderstorm_csv(tmp_path / "g.csv", table.iloc[:2])
+    convert_table(tmp_path / "g.csv", tmp_path / "h.hdf5", pixel_size_nm=100.0)
+    convert_table(tmp_path / "h.hdf5", tmp_path / "h.csv")
+    again = read_thunderstorm_csv(tmp_path / "h.csv")
+    for column in ("uncertainty_nm", "uncertainty_x_nm", "uncertainty_y_nm"):
+        np.testing.assert_allclose(again[column], table[column][:2], rtol=1e-6)
+    # a Picasso file with lpx ≠ lpy (not from stormfold): the RMS and both axes
+    plain = make_table([0], [150.0], [150.0], uncertainty_nm=[5.0])
+    write_picasso_hdf5(tmp_path / "p.hdf5", plain, 100.0, 8, 8)
+    back, _ = read_picasso_hdf5(tmp_path / "p.hdf5")
+    assert list(back.columns) == ["frame", "x_nm", "y_nm", "uncertainty_nm"]
+    with h5py.File(tmp_path / "p.hdf5", "r+") as fh:
+        locs = fh["locs"][()]
+        locs["lpx"], locs["lpy"] = 0.03, 0.04
+        fh["locs"][...] = locs
+    back, _ = read_picasso_hdf5(tmp_path / "p.hdf5")
+    np.testing.assert_allclose(back["uncertainty_nm"], [np.sqrt(12.5)], rtol=1e-6)
+    np.testing.assert_allclose(back[["uncertainty_x_nm", "uncertainty_y_nm"]].to_numpy(),
+                               [[3.0, 4.0]], rtol=1e-6)
+
+
 def test_picasso_never_writes_unmeasured_values(tmp_path, picasso_keeps):
     """Positions only (SOFI, unrolled-like tables): Picasso's required lpx/lpy are a named
     stand-in, the optional fields are absent, and every row survives Picasso's checks."""

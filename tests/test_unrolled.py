@@ -504,6 +504,7 @@ def test_cli_train_on_a_given_movie_and_truth(tmp_path, run_cli):
     ext = meta["extraction"]
     assert ext["method"] == "peaks" and ext["calibrated"] and ext["threshold"] >= 0.0
     assert ext["jaccard"] == max(c["jaccard"] for c in ext["candidates"])
+    assert ext["intensity_p05"] >= ext["threshold"]  # a quantile of what passes it
     assert meta["solver"]["alpha_units"] == "1/Lipschitz"
     assert meta["bounds"]["alpha"] == pytest.approx([0.0, 4.0 / 3.0])
 
@@ -628,7 +629,10 @@ def test_peak_extraction_splits_touching_emitters():
     np.testing.assert_allclose(pk["x_nm"], [((2 * 3 + 10 * 4 + 4 * 5) / 16 + 0.5) * 25,
                                             ((4 * 6 + 10 * 7 + 2 * 8) / 16 + 0.5) * 25])
     np.testing.assert_allclose(pk["y_nm"], [5.5 * 25, 5.5 * 25])
-    np.testing.assert_allclose(pk["photons"], [16.0, 16.0])
+    # the window sum of x_K is not photons (review 12 #1): written as intensity [a.u.]
+    np.testing.assert_allclose(pk["intensity_au"], [16.0, 16.0])
+    assert "photons" not in pk.columns and "photons" not in comp.columns
+    np.testing.assert_allclose(sorted(comp["intensity_au"]), [1.0, 32.0])
     assert len(extract(x, 100.0, 0, 25.0, "peaks")) == 0
     with pytest.raises(UserError, match="method"):
         extract(x, 1.0, 0, 25.0, "blobs")
@@ -647,3 +651,86 @@ def test_extraction_threshold_units_are_not_mixed():
     engine = load_engine(model="builtin:unrolled-isbi2013", threshold=0.01,
                          options={"method": "components"})
     assert engine.method == "components"
+
+
+# --------------------------------------------------------------------------- dim-movie warning
+def test_low_intensity_warning_rule():
+    from stormfold.unrolled.engine import LOW_CHECK_MIN, low_intensity_warning
+
+    assert low_intensity_warning(LOW_CHECK_MIN - 1, LOW_CHECK_MIN - 1, 88.4, 3e-4) is None
+    assert low_intensity_warning(24, 100, 88.4, 3e-4) is None
+    text = low_intensity_warning(25, 100, 88.4, 3e-4)
+    assert "25 of 100" in text and "--threshold 88.4" in text and "\n" not in text
+    # The shipped model keeps every peak, so its intensity_p05 is the 5 % quantile of all
+    # peaks on the training frames: the second of the calibration's 0, 5, … % candidates.
+    from stormfold.localize.registry import load_engine
+
+    ext = load_engine(model="builtin:unrolled-isbi2013").meta["extraction"]
+    assert ext["threshold"] == ext["candidates"][0]["threshold"]
+    assert ext["intensity_p05"] == ext["candidates"][1]["threshold"]
+
+
+def test_a_bad_intensity_p05_names_the_model(tmp_path):
+    import shutil
+
+    from stormfold.localize.registry import load_engine
+    from stormfold.modelfile import builtin_root
+
+    folder = shutil.copytree(builtin_root() / "unrolled-isbi2013", tmp_path / "m")
+    meta = yaml.safe_load((folder / "model.yaml").read_text())
+    for bad in (float("nan"), -1.0, "high"):
+        meta["extraction"]["intensity_p05"] = bad
+        (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+        with pytest.raises(UserError, match=r"m: extraction.intensity_p05 must be a number > 0"):
+            load_engine(model=str(folder))
+    meta["extraction"]["intensity_p05"] = None  # no calibration data: no check, no error
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    assert load_engine(model=str(folder)).intensity_p05 is None
+
+
+def test_dim_movie_warns_once_and_names_threshold():
+    """The shipped model's threshold keeps every 3×3 peak: on a dim movie (300 photons on
+    the challenge2016 camera; review 12 #3: 1093 localizations for 470 emitters) most
+    localizations are noise peaks, fainter than 95 % of the training ones: one warning. The
+    model's own kind of movie, or a raised threshold, gives none."""
+    import warnings
+
+    from stormfold.localize.registry import load_engine
+    from stormfold.simulate import build_config, simulate
+
+    def run(overrides, threshold=None):
+        cfg = build_config("challenge2016", n_frames=4, seed=3,
+                           overrides=["n_rows=64", "n_cols=64", *overrides])
+        sim = simulate(cfg)
+        engine = load_engine(model="builtin:unrolled-isbi2013", threshold=threshold)
+        photons = cfg.camera.backward(sim.movie)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            for a in (0, 2):  # two batches: the warning is given once
+                locs = engine.process(photons[a:a + 2], a, cfg.pixel_size_nm).locs
+        return [str(w.message) for w in said if "unrolled:" in str(w.message)], len(locs)
+
+    dim = ["emitters.photons_mean=300", "emitters.photons_std=30",
+           "activation.density_per_um2=1"]
+    said, _ = run(dim)
+    assert len(said) == 1 and "--threshold" in said[0]  # measured: 81 % below, 907 for 164
+    assert run([])[0] == []                             # measured: 0 % below
+    assert run(dim, threshold=88.4)[0] == []
+
+
+def test_dim_movie_warning_reaches_run_yaml(tmp_path, run_cli):
+    """`stormfold run` routes the warning through its own path: stderr once, run.yaml."""
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config("challenge2016", n_frames=4, seed=3, overrides=[
+        "n_rows=64", "n_cols=64", "emitters.photons_mean=300", "emitters.photons_std=30",
+        "activation.density_per_um2=1"])
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
+        "movie": str(tmp_path / "sim" / "movie.tif"), "output": str(tmp_path / "out"),
+        "engine": {"model": "builtin:unrolled-isbi2013"}}))
+    code, _, err = run_cli("run", tmp_path / "run.yaml", "--quiet")
+    assert code == 0, err
+    assert err.count("are fainter than all but 5 %") == 1 and "engine.threshold" in err
+    record = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
+    assert any("fainter than all but 5 %" in w for w in record["warnings"])

@@ -11,8 +11,15 @@ Format (SPEC §1): dataset ``/locs`` of records ``frame`` (uint32, 0-based), ``x
 multi-document YAML file; the first document has ``Width``, ``Height``, ``Frames``.
 
 Column mapping: ``photons`` ↔ photons; mean of ``sx``, ``sy`` (px) × px ↔ ``sigma_nm``
-(written as sx = sy = sigma_nm / px); ``bg`` ↔ bg; mean of ``lpx``, ``lpy`` × px ↔
-``uncertainty_nm`` (same rule); extra fields pass through under their own names.
+(written as sx = sy = sigma_nm / px); ``bg`` ↔ bg; extra fields pass through under their
+own names. Localization precision, per axis (px × px = nm):
+
+* written: ``lpx`` = ``uncertainty_x_nm`` / px and ``lpy`` = ``uncertainty_y_nm`` / px where
+  the table has these per-axis columns (gridnet), else both = ``uncertainty_nm`` / px;
+* read: ``uncertainty_nm`` = √((lpx² + lpy²)/2) × px, the per-axis root mean square that
+  every stormfold engine writes as ``uncertainty [nm]`` (= lpx × px when lpx = lpy), and,
+  when lpx ≠ lpy in some row, also ``uncertainty_x_nm`` = lpx × px and
+  ``uncertainty_y_nm`` = lpy × px. A gridnet table thus round-trips all three columns.
 
 **Nothing unmeasured is written as a value.** Picasso's minimum fields are ``frame``,
 ``x``, ``y``, ``lpx`` and ``lpy``; ``photons``, ``sx``, ``sy`` and ``bg`` are optional, and
@@ -22,8 +29,9 @@ every row with a negative ``lpx``, ``lpy``, ``photons``, ``sx`` or ``sy``
 
 * ``photons``, ``sx``/``sy`` and ``bg`` are written only when the table has the column
   (an engine that does not measure them leaves them out);
-* ``lpx``/``lpy`` come from ``uncertainty_nm`` when the table has it. Without it (or for
-  rows where it is NaN) they hold a *stand-in*, :data:`LP_STANDIN_PX` = 1/√12 camera
+* ``lpx``/``lpy`` come from the per-axis ``uncertainty_x_nm``/``uncertainty_y_nm``, else
+  from ``uncertainty_nm``, when the table has them. Without them (or for rows where they
+  are NaN) they hold a *stand-in*, :data:`LP_STANDIN_PX` = 1/√12 camera
   pixel (the standard deviation of a position known only to the pixel), so that Picasso
   can open and render the file; the sidecar's first document lists them under
   ``Stand-in fields`` and :func:`read_picasso_hdf5` then does not turn them back into
@@ -64,8 +72,11 @@ STANDIN_KEY = "Stand-in fields"
 #: Table column → Picasso fields.
 COLUMN_FIELDS = {"photons": ("photons",), "sigma_nm": ("sx", "sy"), "bg": ("bg",),
                  "uncertainty_nm": ("lpx", "lpy")}
+#: Per-axis uncertainty columns (nm) → the Picasso field they are written to.
+AXIS_COLUMNS = {"uncertainty_x_nm": "lpx", "uncertainty_y_nm": "lpy"}
 # Table columns consumed by the base fields (everything else becomes an extra field).
-_MAPPED_COLUMNS = ("frame", "x_nm", "y_nm", "photons", "sigma_nm", "bg", "uncertainty_nm")
+_MAPPED_COLUMNS = ("frame", "x_nm", "y_nm", "photons", "sigma_nm", "bg", "uncertainty_nm",
+                   *AXIS_COLUMNS)
 def _first_int(documents: Sequence[Mapping], key: str) -> int | None:
     for doc in documents:
         if key in doc:
@@ -92,8 +103,10 @@ def read_picasso_hdf5(path: str | Path,
     -------
     table : pandas.DataFrame
         ``frame``, ``x_nm``, ``y_nm`` and, when the fields exist, ``photons``,
-        ``sigma_nm``, ``bg``, ``uncertainty_nm`` (nm; not from stand-in ``lpx``/``lpy``),
-        then extra fields unchanged (floats as float64, integers as int64).
+        ``sigma_nm``, ``bg``, ``uncertainty_nm`` (nm, √((lpx² + lpy²)/2) × px; not from
+        stand-in ``lpx``/``lpy``), ``uncertainty_x_nm`` and ``uncertainty_y_nm`` (lpx, lpy
+        × px; only when they differ in some row), then extra fields unchanged (floats as
+        float64, integers as int64).
     info : dict
         ``pixel_size_nm``, ``width_px``, ``height_px``, ``n_frames`` (``None`` when the
         sidecar lacks them), ``columns_estimated`` (table column → how it was estimated,
@@ -211,9 +224,11 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
         columns["sigma_nm"] = sigma * px
     if "bg" in fields:
         columns["bg"] = locs["bg"].astype(np.float64)
-    lp = _mean_fields(locs, tuple(n for n in ("lpx", "lpy") if n in fields))
-    if lp is not None:
-        columns["uncertainty_nm"] = lp * px
+    lp = [locs[n].astype(np.float64) * px for n in ("lpx", "lpy") if n in fields]
+    if lp:
+        columns["uncertainty_nm"] = np.sqrt(sum(v ** 2 for v in lp) / len(lp))
+    if len(lp) == 2 and np.any(lp[0] != lp[1]):
+        columns.update(zip(AXIS_COLUMNS, lp))
     extras = []
     for name in fields:
         values = locs[name]
@@ -259,7 +274,8 @@ def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: flo
     Notes
     -----
     Only the fields the table has are written, except ``lpx``/``lpy``, which Picasso
-    requires: without ``uncertainty_nm`` they are the stand-in :data:`LP_STANDIN_PX`,
+    requires: per axis from ``uncertainty_x_nm``/``uncertainty_y_nm``, else from
+    ``uncertainty_nm``; without either they are the stand-in :data:`LP_STANDIN_PX`,
     named in the sidecar (see the module docstring). Other numeric columns become extra
     fields (floats as float32, integers as int32 when they fit); non-numeric columns are
     skipped with a warning. Rows with a NaN in any field are dropped by Picasso Render on
@@ -369,11 +385,16 @@ def _table_to_locs(table: pd.DataFrame, px: float, path: Path) -> tuple[np.ndarr
         records["sx"] = records["sy"] = _floats(table, "sigma_nm") / px
     if "bg" in present:
         records["bg"] = _floats(table, "bg")
-    lp_px = _floats(table, "uncertainty_nm") / px if "uncertainty_nm" in table \
+    combined = _floats(table, "uncertainty_nm") / px if "uncertainty_nm" in table \
         else np.full(len(table), np.nan)
-    standin = ~np.isfinite(lp_px)
-    lp_px[standin] = LP_STANDIN_PX
-    records["lpx"] = records["lpy"] = lp_px
+    standin = np.zeros(len(table), bool)
+    for column, name in AXIS_COLUMNS.items():
+        lp_px = _floats(table, column) / px if column in table else np.full(len(table), np.nan)
+        lp_px = np.where(np.isfinite(lp_px), lp_px, combined)
+        missing = ~np.isfinite(lp_px)
+        lp_px[missing] = LP_STANDIN_PX
+        standin |= missing
+        records[name] = lp_px
     for name, field_dtype in extras:
         records[name] = table[name].to_numpy().astype(field_dtype)
     bad = np.zeros(len(table), bool)

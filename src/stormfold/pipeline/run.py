@@ -258,6 +258,8 @@ def _prepare(p: RunPlan, quiet: bool, shown_as: tuple[str, str] | None = None) -
         p.log.warning(text)
     if p.engine is None:
         _train_engine(p, quiet)
+    if hasattr(p.engine, "warn"):  # an engine's run-time warning: also run.log, run.yaml, report
+        p.engine.warn = p.warn
     g = p.geometry
     p.log.info(f"movie {', '.join(p.config.movies)}: {p.movie.n_frames} frames of "
                f"{g.rows}×{g.cols} px, {g.pixel_size_nm:g} nm; camera from {p.camera_source}")

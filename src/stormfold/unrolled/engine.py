@@ -7,11 +7,25 @@ image is the sum of x_K. Localizations (:func:`extract`), by the model's extract
 - ``components`` (SPEC §5): the fine pixels ≥ the threshold, 8-connected groups merged into
   intensity-weighted centroids (:mod:`stormfold.localize.components`); the threshold is on
   the pixel value;
-- ``peaks`` (beyond the paper): every 3×3 local maximum of x_K whose 3×3 sum (photons) is ≥
-  the threshold, at the centroid of that window (:mod:`stormfold.localize.peaks`). After
+- ``peaks`` (beyond the paper): every 3×3 local maximum of x_K whose 3×3 sum is ≥ the
+  threshold, at the centroid of that window (:mod:`stormfold.localize.peaks`). After
   K = 100 iterations an emitter is a small blob of a few fine pixels and two emitters closer
   than the PSF often touch: a connected component then merges them into one localization,
   while their two maxima stay apart.
+
+The intensity of a localization is the sum of x_K over its group or window, written as
+:data:`INTENSITY_COLUMN` (``intensity [a.u.]``), **not** as photons: x_K is in photons per
+fine pixel, but after K iterations a detection's group or window holds only part of the
+emitter's photons, and a share that depends on the PSF (review 12: 0.54–0.65 × the true
+photons at the model's own σ, 1.3 × at σ = 50 nm). No model is calibrated to photons, so
+none writes ``photons``.
+
+**Dim or noisy movies.** A calibrated threshold can be tiny (the shipped model keeps every
+3×3 peak: 0.0003): on frames dimmer or noisier than the training ones every noise peak then
+becomes a localization. ``model.yaml`` ``extraction.intensity_p05`` is the 5 % quantile of
+the localizations' intensities on the training frames at the calibrated threshold; when, after
+at least :data:`LOW_CHECK_MIN` localizations, :data:`LOW_SHARE` or more of a run's
+localizations lie below it, one warning names ``--threshold`` (:func:`low_intensity_warning`).
 
 Options (``--set key=value``):
 
@@ -29,6 +43,7 @@ Options (``--set key=value``):
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +60,14 @@ from stormfold.unrolled.solver import UnrolledAPG
 
 OPTIONS = ("background", "connectivity", "merge", "chunk_frames", "method")
 METHODS = ("components", "peaks")
+#: Table column of the summed reconstruction (ThunderSTORM ``intensity [a.u.]``).
+INTENSITY_COLUMN = "intensity_au"
+#: Share of localizations below the training frames' 5 % intensity quantile that warns: 5 %
+#: there by definition, 7 % on the real ISBI movie, ≤ 14 % on in-range simulations, 40–66 %
+#: on the dim or noisy ones of review 12 (Jaccard 0.05–0.40).
+LOW_SHARE = 0.25
+#: Localizations needed before the share is judged.
+LOW_CHECK_MIN = 50
 
 
 def extract(x: np.ndarray | torch.Tensor, threshold: float, first_frame: int, fine_pixel_nm: float,
@@ -70,29 +93,58 @@ def extract(x: np.ndarray | torch.Tensor, threshold: float, first_frame: int, fi
     Returns
     -------
     DataFrame
-        ``frame``, ``x_nm``, ``y_nm``, ``photons`` (group or window sum), ``confidence``
-        (largest pixel of the group or window).
+        ``frame``, ``x_nm``, ``y_nm``, :data:`INTENSITY_COLUMN` (group or window sum of x_K;
+        not photons, see the module notes), ``confidence`` (largest pixel of the group or
+        window).
     """
     if method not in METHODS:
         raise UserError(f"unknown extraction method {method!r}: use components or peaks")
     if method == "components":
         comp = find_components(np.asarray(x), threshold, connectivity, merge)
-        return components_to_table(comp, first_frame, fine_pixel_nm) if len(comp) else \
+        table = components_to_table(comp, first_frame, fine_pixel_nm) if len(comp) else \
             empty_table(("photons", "confidence"))
+        return table.rename(columns={"photons": INTENSITY_COLUMN})
     from stormfold.localize.peaks import find_peaks
     from stormfold.table import make_table
 
     peaks = find_peaks(torch.as_tensor(x), 0.0)
     peaks = peaks.select(peaks.mass >= threshold)
     if not len(peaks):
-        return empty_table(("photons", "confidence"))
+        return empty_table((INTENSITY_COLUMN, "confidence"))
     frame = peaks.index.cpu().numpy().astype(np.int64) + int(first_frame)
     x_nm = peaks.x_px.cpu().numpy() * fine_pixel_nm
     y_nm = peaks.y_px.cpu().numpy() * fine_pixel_nm
     order = np.lexsort((x_nm, y_nm, frame))
     return make_table(frame[order], x_nm[order], y_nm[order],
-                      photons=peaks.mass.double().cpu().numpy()[order],
+                      **{INTENSITY_COLUMN: peaks.mass.double().cpu().numpy()[order]},
                       confidence=peaks.value.double().cpu().numpy()[order])
+
+
+def low_intensity_warning(n_low: int, n: int, floor: float, threshold: float) -> str | None:
+    """The one-line warning when ``n_low`` of ``n`` localizations lie below ``floor``.
+
+    Parameters
+    ----------
+    n_low, n : int
+        Localizations below ``floor`` and in all, so far.
+    floor : float
+        ``extraction.intensity_p05`` of the model (x_K sum, a.u.).
+    threshold : float
+        The extraction threshold in use.
+
+    Returns
+    -------
+    str or None
+        None with fewer than :data:`LOW_CHECK_MIN` localizations or a share below
+        :data:`LOW_SHARE`.
+    """
+    if n < LOW_CHECK_MIN or n_low < LOW_SHARE * n:
+        return None
+    return (f"unrolled: {n_low} of {n} localizations ({100 * n_low / n:.0f} %) are fainter "
+            f"than all but 5 % of those on the model's training frames (intensity {floor:.3g}; "
+            f"threshold {threshold:.3g}): the movie is likely dimmer or noisier than the "
+            f"training data and noise peaks are being localized; raise the threshold "
+            f"(e.g. --threshold {floor:.3g}; stormfold run: engine.threshold)")
 
 
 class UnrolledEngine(Engine):
@@ -115,7 +167,8 @@ class UnrolledEngine(Engine):
     connectivity, merge, chunk_frames, method
         See the module notes.
     meta : dict, optional
-        The model's metadata (recorded in ``run.yaml``).
+        The model's metadata (recorded in ``run.yaml``); its ``extraction.intensity_p05``
+        (a number > 0) enables the dim-movie warning (see the module notes).
     """
 
     name = "unrolled"
@@ -147,6 +200,14 @@ class UnrolledEngine(Engine):
         self.chunk_frames = int(chunk_frames)
         self.meta = meta or {}
         self.device = next(iter(solver.parameters())).device
+        floor = (self.meta.get("extraction") or {}).get("intensity_p05")
+        valid = isinstance(floor, (int, float)) and not isinstance(floor, bool) \
+            and np.isfinite(floor) and floor > 0
+        self.intensity_p05 = float(floor) if valid else None
+        self._low = [0, 0]  # localizations below intensity_p05, all (None once warned)
+        #: Where the warning goes: :func:`warnings.warn` when None (``stormfold run`` sets
+        #: its own, so the warning also reaches run.log, run.yaml and the report).
+        self.warn = None
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
         """x_K for frames (B, rows, cols) in photons → (B, rows·L, cols·L) float32."""
@@ -172,7 +233,22 @@ class UnrolledEngine(Engine):
         x = self.reconstruct(photons)
         locs = extract(x, self.threshold, first_frame, pixel_size_nm / self.upsampling,
                        self.method, self.connectivity, self.merge)
+        self._check_low(locs[INTENSITY_COLUMN].to_numpy())
         return EngineOutput(locs, x.sum(axis=0))
+
+    def _check_low(self, intensity: np.ndarray) -> None:
+        """Count the batch's faint localizations; warn once (see the module notes)."""
+        if self.intensity_p05 is None or self._low is None:
+            return
+        self._low[0] += int(np.count_nonzero(intensity < self.intensity_p05))
+        self._low[1] += len(intensity)
+        text = low_intensity_warning(*self._low, self.intensity_p05, self.threshold)
+        if text is not None:
+            self._low = None
+            if self.warn is not None:
+                self.warn(text)
+            else:
+                warnings.warn(text, UserWarning, stacklevel=3)
 
     def training_camera(self) -> Camera | None:
         return self.camera
@@ -185,6 +261,7 @@ class UnrolledEngine(Engine):
         return {"engine": self.name, "upsampling": self.upsampling, "method": self.method,
                 "threshold_photons": self.threshold, "connectivity": self.connectivity,
                 "merge": self.merge, "iterations": s.iterations, "fidelity": s.fidelity,
+                "intensity_p05": self.intensity_p05,
                 "background": self.background if self.background is not None else s.background_mode,
                 "theta": {"rho": float(s.rho.mean()), "tau": float(s.tau),
                           "alpha_mean": float(s.alpha.mean())},
@@ -235,6 +312,11 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
             raise UserError(f"{spec}: extraction.threshold must be a number ≥ 0 (photons per "
                             f"fine pixel), got {threshold!r}")
         threshold = float(threshold)
+    floor = extraction.get("intensity_p05")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float))
+                              or not (np.isfinite(floor) and floor > 0)):
+        raise UserError(f"{spec}: extraction.intensity_p05 must be a number > 0 or null, "
+                        f"got {floor!r}")
     method = str(options.get("method", extraction.get("method", "components")))
     stored = str(extraction.get("method", "components"))
     if method != stored and not user_threshold:

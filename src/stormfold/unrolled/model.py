@@ -8,7 +8,9 @@
   (mode, photons, quantile, floor), ``alpha_units`` (``1/Lipschitz`` or ``absolute``),
   ``rho_per_iteration``;
 - ``theta``: the learned values (ρ, τ, α_k, ...) in readable form, and ``bounds``;
-- ``extraction``: threshold (= τ), connectivity, merge;
+- ``extraction``: threshold (= τ, or calibrated), connectivity, merge, method; when
+  calibrated also its Jaccard curve and ``intensity_p05`` (5 % quantile of the
+  localizations' x_K sums on the training frames; the engine's dim-movie warning);
 - ``camera`` (the training simulation's camera), ``training`` (data, loss, optimiser, final
   loss, time), ``command``, ``seed``.
 """

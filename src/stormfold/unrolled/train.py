@@ -426,10 +426,11 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
     once; each candidate only re-extracts. Candidates: ``factors``·τ for ``components``
     (pixel values); for ``peaks`` (and for ``components`` when τ = 0, i.e. not learned) the
     0, 5, …, 90 % quantiles of the candidates' values on these frames (3×3 sums, or pixel
-    values).
+    values). Also records ``intensity_p05``, the 5 % quantile of the localizations'
+    intensities at the chosen threshold (the engine's dim-movie warning).
     """
     from stormfold.localize.peaks import find_peaks
-    from stormfold.unrolled.engine import extract
+    from stormfold.unrolled.engine import INTENSITY_COLUMN, extract
 
     with torch.no_grad():
         x = torch.cat([solver(y[a:a + batch]).cpu() for a in range(0, len(y), batch)])
@@ -460,6 +461,7 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
     if values is None or cal.threshold >= max(candidates):
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    kept = decode(cal.threshold)[INTENSITY_COLUMN].to_numpy()
     rows = []
     for t, j in cal.curve:
         row = {"threshold": t, "jaccard": j}
@@ -468,6 +470,7 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
         rows.append(row)
     return {"threshold": cal.threshold, "calibrated": True, "jaccard": cal.jaccard,
             "tolerance_nm": extraction.tolerance_nm, "method": extraction.method,
+            "intensity_p05": float(np.quantile(kept, 0.05)) if kept.size else None,
             "candidates": rows}
 
 

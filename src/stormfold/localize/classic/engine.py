@@ -21,7 +21,10 @@ used (:meth:`ClassicEngine.set_camera`) and can be overridden with ``excess_fact
 Which fits are kept (the others are dropped silently and counted in ``describe()``):
 finite estimates and CRLB; the fitted position within ``max_shift_px`` of the candidate
 pixel's centre (a fit that walks away has converged onto a neighbour or onto nothing) and
-inside the frame; σ not at a bound (within 1 %); then, of two localizations in the same
+inside the frame; no parameter on a bound of the fit (:func:`on_fit_bound`): x or y clipped
+to either edge of the region (at the frame's first or last pixel edge alike: an emitter
+half outside the frame), N clipped to its floor of 1 count (an uncertainty of
+micrometres), σ within 1 % of its range; then, of two localizations in the same
 frame closer than ``min_separation_px``, only the one with the higher detection score.
 """
 from __future__ import annotations
@@ -143,6 +146,45 @@ class NoiseModel:
         return cls(counts_per_photon=s, gamma=read ** 2 + rounding ** 2 / 12.0, excess_factor=f)
 
 
+#: A fitted parameter closer than this to a bound (relative, of the bound; positions: px)
+#: sits on the bound: it was clipped there, not estimated.
+BOUND_TOLERANCE = 0.01
+POSITION_TOLERANCE_PX = 1e-3
+
+
+def on_fit_bound(theta: torch.Tensor, size: int, bounds: FitBounds,
+                 fit_sigma: bool = True) -> torch.Tensor:
+    """Fits that sit on a bound of the fit (clipped there), to be dropped.
+
+    Parameters
+    ----------
+    theta : (n, 5) tensor
+        Estimates (x px, y px, N counts, b counts/px, σ px) in ROI coordinates.
+    size : int
+        ROI side (px); x and y are bounded to [−margin, size + margin].
+    bounds : FitBounds
+        The fit's bounds.
+    fit_sigma : bool
+        σ was fitted (a fixed σ is not on a bound of the fit).
+
+    Returns
+    -------
+    (n,) bool tensor
+        True where x or y is within :data:`POSITION_TOLERANCE_PX` of either position bound
+        (both edges alike: a ROI at the frame edge clips an emitter half outside the frame
+        to the edge), N ≤ ``min_counts`` × (1 + :data:`BOUND_TOLERANCE`), or, with
+        ``fit_sigma``, σ within 1 % of either σ bound.
+    """
+    lo, hi = -bounds.margin_px, size + bounds.margin_px
+    xy = theta[:, [X, Y]]
+    out = ((xy <= lo + POSITION_TOLERANCE_PX) | (xy >= hi - POSITION_TOLERANCE_PX)).any(1)
+    out |= theta[:, N] <= bounds.min_counts * (1 + BOUND_TOLERANCE)
+    if fit_sigma:
+        out |= (theta[:, S] <= bounds.sigma_min_px * (1 + BOUND_TOLERANCE)) \
+            | (theta[:, S] >= bounds.sigma_max_px * (1 - BOUND_TOLERANCE))
+    return out
+
+
 class ClassicEngine(Engine):
     """Detection + MLE fit of every candidate, in torch, vectorised over a batch of frames.
 
@@ -198,9 +240,8 @@ class ClassicEngine(Engine):
         shift = torch.hypot(x - (cand.col.to(th.dtype) + 0.5), y - (cand.row.to(th.dtype) + 0.5))
         keep = torch.isfinite(th).all(1) & torch.isfinite(res.crlb[:, :4]).all(1)
         keep &= shift <= o.max_shift_px
-        keep &= (x >= 0) & (x < w) & (y >= 0) & (y < h)
-        if o.fit_sigma:
-            keep &= (th[:, S] > o.sigma_min_px * 1.01) & (th[:, S] < o.sigma_max_px * 0.99)
+        keep &= (x > 0) & (x < w) & (y > 0) & (y < h)
+        keep &= ~on_fit_bound(th, size, bounds, o.fit_sigma)
         out = {"frame": cand.frame, "x_px": x, "y_px": y, "N": th[:, N], "b": th[:, B],
                "sigma_px": th[:, S], "var_x": res.crlb[:, X], "var_y": res.crlb[:, Y],
                "var_N": res.crlb[:, N], "nllr": res.nllr, "score": cand.score}
