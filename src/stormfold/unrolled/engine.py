@@ -37,6 +37,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.localize.components import components_to_table, find_components
+from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.physics.camera import Camera
 from stormfold.table import empty_table
@@ -115,7 +116,9 @@ class UnrolledEngine(Engine):
     connectivity, merge, chunk_frames, method
         See the module notes.
     meta : dict, optional
-        The model's metadata (recorded in ``run.yaml``).
+        The model's metadata (recorded in ``run.yaml``). When it records the training
+        simulation (``training.data.simulation``), the first batch is checked against it
+        with a one-line warning when clearly outside (:mod:`stormfold.localize.domain`).
     """
 
     name = "unrolled"
@@ -146,6 +149,7 @@ class UnrolledEngine(Engine):
             raise UserError(f"chunk_frames must be ≥ 1, got {chunk_frames}")
         self.chunk_frames = int(chunk_frames)
         self.meta = meta or {}
+        self.domain_check = DomainCheck(TrainingDomain.from_meta(self.meta), UNROLLED_MARGINS)
         self.device = next(iter(solver.parameters())).device
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
@@ -172,6 +176,7 @@ class UnrolledEngine(Engine):
         x = self.reconstruct(photons)
         locs = extract(x, self.threshold, first_frame, pixel_size_nm / self.upsampling,
                        self.method, self.connectivity, self.merge)
+        self.domain_check(photons, len(locs), pixel_size_nm)
         return EngineOutput(locs, x.sum(axis=0))
 
     def training_camera(self) -> Camera | None:
