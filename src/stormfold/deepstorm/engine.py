@@ -33,6 +33,7 @@ from stormfold.deepstorm.model import (MAX_CHANNELS, SIZE_MULTIPLE, DeepSTORM, b
 from stormfold.deepstorm.normalization import Normalization, upsample
 from stormfold.device import resolve_precision
 from stormfold.errors import UserError
+from stormfold.localize.domain import DomainCheck, TrainingDomain
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
 from stormfold.physics.camera import Camera
@@ -88,6 +89,10 @@ class DeepStormEngine(Engine):
     estimates : DeepStormEstimates, optional
         Calibrated photons and uncertainty tables (model.yaml ``estimates``); without them
         the tables have no ``photons`` / ``uncertainty_nm`` columns.
+    domain : TrainingDomain, optional
+        The training simulation (model.yaml ``training_data.simulation``): the first batch
+        is checked against it with a one-line warning when clearly outside
+        (:mod:`stormfold.localize.domain`); None checks nothing.
     """
 
     name = ENGINE
@@ -97,7 +102,8 @@ class DeepStormEngine(Engine):
                  device: torch.device | str = "cpu", tile_px: int = DEFAULT_TILE_PX,
                  batch_pixels: int = DEFAULT_BATCH_PIXELS, precision: str = "float32",
                  pixel_size_nm: float | None = None, camera: Camera | None = None,
-                 source: str | None = None, estimates: DeepStormEstimates | None = None):
+                 source: str | None = None, estimates: DeepStormEstimates | None = None,
+                 domain: TrainingDomain | None = None):
         if upsampling not in UPSAMPLINGS:
             raise UserError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling}")
         if not threshold > 0:
@@ -128,6 +134,7 @@ class DeepStormEngine(Engine):
         self._camera = camera
         self.source = source
         self.estimates = estimates
+        self.domain_check = DomainCheck(domain)
 
     # ------------------------------------------------------------------ Engine API
     def training_camera(self) -> Camera | None:
@@ -151,6 +158,7 @@ class DeepStormEngine(Engine):
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
         maps = self.predict(photons)
         locs = self.extract(maps, first_frame, pixel_size_nm)
+        self.domain_check(photons, len(locs), pixel_size_nm)
         superres = (maps.sum(0) / self.target_scale).cpu().numpy().astype(np.float32)
         return EngineOutput(locs=locs, superres=superres)
 
@@ -308,7 +316,8 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
         estimates = DeepStormEstimates.from_meta(meta["estimates"], source)
     return DeepStormEngine(model, int(upsampling), target_scale, normalization, float(thr),
                            device=device if device is not None else "cpu", pixel_size_nm=px,
-                           camera=camera, source=source, estimates=estimates, **opts)
+                           camera=camera, source=source, estimates=estimates,
+                           domain=TrainingDomain.from_meta(meta), **opts)
 
 
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,

@@ -26,6 +26,7 @@ from stormfold.gridnet.normalization import InputNormalization
 from stormfold.gridnet.outputs import GridOutputs, activate
 from stormfold.gridnet.sampler import DomainConfig, check_sigma
 from stormfold.localize.classic.engine import NoiseModel
+from stormfold.localize.domain import SigmaBoundCheck
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.localize.refine import DEFAULT_SIGMA_RANGE_PX, RefineOptions, refine_localizations
 from stormfold.physics.camera import Camera
@@ -118,7 +119,9 @@ class GridnetEngine(Engine):
         Joint Poisson-MLE refinement of the decoded localizations
         (:mod:`stormfold.localize.refine`; default: none). It uses the noise model of the
         camera given by :meth:`set_camera`, and ``sigma_nm`` as a fixed PSF σ when given,
-        else fits σ per emitter within the training domain's range.
+        else fits σ per emitter within the training domain's range; then a one-line
+        warning is given when many fitted σ sit at a bound of that range
+        (:class:`stormfold.localize.domain.SigmaBoundCheck`).
     """
 
     name = ENGINE
@@ -162,6 +165,10 @@ class GridnetEngine(Engine):
         self._camera = camera
         self.source = source
         self.refine = (refine or RefineOptions()).validate()
+        # Without a given σ the refinement fits one per emitter within the model's range:
+        # many at a bound mean the movie's PSF is outside it (one warning).
+        self.domain_check = SigmaBoundCheck(tuple(domain.sigma_px) if domain is not None
+                                            else DEFAULT_SIGMA_RANGE_PX)
         # Until the runner names the movie's camera: the training camera, else an ideal one.
         self.noise = NoiseModel.from_camera(camera or Camera())
         self.context_frames = model.config.context_frames
@@ -236,6 +243,8 @@ class GridnetEngine(Engine):
                 frames * s, cand.index.cpu(), x0.cpu(), y0.cpu(),
                 cand.photons.cpu() * s, cand.sigma_x_px.cpu(), cand.sigma_y_px.cpu(),
                 self.noise.gamma, self.refine, sigma_px, sigma_range)
+        if sigma_px is None:
+            self.domain_check(res.sigma_px[res.accepted & ~res.split].numpy())
         ok = res.accepted.to(cand.x_px.device)
         cand.x_px = torch.where(ok, res.x_px.to(cand.x_px), cand.x_px)
         cand.y_px = torch.where(ok, res.y_px.to(cand.y_px), cand.y_px)

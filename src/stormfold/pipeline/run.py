@@ -310,6 +310,9 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
     done_frames = sum(b - a for a, b in bounds[:state.chunks_done])
     bar = tqdm(total=p.stop - p.start, initial=done_frames, unit="frame",
                desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
+    check = getattr(p.engine, "domain_check", None)
+    if check is not None:  # an engine's domain warning also goes to run.log, run.yaml, report
+        check.reset(p.warn)
     t0 = time.perf_counter()
     for result in _chunk_results(p, bounds[state.chunks_done:]):
         writer.append(result.locs)

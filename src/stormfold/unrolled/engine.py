@@ -52,6 +52,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.localize.components import components_to_table, find_components
+from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.physics.camera import Camera
 from stormfold.table import empty_table
@@ -167,8 +168,11 @@ class UnrolledEngine(Engine):
     connectivity, merge, chunk_frames, method
         See the module notes.
     meta : dict, optional
-        The model's metadata (recorded in ``run.yaml``); its ``extraction.intensity_p05``
-        (a number > 0) enables the dim-movie warning (see the module notes).
+        The model's metadata (recorded in ``run.yaml``). Its ``extraction.intensity_p05``
+        (a number > 0) enables the dim-movie warning (see the module notes); when it records
+        the training simulation (``training.data.simulation``), the first batch is checked
+        against it with a one-line warning when clearly outside
+        (:mod:`stormfold.localize.domain`).
     """
 
     name = "unrolled"
@@ -199,6 +203,7 @@ class UnrolledEngine(Engine):
             raise UserError(f"chunk_frames must be ≥ 1, got {chunk_frames}")
         self.chunk_frames = int(chunk_frames)
         self.meta = meta or {}
+        self.domain_check = DomainCheck(TrainingDomain.from_meta(self.meta), UNROLLED_MARGINS)
         self.device = next(iter(solver.parameters())).device
         floor = (self.meta.get("extraction") or {}).get("intensity_p05")
         valid = isinstance(floor, (int, float)) and not isinstance(floor, bool) \
@@ -234,6 +239,7 @@ class UnrolledEngine(Engine):
         locs = extract(x, self.threshold, first_frame, pixel_size_nm / self.upsampling,
                        self.method, self.connectivity, self.merge)
         self._check_low(locs[INTENSITY_COLUMN].to_numpy())
+        self.domain_check(photons, len(locs), pixel_size_nm)
         return EngineOutput(locs, x.sum(axis=0))
 
     def _check_low(self, intensity: np.ndarray) -> None:

@@ -1,0 +1,267 @@
+"""Is a movie inside the domain a model was trained on? A cheap one-line warning if not.
+
+Deep-STORM and the unrolled solver learn from one simulation (``model.yaml`` records it)
+and degrade silently away from it (review 12: 300-photon emitters give no localization,
+a background of 300 photons per pixel gives 9× too many). The engine measures three
+numbers on the first batch of frames it gets (already in photons; nothing else is read),
+compares them with the training simulation and warns once when one is clearly outside:
+
+* background, photons per pixel: per frame, the 10th percentile p of the pixels raised by
+  1.28·√(p + 1) (where the 10th percentile of Poisson noise around b lies), median over
+  the frames;
+* signal per localization, photons: the frames' total photons above that background
+  (clamped at 0) divided by the number of localizations. It is the emitters' photons when
+  the engine finds them, and grows when it misses them (no localization: infinite);
+* localizations per µm² per frame.
+
+The margins (:data:`MARGINS`, :data:`UNROLLED_MARGINS`) were chosen from simulations of the
+training simulations with one parameter changed and from the real movies (README,
+"Training domain").
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+#: A movie is outside the domain when its background exceeds the training background by
+#: more than ``background_above`` × the training photons per emitter, when its signal per
+#: localization is below ``photons_below`` × or above ``photons_above`` × the training
+#: photons, or when its localization density exceeds ``density_above`` × the training
+#: density. Deep-STORM (zerocost, 2250 photons): background > 45 photons/px, signal outside
+#: 750–6750 photons, more than 12 localizations/µm².
+MARGINS = {"background_above": 0.02, "photons_below": 1 / 3, "photons_above": 3.0,
+           "density_above": 2.0}
+#: The unrolled solver estimates the background per frame: its accuracy holds up to a
+#: background of 100 photons at 470 photons per emitter (measured), hence a wider margin.
+UNROLLED_MARGINS = {**MARGINS, "background_above": 0.2}
+#: Standard-normal quantile of the 10th percentile (its distance below the mean, in SD).
+Z10 = 1.2816
+
+
+@dataclass(frozen=True)
+class TrainingDomain:
+    """What a model's training simulation had (``model.yaml``).
+
+    Attributes
+    ----------
+    photons : float
+        Mean photons per emitter.
+    background : float
+        Background, photons per pixel.
+    density_per_um2 : float
+        Active emitters per µm² per frame.
+    preset : str
+        Name of the simulation preset (for the message).
+    """
+
+    photons: float
+    background: float
+    density_per_um2: float
+    preset: str = "training"
+
+    @classmethod
+    def from_simulation(cls, sim) -> "TrainingDomain | None":
+        """The domain of a simulation mapping (``simulation`` section); None when it lacks
+        one of the numbers."""
+        try:
+            domain = cls(photons=float(sim["emitters"]["photons_mean"]),
+                         background=float(sim["background"]["photons"] or 0.0),
+                         density_per_um2=float(sim["activation"]["density_per_um2"]),
+                         preset=str(sim.get("preset") or "training"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return domain if domain.photons > 0 and domain.density_per_um2 > 0 else None
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "TrainingDomain | None":
+        """The training simulation of a model's metadata: Deep-STORM's
+        ``training_data.simulation`` or the unrolled model's ``training.data.simulation``;
+        None for a model trained on a movie."""
+        for path in (("training_data", "simulation"), ("training", "data", "simulation")):
+            node = meta
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                return cls.from_simulation(node)
+        return None
+
+
+@dataclass(frozen=True)
+class MovieStats:
+    """The three numbers measured on a batch (see the module docstring)."""
+
+    background: float  # photons per pixel
+    photons: float  # signal per localization (inf: signal but no localization)
+    density_per_um2: float  # localizations per µm² per frame
+
+
+def movie_stats(photons: np.ndarray, n_localizations: int, pixel_size_nm: float) -> MovieStats:
+    """Measure a batch of frames in photons.
+
+    Parameters
+    ----------
+    photons : (n, rows, cols) or (rows, cols) array
+        Frames, photons per pixel.
+    n_localizations : int
+        Localizations the engine found in them.
+    pixel_size_nm : float
+        Camera pixel size, nm.
+    """
+    frames = np.asarray(photons, dtype=np.float32)
+    frames = frames[None] if frames.ndim == 2 else frames
+    n, rows, cols = frames.shape
+    p10 = np.percentile(frames.reshape(n, -1), 10, axis=1)
+    bg = np.maximum(p10 + Z10 * np.sqrt(np.maximum(p10, 0.0) + 1.0), 0.0)
+    flux = float(frames.sum(dtype=np.float64) - rows * cols * bg.sum())
+    density = n_localizations / (n * rows * cols * (pixel_size_nm / 1000.0) ** 2)
+    signal = flux / n_localizations if n_localizations else (math.inf if flux > 0 else math.nan)
+    return MovieStats(background=float(np.median(bg)), photons=signal,
+                      density_per_um2=density)
+
+
+def domain_message(stats: MovieStats, domain: TrainingDomain,
+                   margins: dict | None = None) -> str | None:
+    """One line naming what is outside the training domain, or None."""
+    m, out = margins or MARGINS, []
+    if stats.background > domain.background + m["background_above"] * domain.photons:
+        out.append(f"background {stats.background:.0f} photons/px (trained at "
+                   f"{domain.background:g})")
+    if math.isfinite(stats.photons) and not (
+            m["photons_below"] * domain.photons <= stats.photons
+            <= m["photons_above"] * domain.photons):
+        out.append(f"{stats.photons:.0f} photons of signal per localization (trained at "
+                   f"{domain.photons:g} photons per emitter)")
+    elif stats.photons == math.inf:
+        out.append("no localization in frames with signal")
+    if stats.density_per_um2 > m["density_above"] * domain.density_per_um2:
+        out.append(f"{stats.density_per_um2:.1f} localizations/µm² per frame (trained at "
+                   f"{domain.density_per_um2:g})")
+    if not out:
+        return None
+    return (f"first frames outside the model's training domain ({domain.preset} "
+            f"simulation): {'; '.join(out)}; the table may be badly wrong (use gridnet or a "
+            f"model trained for this movie)")
+
+
+class DomainCheck:
+    """Checks the first batch an engine sees against its training domain and warns once
+    (:func:`warnings.warn`, a :class:`UserWarning`: one line from the CLI; ``stormfold run``
+    also writes it to run.log, run.yaml and the report).
+
+    Parameters
+    ----------
+    domain : TrainingDomain or None
+        None: nothing is checked.
+    margins : dict, optional
+        :data:`MARGINS` by default.
+
+    Attributes
+    ----------
+    warn : callable(str) or None
+        Where the warning goes instead of :func:`warnings.warn` (``stormfold run`` sets its
+        own).
+    message : str or None
+        The warning given, if any.
+    """
+
+    def __init__(self, domain: TrainingDomain | None, margins: dict | None = None):
+        self.domain = domain
+        self.margins = margins or MARGINS
+        self.reset()
+
+    def reset(self, warn=None) -> None:
+        """Check the next batch again (a new movie), warning through ``warn``."""
+        self.done = self.domain is None
+        self.message: str | None = None
+        self.warn = warn
+
+    def __call__(self, photons: np.ndarray, n_localizations: int,
+                 pixel_size_nm: float) -> None:
+        """Check a batch (frames in photons, its number of localizations) unless done."""
+        if self.done:
+            return
+        self.done = True
+        stats = movie_stats(photons, n_localizations, pixel_size_nm)
+        self.message = domain_message(stats, self.domain, self.margins)
+        if self.message:
+            emit(self.message, self.warn)
+
+
+def emit(message: str, warn=None) -> None:
+    """Give a one-line warning through ``warn`` or :func:`warnings.warn`."""
+    if warn is not None:
+        warn(message)
+    else:
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+#: A fitted σ is "at a bound" within this relative distance of it.
+SIGMA_BOUND_TOLERANCE = 0.02
+#: Warn when at least this share of the refined emitters sit at one bound (measured on 8
+#: frames at 0.5/µm²: 0 % at σ 1.1–1.5 px, ≤ 33 % at 0.8 and 1.9 px, about 50 % on a
+#: bound (0.7, 2.0 px), 56–100 % at 0.5, 2.2 and 2.5 px; at 3 px only 37 %: the network
+#: then cuts one PSF into several dimmer detections) ...
+SIGMA_BOUND_SHARE = 0.4
+#: ... once at least this many emitters were refined.
+SIGMA_MIN_EMITTERS = 50
+
+
+class SigmaBoundCheck:
+    """Counts refined emitters whose fitted PSF σ sits at a bound of the model's σ range
+    and warns once when a large share does (the movie's PSF is then likely outside the
+    range; see :data:`SIGMA_BOUND_SHARE`).
+
+    Parameters
+    ----------
+    sigma_range_px : (float, float)
+        The model's σ range, px (the refinement's bounds).
+
+    Attributes
+    ----------
+    warn : callable(str) or None
+        As :attr:`DomainCheck.warn`.
+    counts : ndarray of int
+        Emitters counted, at the lower bound, at the upper bound.
+    """
+
+    def __init__(self, sigma_range_px: tuple[float, float]):
+        self.lo, self.hi = (float(s) for s in sigma_range_px)
+        self.reset()
+
+    def reset(self, warn=None) -> None:
+        """Count from zero again (a new movie), warning through ``warn``."""
+        self.counts = np.zeros(3, np.int64)
+        self.done = False
+        self.message: str | None = None
+        self.warn = warn
+
+    def shares(self) -> tuple[float, float]:
+        """Shares of the counted emitters at the lower and the upper bound."""
+        n = max(int(self.counts[0]), 1)
+        return self.counts[1] / n, self.counts[2] / n
+
+    def __call__(self, sigma_px: np.ndarray) -> None:
+        """Count a batch's fitted σ (px) and warn once the share at a bound is large."""
+        if self.done:
+            return
+        s = np.asarray(sigma_px, dtype=np.float64)
+        s = s[np.isfinite(s)]
+        tol = SIGMA_BOUND_TOLERANCE
+        self.counts += [s.size, np.count_nonzero(s <= self.lo * (1 + tol)),
+                        np.count_nonzero(s >= self.hi * (1 - tol))]
+        if self.counts[0] < SIGMA_MIN_EMITTERS:
+            return
+        low, high = self.shares()
+        if max(low, high) >= SIGMA_BOUND_SHARE:
+            self.done = True
+            side, share, bound = ("above", high, self.hi) if high >= low else \
+                ("below", low, self.lo)
+            self.message = (f"{share:.0%} of the first {self.counts[0]} refined emitters "
+                            f"have their fitted PSF sigma at the model's bound {bound:g} px: "
+                            f"the movie's PSF is probably at the edge of or {side} the range "
+                            f"{self.lo:g}–{self.hi:g} px it was trained for (accuracy drops "
+                            f"beyond it; give --set sigma_nm= to check)")
+            emit(self.message, self.warn)

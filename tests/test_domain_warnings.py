@@ -1,0 +1,215 @@
+"""Engines warn (one line) on movies outside their model's training domain (review 12, #2 and #5).
+
+Deep-STORM and the unrolled solver check their first batch against the training simulation
+recorded in model.yaml (:mod:`stormfold.localize.domain`); gridnet counts refined emitters
+whose fitted PSF σ sits at a bound of the model's σ range.
+"""
+import re
+import warnings
+
+import numpy as np
+import pytest
+import yaml
+
+from stormfold.localize.domain import (MARGINS, DomainCheck, MovieStats, SigmaBoundCheck,
+                                       TrainingDomain, domain_message, movie_stats)
+from stormfold.localize.registry import load_engine
+from stormfold.simulate import build_config, simulate
+
+ZEROCOST = TrainingDomain(photons=2250.0, background=0.0, density_per_um2=6.0,
+                          preset="zerocost")
+
+
+def _photons(preset, overrides, n_frames=4, size=32, seed=11):
+    cfg = build_config(preset, n_frames=n_frames, seed=seed,
+                       overrides=[f"n_rows={size}", f"n_cols={size}", *overrides])
+    sim = simulate(cfg)
+    return cfg.camera.backward(sim.movie), cfg.pixel_size_nm
+
+
+def _domain_warnings(engine, photons, pixel_size_nm):
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        if hasattr(engine, "process_with_context"):
+            engine.process_with_context(photons, None, None, 0, pixel_size_nm)
+        else:
+            engine.process(photons, 0, pixel_size_nm)
+    return [str(w.message) for w in said if "training domain" in str(w.message)
+            or "fitted PSF sigma" in str(w.message)]
+
+
+# ---------------------------------------------------------------------- measurements
+def test_movie_stats_known_answers():
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(50.0, (3, 40, 40)).astype(np.float32)
+    frames[:, 10, 10] += 1000.0  # one 1000-photon "emitter" per frame
+    stats = movie_stats(frames, 3, 100.0)
+    assert stats.background == pytest.approx(50.0, abs=1.5)
+    assert stats.photons == pytest.approx(1000.0, abs=0.05 * 1000 + 1600 * 1.5)
+    assert stats.density_per_um2 == pytest.approx(3 / (3 * 16.0))
+    assert movie_stats(frames, 0, 100.0).photons == np.inf  # signal, nothing found
+    # A negative 10th percentile (read noise, no background) counts as no background.
+    noise = rng.normal(0.0, 4.5, (2, 40, 40)).astype(np.float32)
+    assert movie_stats(noise, 1, 100.0).background == 0.0
+
+
+@pytest.mark.parametrize("stats,words", [
+    (MovieStats(5.0, 2100.0, 6.0), None),
+    (MovieStats(44.0, 760.0, 11.9), None),
+    (MovieStats(46.0, 2100.0, 6.0), "background 46 photons/px"),
+    (MovieStats(5.0, 700.0, 6.0), "700 photons of signal per localization"),
+    (MovieStats(5.0, 6800.0, 6.0), "6800 photons of signal per localization"),
+    (MovieStats(5.0, np.inf, 0.0), "no localization"),
+    (MovieStats(5.0, 2100.0, 12.5), "12.5 localizations/µm²"),
+])
+def test_domain_message_margins(stats, words):
+    message = domain_message(stats, ZEROCOST)
+    if words is None:
+        assert message is None
+    else:
+        assert words in message and "zerocost" in message and "\n" not in message
+
+
+def test_training_domain_from_the_shipped_models_metadata():
+    from stormfold.modelfile import builtin_root
+
+    def meta(name):
+        return yaml.safe_load((builtin_root() / name / "model.yaml").read_text())
+
+    assert TrainingDomain.from_meta(meta("deepstorm-zerocost")) == ZEROCOST
+    unrolled = TrainingDomain.from_meta(meta("unrolled-isbi2013"))
+    assert (unrolled.photons, unrolled.background, unrolled.density_per_um2) == \
+        (470.0, 8.8, 4.88)
+    assert TrainingDomain.from_meta(meta("gridnet-generalist")) is None
+    assert TrainingDomain.from_meta({"training_data": {"source": "movie"}}) is None
+
+
+def test_domain_check_warns_once_through_the_given_channel():
+    check = DomainCheck(ZEROCOST)
+    said = []
+    check.warn = said.append
+    frames = np.full((2, 32, 32), 300.0, np.float32)
+    check(frames, 10, 100.0)
+    check(frames, 10, 100.0)
+    assert len(said) == 1 and "background 3" in said[0]
+    check.reset(said.append)  # a new movie is checked again
+    check(frames, 10, 100.0)
+    assert len(said) == 2
+    quiet = DomainCheck(None)
+    quiet.warn = said.append
+    quiet(frames, 10, 100.0)
+    assert len(said) == 2 and MARGINS["density_above"] == 2.0
+
+
+# ---------------------------------------------------------------------- Deep-STORM
+@pytest.fixture(scope="module")
+def deepstorm():
+    return lambda: load_engine(model="builtin:deepstorm-zerocost")
+
+
+@pytest.mark.parametrize("overrides,words", [
+    ([], None),
+    (["emitters.photons_mean=300", "emitters.photons_std=50"], "signal per localization"),
+    (["background.photons=300"], "photons/px (trained at 0)"),
+])
+def test_deepstorm_warns_off_its_training_simulation(deepstorm, overrides, words):
+    photons, px = _photons("zerocost", overrides)
+    said = _domain_warnings(deepstorm(), photons, px)
+    if words is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and words in said[0], said
+
+
+# ---------------------------------------------------------------------- unrolled
+@pytest.mark.parametrize("overrides,warns", [
+    ([], False),
+    (["background.photons=300"], True),
+])
+def test_unrolled_warns_off_its_training_simulation(overrides, warns):
+    engine = load_engine(model="builtin:unrolled-isbi2013")
+    sim = engine.meta["training"]["data"]["simulation"]
+    base = [f"{section}.{key}={value}" for section in ("emitters", "background", "activation")
+            for key, value in sim[section].items() if not isinstance(value, (dict, list))
+            and value is not None]
+    photons, px = _photons(sim["preset"], [*base, *overrides], size=48)
+    said = _domain_warnings(engine, photons, px)
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert 280 <= int(re.search(r"background (\d+) photons/px", said[0])[1]) <= 320
+        assert "challenge2016" in said[0]
+
+
+# ---------------------------------------------------------------------- gridnet σ
+def test_sigma_bound_check_counts_and_waits_for_enough_emitters():
+    check = SigmaBoundCheck((0.7, 2.0))
+    said = []
+    check.warn = said.append
+    check(np.full(30, 2.0))  # 100 % at the bound, but too few emitters yet
+    assert said == []
+    check(np.r_[np.full(10, 1.99), np.full(40, 1.2)])  # 40 / 80 = 50 % within 2 %
+    assert len(said) == 1 and "above the range 0.7–2 px" in said[0]
+    check(np.full(100, 2.0))
+    assert len(said) == 1
+    check.reset()
+    assert list(check.counts) == [0, 0, 0] and check.message is None
+    low = SigmaBoundCheck((0.7, 2.0))
+    low(np.r_[np.full(60, 1.1), np.full(30, 0.71), [np.nan]])  # 33 %: no warning
+    assert low.message is None and list(low.counts) == [90, 30, 0]
+
+
+def _gridnet_movie(sigma_px):
+    return _photons("zerocost", [f"emitters.sigma_nm={100 * sigma_px}", "emitters.sigma_std_nm=5",
+                                 "activation.density_per_um2=0.5"], n_frames=8, size=64, seed=3)
+
+
+@pytest.mark.parametrize("sigma_px,warns", [(1.1, False), (2.5, True)])
+def test_gridnet_warns_when_fitted_sigmas_sit_at_a_bound(sigma_px, warns):
+    engine = load_engine(model="builtin:gridnet-generalist")
+    photons, px = _gridnet_movie(sigma_px)
+    said = _domain_warnings(engine, photons, px)
+    # Measured: 0 of 154 refined emitters at a bound at 1.1 px, 61 of 109 (56 %) at 2.5 px.
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert "above the range 0.7–2 px" in said[0]
+    else:
+        assert engine.domain_check.counts[0] >= 50
+
+
+def test_gridnet_skips_the_sigma_check_when_sigma_is_given():
+    engine = load_engine(model="builtin:gridnet-generalist", options={"sigma_nm": 200.0})
+    photons, px = _gridnet_movie(2.0)
+    assert _domain_warnings(engine, photons, px) == []
+    assert engine.domain_check.counts[0] == 0
+
+
+def test_stormfold_run_records_the_domain_warning(tmp_path):
+    """Under ``stormfold run`` the warning also reaches run.log, run.yaml and the report."""
+    from stormfold.pipeline import load_run_config, run
+    from stormfold.simulate import simulate_to_folder
+
+    cfg = build_config("zerocost", n_frames=8, seed=4,
+                       overrides=["n_rows=32", "n_cols=32", "background.photons=300"])
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    out = tmp_path / "out"
+    config = load_run_config(overrides={
+        "movie": str(tmp_path / "sim" / "movie.tif"), "output": str(out),
+        "engine": {"model": "builtin:deepstorm-zerocost"}, "postprocess": {"steps": []}})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        run(config, quiet=True)
+    lines = [str(w.message) for w in said if "training domain" in str(w.message)]
+    assert len(lines) == 1
+    meta = yaml.safe_load((out / "run.yaml").read_text())
+    assert lines[0] in meta["warnings"]
+    assert lines[0] in (out / "run.log").read_text()
+    # stormfold localize records it in run.yaml too.
+    from stormfold.localize import localize_movie
+
+    engine = load_engine(model="builtin:deepstorm-zerocost")
+    for folder in ("loc0", "loc"):  # the same engine checks each movie it localizes
+        res = localize_movie(tmp_path / "sim" / "movie.tif", engine, out_dir=tmp_path / folder,
+                             progress=False)
+        assert res.run["domain_warning"] == lines[0]
+    assert yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())["domain_warning"] == \
+        lines[0]
