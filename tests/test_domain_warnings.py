@@ -210,6 +210,6 @@ def test_stormfold_run_records_the_domain_warning(tmp_path):
     for folder in ("loc0", "loc"):  # the same engine checks each movie it localizes
         res = localize_movie(tmp_path / "sim" / "movie.tif", engine, out_dir=tmp_path / folder,
                              progress=False)
-        assert res.run["domain_warning"] == lines[0]
-    assert yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())["domain_warning"] == \
-        lines[0]
+        assert res.run["engine_warnings"] == [lines[0]]
+    assert yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())["engine_warnings"] == \
+        [lines[0]]

@@ -44,3 +44,17 @@ def test_engine_tables_reach_picasso_without_invented_values(movie, tmp_path, ru
     header = (tmp_path / "loc" / "localizations.csv").read_text().splitlines()[0]
     assert ('"intensity [photon]"' in header) == ("photons" in fields)
     assert ("intensity_au" in locs.dtype.names) == ("photons" not in fields)
+
+
+def test_report_histograms_show_an_arbitrary_unit_intensity():
+    """An unrolled table has ``intensity_au`` and no ``photons`` (review 13): the report shows
+    its histogram; a table with neither brightness nor other histogram columns has none."""
+    import numpy as np
+
+    from stormfold.report import histograms_figure
+    from stormfold.table import make_table
+
+    frame, x, y = np.arange(5), np.linspace(100, 500, 5), np.linspace(100, 500, 5)
+    assert histograms_figure(make_table(frame, x, y, intensity_au=np.arange(1.0, 6.0))) \
+        is not None
+    assert histograms_figure(make_table(frame, x, y)) is None

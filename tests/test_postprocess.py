@@ -740,3 +740,23 @@ def test_link_candidates_grid_equal_kdtree_and_brute_force():
         assert set(zip(a.tolist(), b.tolist())) == expected
         np.testing.assert_array_equal(gap, frame[b] - frame[a])
         np.testing.assert_allclose(d, np.hypot(x[b] - x[a], y[b] - y[a]))
+
+
+def test_link_weights_and_sums_an_arbitrary_unit_brightness_like_photons():
+    """The unrolled engine writes ``intensity_au``, not ``photons`` (review 13): the default
+    photon weight uses it, and it is summed, so the result equals the same table with the
+    column named photons."""
+    rng = np.random.default_rng(5)
+    frame = np.repeat(np.arange(6), 3)
+    x = np.tile([500.0, 2000.0, 3500.0], 6) + rng.normal(0, 8, 18)
+    y = np.tile([800.0, 900.0, 1000.0], 6) + rng.normal(0, 8, 18)
+    brightness = rng.uniform(50, 400, 18)
+    au = make_table(frame, x, y, intensity_au=brightness, confidence=np.ones(18))
+    ph = make_table(frame, x, y, photons=brightness, confidence=np.ones(18))
+    got = link(au, radius_nm=60, max_dark=0).table
+    want = link(ph, radius_nm=60, max_dark=0).table
+    assert len(got) == 3
+    np.testing.assert_allclose(got[["x_nm", "y_nm"]].to_numpy(), want[["x_nm", "y_nm"]].to_numpy())
+    np.testing.assert_allclose(got["intensity_au"].to_numpy(), want["photons"].to_numpy())
+    unweighted = link(au, radius_nm=60, max_dark=0, weight="none").table
+    assert not np.allclose(got["x_nm"].to_numpy(), unweighted["x_nm"].to_numpy())

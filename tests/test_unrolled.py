@@ -739,3 +739,29 @@ def test_dim_movie_warning_reaches_run_yaml(tmp_path, run_cli):
     assert len(said) == 1 and "engine.threshold" in said[0]
     record = yaml.safe_load((tmp_path / "out" / "run.yaml").read_text())
     assert any("fainter than all but 5 %" in w for w in record["warnings"])
+
+
+def test_each_movie_gets_its_own_dim_check_recorded_by_localize(tmp_path):
+    """The dim-movie count starts again for every movie an engine localizes (review 13: a
+    reused engine stayed silent on its second dim movie), and `localize` records the
+    warning in run.yaml's ``engine_warnings``."""
+    import warnings
+
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config("challenge2016", n_frames=4, seed=3, overrides=[
+        "n_rows=64", "n_cols=64", "emitters.photons_mean=300", "emitters.photons_std=30",
+        "activation.density_per_um2=1"])
+    simulate_to_folder(cfg, tmp_path / "sim", progress=False)
+    engine = load_engine(model="builtin:unrolled-isbi2013")
+    for name in ("first", "second"):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            res = localize_movie(tmp_path / "sim" / "movie.tif", engine,
+                                 out_dir=tmp_path / name, progress=False)
+        said = [str(w.message) for w in said if "fainter than all but 5 %" in str(w.message)]
+        assert len(said) == 1, name
+        recorded = yaml.safe_load((tmp_path / name / "run.yaml").read_text())["engine_warnings"]
+        assert said[0] in recorded and res.run["engine_warnings"] == recorded

@@ -88,7 +88,8 @@ def drift_figure(drift: pd.DataFrame, true_drift: pd.DataFrame | None = None) ->
     return _png(figure(drift, title="drift", true_drift=true_drift, size_in=(7, 3)))
 
 
-HISTOGRAM_COLUMNS = (("photons", "photons"), ("confidence", "confidence (a.u.)"),
+HISTOGRAM_COLUMNS = (("photons", "photons"), ("intensity_au", "intensity (a.u.)"),
+                     ("confidence", "confidence (a.u.)"),
                      ("uncertainty_nm", "uncertainty (nm)"), ("sigma_nm", "PSF σ (nm)"),
                      ("detections", "detections per merged localization"))
 

@@ -76,7 +76,8 @@ def _add_link(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-dark", type=nonneg_int, default=None, metavar="N",
                    help="frames a molecule may be missed and still be linked (default 1)")
     p.add_argument("--weight", choices=["photons", "confidence", "none"], default=None,
-                   help="weights of the merged position (default photons)")
+                   help="weights of the merged position (default photons; a table with "
+                        "intensity_au instead is weighted by that)")
     p.set_defaults(func=_cmd_link)
 
 

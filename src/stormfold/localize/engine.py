@@ -102,6 +102,21 @@ class Engine(abc.ABC):
         sidecar). Default: none."""
         return {}
 
+    def start_movie(self, warn=None) -> None:
+        """A new movie (or run) starts: the engine's per-movie checks (e.g. its
+        ``domain_check``, :mod:`stormfold.localize.domain`) count from zero and give their
+        one-line warnings through ``warn`` (a callable taking the line; None:
+        :func:`warnings.warn`)."""
+        check = getattr(self, "domain_check", None)
+        if check is not None:
+            check.reset(warn)
+
+    def movie_warnings(self) -> list[str]:
+        """The warnings the per-movie checks gave since :meth:`start_movie` (recorded as
+        ``engine_warnings`` in run.yaml)."""
+        message = getattr(getattr(self, "domain_check", None), "message", None)
+        return [message] if message else []
+
     def describe(self) -> dict[str, Any]:
         """Parameters to record in ``run.yaml``."""
         return {"engine": self.name, "upsampling": self.upsampling}

@@ -169,7 +169,8 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         and ``run.yaml`` records it (``camera_assumed``, ``camera_warning``). A baseline above
         the movie's 99th percentile is refused before any work.
         An engine's warning that the movie is outside its model's domain
-        (:mod:`stormfold.localize.domain`) is recorded as ``domain_warning``.
+        (:mod:`stormfold.localize.domain`), or the unrolled engine's dim-movie warning, is
+        recorded in ``engine_warnings``.
     batch_frames : int
         Frames per batch (memory ∝ batch_frames × frame size).
     start, stop : int
@@ -199,9 +200,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
             out = OutputFolder(out_dir, "localize", OUTPUTS.values(), inputs,
                                expected_bytes=expected_bytes(geometry, stop - start)).check()
         keep = keep_table if keep_table is not None else out_dir is None
-        check = getattr(engine, "domain_check", None)
-        if check is not None:  # a new movie: its own domain check
-            check.reset()
+        engine.start_movie()  # a new movie: its own checks (training domain, dim movie)
         with out if out is not None else nullcontext():
             result = _localize_streaming(mv, engine, cam, geometry, start, stop, batch_frames,
                                          out, keep, progress, callback)
@@ -209,7 +208,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
                                "camera_source": choice.source,
                                "camera_assumed": list(choice.assumed),
                                "camera_warning": choice.warning, "nan_repairs": mv.repairs(),
-                               "domain_warning": getattr(check, "message", None)})
+                               "engine_warnings": engine.movie_warnings()})
             if out is not None:
                 write_text(out.path(OUTPUTS["run"]), dump_yaml(result.run))
                 out.commit(parameters={k: result.run[k] for k in PARAMETER_KEYS},

@@ -258,8 +258,6 @@ def _prepare(p: RunPlan, quiet: bool, shown_as: tuple[str, str] | None = None) -
         p.log.warning(text)
     if p.engine is None:
         _train_engine(p, quiet)
-    if hasattr(p.engine, "warn"):  # an engine's run-time warning: also run.log, run.yaml, report
-        p.engine.warn = p.warn
     g = p.geometry
     p.log.info(f"movie {', '.join(p.config.movies)}: {p.movie.n_frames} frames of "
                f"{g.rows}×{g.cols} px, {g.pixel_size_nm:g} nm; camera from {p.camera_source}")
@@ -310,9 +308,8 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
     done_frames = sum(b - a for a, b in bounds[:state.chunks_done])
     bar = tqdm(total=p.stop - p.start, initial=done_frames, unit="frame",
                desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
-    check = getattr(p.engine, "domain_check", None)
-    if check is not None:  # an engine's domain warning also goes to run.log, run.yaml, report
-        check.reset(p.warn)
+    # The engine's per-movie checks warn through the run: also run.log, run.yaml, report.
+    p.engine.start_movie(p.warn)
     t0 = time.perf_counter()
     for result in _chunk_results(p, bounds[state.chunks_done:]):
         writer.append(result.locs)

@@ -17,8 +17,9 @@ number of localizations (for a fixed density, after one sort); there is no loop 
 frames or localizations.
 
 The merged row of a group: position = weighted mean (weights photons, confidence or
-none), ``photons`` summed, ``detections`` = number of detections (summed when the input
-was already linked), ``frame`` = first frame, ``last_frame`` = last frame,
+none; a table without ``photons`` but with the unrolled engine's ``intensity_au`` is weighted
+by that), ``photons`` and ``intensity_au`` summed, ``detections`` = number of detections
+(summed when the input was already linked), ``frame`` = first frame, ``last_frame`` = last frame,
 ``uncertainty_nm`` = inverse-variance combination 1/√Σ(1/uᵢ²), other float columns the
 weighted mean, other columns the value of the first detection.
 """
@@ -37,6 +38,9 @@ from stormfold.errors import UserError
 from stormfold.table import check_length_nm, validate_table
 
 WEIGHTS = ("photons", "confidence", "none")
+#: A brightness in arbitrary units (the unrolled engine's ``intensity [a.u.]``): the photon
+#: weight falls back to it when a table has no ``photons``, and it is summed like photons.
+BRIGHTNESS_AU = "intensity_au"
 
 
 @dataclass
@@ -277,10 +281,14 @@ def _weights(table: pd.DataFrame, weight: str) -> np.ndarray:
         raise UserError(f"unknown link weight {weight!r}: choose one of {', '.join(WEIGHTS)}")
     if weight == "none":
         return np.ones(len(table))
-    if weight not in table.columns:
+    column = weight
+    if weight == "photons" and weight not in table.columns and BRIGHTNESS_AU in table.columns:
+        # A weighted mean is scale-free, so a brightness in arbitrary units weighs alike.
+        column = BRIGHTNESS_AU
+    if column not in table.columns:
         raise UserError(f"--weight {weight} needs a {weight} column in the table "
                         f"(use --weight none)")
-    w = pd.to_numeric(table[weight], errors="coerce").to_numpy(np.float64)
+    w = pd.to_numeric(table[column], errors="coerce").to_numpy(np.float64)
     return np.where(np.isfinite(w), np.maximum(w, 0.0), 0.0)
 
 
@@ -353,7 +361,7 @@ def _merge(table: pd.DataFrame, labels: np.ndarray, weight: str) -> pd.DataFrame
         column = table[name]
         if name == "frame":
             out[name] = first_frame
-        elif name == "photons":
+        elif name in ("photons", BRIGHTNESS_AU):
             values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
             out[name] = np.bincount(labels, weights=np.nan_to_num(values), minlength=n_groups)
         elif name == "uncertainty_nm":

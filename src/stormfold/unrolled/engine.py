@@ -210,9 +210,19 @@ class UnrolledEngine(Engine):
             and np.isfinite(floor) and floor > 0
         self.intensity_p05 = float(floor) if valid else None
         self._low = [0, 0]  # localizations below intensity_p05, all (None once warned)
+        self.low_message: str | None = None
         #: Where the warning goes: :func:`warnings.warn` when None (``stormfold run`` sets
-        #: its own, so the warning also reaches run.log, run.yaml and the report).
+        #: its own through :meth:`start_movie`, so the warning also reaches run.log,
+        #: run.yaml and the report).
         self.warn = None
+
+    def start_movie(self, warn=None) -> None:
+        """A new movie: the dim-movie count and the domain check start again."""
+        super().start_movie(warn)
+        self._low, self.low_message, self.warn = [0, 0], None, warn
+
+    def movie_warnings(self) -> list[str]:
+        return super().movie_warnings() + ([self.low_message] if self.low_message else [])
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
         """x_K for frames (B, rows, cols) in photons → (B, rows·L, cols·L) float32."""
@@ -250,7 +260,7 @@ class UnrolledEngine(Engine):
         self._low[1] += len(intensity)
         text = low_intensity_warning(*self._low, self.intensity_p05, self.threshold)
         if text is not None:
-            self._low = None
+            self._low, self.low_message = None, text
             if self.warn is not None:
                 self.warn(text)
             else:
