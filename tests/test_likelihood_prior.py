@@ -62,8 +62,8 @@ def test_a_spot_brighter_than_the_prior_mean_is_pulled_to_the_posterior_optimum(
     got, _ = _fit(data, start, prior)
     want = _posterior_optimum(data, got, prior)
     mle, _ = _fit(data, start, None)
-    assert got[2] < mle[2] - 100  # the prior matters here ...
-    assert abs(got[2] - want[2]) < 1.0 and np.abs(got[:2] - want[:2]).max() < 1e-3  # ... as scipy says
+    assert got[2] < mle[2] - 100  # the prior matters here, and its optimum is scipy's
+    assert abs(got[2] - want[2]) < 1.0 and np.abs(got[:2] - want[:2]).max() < 1e-3
     assert abs(got[3] - want[3]) < 0.05
 
 

@@ -36,8 +36,9 @@ def region_information(jac, m, valid):
 
 
 def scoring_step(jf, wgt, info, d, m, lam, prior_grad=None):
-    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p); a prior's
-    gradient of log-density (n, p) is added to the likelihood's, its precision to ``info``."""
+    """Damped Fisher-scoring (Levenberg–Marquardt) step of each region (n, p). With a prior,
+    ``prior_grad`` (n, p), its log-density's gradient, is added to the likelihood's, and
+    ``info`` holds the prior's curvature too (the caller adds it)."""
     grad = torch.bmm(jf, (wgt * (d - m).flatten(1))[:, :, None])[:, :, 0]
     if prior_grad is not None:
         grad = grad + prior_grad
