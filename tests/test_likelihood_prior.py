@@ -60,7 +60,7 @@ def test_a_spot_brighter_than_the_prior_mean_is_pulled_to_the_posterior_optimum(
     data = np.random.default_rng(1).poisson(_expected((4.3, 4.6, 3000.0, 5.0)))
     start, prior = [4.5, 4.5, 2500.0, 4.0], (2000.0, 1.0 / 100.0 ** 2)
     got, _ = _fit(data, start, prior)
-    want = _posterior_optimum(data, got, prior)
+    want = _posterior_optimum(data, start, prior)
     mle, _ = _fit(data, start, None)
     assert got[2] < mle[2] - 100  # the prior matters here, and its optimum is scipy's
     assert abs(got[2] - want[2]) < 1.0 and np.abs(got[:2] - want[:2]).max() < 1e-3
