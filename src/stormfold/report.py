@@ -19,6 +19,7 @@ import pandas as pd
 from stormfold import __version__
 from stormfold.figures import add_scale_bar, new_figure, png_data_uri
 from stormfold.io.atomic import write_text
+from stormfold.table import INTENSITY_AU
 
 SECTION_IDS = ("summary", "images", "drift", "histograms", "counts", "frc", "evaluation")
 
@@ -88,7 +89,7 @@ def drift_figure(drift: pd.DataFrame, true_drift: pd.DataFrame | None = None) ->
     return _png(figure(drift, title="drift", true_drift=true_drift, size_in=(7, 3)))
 
 
-HISTOGRAM_COLUMNS = (("photons", "photons"), ("intensity_au", "intensity (a.u.)"),
+HISTOGRAM_COLUMNS = (("photons", "photons"), (INTENSITY_AU, "intensity (a.u.)"),
                      ("confidence", "confidence (a.u.)"),
                      ("uncertainty_nm", "uncertainty (nm)"), ("sigma_nm", "PSF σ (nm)"),
                      ("detections", "detections per merged localization"))

@@ -11,8 +11,9 @@ ground-truth emitter and frame). Required columns:
     ((c + 0.5)·px, (r + 0.5)·px).
 
 Optional columns (units in the names): ``photons``, ``sigma_nm``, ``bg`` (photons per
-pixel), ``uncertainty_nm``, ``confidence``, ``id``, ``detections``, ``cluster``, and any
-other column a step adds.
+pixel), ``uncertainty_nm``, ``confidence``, ``id``, ``detections``, ``cluster``,
+:data:`INTENSITY_AU` (a brightness in arbitrary units, where an engine cannot say photons),
+and any other column a step adds.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ REQUIRED = ("frame", "x_nm", "y_nm")
 OPTIONAL = ("photons", "sigma_nm", "bg", "uncertainty_nm", "confidence", "id",
             "detections", "cluster")
 INTEGER_COLUMNS = ("frame", "id", "detections", "cluster")
+#: A brightness in arbitrary units (ThunderSTORM ``intensity [a.u.]``; the unrolled engine's
+#: summed reconstruction): weighs and sums like ``photons`` where a step needs a brightness.
+INTENSITY_AU = "intensity_au"
 #: Largest accepted |x_nm|, |y_nm|, |z_nm| (1e9 nm = 1 m, far beyond any microscope's field).
 #: Larger finite values are corrupt data; they would overflow float32 files, image sizes and
 #: the distance computations of matching, linking, drift and FRC.

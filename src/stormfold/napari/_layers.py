@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from stormfold.errors import UserError
-from stormfold.table import make_table, validate_table
+from stormfold.table import INTENSITY_AU, make_table, validate_table
 
 #: Table columns every Points layer made here carries as features (when the table has them).
-FEATURES = ("frame", "photons", "intensity_au", "uncertainty_nm", "confidence")
+FEATURES = ("frame", "photons", INTENSITY_AU, "uncertainty_nm", "confidence")
 #: Key of the layer metadata this plugin reads and writes.
 META_KEY = "stormfold"
 

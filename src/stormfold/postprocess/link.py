@@ -35,12 +35,9 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from stormfold.errors import UserError
-from stormfold.table import check_length_nm, validate_table
+from stormfold.table import INTENSITY_AU, check_length_nm, validate_table
 
 WEIGHTS = ("photons", "confidence", "none")
-#: A brightness in arbitrary units (the unrolled engine's ``intensity [a.u.]``): the photon
-#: weight falls back to it when a table has no ``photons``, and it is summed like photons.
-BRIGHTNESS_AU = "intensity_au"
 
 
 @dataclass
@@ -282,9 +279,9 @@ def _weights(table: pd.DataFrame, weight: str) -> np.ndarray:
     if weight == "none":
         return np.ones(len(table))
     column = weight
-    if weight == "photons" and weight not in table.columns and BRIGHTNESS_AU in table.columns:
+    if weight == "photons" and weight not in table.columns and INTENSITY_AU in table.columns:
         # A weighted mean is scale-free, so a brightness in arbitrary units weighs alike.
-        column = BRIGHTNESS_AU
+        column = INTENSITY_AU
     if column not in table.columns:
         raise UserError(f"--weight {weight} needs a {weight} column in the table "
                         f"(use --weight none)")
@@ -361,7 +358,7 @@ def _merge(table: pd.DataFrame, labels: np.ndarray, weight: str) -> pd.DataFrame
         column = table[name]
         if name == "frame":
             out[name] = first_frame
-        elif name in ("photons", BRIGHTNESS_AU):
+        elif name in ("photons", INTENSITY_AU):
             values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
             out[name] = np.bincount(labels, weights=np.nan_to_num(values), minlength=n_groups)
         elif name == "uncertainty_nm":

@@ -55,14 +55,14 @@ from stormfold.localize.components import components_to_table, find_components
 from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.physics.camera import Camera
-from stormfold.table import empty_table
+from stormfold.table import INTENSITY_AU, empty_table
 from stormfold.unrolled.model import load_unrolled_model
 from stormfold.unrolled.solver import UnrolledAPG
 
 OPTIONS = ("background", "connectivity", "merge", "chunk_frames", "method")
 METHODS = ("components", "peaks")
 #: Table column of the summed reconstruction (ThunderSTORM ``intensity [a.u.]``).
-INTENSITY_COLUMN = "intensity_au"
+INTENSITY_COLUMN = INTENSITY_AU
 #: Share of localizations below the training frames' 5 % intensity quantile that warns: 5 %
 #: there by definition, 7 % on the real ISBI movie, ≤ 14 % on in-range simulations, 40–66 %
 #: on the dim or noisy ones of review 12 (Jaccard 0.05–0.40).
