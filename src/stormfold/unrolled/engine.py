@@ -43,7 +43,6 @@ Options (``--set key=value``):
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ import torch
 
 from stormfold.errors import UserError
 from stormfold.localize.components import components_to_table, find_components
-from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain
+from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain, emit
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.physics.camera import Camera
 from stormfold.table import INTENSITY_AU, empty_table
@@ -261,10 +260,7 @@ class UnrolledEngine(Engine):
         text = low_intensity_warning(*self._low, self.intensity_p05, self.threshold)
         if text is not None:
             self._low, self.low_message = None, text
-            if self.warn is not None:
-                self.warn(text)
-            else:
-                warnings.warn(text, UserWarning, stacklevel=3)
+            emit(text, self.warn)
 
     def training_camera(self) -> Camera | None:
         return self.camera
