@@ -208,17 +208,16 @@ class UnrolledEngine(Engine):
         valid = isinstance(floor, (int, float)) and not isinstance(floor, bool) \
             and np.isfinite(floor) and floor > 0
         self.intensity_p05 = float(floor) if valid else None
-        self._low = [0, 0]  # localizations below intensity_p05, all (None once warned)
-        self.low_message: str | None = None
-        #: Where the warning goes: :func:`warnings.warn` when None (``stormfold run`` sets
-        #: its own through :meth:`start_movie`, so the warning also reaches run.log,
-        #: run.yaml and the report).
-        self.warn = None
+        self.start_movie()
 
     def start_movie(self, warn=None) -> None:
-        """A new movie: the dim-movie count and the domain check start again."""
+        """A new movie: the dim-movie count and the domain check start again. ``warn``: where
+        the warnings go (:func:`warnings.warn` when None; ``stormfold run`` passes its own,
+        so they also reach run.log, run.yaml and the report)."""
         super().start_movie(warn)
-        self._low, self.low_message, self.warn = [0, 0], None, warn
+        self._low = [0, 0]  # localizations below intensity_p05, all
+        self.low_message: str | None = None
+        self.warn = warn
 
     def movie_warnings(self) -> list[str]:
         return super().movie_warnings() + ([self.low_message] if self.low_message else [])
@@ -253,13 +252,13 @@ class UnrolledEngine(Engine):
 
     def _check_low(self, intensity: np.ndarray) -> None:
         """Count the batch's faint localizations; warn once (see the module notes)."""
-        if self.intensity_p05 is None or self._low is None:
+        if self.intensity_p05 is None or self.low_message is not None:
             return
         self._low[0] += int(np.count_nonzero(intensity < self.intensity_p05))
         self._low[1] += len(intensity)
         text = low_intensity_warning(*self._low, self.intensity_p05, self.threshold)
         if text is not None:
-            self._low, self.low_message = None, text
+            self.low_message = text
             emit(text, self.warn)
 
     def training_camera(self) -> Camera | None:
