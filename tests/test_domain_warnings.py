@@ -158,6 +158,20 @@ def test_sigma_bound_check_counts_and_waits_for_enough_emitters():
     assert low.message is None and list(low.counts) == [90, 30, 0]
 
 
+def test_sigma_bound_check_warns_earlier_above_the_range():
+    """Crowded frames with a PSF above the range put only 20–32 % of the emitters at the
+    upper bound: a quarter warns there (and names binning); the lower bound keeps 40 %."""
+    above = SigmaBoundCheck((0.7, 2.0))
+    above(np.r_[np.full(18, 2.0), np.full(42, 1.5)])  # 30 % at the upper bound
+    assert above.message is not None and "--set bin=2" in above.message
+    below = SigmaBoundCheck((0.7, 2.0))
+    below(np.r_[np.full(18, 0.7), np.full(42, 1.5)])  # 30 % at the lower bound: no warning
+    assert below.message is None
+    near = SigmaBoundCheck((0.7, 2.0))
+    near(np.r_[np.full(12, 2.0), np.full(48, 1.5)])  # 20 %: as at σ 1.8 px, no warning
+    assert near.message is None
+
+
 def _gridnet_movie(sigma_px):
     return _photons("zerocost", [f"emitters.sigma_nm={100 * sigma_px}", "emitters.sigma_std_nm=5",
                                  "activation.density_per_um2=0.5"], n_frames=8, size=64, seed=3)

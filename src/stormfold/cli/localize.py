@@ -30,7 +30,7 @@ def _add_localize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", default=None, metavar="A:B", help="frame range, 0-based, B exclusive")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                   help="engine-specific option (repeatable)")
+                   help="engine option (repeatable), e.g. bin=2 to sum 2 × 2 pixels first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_camera_options(p)
     add_movie_options(p)

@@ -387,7 +387,9 @@ def check_sigma(sigma_nm: float, pixel_size_nm: float, domain: DomainConfig, sou
     sigma_px = float(sigma_nm) / float(pixel_size_nm)
     lo, hi = domain.sigma_px
     if not (lo * 0.97 <= sigma_px <= hi * 1.03) or not math.isfinite(sigma_px):
+        wider = f" (or bin the pixels: --set bin={math.ceil(sigma_px / hi)})" \
+            if math.isfinite(sigma_px) and sigma_px > hi else ""
         raise UserError(f"PSF sigma {sigma_nm:g} nm = {sigma_px:.2f} px at {pixel_size_nm:g} nm "
                         f"pixels is outside the range {lo:g}–{hi:g} px that {source} was "
-                        f"trained for")
+                        f"trained for{wider}")
     return sigma_px

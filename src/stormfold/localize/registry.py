@@ -94,12 +94,17 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
     threshold : float, optional
         Extraction threshold overriding the model's calibrated one (engine-specific meaning).
     options : dict, optional
-        Engine-specific options (``--set key=value``).
+        Engine-specific options (``--set key=value``). ``bin`` (every localization engine):
+        localize b × b binned frames (:mod:`stormfold.localize.binning`).
     """
+    from stormfold.localize.binning import check_bin, with_binning
+
     if (model is None) == (engine is None):
         raise UserError("give either --model MODEL_DIR|builtin:NAME or --engine NAME")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    options = dict(options or {})
+    bin_factor = check_bin(options.pop("bin")) if "bin" in options else None
     if model is not None:
         meta = read_model_meta(model)
         name = meta["engine"]
@@ -107,14 +112,16 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
         if entry is None or entry.loader is None:
             raise UserError(f"{model}: unknown engine {name!r} in model.yaml "
                             f"(known: {', '.join(_names('loader'))})")
-        return _import(entry.loader)(model, meta, device=device, threshold=threshold,
-                                     options=options or {})
+        built = _import(entry.loader)(model, meta, device=device, threshold=threshold,
+                                      options=options)
+        return with_binning(built, bin_factor)
     entry = ENGINES.get(engine)
     if entry is None or entry.builder is None:
         hint = " (it needs --model)" if entry is not None else ""
         raise UserError(f"unknown engine {engine!r}{hint}: model-free engines are "
                         f"{', '.join(_names('builder'))}")
-    return _import(entry.builder)(device=device, threshold=threshold, options=options or {})
+    built = _import(entry.builder)(device=device, threshold=threshold, options=options)
+    return with_binning(built, bin_factor)
 
 
 def check_trainable(engine: str) -> None:

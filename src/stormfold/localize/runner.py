@@ -50,9 +50,12 @@ def resolve_geometry(movie: Movie, engine: Any = None) -> FrameGeometry:
     if check is not None:
         check(px)
     if trained is not None and abs(px - trained) > PIXEL_SIZE_TOLERANCE * trained:
+        k = round(trained / px)
+        fits = 2 <= k <= 8 and abs(k * px - trained) <= PIXEL_SIZE_TOLERANCE * trained
+        hint = f", or bin the pixels: --set bin={k}" if fits else ""
         raise UserError(f"pixel size {px:g} nm of {movie.path} differs from the model's "
                         f"{trained:g} nm by more than {PIXEL_SIZE_TOLERANCE:.0%}: use a model "
-                        f"trained for this pixel size (or correct --pixel-size)")
+                        f"trained for this pixel size (or correct --pixel-size{hint})")
     return geometry.upsampled(getattr(engine, "upsampling", 1))
 
 

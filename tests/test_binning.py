@@ -1,0 +1,177 @@
+"""Pixel binning (``--set bin=B``): b × b super-pixels for PSFs wider than a model's range."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from stormfold.errors import UserError
+from stormfold.localize.binning import BinnedEngine, bin_frames, check_bin, with_binning
+from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.physics.camera import Camera
+
+
+def test_bin_frames_sums_blocks_and_drops_the_remainder():
+    rng = np.random.default_rng(0)
+    frames = rng.random((2, 7, 9)).astype(np.float32)
+    out = bin_frames(frames, 2)
+    assert out.shape == (2, 3, 4) and out.dtype == np.float32
+    for t in range(2):  # block by block, written out
+        for r in range(3):
+            for c in range(4):
+                expect = sum(frames[t, 2 * r + i, 2 * c + j] for i in range(2) for j in range(2))
+                assert out[t, r, c] == pytest.approx(expect, rel=1e-6)
+    assert np.array_equal(bin_frames(frames, 1), frames)
+    with pytest.raises(UserError, match="no whole 8 × 8 super-pixel"):
+        bin_frames(frames, 8)
+
+
+@pytest.mark.parametrize("value", [0, -1, 9, 2.5, "two", True, float("nan"), None])
+def test_bad_bin_is_refused(value):
+    with pytest.raises(UserError, match="bin must be a whole number"):
+        check_bin(value)
+
+
+def test_binned_camera_matches_summed_pixels():
+    cam = Camera(qe=0.8, spurious_charge=0.01, em_gain=50.0, readout_e=12.0, e_per_adu=4.0,
+                 baseline_adu=100.0)
+    b, photons = 3, 40.0
+    binned = cam.binned(b)
+    assert binned.mean_adu(b * b * photons) == pytest.approx(b * b * cam.mean_adu(photons))
+    # Variances add; only the per-pixel rounding (1/12 ADU² each) is not b² times.
+    assert binned.adu_variance(b * b * photons) - 1 / 12 == \
+        pytest.approx(b * b * (cam.adu_variance(photons) - 1 / 12))
+    # Monte Carlo: summed noisy pixels against the binned camera's theory.
+    rng = np.random.default_rng(1)
+    adu = cam.forward(np.full((20000, b, b), photons), rng).astype(np.float64).sum(axis=(1, 2))
+    assert adu.mean() == pytest.approx(binned.mean_adu(b * b * photons), rel=0.01)
+    assert adu.var() == pytest.approx(binned.adu_variance(b * b * photons), rel=0.05)
+    # The photons recovered from the sums by the binned camera are the summed photons.
+    assert binned.backward(adu).mean() == pytest.approx(b * b * photons, rel=0.02)
+
+
+class _Recorder(Engine):
+    """Reports one emitter at the centre of the brightest binned pixel of every frame."""
+
+    name = "recorder"
+
+    def __init__(self):
+        self.seen = []
+        self.camera = None
+
+    def process(self, photons, first_frame, pixel_size_nm):
+        self.seen.append((photons.shape, pixel_size_nm))
+        rows = []
+        for i, frame in enumerate(photons):
+            r, c = np.unravel_index(np.argmax(frame), frame.shape)
+            rows.append((first_frame + i, (c + 0.5) * pixel_size_nm, (r + 0.5) * pixel_size_nm))
+        return EngineOutput(pd.DataFrame(rows, columns=["frame", "x_nm", "y_nm"]),
+                            np.ones((3, 3), np.float32))
+
+    def set_camera(self, camera):
+        self.camera = camera
+
+    def training_pixel_size_nm(self):
+        return 100.0
+
+
+def test_binned_engine_positions_are_on_the_movie_frame():
+    inner = _Recorder()
+    engine = with_binning(inner, 2)
+    assert isinstance(engine, BinnedEngine) and with_binning(inner, 1) is inner
+    photons = np.zeros((2, 11, 10), np.float32)
+    photons[0, 6, 3] = photons[0, 7, 2] = 50.0  # camera pixels (6..7, 2..3): super-pixel (3, 1)
+    photons[1, 0, 9] = 80.0  # super-pixel (0, 4)
+    out = engine.process(photons, 5, 40.0)
+    assert inner.seen == [((2, 5, 5), 80.0)]
+    # The centre of super-pixel (R, C) is the centre of camera pixels [2R, 2R+2) × [2C, 2C+2).
+    assert out.locs["x_nm"].tolist() == [3 * 40.0, 9 * 40.0]
+    assert out.locs["y_nm"].tolist() == [7 * 40.0, 1 * 40.0]
+    assert out.locs["frame"].tolist() == [5, 6]
+    assert out.superres is None  # the inner image is on the binned grid
+    engine.set_camera(Camera(readout_e=3.0, baseline_adu=100.0))
+    assert inner.camera.readout_e == 6.0 and inner.camera.baseline_adu == 400.0
+    assert engine.training_pixel_size_nm() == 50.0  # 50 nm pixels binned 2 × 2 are 100 nm
+    assert engine.describe()["bin"] == 2 and engine.name == "recorder"
+
+
+def test_gridnet_with_wide_psf_localizes_better_binned(tmp_path, run_cli):
+    """σ 2.5 px (65 nm pixels) is above the generalist's range: binned 2 × 2 it is 1.25 px."""
+    from stormfold.evaluate.metrics import evaluate
+    from stormfold.io.tables import read_table
+
+    sim = tmp_path / "sim"
+    code, _, err = run_cli("simulate", "--preset", "thunderstorm", "--frames", "8", "--seed", "4",
+                           "--set", "n_rows=64", "--set", "n_cols=64", "--set", "pixel_size_nm=65",
+                           "--set", "emitters.sigma_nm=162", "--set", "emitters.sigma_std_nm=0",
+                           "--set", "activation.density_per_um2=3",
+                           "--set", "emitters.photons_min=1500", "--set",
+                           "emitters.photons_max=3000", "--out", sim, "--quiet")
+    assert code == 0, err
+    truth = read_table(sim / "truth.csv")
+    ji = {}
+    for b in (1, 2):
+        out = tmp_path / f"loc{b}"
+        code, _, err = run_cli("localize", sim / "movie.tif", "--model",
+                               "builtin:gridnet-generalist", "--set", f"bin={b}", "--out", out,
+                               "--quiet")
+        assert code == 0, err
+        row = evaluate(truth, read_table(out / "localizations.csv"), [100.0]).iloc[0]
+        ji[b] = row["jaccard"]
+        if b == 2:
+            assert abs(row["bias_x_nm"]) < 10 and abs(row["bias_y_nm"]) < 10
+    assert ji[2] > 0.75 and ji[2] > ji[1] + 0.1, ji
+
+
+def test_bin_from_the_command_line_is_checked(tmp_path, run_cli):
+    import tifffile
+
+    movie = tmp_path / "m.tif"
+    tifffile.imwrite(movie, np.full((2, 16, 16), 100, np.uint16))
+    before = movie.read_bytes()
+    for value in ("0", "2.5", "x"):
+        code, _, err = run_cli("localize", movie, "--engine", "classic", "--pixel-size", "100",
+                               "--set", f"bin={value}", "--out", tmp_path / "o")
+        assert code == 2 and err.count("\n") == 1 and "bin must be" in err, err
+    code, _, err = run_cli("localize", movie, "--model", "builtin:gridnet-generalist",
+                           "--pixel-size", "65", "--set", "sigma_nm=162", "--out", tmp_path / "o")
+    assert code == 2 and "--set bin=2" in err, err
+    assert movie.read_bytes() == before and not (tmp_path / "o").exists()
+
+
+def test_run_configuration_bins_through_engine_options(tmp_path, run_cli):
+    """``stormfold run`` passes ``engine.options.bin`` on; run.yaml records it."""
+    import yaml
+
+    from stormfold.io.tables import read_table
+
+    sim = tmp_path / "sim"
+    code, _, err = run_cli("simulate", "--preset", "thunderstorm", "--frames", "6", "--seed", "2",
+                           "--set", "n_rows=40", "--set", "n_cols=41", "--set", "pixel_size_nm=50",
+                           "--set", "activation.density_per_um2=1", "--out", sim, "--quiet")
+    assert code == 0, err
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "movie": str(sim / "movie.tif"), "output": str(tmp_path / "run"),
+        "engine": {"engine": "classic", "options": {"bin": 2}},
+        "postprocess": {"steps": []}, "report": False}))
+    code, _, err = run_cli("run", config, "--quiet")
+    assert code == 0, err
+    run = yaml.safe_load((tmp_path / "run" / "run.yaml").read_text())
+    assert run["engine"]["bin"] == 2
+    locs = read_table(tmp_path / "run" / "localizations.csv")
+    assert len(locs) > 0
+    # 41 columns of 50 nm: the binned frame covers the first 40 (2 000 nm), 20 super-pixels.
+    assert locs["x_nm"].max() < 2000.0 + 100.0 and locs["y_nm"].max() < 2000.0 + 100.0
+
+
+def test_pixel_size_refusal_names_the_bin_that_fits():
+    from stormfold.io.memory import movie_from_array
+    from stormfold.localize.runner import resolve_geometry
+
+    movie = movie_from_array(np.zeros((1, 20, 20), np.uint16), pixel_size_nm=50.0)
+    with pytest.raises(UserError, match="--set bin=2"):
+        resolve_geometry(movie, _Recorder())  # trained at 100 nm
+    assert resolve_geometry(movie, with_binning(_Recorder(), 2)).pixel_size_nm == 50.0
+    odd = movie_from_array(np.zeros((1, 20, 20), np.uint16), pixel_size_nm=70.0)
+    with pytest.raises(UserError) as info:
+        resolve_geometry(odd, _Recorder())
+    assert "bin" not in str(info.value)  # 70 nm: no whole bin gives 100 nm
