@@ -102,19 +102,17 @@ def test_domain_check_warns_once_through_the_given_channel():
 
 
 # ---------------------------------------------------------------------- Deep-STORM
-@pytest.fixture(scope="module")
-def deepstorm():
-    return lambda: load_engine(model="builtin:deepstorm-zerocost")
-
-
-@pytest.mark.parametrize("overrides,words", [
-    ([], None),
-    (["emitters.photons_mean=300", "emitters.photons_std=50"], "signal per localization"),
-    (["background.photons=300"], "photons/px (trained at 0)"),
+@pytest.mark.parametrize("overrides,options,words", [
+    ([], {}, None),
+    (["emitters.photons_mean=300", "emitters.photons_std=50"], {}, "signal per localization"),
+    (["background.photons=300"], {"background": "none"}, "photons/px (trained at 0)"),
+    # Matched to the training level (the default), the background is no longer outside it.
+    (["background.photons=300"], {}, None),
 ])
-def test_deepstorm_warns_off_its_training_simulation(deepstorm, overrides, words):
+def test_deepstorm_warns_off_its_training_simulation(overrides, options, words):
     photons, px = _photons("zerocost", overrides)
-    said = _domain_warnings(deepstorm(), photons, px)
+    engine = load_engine(model="builtin:deepstorm-zerocost", options=options)
+    said = _domain_warnings(engine, photons, px)
     if words is None:
         assert said == []
     else:
@@ -208,7 +206,8 @@ def test_stormfold_run_records_the_domain_warning(tmp_path):
     out = tmp_path / "out"
     config = load_run_config(overrides={
         "movie": str(tmp_path / "sim" / "movie.tif"), "output": str(out),
-        "engine": {"model": "builtin:deepstorm-zerocost"}, "postprocess": {"steps": []}})
+        "engine": {"model": "builtin:deepstorm-zerocost", "options": {"background": "none"}},
+        "postprocess": {"steps": []}})
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         run(config, quiet=True)
@@ -220,7 +219,7 @@ def test_stormfold_run_records_the_domain_warning(tmp_path):
     # stormfold localize records it in run.yaml too.
     from stormfold.localize import localize_movie
 
-    engine = load_engine(model="builtin:deepstorm-zerocost")
+    engine = load_engine(model="builtin:deepstorm-zerocost", options={"background": "none"})
     for folder in ("loc0", "loc"):  # the same engine checks each movie it localizes
         res = localize_movie(tmp_path / "sim" / "movie.tif", engine, out_dir=tmp_path / folder,
                              progress=False)

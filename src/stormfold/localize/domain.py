@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stormfold.localize.background import background_level
+
 #: A movie is outside the domain when its background exceeds the training background by
 #: more than ``background_above`` × the training photons per emitter, when its signal per
 #: localization is below ``photons_below`` × or above ``photons_above`` × the training
@@ -40,8 +42,6 @@ MARGINS = {"background_above": 0.02, "photons_below": 1 / 3, "photons_above": 3.
 #: photons: JI@100 0.985 at 0.5/µm² in benchmarks/engines.py, signal 2,356): only dimmer
 #: ones are flagged.
 UNROLLED_MARGINS = {**MARGINS, "background_above": 0.2, "photons_above": math.inf}
-#: Standard-normal quantile of the 10th percentile (its distance below the mean, in SD).
-Z10 = 1.2816
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ def movie_stats(photons: np.ndarray, n_localizations: int, pixel_size_nm: float)
     frames = np.asarray(photons, dtype=np.float32)
     frames = frames[None] if frames.ndim == 2 else frames
     n, rows, cols = frames.shape
-    p10 = np.percentile(frames.reshape(n, -1), 10, axis=1)
-    bg = np.maximum(p10 + Z10 * np.sqrt(np.maximum(p10, 0.0) + 1.0), 0.0)
+    bg = background_level(frames)
     flux = float(frames.sum(dtype=np.float64) - rows * cols * bg.sum())
     density = n_localizations / (n * rows * cols * (pixel_size_nm / 1000.0) ** 2)
     signal = flux / n_localizations if n_localizations else (math.inf if flux > 0 else math.nan)
