@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, run_header, scores, write_record  # noqa: E402
+from gridnet_accuracy import DATA, rows_markdown, run_header, scores, write_record  # noqa: E402
 
 MODEL = "builtin:deepstorm-zerocost"
 #: (case, simulation overrides); the gradient case gets its map file added.
@@ -91,17 +91,8 @@ def rows_for(n_frames: int, work: Path) -> list[dict]:
     return rows
 
 
-def _markdown(result: dict) -> str:
-    keys = ["case", "background", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs",
-            "n_truth", "seconds"]
-    lines = [f"Deep-STORM background matching ({result['when']}, model {MODEL}, CPU "
-             f"{result['cpu']}, {result['threads']} thread(s), {result['frames']} frames per "
-             f"simulation)", "", f"Command: `{result['command']}`", "",
-             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
-    lines += ["", "Sum of JI@100 over the cases: " + ", ".join(
-        f"{k} {v}" for k, v in result["sum_ji_100"].items()), ""]
-    return "\n".join(lines)
+_KEYS = ["case", "background", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs",
+         "n_truth", "seconds"]
 
 
 def main() -> None:
@@ -119,7 +110,9 @@ def main() -> None:
     result["sum_ji_100"] = {label: round(sum(r["ji_100"] for r in rows
                                              if r["background"] == label), 4)
                             for label, _ in MODES}
-    write_record("background_match", result, _markdown(result))
+    write_record("background_match", result, rows_markdown(
+        f"Deep-STORM background matching (model {MODEL}, {args.frames} frames per simulation)",
+        result, _KEYS))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import run_header, scores, simulate, write_record  # noqa: E402
+from gridnet_accuracy import (run_header, rows_markdown, scores, simulate,  # noqa: E402
+                              write_record)
 
 _SCENE = ["n_rows=128", "n_cols=128", "pixel_size_nm=65", "emitters.sigma_std_nm=0"]
 _PHOTONS = ["emitters.photons_distribution=uniform", "emitters.photons_min=1500",
@@ -65,7 +66,8 @@ def rows_for(model: str, work: Path) -> list[dict]:
         over = [*over, f"emitters.sigma_nm={sigma_px * 65.0:g}"]
         cfg = simulate(work / f"m{i}", preset, frames, 7700 + i, over)
         truth = read_table(work / f"m{i}" / "truth.csv")
-        for engine_name, spec in (("gridnet", {"model": model}), ("classic", {"engine": "classic"})):
+        engines = (("gridnet", {"model": model}), ("classic", {"engine": "classic"}))
+        for engine_name, spec in engines:
             for b in (1, 2):
                 engine = load_engine(**spec, options={"bin": b})
                 t0 = time.perf_counter()
@@ -89,18 +91,8 @@ def rows_for(model: str, work: Path) -> list[dict]:
     return rows
 
 
-def _markdown(result: dict) -> str:
-    keys = ["case", "engine", "bin", "ji_50", "ji_100", "precision", "recall", "rmse_nm",
-            "photon_ratio", "n_locs", "n_truth", "sigma_warning", "share_at_upper_sigma",
-            "seconds"]
-    lines = [f"Pixel binning for wide PSFs ({result['when']}, model {result['model']}, CPU "
-             f"{result['cpu']}, {result['threads']} thread(s))", "",
-             f"Command: `{result['command']}`", "",
-             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
-    lines += ["", "Sum of JI@100 over the cases: " + ", ".join(
-        f"{k} {v}" for k, v in result["sum_ji_100"].items()), ""]
-    return "\n".join(lines)
+_KEYS = ["case", "engine", "bin", "ji_50", "ji_100", "precision", "recall", "rmse_nm",
+         "photon_ratio", "n_locs", "n_truth", "sigma_warning", "share_at_upper_sigma", "seconds"]
 
 
 def main() -> None:
@@ -118,7 +110,8 @@ def main() -> None:
     result["sum_ji_100"] = {f"{e} bin {b}": round(sum(r["ji_100"] for r in rows
                                                       if r["engine"] == e and r["bin"] == b), 4)
                             for e in ("gridnet", "classic") for b in (1, 2)}
-    write_record("binning", result, _markdown(result))
+    write_record("binning", result, rows_markdown(
+        f"Pixel binning for wide PSFs (model {args.model})", result, _KEYS))
 
 
 if __name__ == "__main__":

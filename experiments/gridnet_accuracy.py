@@ -316,6 +316,18 @@ def write_record(stem: str, result: dict, text: str) -> None:
     print(text)
 
 
+def rows_markdown(title: str, result: dict, keys: list[str], sums: str = "sum_ji_100") -> str:
+    """A record's Markdown: title line, command, one table row per ``result["rows"]`` entry
+    over ``keys``, and the sums of JI@100 per setting in ``result[sums]``."""
+    lines = [f"{title} ({result['when']}, CPU {result['cpu']}, {result['threads']} thread(s))",
+             "", f"Command: `{result['command']}`", "",
+             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in result["rows"]]
+    lines += ["", "Sum of JI@100 over the cases: " + ", ".join(
+        f"{k} {v}" for k, v in result[sums].items()), ""]
+    return "\n".join(lines)
+
+
 def _cpu() -> str:
     from stormfold.device import cpu_model
 
