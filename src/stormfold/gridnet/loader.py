@@ -30,7 +30,7 @@ from stormfold.physics.camera import Camera
 OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "split_llr": float,
            "split_neighbours": int, "split_photons": bool,
            "p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
-           "temporal": bool, "sigma_nm": float}
+           "temporal": bool, "sigma_nm": float, "flatten": bool}
 
 
 def require_section(meta: dict, key: str, source: str) -> Any:
