@@ -2,7 +2,8 @@
 
 Deep-STORM and the unrolled solver check their first batch against the training simulation
 recorded in model.yaml (:mod:`stormfold.localize.domain`); gridnet counts refined emitters
-whose fitted PSF σ sits at a bound of the model's σ range.
+whose fitted PSF σ sits at a bound of the model's σ range. The classic MLE and gridnet warn
+when their first batch is too crowded for them (review 14, D7).
 """
 import re
 import warnings
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stormfold.localize.domain import (MARGINS, DomainCheck, MovieStats, SigmaBoundCheck,
+from stormfold.localize.domain import (CLASSIC_DENSITY_ABOVE, MARGINS, DensityCheck,
+                                       DomainCheck, MovieStats, SigmaBoundCheck,
                                        TrainingDomain, domain_message, movie_stats)
 from stormfold.localize.registry import load_engine
 from stormfold.simulate import build_config, simulate
@@ -226,3 +228,79 @@ def test_stormfold_run_records_the_domain_warning(tmp_path):
         assert res.run["engine_warnings"] == [lines[0]]
     assert yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())["engine_warnings"] == \
         [lines[0]]
+
+
+# ---------------------------------------------------------------------- density (review 14, D7)
+def test_density_check_warns_once_above_its_limit():
+    check = DensityCheck(1.0, "too crowded")
+    said = []
+    check.warn = said.append
+    check((4, 50, 50), 100, 100.0)  # 4 frames of 25 µm²: 1.0/µm², not above the limit
+    assert said == [] and check.density == pytest.approx(1.0) and check.message is None
+    check((4, 50, 50), 1000, 100.0)  # this movie was checked on its first batch
+    assert said == []
+    check.reset(said.append)
+    check((50, 50), 26, 100.0)  # a single frame
+    check((4, 50, 50), 1000, 100.0)
+    assert said == ["first frames hold 1.0 localizations/µm² per frame (more than 1): "
+                    "too crowded"] and check.message == said[0]
+
+
+def _density_warnings(engine, photons, pixel_size_nm):
+    engine.start_movie()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        for _ in range(2):  # a second batch of the same movie does not warn again
+            engine.process_with_context(photons, None, None, 0, pixel_size_nm)
+    return [str(w.message) for w in said if "localizations/µm²" in str(w.message)]
+
+
+@pytest.mark.parametrize("spec,density,warns", [
+    # experiments/density_warning.py: the classic engine reports 0.27 at a true 0.3/µm²
+    # and 1.63 at 3 (JI@100 0.40); gridnet 0.99 at 1 and 17.0 at 20 (JI@100 0.69).
+    ({"engine": "classic"}, 0.3, False),
+    ({"engine": "classic"}, 3.0, True),
+    ({"model": "builtin:gridnet-generalist"}, 1.0, False),
+    ({"model": "builtin:gridnet-generalist"}, 20.0, True),
+])
+def test_crowded_movies_warn_once(spec, density, warns):
+    engine = load_engine(**spec)
+    photons, px = _photons("zerocost", [f"activation.density_per_um2={density}"],
+                           n_frames=4, size=64, seed=21)
+    said = _density_warnings(engine, photons, px)
+    assert len(said) == (1 if warns else 0), said
+    assert engine.movie_warnings() == said
+    if not warns:
+        return
+    value = float(re.search(r"hold ([\d.]+) localizations", said[0])[1])
+    if "engine" in spec:
+        assert value > CLASSIC_DENSITY_ABOVE and "builtin:gridnet-generalist" in said[0]
+    else:
+        assert 12.0 < value < 20.0 and "10/µm² builtin:gridnet-generalist was trained" in said[0]
+        assert engine.domain_check.message is None  # the σ check is still there, silent
+
+
+def test_stormfold_localize_records_the_density_warning(tmp_path, run_cli):
+    sim = tmp_path / "sim"
+    code, _, err = run_cli("simulate", "--preset", "zerocost", "--frames", "4", "--seed", "5",
+                           "--set", "activation.density_per_um2=3", "--out", sim, "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("localize", sim / "movie.tif", "--engine", "classic",
+                           "--out", tmp_path / "loc", "--quiet")
+    assert code == 0, err
+    recorded = yaml.safe_load((tmp_path / "loc" / "run.yaml").read_text())["engine_warnings"]
+    assert len(recorded) == 1 and "too crowded for the classic" in recorded[0]
+    lines = [line for line in err.splitlines() if "localizations/µm²" in line]
+    assert len(lines) == 1 and recorded[0] in lines[0]
+    # stormfold run gives it through its own warn (run.yaml's warnings and run.log).
+    from stormfold.pipeline import load_run_config, run
+
+    out = tmp_path / "run"
+    config = load_run_config(overrides={"movie": str(sim / "movie.tif"), "output": str(out),
+                                        "engine": {"engine": "classic"},
+                                        "postprocess": {"steps": []}})
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        run(config, quiet=True)
+    assert recorded[0] in yaml.safe_load((out / "run.yaml").read_text())["warnings"]
+    assert recorded[0] in (out / "run.log").read_text()

@@ -371,3 +371,73 @@ def test_context_reads_skip_the_nan_check_also_across_parts(tmp_path):
         assert filled[1, 2, 2] == 0 and np.isfinite(filled).all()
         assert np.isnan(movie.read_context(6, 7, fill=None)[0, 2, 2])
         assert movie.repairs() is None
+
+
+# --------------------------------------------------------------------------- saturation
+def _saturation_lines(folder, name, data):
+    tifffile.imwrite(folder / f"{name}.tif", data, photometric="minisblack")
+    with open_movie(folder / f"{name}.tif") as movie:
+        stats = sample_statistics(movie)
+    return stats, [line for line in adu_warnings(stats) if "saturated" in line]
+
+
+def _bright_movie(e_per_adu, seed=2):
+    """The review's saturation case (14, D6): 20–100k photons, 0.3/µm², background 50."""
+    from stormfold.simulate import build_config, simulate
+
+    cfg = build_config("zerocost", n_frames=16, seed=seed, overrides=[
+        "emitters.photons_distribution=uniform", "emitters.photons_min=20000",
+        "emitters.photons_max=100000", "activation.density_per_um2=0.3",
+        "background.photons=50", f"camera.e_per_adu={e_per_adu}"])
+    return simulate(cfg).movie
+
+
+def test_saturated_pixels_are_reported_with_their_share(tmp_path):
+    clean = _bright_movie(2.0)  # 16-bit, nothing near 65535
+    assert clean.max() < 65535
+    assert _saturation_lines(tmp_path, "clean", clean)[1] == []
+    stats, lines = _saturation_lines(tmp_path, "adc12", np.minimum(_bright_movie(0.5), 4095))
+    count = stats["at_saturation"]
+    assert len(lines) == 1 and count >= 500 and "\n" not in lines[0]
+    assert (f"{count} pixels ({100 * count / stats['pixels']:.2g} %) of the sampled frames sit "
+            f"at 4095 ADU, the maximum of a 12-bit camera: saturated") in lines[0]
+    full = _bright_movie(0.1)  # the simulator clips at 65535
+    stats, lines = _saturation_lines(tmp_path, "adc16", full)
+    assert len(lines) == 1 and "at 65535 ADU, the maximum of a 16-bit camera" in lines[0]
+    # A float movie has no full scale: not checked, however many pixels share its maximum.
+    stats, lines = _saturation_lines(tmp_path, "float", full.astype(np.float32))
+    assert stats["saturation"] is None and lines == []
+
+
+@pytest.mark.parametrize("at_max,warns", [(1, False), (4, False), (5, True)])
+def test_a_maximum_reached_by_a_few_pixels_is_not_saturation(tmp_path, at_max, warns):
+    """Poisson noise whose maximum happens to be 4095 has 1–2 pixels there (405 unclipped
+    simulations, experiments/saturation_check.py); a plateau of 5 is clipping."""
+    rng = np.random.default_rng(0)
+    data = np.minimum(rng.poisson(300.0, (16, 32, 32)), 4000).astype(np.uint16)
+    data.reshape(-1)[np.arange(at_max) * 997] = 4095
+    stats, lines = _saturation_lines(tmp_path, f"max{at_max}", data)
+    assert stats["saturation"] == 4095 and stats["at_saturation"] == at_max
+    assert len(lines) == (1 if warns else 0)
+    # Beyond 4095 the movie is not a 12-bit camera's: 4095 is an ordinary value there.
+    data.reshape(-1)[5] = 4200
+    assert _saturation_lines(tmp_path, f"wide{at_max}", data)[1] == []
+
+
+def test_uint8_saturation_names_the_type(tmp_path):
+    rng = np.random.default_rng(1)
+    data = np.minimum(rng.poisson(240.0, (4, 16, 16)), 255).astype(np.uint8)
+    lines = _saturation_lines(tmp_path, "u8", data)[1]
+    assert len(lines) == 1 and "at 255 ADU, the largest uint8 value: saturated" in lines[0]
+
+
+def test_calibrate_reports_saturation(tmp_path):
+    from stormfold.calibrate import calibrate
+
+    movie = np.minimum(_bright_movie(0.5), 4095)
+    write_tiff(tmp_path / "sat.tif", movie, pixel_size_nm=100.0)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        calibrate(tmp_path / "sat.tif")
+    lines = [str(w.message) for w in said if "saturated" in str(w.message)]
+    assert len(lines) == 1 and "sit at 4095 ADU, the maximum of a 12-bit camera" in lines[0]

@@ -233,11 +233,16 @@ def calibrate(movie, out_dir: str | Path | None = None, roi: tuple[int, int, int
         if given_gain and not emccd:
             warnings.warn("--em-gain is ignored without --emccd (a camera without EM gain)",
                           UserWarning, stacklevel=2)
-        if baseline_adu is not None:
-            from stormfold.io.movie_checks import sample_statistics
-            from stormfold.physics.camera import check_baseline
+        from stormfold.io.movie_checks import sample_statistics, saturation_warning
+        from stormfold.physics.camera import check_baseline
 
-            check_baseline(baseline_adu, sample_statistics(mv)["p99"], "--baseline")
+        sampled = sample_statistics(mv)
+        if baseline_adu is not None:
+            check_baseline(baseline_adu, sampled["p99"], "--baseline")
+        # Clipped pixels bias the mean–variance gain and the photons (review 14, D6).
+        saturated = saturation_warning(sampled)
+        if saturated:
+            warnings.warn(f"{mv.path}: {saturated}", UserWarning, stacklevel=2)
         out = None
         if out_dir is not None:
             from stormfold.io.outputs import OutputFolder

@@ -102,20 +102,26 @@ class Engine(abc.ABC):
         sidecar). Default: none."""
         return {}
 
+    #: Attributes that may hold a per-movie check (:mod:`stormfold.localize.domain`: an
+    #: object with ``reset(warn)`` and ``message``): the training domain or σ bound, and the
+    #: localization density.
+    movie_checks: tuple[str, ...] = ("domain_check", "density_check")
+
+    def _checks(self) -> list:
+        return [c for c in (getattr(self, n, None) for n in self.movie_checks) if c is not None]
+
     def start_movie(self, warn=None) -> None:
-        """A new movie (or run) starts: the engine's per-movie checks (e.g. its
-        ``domain_check``, :mod:`stormfold.localize.domain`) count from zero and give their
-        one-line warnings through ``warn`` (a callable taking the line; None:
+        """A new movie (or run) starts: the engine's per-movie checks (its ``domain_check``
+        and ``density_check``, :mod:`stormfold.localize.domain`) count from zero and give
+        their one-line warnings through ``warn`` (a callable taking the line; None:
         :func:`warnings.warn`)."""
-        check = getattr(self, "domain_check", None)
-        if check is not None:
+        for check in self._checks():
             check.reset(warn)
 
     def movie_warnings(self) -> list[str]:
         """The warnings the per-movie checks gave since :meth:`start_movie` (recorded as
         ``engine_warnings`` in run.yaml)."""
-        message = getattr(getattr(self, "domain_check", None), "message", None)
-        return [message] if message else []
+        return [c.message for c in self._checks() if getattr(c, "message", None)]
 
     def describe(self) -> dict[str, Any]:
         """Parameters to record in ``run.yaml``."""
