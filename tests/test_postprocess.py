@@ -760,3 +760,40 @@ def test_link_weights_and_sums_an_arbitrary_unit_brightness_like_photons():
     np.testing.assert_allclose(got["intensity_au"].to_numpy(), want["photons"].to_numpy())
     unweighted = link(au, radius_nm=60, max_dark=0, weight="none").table
     assert not np.allclose(got["x_nm"].to_numpy(), unweighted["x_nm"].to_numpy())
+
+
+def _fiducial_table(jump_nm: float = 0.0, n_frames: int = 60, seed: int = 3):
+    """Three beads drifting 2 nm/frame in x with 3 nm noise; the first bead jumps by
+    ``jump_nm`` in x on every other frame (another molecule picked up by its track)."""
+    rng = np.random.default_rng(seed)
+    drift = np.outer(np.arange(n_frames), [2.0, 0.0])
+    frames, xs, ys = [], [], []
+    for b, bead in enumerate(([1000.0, 1000.0], [5000.0, 3000.0], [8000.0, 7000.0])):
+        t = np.arange(n_frames)
+        jump = jump_nm * (t % 2) if b == 0 else 0.0
+        frames.append(t)
+        xs.append(bead[0] + drift[:, 0] + jump + rng.normal(0, 3, n_frames))
+        ys.append(bead[1] + drift[:, 1] + rng.normal(0, 3, n_frames))
+    order = np.argsort(np.concatenate(frames), kind="stable")
+    return make_table(np.concatenate(frames)[order], np.concatenate(xs)[order],
+                      np.concatenate(ys)[order])
+
+
+def test_fiducial_drift_is_refused_when_tracks_are_not_rigid_or_smoothed_away():
+    """Review 15: a jumping "bead" and a smoothing window longer than the movie were
+    applied as drift."""
+    good = estimate_drift_fiducials(_fiducial_table(), radius_nm=600, max_dark=3,
+                                    min_fraction=0.5)
+    assert good.reliability.applied and good.stats["fiducial_scatter_rms_nm"] < 5
+    assert good.reliability.step_rms_nm < 10
+    bad = estimate_drift_fiducials(_fiducial_table(jump_nm=500.0), radius_nm=600, max_dark=3,
+                                   min_fraction=0.5)
+    assert not bad.reliability.applied
+    assert any("scatter" in p for p in bad.reliability.problems), bad.reliability.problems
+    with pytest.raises(UserError, match="more than half the 60 frames"):
+        estimate_drift_fiducials(_fiducial_table(), radius_nm=600, max_dark=3,
+                                 min_fraction=0.5, smooth_frames=31)
+    alone = _fiducial_table(jump_nm=500.0)
+    alone = alone[alone["x_nm"] < 3000].reset_index(drop=True)  # only the jumping bead
+    single = estimate_drift_fiducials(alone, radius_nm=600, max_dark=3, min_fraction=0.5)
+    assert any("jumps" in p for p in single.reliability.problems), single.reliability.problems

@@ -70,6 +70,12 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
     if int(smooth_frames) != smooth_frames or smooth_frames < 1:
         raise UserError(f"smooth_frames must be a positive integer, got {smooth_frames}")
     n_frames = frames_spanned(table, n_frames)
+    if smooth_frames > max(1, n_frames // 2):
+        # A window over half the movie averages the drift itself away (review 15: 1000 frames
+        # on a 40-frame movie left 2.9 of 78 nm).
+        raise UserError(f"smooth_frames {smooth_frames} is more than half the {n_frames} "
+                        f"frames: it would average the drift away (use at most "
+                        f"{max(1, n_frames // 2)})")
     labels = link_groups(table, radius_nm, max_dark)
     counts = np.bincount(labels) if len(labels) else np.zeros(0, np.int64)
     fiducial_labels = np.flatnonzero(counts >= min_fraction * n_frames)
@@ -100,8 +106,13 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
     t = np.arange(n_frames, dtype=np.float64)
     known = np.flatnonzero(present)
     trajectory = interpolate_hold(known.astype(np.float64), track[known], t)
+    scatter = pos - offsets[k] - track[f]
+    scatter_rms = float(np.sqrt(np.mean(np.sum(scatter ** 2, 1)) / 2))
+    steps = np.diff(track[known], axis=0)
+    step_rms = float(np.sqrt(np.mean(np.sum(steps ** 2, 1)) / 2)) if len(steps) else 0.0
     support = assess_fiducials(FiducialSupport(nk, int(present.sum()), n_frames,
-                                               _uncovered(known, n_frames)))
+                                               _uncovered(known, n_frames), scatter_rms,
+                                               step_rms))
     if support.applied and support.uncovered_frames:
         spans = " and ".join(f"{a}–{b}" if b > a else f"{a}" for a, b in support.uncovered_frames)
         warnings.warn(f"drift (fiducials): no fiducial in frames {spans} of {n_frames} "
@@ -113,13 +124,12 @@ def estimate_drift_fiducials(table: pd.DataFrame, radius_nm: float = 50.0, max_d
     trajectory -= offset
     points = pd.DataFrame({"frame": known, "dx_nm": track[known, 0] - offset[0],
                            "dy_nm": track[known, 1] - offset[1]})
-    scatter = pos - offsets[k] - track[f]
     fiducials = [{"x_nm": rounded(offsets[q, 0]), "y_nm": rounded(offsets[q, 1]),
                   "detections": int(per_fiducial[q])} for q in range(nk)]
     stats = {"method": "fiducials", "radius_nm": float(radius_nm), "max_dark": int(max_dark),
              "min_fraction": float(min_fraction), "smooth_frames": int(smooth_frames),
              "n_fiducials": nk, "frames_with_fiducials": int(present.sum()),
-             "fiducial_scatter_rms_nm": rounded(np.sqrt(np.mean(np.sum(scatter ** 2, 1)) / 2)),
+             "fiducial_scatter_rms_nm": rounded(scatter_rms),
              "fiducials": fiducials, **trajectory_summary(trajectory),
              "reliability": support.to_dict()}
     return DriftResult(drift_table(trajectory), points, stats, support)

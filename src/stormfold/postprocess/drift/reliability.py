@@ -152,6 +152,13 @@ def assess_rcc(reliability: DriftReliability,
 #: Fewer frames holding a fiducial than this do not define a trajectory: one or two frames
 #: give a "drift" that is the beads' localization noise (or none at all, RMS 0).
 MIN_FIDUCIAL_FRAMES = 10
+#: A fiducial is rigid: its detections scatter about the common trajectory by its localization
+#: precision (beads: 1–10 nm). Tracks scattering by more are other molecules picked up within
+#: the linking radius (review 15: a "bead" jumping 500 nm gave 388 nm).
+MAX_FIDUCIAL_SCATTER_NM = 50.0
+#: Stage drift moves by well under a nanometre per frame (the demo: 80 nm in 200 frames); a
+#: trajectory whose frame-to-frame steps are this large (RMS) follows jumps, not a drift.
+MAX_FIDUCIAL_STEP_NM = 50.0
 
 
 @dataclass
@@ -169,6 +176,10 @@ class FiducialSupport(_Verdict):
     uncovered_frames : list of [int, int]
         Frame spans (1-based, inclusive) before the first and after the last frame with a
         fiducial: the drift there is held at the nearest covered value, not extrapolated.
+    scatter_rms_nm : float
+        RMS per axis of the fiducials' detections about the common trajectory, nm.
+    step_rms_nm : float
+        RMS per axis of the trajectory's steps between consecutive frames with fiducials, nm.
     verdict : {"applied", "unsupported"}
     problems : list of str
     """
@@ -177,6 +188,8 @@ class FiducialSupport(_Verdict):
     frames_with_fiducials: int
     n_frames: int
     uncovered_frames: list = field(default_factory=list)
+    scatter_rms_nm: float = 0.0
+    step_rms_nm: float = 0.0
     verdict: str = "applied"
     problems: list = field(default_factory=list)
 
@@ -191,11 +204,21 @@ class FiducialSupport(_Verdict):
 
 def assess_fiducials(support: FiducialSupport) -> FiducialSupport:
     """Set ``verdict`` and ``problems`` of ``support``: at least
-    :data:`MIN_FIDUCIAL_FRAMES` frames must hold a fiducial."""
+    :data:`MIN_FIDUCIAL_FRAMES` frames must hold a fiducial, the fiducials must scatter by at
+    most :data:`MAX_FIDUCIAL_SCATTER_NM` about the trajectory, and the trajectory must not
+    step by more than :data:`MAX_FIDUCIAL_STEP_NM` (RMS) from frame to frame."""
     problems = []
     if support.frames_with_fiducials < MIN_FIDUCIAL_FRAMES:
         problems.append(f"fiducials seen in only {support.frames_with_fiducials} frame(s) "
                         f"(< {MIN_FIDUCIAL_FRAMES}: too few to follow a drift)")
+    if support.scatter_rms_nm > MAX_FIDUCIAL_SCATTER_NM:
+        problems.append(f"the fiducials scatter by {support.scatter_rms_nm:.0f} nm RMS about "
+                        f"their common trajectory (> {MAX_FIDUCIAL_SCATTER_NM:g} nm: not rigid "
+                        f"beads; lower --radius-nm)")
+    if support.step_rms_nm > MAX_FIDUCIAL_STEP_NM:
+        problems.append(f"the trajectory jumps by {support.step_rms_nm:.0f} nm RMS from frame "
+                        f"to frame (> {MAX_FIDUCIAL_STEP_NM:g} nm: not a stage drift; the "
+                        f"tracks follow other molecules, lower --radius-nm)")
     support.problems = problems
     support.verdict = "unsupported" if problems else "applied"
     return support
