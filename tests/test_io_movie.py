@@ -408,3 +408,18 @@ def test_open_movies_concatenates_parts(tmp_path):
     tifffile.imwrite(tmp_path / "c.tif", np.zeros((2, 3, 3), np.uint16), photometric="minisblack")
     with pytest.raises(UserError, match="differ"):
         open_movies([tmp_path / "a.tif", tmp_path / "c.tif"])
+
+
+def test_the_same_movie_twice_is_refused(tmp_path):
+    """Review 15: ``movie: [M, M]`` doubled every localization without a word."""
+    import tifffile
+
+    from stormfold.errors import UserError
+    from stormfold.io.movie import open_movies
+
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, np.zeros((2, 8, 8), np.uint16))
+    with pytest.raises(UserError, match="listed twice"):
+        open_movies([path, tmp_path / "." / "m.tif"])
+    tifffile.imwrite(tmp_path / "n.tif", np.zeros((2, 8, 8), np.uint16))
+    assert open_movies([path, tmp_path / "n.tif"]).n_frames == 4

@@ -797,3 +797,13 @@ def test_fiducial_drift_is_refused_when_tracks_are_not_rigid_or_smoothed_away():
     alone = alone[alone["x_nm"] < 3000].reset_index(drop=True)  # only the jumping bead
     single = estimate_drift_fiducials(alone, radius_nm=600, max_dark=3, min_fraction=0.5)
     assert any("jumps" in p for p in single.reliability.problems), single.reliability.problems
+
+
+def test_link_keeps_unknown_photons_unknown():
+    from stormfold.postprocess.link import link
+
+    table = make_table(np.array([0, 1, 5]), np.array([100.0, 102.0, 900.0]),
+                       np.array([100.0, 101.0, 900.0]), photons=np.array([np.nan, np.nan, 500.0]))
+    linked = link(table, radius_nm=20, max_dark=1, weight="none").table
+    assert len(linked) == 2
+    assert np.isnan(linked["photons"].iloc[0]) and linked["photons"].iloc[1] == 500.0

@@ -366,6 +366,13 @@ def open_movies(paths: list[str | Path], pixel_size_nm: float | None = None,
         return open_movie(paths[0], pixel_size_nm, **options)
     if not paths:
         raise UserError("no movie given")
+    seen: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        # The same file twice doubles every localization (review 15): a slip, not a movie.
+        key = Path(path).resolve() if Path(path).exists() else Path(path)
+        if key in seen:
+            raise UserError(f"movie {path} is listed twice (parts {seen[key] + 1} and {i + 1})")
+        seen[key] = i
     movies: list[Movie] = []
     try:
         for path in paths:

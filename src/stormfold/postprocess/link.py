@@ -360,7 +360,10 @@ def _merge(table: pd.DataFrame, labels: np.ndarray, weight: str) -> pd.DataFrame
             out[name] = first_frame
         elif name in ("photons", INTENSITY_AU):
             values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
-            out[name] = np.bincount(labels, weights=np.nan_to_num(values), minlength=n_groups)
+            summed = np.bincount(labels, weights=np.nan_to_num(values), minlength=n_groups)
+            # A molecule none of whose detections measured its brightness has none (not 0).
+            known = np.bincount(labels, weights=np.isfinite(values), minlength=n_groups)
+            out[name] = np.where(known > 0, summed, np.nan)
         elif name == "uncertainty_nm":
             u = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
             valid = np.isfinite(u) & (u > 0)
