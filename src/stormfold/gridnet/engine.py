@@ -253,8 +253,8 @@ class GridnetEngine(Engine):
 
     def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> Candidates:
         """``cand`` with the positions, photons, backgrounds and position uncertainties of
-        the joint MLE refinement where it is accepted, and a second emitter after each one
-        it split in two (sorted by frame)."""
+        the joint MLE refinement where it is accepted, without the emitters it dropped, and
+        a second emitter after each one it split in two (sorted by frame)."""
         frames = _as_tensor(photons, "cpu")
         if frames.ndim == 2:
             frames = frames[None]
@@ -267,7 +267,8 @@ class GridnetEngine(Engine):
             res = refine_localizations(
                 frames * s, cand.index.cpu(), x0.cpu(), y0.cpu(),
                 cand.photons.cpu() * s, cand.sigma_x_px.cpu(), cand.sigma_y_px.cpu(),
-                self.noise.gamma, self.refine, sigma_px, sigma_range)
+                self.noise.gamma, self.refine, sigma_px, sigma_range,
+                self.domain.photons[1] * s if self.domain is not None else None)
         if sigma_px is None:
             self.domain_check(res.sigma_px[res.accepted & ~res.split].numpy())
         ok = res.accepted.to(cand.x_px.device)
@@ -288,8 +289,11 @@ class GridnetEngine(Engine):
             refined = torch.where(split_rows, bound, torch.maximum(bound, REFINED_SIGMA_SCALE * net))
             setattr(cand, name, torch.where(ok, refined, net))
         split = torch.nonzero(res.split).squeeze(1).to(cand.x_px.device)
+        # Copies of a bright spot merged into one (merge test) and hot pixels (PSF-shape
+        # test) are not emitters (stormfold.localize.merge); they are never split.
+        kept = cand.select(~res.dropped.to(cand.x_px.device))
         if split.numel() == 0:
-            return cand
+            return kept
         # The second emitter of a split keeps the first's detection (frame, confidence).
         extra = cand.select(split)
         extra.x_px = res.x2_px[split.cpu()].to(extra.x_px)
@@ -297,7 +301,7 @@ class GridnetEngine(Engine):
         extra.photons = (res.counts2[split.cpu()] / s).to(extra.photons)
         for name, crlb in (("sigma_x_px", res.crlb2_x_px2), ("sigma_y_px", res.crlb2_y_px2)):
             setattr(extra, name, crlb[split.cpu()].to(extra.x_px.device).clamp_min(0).sqrt().float())
-        both = Candidates(*(torch.cat([getattr(cand, f), getattr(extra, f)])
+        both = Candidates(*(torch.cat([getattr(kept, f), getattr(extra, f)])
                             for f in Candidates.__dataclass_fields__))
         return both.select(torch.argsort(both.index, stable=True))
 

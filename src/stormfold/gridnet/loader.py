@@ -28,7 +28,7 @@ from stormfold.physics.camera import Camera
 
 #: ``--set`` options of the engine and their types.
 OPTIONS = {"decoder": str, "radius_px": float, "refine": str, "split_llr": float,
-           "split_neighbours": int, "split_photons": bool,
+           "split_neighbours": int, "split_photons": bool, "merge": bool, "drop_spikes": bool,
            "p_raw": float, "p_keep": float, "batch_pixels": int, "tile_px": int,
            "temporal": bool, "sigma_nm": float, "flatten": bool}
 
@@ -121,7 +121,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     if "refine" in opts:
         refine = from_dict(RefineOptions, {**to_dict(refine), "method": opts.pop("refine")},
                            where="--set refine")
-    for key in ("split_llr", "split_neighbours", "split_photons"):
+    for key in ("split_llr", "split_neighbours", "split_photons", "merge", "drop_spikes"):
         if key in opts:
             refine = from_dict(RefineOptions, {**to_dict(refine), key: opts.pop(key)},
                                where=f"--set {key}")
