@@ -1,0 +1,86 @@
+"""Hostile inputs of review 15: each test fails on the defect the review found.
+
+Command-line refusals check what a user meets: exit code 2, one line naming the problem, no
+traceback, no file of the folder changed.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stormfold.errors import UserError
+from test_hostile_inputs import _snapshot  # every file's SHA-256 and every folder
+
+
+@pytest.fixture()
+def refused(run_cli, tmp_path, monkeypatch):
+    """Run a command in ``tmp_path`` that must be refused in one line; returns that line."""
+    monkeypatch.chdir(tmp_path)
+
+    def _refused(*argv: str, match: str) -> str:
+        before = _snapshot(tmp_path)
+        code, out, err = run_cli(*argv)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (code, err)
+        assert len(lines) == 1, err
+        assert "Traceback" not in err
+        assert "internal error" not in err
+        assert match in lines[0], lines[0]
+        assert _snapshot(tmp_path) == before
+        return lines[0]
+
+    return _refused
+
+
+def _yaml_file(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# --------------------------------------------------------------------------- D1: Picasso clashes
+def _clashing_picasso(path: Path) -> Path:
+    n = 5
+    dtype = [("frame", "<u4"), ("x", "<f4"), ("y", "<f4"), ("lpx", "<f4"), ("lpy", "<f4"),
+             ("x_nm", "<f4"), ("uncertainty_nm", "<f4"), ("sigma_nm", "<f4")]
+    locs = np.zeros(n, dtype)
+    locs["frame"] = np.arange(n)
+    locs["x"] = 10 + np.arange(n)
+    locs["y"] = 20
+    locs["lpx"] = locs["lpy"] = 0.1
+    locs["x_nm"], locs["uncertainty_nm"], locs["sigma_nm"] = 0, -7, 3
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("locs", data=locs)
+    path.with_suffix(".yaml").write_text("Pixelsize: 100\nWidth: 64\nHeight: 64\nFrames: 5\n")
+    return path
+
+
+def test_picasso_fields_named_like_computed_columns_never_replace_them(tmp_path):
+    from stormfold.io import read_picasso_hdf5
+
+    path = _clashing_picasso(tmp_path / "p.hdf5")
+    with pytest.warns(UserWarning, match="x_nm as x_nm_1") as record:
+        table, info = read_picasso_hdf5(path)
+    assert len(record) == 1
+    assert table["x_nm"].tolist() == pytest.approx([1050, 1150, 1250, 1350, 1450])
+    assert table["uncertainty_nm"].tolist() == pytest.approx([10.0] * 5)
+    assert "sigma_nm" not in table.columns  # no sx/sy: a field must not stand in for them
+    assert table["x_nm_1"].tolist() == [0] * 5
+    assert table["uncertainty_nm_1"].tolist() == [-7] * 5
+    assert table["sigma_nm_1"].tolist() == [3] * 5
+    assert set(info["extra_fields"]) == {"x_nm_1", "uncertainty_nm_1", "sigma_nm_1"}
+
+
+def test_convert_of_clashing_picasso_keeps_the_positions(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _clashing_picasso(tmp_path / "p.hdf5")
+    code, _, err = run_cli("convert", "p.hdf5", "p.csv")
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if "warning" in line]) == 1, err
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert out["x [nm]"].tolist() == pytest.approx([1050, 1150, 1250, 1350, 1450])
