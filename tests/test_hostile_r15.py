@@ -84,3 +84,77 @@ def test_convert_of_clashing_picasso_keeps_the_positions(run_cli, tmp_path, monk
     assert len([line for line in err.splitlines() if "warning" in line]) == 1, err
     out = pd.read_csv(tmp_path / "p.csv")
     assert out["x [nm]"].tolist() == pytest.approx([1050, 1150, 1250, 1350, 1450])
+
+
+# --------------------------------------------------------------------------- D6: user's files
+def _write_set(folder: Path, files: dict, command: str = "test") -> None:
+    from stormfold.io.outputs import OutputFolder
+
+    out = OutputFolder(folder, command, list(files))
+    with out:
+        for name, text in files.items():
+            out.path(name).write_text(text)
+        out.commit({"n": len(files)})
+
+
+def test_a_users_own_file_of_an_output_name_is_never_replaced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "a.csv").write_text("the user's table")
+    with pytest.raises(UserError, match=r"did not write: a\.csv; choose another output folder"):
+        _write_set(out, {"a.csv": "new\n", "b.csv": "new\n"})
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv"]  # refused before any work
+    assert (out / "a.csv").read_text() == "the user's table"
+
+
+def test_a_staged_file_missing_from_the_names_is_checked_at_the_commit(tmp_path):
+    from stormfold.io.outputs import OutputFolder
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "extra.txt").write_text("the user's notes")
+    target = OutputFolder(out, "test", ["a.csv"])
+    with pytest.raises(UserError, match="extra.txt"):
+        with target:
+            target.path("a.csv").write_text("new")
+            target.path("extra.txt").write_text("new")
+            target.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["extra.txt"]
+    assert (out / "extra.txt").read_text() == "the user's notes"
+
+
+def test_files_an_earlier_run_of_the_command_wrote_are_still_replaced(tmp_path):
+    out = tmp_path / "out"
+    _write_set(out, {"a.csv": "old\n"})
+    _write_set(out, {"a.csv": "new\n", "b.csv": "new\n"})
+    assert (out / "a.csv").read_text() == "new\n"
+    assert not (out / ".stormfold-pending.json").exists()
+
+
+def test_a_file_of_a_model_whose_history_changed_in_place_stays_stormfolds(tmp_path):
+    from stormfold.io.manifest import mark_incomplete
+
+    out = tmp_path / "model"
+    _write_set(out, {"weights.safetensors": "w", "model.yaml": "m"}, command="model")
+    mark_incomplete(out)  # a new training writes its history: the manifest goes
+    mark_incomplete(out)  # and again, epoch after epoch
+    _write_set(out, {"weights.safetensors": "w2", "model.yaml": "m2"}, command="model")
+    assert (out / "weights.safetensors").read_text() == "w2"
+
+
+def test_cli_localize_refuses_to_replace_the_users_table(run_cli, tmp_path, monkeypatch):
+    from stormfold.io import write_tiff
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    write_tiff(tmp_path / "m.tif", rng.integers(90, 120, (3, 16, 16)).astype(np.uint16))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "localizations.csv").write_text("my ThunderSTORM table\n")
+    before = _snapshot(tmp_path)
+    code, _, err = run_cli("localize", "m.tif", "--engine", "classic", "--pixel-size", "100",
+                           "--baseline", "100", "--out", "mine")
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "localizations.csv" in errors[0] and "--out" in errors[0]
+    assert _snapshot(tmp_path) == before
