@@ -158,3 +158,54 @@ def test_cli_localize_refuses_to_replace_the_users_table(run_cli, tmp_path, monk
     assert len(errors) == 1 and "Traceback" not in err, err
     assert "localizations.csv" in errors[0] and "--out" in errors[0]
     assert _snapshot(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- D8: exit 1 → 2
+@pytest.mark.parametrize("argv, text, match", [
+    (("simulate", "--config", "c.yaml", "--out", "o", "--quiet"), "1: a\nfoo: b\n",
+     "unknown configuration key '1'"),
+    (("postprocess", "l.csv", "--out", "o", "--config", "c.yaml"), "1: a\nfoo: b\n",
+     "unknown post-processing key '1'"),
+    (("train", "gridnet", "--config", "c.yaml", "--out", "o", "--steps", "1"),
+     "1: a\nfoo: b\n", "unknown configuration key '1'"),
+    (("train", "gridnet", "--config", "c.yaml", "--out", "o", "--steps", "1"),
+     "schedule: [1, 2]\n", "schedule: expected a mapping"),
+    (("train", "gridnet", "--config", "c.yaml", "--out", "o", "--steps", "1"),
+     "schedule: abc\n", "schedule: expected a mapping"),
+    (("train", "gridnet", "--config", "c.yaml", "--out", "o", "--steps", "1"),
+     "schedule: 5\n", "schedule: expected a mapping"),
+    (("simulate", "--config", "c.yaml", "--out", "o", "--quiet"), "simulation: 5\n",
+     "simulation: expected a mapping"),
+    (("simulate", "--set", "emitters.photons_mean=1e30", "--frames", "1", "--out", "o",
+      "--quiet"), None, "emitters.photons_mean must be ≤ 1e+09"),
+    (("simulate", "--set", "emitters.photons_distribution=uniform",
+      "--set", "emitters.photons_max=1e30", "--frames", "1", "--out", "o", "--quiet"), None,
+     "emitters.photons_max must be ≤ 1e+09"),
+    (("simulate", "--set", "background.photons=1e30", "--frames", "1", "--out", "o",
+      "--quiet"), None, "background.photons must be ≤ 1e+09"),
+])
+def test_user_mistakes_are_one_line_exit_2(tmp_path, refused, argv, text, match):
+    pd.DataFrame({"frame": [1, 2], "x [nm]": [100.0, 200.0],
+                  "y [nm]": [100.0, 200.0]}).to_csv(tmp_path / "l.csv", index=False)
+    if text is not None:
+        (tmp_path / "c.yaml").write_text(text)
+    refused(*argv, match=match)
+
+
+@pytest.mark.parametrize("argv", [("render", "in/l.csv", "--out", "loopA/x.tif"),
+                                  ("postprocess", "in/l.csv", "--out", "loopA",
+                                   "--steps", "render")])
+def test_an_output_through_a_symlink_loop_is_one_line(tmp_path, run_cli, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"frame": [1, 2], "x [nm]": [100.0, 200.0],
+                  "y [nm]": [100.0, 200.0]}).to_csv(tmp_path / "in" / "l.csv", index=False)
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    before = _snapshot(tmp_path / "in")
+    code, _, err = run_cli(*argv)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "symbolic link loop" in lines[0] and "internal error" not in err
+    assert _snapshot(tmp_path / "in") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "loopA", "loopB"]

@@ -252,7 +252,7 @@ def check_chain(config: Optional[str | Path | dict] = None,
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise UserError(f"{config}: expected a mapping with one section per step")
-    unknown = sorted(set(data) - set(STEPS) - {"steps"})
+    unknown = sorted(set(data) - set(STEPS) - {"steps"}, key=str)
     if unknown:
         raise UserError(f"unknown post-processing key '{unknown[0]}' (valid keys: steps, "
                         f"{', '.join(STEPS)})")
