@@ -209,3 +209,23 @@ def test_an_output_through_a_symlink_loop_is_one_line(tmp_path, run_cli, monkeyp
     assert "symbolic link loop" in lines[0] and "internal error" not in err
     assert _snapshot(tmp_path / "in") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "loopA", "loopB"]
+
+
+# --------------------------------------------------------------------------- D7: no step ran
+def test_a_loop_in_which_no_step_finished_is_refused():
+    from stormfold.training import Budget, run_loop
+
+    calls = []
+    with pytest.raises(UserError, match="no training epoch finished within 1e-12 min"):
+        run_loop(lambda i: calls.append(i) or {"loss": 1.0}, 0, Budget(minutes=1e-12),
+                 unit="epoch")
+    assert calls == []
+    # A resumed run that has nothing left to do is not a zero-step training.
+    assert run_loop(lambda i: {"loss": 1.0}, 5, Budget(steps=5)) == 5
+
+
+def test_train_gridnet_with_no_step_writes_no_model(tmp_path, refused):
+    line = refused("train", "gridnet", "--minutes", "1e-9", "--out", "model", "--quiet",
+                   match="no training step finished")
+    assert "nothing written" in line
+    assert not (tmp_path / "model").exists()
