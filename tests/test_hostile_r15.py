@@ -229,3 +229,48 @@ def test_train_gridnet_with_no_step_writes_no_model(tmp_path, refused):
                    match="no training step finished")
     assert "nothing written" in line
     assert not (tmp_path / "model").exists()
+
+
+# --------------------------------------------------------------------------- D3: filter frames
+def _three_frames(tmp_path: Path) -> pd.DataFrame:
+    from stormfold.io.tables import write_table
+
+    table = pd.DataFrame({"frame": [0, 1, 2], "x_nm": [100.0, 200.0, 300.0],
+                          "y_nm": [100.0, 200.0, 300.0]})
+    write_table(tmp_path / "l.csv", table)  # frames 1, 2, 3 in the file
+    write_table(tmp_path / "l.hdf5", table, pixel_size_nm=100.0)  # frames 0, 1, 2
+    return table
+
+
+@pytest.mark.parametrize("source, out, expr, kept", [
+    ("l.csv", "f.csv", "frame == 1", [1]),           # file frames, as the user reads them
+    ("l.csv", "f.csv", "frame in [2, 3]", [2, 3]),
+    ("l.hdf5", "f.csv", "frame == 1", [2]),          # Picasso counts from 0
+])
+def test_filter_expression_frames_are_the_files(tmp_path, run_cli, monkeypatch, source, out,
+                                                 expr, kept):
+    monkeypatch.chdir(tmp_path)
+    _three_frames(tmp_path)
+    code, _, err = run_cli("filter", source, "--out", out, "--expr", expr)
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / out)["frame"].tolist() == kept  # written 1-based
+
+
+def test_postprocess_chain_filter_frames_are_the_files(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _three_frames(tmp_path)
+    _yaml_file(tmp_path / "pp.yaml", {"steps": ["filter"], "filter": {"expr": "frame == 1"}})
+    code, _, err = run_cli("postprocess", "l.csv", "--out", "pp", "--config", "pp.yaml")
+    assert code == 0, err
+    written = [p for p in (tmp_path / "pp").iterdir() if p.suffix == ".csv"]
+    assert written and all(pd.read_csv(p)["frame"].tolist() == [1] for p in written), written
+
+
+def test_run_chain_frame_base_and_the_in_memory_default():
+    from stormfold.postprocess import expression_mask
+    from stormfold.postprocess.chain import run_chain
+
+    table = pd.DataFrame({"frame": [0, 1, 2], "x_nm": [1.0, 2.0, 3.0], "y_nm": [1.0, 2.0, 3.0]})
+    assert expression_mask(table, "frame == 1").tolist() == [False, True, False]
+    config = {"filter": {"expr": "frame == 1"}}
+    assert run_chain(table, config, ["filter"], frame_base=1).table["frame"].tolist() == [0]

@@ -293,7 +293,10 @@ def read_thunderstorm_csv(path: str | Path, pixel_size_nm: float | None = None,
     table["frame"] = table["frame"] - base
     if "last_frame" in table.columns:  # written by linking; same base as frame in the file
         table["last_frame"] = _numeric(table["last_frame"], path, "last_frame") - base
-    return validate_table(table, source=str(path), names={v: k for k, v in columns.items()})
+    table = validate_table(table, source=str(path), names={v: k for k, v in columns.items()})
+    # The numbering the user reads in the file: a filter expression over frames uses it.
+    table.attrs["frame_base"] = int(base)
+    return table
 
 
 def _pixel_size_for(path: Path, layout: Layout, pixel_size_nm: float | None) -> float:

@@ -357,8 +357,9 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
     config = p.config
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
+        # frame_base 1: a filter's "frame" is that of localizations.csv, the table users read.
         pp = run_chain(s.raw, config.postprocess, geometry=p.geometry, n_frames=p.stop,
-                       progress=not quiet)
+                       progress=not quiet, frame_base=1)
     for w in said:  # e.g. a drift estimate the data do not support: into run.yaml and the report
         if issubclass(w.category, UserWarning):
             p.warn(f"post-processing: {w.message}")
