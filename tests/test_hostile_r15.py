@@ -274,3 +274,67 @@ def test_run_chain_frame_base_and_the_in_memory_default():
     assert expression_mask(table, "frame == 1").tolist() == [False, True, False]
     config = {"filter": {"expr": "frame == 1"}}
     assert run_chain(table, config, ["filter"], frame_base=1).table["frame"].tolist() == [0]
+
+
+# --------------------------------------------------------------------------- D5: other truth
+def _truth_folder(folder: Path, n_frames: int, rows: int, cols: int, px: float = 100.0) -> Path:
+    folder.mkdir()
+    pd.DataFrame({"frame": [1, 2], "x [nm]": [500.0, 900.0],
+                  "y [nm]": [500.0, 900.0]}).to_csv(folder / "truth.csv", index=False)
+    _yaml_file(folder / "simulation.yaml", {"n_frames": n_frames, "n_rows": rows,
+                                            "n_cols": cols, "pixel_size_nm": px})
+    return folder / "truth.csv"
+
+
+def _locs_folder(folder: Path, run: dict) -> Path:
+    folder.mkdir()
+    pd.DataFrame({"frame": [1, 2], "x [nm]": [510.0, 910.0],
+                  "y [nm]": [500.0, 900.0]}).to_csv(folder / "localizations.csv", index=False)
+    _yaml_file(folder / "run.yaml", run)
+    return folder / "localizations.csv"
+
+
+_LOCALIZE_RUN = {"frames": [0, 10], "n_frames": 10, "frame_shape": [64, 64],
+                 "pixel_size_nm": 100.0}
+
+
+@pytest.mark.parametrize("sim, run, match", [
+    ((3, 32, 128), _LOCALIZE_RUN, "frame size 32×128 vs 64×64 px, 3 frames vs frames up to 10"),
+    ((10, 64, 64, 160.0), _LOCALIZE_RUN, "pixel size 160 vs 100 nm"),
+    ((12, 64, 64), {"movie": {"n_frames": 10, "frame_shape": [64, 64], "pixel_size_nm": 100.0,
+                              "frames": [0, 10]}}, "12 vs 10 frames"),
+])
+def test_evaluate_against_the_truth_of_another_movie_is_refused(tmp_path, refused, sim, run,
+                                                               match):
+    _truth_folder(tmp_path / "sim", *sim)
+    _locs_folder(tmp_path / "loc", run)
+    line = refused("evaluate", "--truth", "sim/truth.csv", "--locs", "loc/localizations.csv",
+                   match=match)
+    assert "another movie" in line
+
+
+@pytest.mark.parametrize("run", [
+    _LOCALIZE_RUN,
+    {"frames": [2, 5], "n_frames": 3, "frame_shape": [64, 64], "pixel_size_nm": 100.0},
+])
+def test_evaluate_against_the_truth_of_the_same_movie_runs(tmp_path, run_cli, monkeypatch, run):
+    monkeypatch.chdir(tmp_path)
+    _truth_folder(tmp_path / "sim", 10, 64, 64)
+    _locs_folder(tmp_path / "loc", run)
+    code, out, err = run_cli("evaluate", "--truth", "sim/truth.csv",
+                             "--locs", "loc/localizations.csv")
+    assert code == 0, err
+
+
+def test_run_refuses_the_truth_of_another_movie_before_any_work(tmp_path, refused):
+    from stormfold.io import write_tiff
+
+    rng = np.random.default_rng(0)
+    write_tiff(tmp_path / "m.tif", rng.integers(90, 120, (4, 16, 16)).astype(np.uint16),
+               pixel_size_nm=100.0)
+    _truth_folder(tmp_path / "sim", 4, 32, 16)
+    _yaml_file(tmp_path / "run.yaml", {"movie": "m.tif", "output": "out",
+                                       "engine": {"engine": "classic"},
+                                       "camera": {"baseline_adu": 100, "e_per_adu": 1},
+                                       "evaluation": {"truth": "sim/truth.csv"}})
+    refused("run", "run.yaml", match="frame size 32×16 vs 16×16 px")

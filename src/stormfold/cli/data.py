@@ -67,8 +67,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from stormfold.evaluate import evaluate, format_table
-    from stormfold.evaluate.report import (SIMULATION_YAML, evaluation_report,
-                                           fov_from_simulation_yaml, report_json)
+    from stormfold.evaluate.report import (SIMULATION_YAML, check_truth_movie,
+                                           evaluation_report, fov_from_simulation_yaml,
+                                           report_json)
+    from stormfold.io.metadata import RUN_RECORD, recorded_geometry
     from stormfold.io.atomic import write_text
     from stormfold.io.outputs import OutputFiles
     from stormfold.io.tables import read_table, table_sources
@@ -94,6 +96,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                 f"(no {sim_yaml} found)")
         truth = read_table(args.truth)
         locs = read_table(args.locs)
+        check_truth_movie(args.truth, recorded_geometry(args.locs.parent / RUN_RECORD),
+                          str(args.locs.parent / RUN_RECORD))
         frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
         metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
                            border_nm=args.border_nm, fov_nm=fov, frames=frames)

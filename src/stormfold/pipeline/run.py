@@ -192,9 +192,14 @@ def plan(config: RunConfig, resume: bool = False, protect: tuple = ()) -> RunPla
         geometry = resolve_geometry(movie, engine)
         truth = true_drift = None
         if config.evaluation.truth is not None:
+            from stormfold.evaluate.report import check_truth_movie
             from stormfold.io.tables import read_table
 
             truth = read_table(config.evaluation.truth)
+            check_truth_movie(config.evaluation.truth,
+                              {"pixel_size_nm": geometry.pixel_size_nm, "height_px": geometry.rows,
+                               "width_px": geometry.cols, "movie_frames": movie.n_frames},
+                              "the movie")
         if config.evaluation.truth_drift is not None:
             from stormfold.postprocess.drift import read_drift_csv
 
