@@ -338,3 +338,35 @@ def test_run_refuses_the_truth_of_another_movie_before_any_work(tmp_path, refuse
                                        "camera": {"baseline_adu": 100, "e_per_adu": 1},
                                        "evaluation": {"truth": "sim/truth.csv"}})
     refused("run", "run.yaml", match="frame size 32×16 vs 16×16 px")
+
+
+# --------------------------------------------------------------------------- D2: seed-only config
+def test_a_seed_only_training_config_is_a_training_config(tmp_path):
+    from stormfold.deepstorm.config import build_train_config as deepstorm_config
+    from stormfold.gridnet.config import build_train_config as gridnet_config
+    from stormfold.sofi.train import load_sofi_train_config
+    from stormfold.unrolled.train import load_train_config
+
+    path = _yaml_file(tmp_path / "train.yaml", {"seed": 7})
+    g = gridnet_config(config_file=path)
+    assert (g.seed, g.init, g.simulation) == (7, "none", None)  # from scratch, not a fine-tune
+    u = load_train_config(path, {})
+    assert u.seed == 7 and u.data.simulation == {}
+    assert load_sofi_train_config(path).seed == 7
+    assert deepstorm_config(config_file=path).seed == 7
+
+
+def test_seed_and_preset_alone_are_refused_as_ambiguous(tmp_path):
+    from stormfold.gridnet.config import build_train_config
+
+    path = _yaml_file(tmp_path / "train.yaml", {"seed": 7, "preset": "sofi"})
+    with pytest.raises(UserError, match="'seed' and 'preset' alone are ambiguous"):
+        build_train_config(config_file=path)
+
+
+def test_a_simulation_yaml_is_still_training_data(tmp_path):
+    from stormfold.gridnet.config import build_train_config
+
+    path = _yaml_file(tmp_path / "simulation.yaml", {"seed": 3, "n_frames": 5, "preset": "sofi"})
+    g = build_train_config(config_file=path)
+    assert g.simulation is not None and g.simulation.n_frames == 5

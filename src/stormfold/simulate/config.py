@@ -338,7 +338,11 @@ def read_training_yaml(config_file: str | Path | None,
 
     Training configurations have sections of their own (``training_sections``); a
     ``simulation.yaml`` of ``stormfold simulate``/``calibrate`` has simulation keys only, and
-    then describes the training data.
+    then describes the training data. ``seed`` is both a simulation and a training key: a
+    file holding ``seed`` and no simulation-only key (``seed: 7``) is a training
+    configuration, its seed the training seed (read as a simulation, the seed would seed
+    the data and the run turn into a fine-tune). ``seed`` with ``preset`` alone is refused
+    as ambiguous; ``preset`` alone names the training data.
 
     Returns
     -------
@@ -354,6 +358,12 @@ def read_training_yaml(config_file: str | Path | None,
         raise UserError(f"{config_file}: expected a mapping of training parameters")
     sim_keys = {f.name for f in dataclasses.fields(SimulationConfig)}
     keys = set(loaded) - set(PROVENANCE_KEYS)
+    if "seed" in keys and keys <= {"seed", "preset"}:
+        if "preset" in keys:
+            raise UserError(f"{config_file}: 'seed' and 'preset' alone are ambiguous (the "
+                            f"training's seed or the simulation's?): give the preset with "
+                            f"--preset, or put it in a simulation section")
+        return loaded, False
     if keys and keys <= sim_keys and not keys & set(training_sections):
         return {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}, True
     return loaded, False
