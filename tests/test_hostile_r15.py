@@ -370,3 +370,21 @@ def test_a_simulation_yaml_is_still_training_data(tmp_path):
     path = _yaml_file(tmp_path / "simulation.yaml", {"seed": 3, "n_frames": 5, "preset": "sofi"})
     g = build_train_config(config_file=path)
     assert g.simulation is not None and g.simulation.n_frames == 5
+
+
+# --------------------------------------------------------------------------- D13: repeated header
+@pytest.mark.parametrize("header", ['"id","frame","x [nm]","y [nm]","x [nm]"',
+                                    'frame,x [nm],y [nm], x [nm] '])
+def test_a_csv_that_repeats_a_column_is_refused(tmp_path, refused, header):
+    n = header.count(",") + 1
+    rows = "\n".join(",".join(str(10 * r + c + 1) for c in range(n)) for r in range(2))
+    (tmp_path / "t.csv").write_text(f"{header}\n{rows}\n")
+    refused("convert", "t.csv", "t.hdf5", "--pixel-size", "100",
+            match="the header repeats the column(s) 'x [nm]'")
+
+
+def test_a_csv_with_empty_header_cells_is_still_read(tmp_path):
+    from stormfold.io.tables import read_table
+
+    (tmp_path / "t.csv").write_text("frame,x [nm],y [nm],,\n1,100,200,,\n")
+    assert read_table(tmp_path / "t.csv")["x_nm"].tolist() == [100.0]
