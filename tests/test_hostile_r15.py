@@ -388,3 +388,12 @@ def test_a_csv_with_empty_header_cells_is_still_read(tmp_path):
 
     (tmp_path / "t.csv").write_text("frame,x [nm],y [nm],,\n1,100,200,,\n")
     assert read_table(tmp_path / "t.csv")["x_nm"].tolist() == [100.0]
+
+
+# --------------------------------------------------------------------------- D15: the key named
+@pytest.mark.parametrize("key", ["background.map", "structure.mask"])
+def test_a_missing_image_names_its_own_key(tmp_path, refused, key):
+    extra = ["--set", "structure.kind=mask"] if key == "structure.mask" else []
+    line = refused("simulate", "--set", f"{key}=/nonexistent.tif", *extra, "--frames", "1",
+                   "--out", "o", "--quiet", match=f"{key}: file not found: /nonexistent.tif")
+    assert ("structure.mask" in line) == (key == "structure.mask")
