@@ -397,3 +397,17 @@ def test_a_missing_image_names_its_own_key(tmp_path, refused, key):
     line = refused("simulate", "--set", f"{key}=/nonexistent.tif", *extra, "--frames", "1",
                    "--out", "o", "--quiet", match=f"{key}: file not found: /nonexistent.tif")
     assert ("structure.mask" in line) == (key == "structure.mask")
+
+
+# --------------------------------------------------------------------------- D17: empty truth
+def test_evaluate_against_an_empty_truth_warns_in_one_line(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"frame": [1, 2], "x [nm]": [100.0, 200.0],
+                  "y [nm]": [100.0, 200.0]}).to_csv(tmp_path / "l.csv", index=False)
+    (tmp_path / "empty.csv").write_text("frame,x [nm],y [nm]\n")
+    code, out, err = run_cli("evaluate", "--truth", "empty.csv", "--locs", "l.csv")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "truth has no emitter" in warned[0], err
+    code, out, err = run_cli("evaluate", "--truth", "l.csv", "--locs", "l.csv")
+    assert code == 0 and "truth has no emitter" not in err

@@ -66,7 +66,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import warnings
+
     from stormfold.evaluate import evaluate, format_table
+    from stormfold.evaluate.metrics import empty_truth_warning
     from stormfold.evaluate.report import (SIMULATION_YAML, check_truth_movie,
                                            evaluation_report, fov_from_simulation_yaml,
                                            report_json)
@@ -101,6 +104,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
         metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
                            border_nm=args.border_nm, fov_nm=fov, frames=frames)
+        note = empty_truth_warning(metrics)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
         floor = _bound(truth, args.truth.parent / SIMULATION_YAML, args.tolerance, frames,
                        args.border_nm, fov, metrics["recall"].to_numpy()) if args.bound else None
         if target is not None:

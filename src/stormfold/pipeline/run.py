@@ -381,7 +381,7 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
         p.log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")
     if p.truth is not None:
         from stormfold.evaluate import evaluate, format_table
-        from stormfold.evaluate.metrics import frames_warning
+        from stormfold.evaluate.metrics import empty_truth_warning, frames_warning
 
         ev = config.evaluation
         frames = (p.start, p.stop)
@@ -390,6 +390,9 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
             p.warn(f"evaluation: {note}")
         evaluation = evaluate(truth, pp.table, tolerances_nm=ev.tolerances_nm, method=ev.matching,
                               border_nm=ev.border_nm, fov_nm=p.geometry.fov_nm, frames=frames)
+        note = empty_truth_warning(evaluation)
+        if note:
+            p.warn(f"evaluation: {note}")
         p.log.info(f"evaluation against {ev.truth}, frames {p.start}:{p.stop}\n"
                    + format_table(evaluation))
     image, factor, image_title = final_image(pp, p.geometry)
