@@ -178,7 +178,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         raise UserError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be ints
     if unknown:
         prefix = f"{where}." if where else ""
         raise UserError(f"unknown configuration key '{prefix}{unknown[0]}' "

@@ -66,9 +66,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import warnings
+
     from stormfold.evaluate import evaluate, format_table
-    from stormfold.evaluate.report import (SIMULATION_YAML, evaluation_report,
-                                           fov_from_simulation_yaml, report_json)
+    from stormfold.evaluate.metrics import empty_truth_warning
+    from stormfold.evaluate.report import (SIMULATION_YAML, check_truth_movie,
+                                           evaluation_report, fov_from_simulation_yaml,
+                                           report_json)
+    from stormfold.io.metadata import RUN_RECORD, recorded_geometry
     from stormfold.io.atomic import write_text
     from stormfold.io.outputs import OutputFiles
     from stormfold.io.tables import read_table, table_sources
@@ -94,9 +99,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                                 f"(no {sim_yaml} found)")
         truth = read_table(args.truth)
         locs = read_table(args.locs)
+        check_truth_movie(args.truth, recorded_geometry(args.locs.parent / RUN_RECORD),
+                          str(args.locs.parent / RUN_RECORD))
         frames, frames_source = _evaluation_frames(args.frames, args.locs, truth)
         metrics = evaluate(truth, locs, tolerances_nm=args.tolerance, method=args.matching,
                            border_nm=args.border_nm, fov_nm=fov, frames=frames)
+        note = empty_truth_warning(metrics)
+        if note:
+            warnings.warn(note, UserWarning, stacklevel=2)
         floor = _bound(truth, args.truth.parent / SIMULATION_YAML, args.tolerance, frames,
                        args.border_nm, fov, metrics["recall"].to_numpy()) if args.bound else None
         if target is not None:

@@ -185,6 +185,15 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     return df
 
 
+def empty_truth_warning(metrics: pd.DataFrame) -> str | None:
+    """One line when no truth emitter was scored (an empty truth, or none in the frames and
+    field kept): recall, Jaccard and F1 are then nan or 0 and say nothing of the engine."""
+    if len(metrics) and int(metrics["n_truth"].max()) == 0:
+        return ("the truth has no emitter in the frames and field scored: recall, Jaccard "
+                "and F1 are undefined or 0 and say nothing of the localizations")
+    return None
+
+
 def check_frames(frames: Sequence[int]) -> tuple[int, int]:
     """``(first, stop)`` as ints with 0 ≤ first < stop, else :class:`UserError`."""
     try:

@@ -13,6 +13,52 @@ from stormfold.errors import UserError
 SIMULATION_YAML = "simulation.yaml"
 
 
+def check_truth_movie(truth: str | Path, movie: dict, what: str) -> None:
+    """Refuse a truth simulated for another movie than the localizations'.
+
+    Parameters
+    ----------
+    truth : path
+        The truth table; its ``simulation.yaml`` (next to it) describes its movie.
+    movie : dict
+        The localizations' movie: ``pixel_size_nm``, ``height_px``, ``width_px``,
+        ``n_frames`` (the movie is at least this long) and ``movie_frames`` (its exact
+        length), any of them absent when unknown (:func:`stormfold.io.metadata.recorded_geometry`).
+    what : str
+        Where the localizations' geometry comes from, for the message.
+
+    Raises
+    ------
+    UserError
+        When both are known and the pixel size, the frame size or the number of frames
+        differ: frames past the truth's would all count as false positives, and a border
+        would be cut from the wrong field of view.
+    """
+    from stormfold.io.metadata import recorded_geometry
+
+    sim_path = Path(truth).parent / SIMULATION_YAML
+    sim = recorded_geometry(sim_path)
+    if not sim or not movie:
+        return
+    problems = []
+    if movie.get("pixel_size_nm") and not math.isclose(sim["pixel_size_nm"],
+                                                       movie["pixel_size_nm"], rel_tol=1e-6):
+        problems.append(f"pixel size {sim['pixel_size_nm']:g} vs {movie['pixel_size_nm']:g} nm")
+    shapes = [(g.get("height_px"), g.get("width_px")) for g in (sim, movie)]
+    if None not in shapes[0] + shapes[1] and shapes[0] != shapes[1]:
+        problems.append("frame size {}×{} vs {}×{} px".format(*shapes[0], *shapes[1]))
+    n_sim = sim.get("movie_frames")
+    if n_sim is not None:
+        if movie.get("movie_frames") is not None and movie["movie_frames"] != n_sim:
+            problems.append(f"{n_sim} vs {movie['movie_frames']} frames")
+        elif movie.get("n_frames") is not None and movie["n_frames"] > n_sim:
+            problems.append(f"{n_sim} frames vs frames up to {movie['n_frames']}")
+    if problems:
+        raise UserError(f"the truth {truth} was simulated for another movie than the "
+                        f"localizations ({sim_path} vs {what}: {', '.join(problems)}); "
+                        f"give the truth of that movie")
+
+
 def fov_from_simulation_yaml(path: str | Path) -> tuple[float, float] | None:
     """Field of view (width_nm, height_nm) from a simulator's ``simulation.yaml``.
 

@@ -254,7 +254,11 @@ def build_train_config(preset: str | None = None, config_file: str | Path | None
         data["seed"] = seed
     if init is not None:
         data["init"] = init
-    sched = dict(data.get("schedule") or {})
+    sched = data.get("schedule") or {}
+    if not isinstance(sched, dict):
+        raise UserError(f"schedule: expected a mapping (steps, minutes, ...), got "
+                        f"{type(sched).__name__} {sched!r}")
+    sched = dict(sched)
     if minutes is not None:
         sched["minutes"], sched["steps"] = minutes, None
     if steps is not None:

@@ -103,7 +103,7 @@ def engine_from_meta(meta: dict, model: GridNet, device: Any = "cpu",
     if not isinstance(stored, dict):
         raise UserError(f"{source}: decoder must be a mapping, got {stored!r}")
     keys = [f.name for f in fields(Decoder)]
-    unknown = sorted(set(stored) - set(keys))
+    unknown = sorted(set(stored) - set(keys), key=str)
     if unknown:
         raise UserError(f"{source}: unknown decoder key(s) {', '.join(map(str, unknown))} "
                         f"(valid: {', '.join(keys)})")

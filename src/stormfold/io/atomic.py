@@ -88,4 +88,19 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:
+        pass
+    try:
         return Path(a).resolve() == Path(b).resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        from stormfold.errors import UserError
+
+        bad = next((str(p) for p in (a, b) if not _resolves(p)), str(a))
+        raise UserError(f"{bad}: the path goes through a symbolic link loop") from None
+
+
+def _resolves(path: str | Path) -> bool:
+    try:
+        Path(path).resolve()
+    except (RuntimeError, OSError):
+        return False
+    return True

@@ -14,12 +14,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 #: Hidden folders of output sets being written (never part of a set).
 STAGING_PREFIX = ".stormfold-staging."
+#: Hidden record of the names of a set being moved in (or changed in place) while the
+#: folder has no manifest: they are stormfold's, not the user's (:func:`written_by`).
+PENDING = ".stormfold-pending.json"
 
 
 def sha256_file(path: Path, sync: bool = False) -> str:
@@ -127,13 +130,77 @@ def is_complete(folder: Path | str, checksums: bool = False) -> bool:
     return not verify_manifest(folder, checksums)
 
 
-def mark_incomplete(folder: Path | str) -> None:
-    """Remove ``folder``'s manifest before a file of it is changed in place (a training's
-    history): from then on the folder is incomplete until a new manifest is written."""
+def written_by(folder: Path | str, command: str) -> set[str]:
+    """Top-level names in ``folder`` that a stormfold ``command`` wrote: listed in its
+    manifest or, while a new set of that command was being moved in, in :data:`PENDING`.
+
+    Read leniently (a manifest that :func:`read_manifest` does not trust still says which
+    command wrote which file): the answer only decides what may be *replaced* by the same
+    command, never what is removed.
+    """
+    names: set[str] = set()
+    for record in (MANIFEST, PENDING):
+        try:
+            data = json.loads((Path(folder) / record).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("command") != command:
+            continue
+        entries = data.get("files") if record == MANIFEST else data.get("names")
+        for entry in entries if isinstance(entries, list) else []:
+            path = entry.get("path") if isinstance(entry, dict) else entry
+            if is_member_path(path):
+                names.add(path.split("/")[0])
+    return names
+
+
+def foreign_names(folder: Path | str, command: str, names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (top-level) present in ``folder`` that no stormfold ``command``
+    wrote (:func:`written_by`), and a manifest.json that is not stormfold's."""
     folder = Path(folder)
+    mine = written_by(folder, command)
+    foreign = sorted({n for n in names if n not in mine
+                      and ((folder / n).exists() or (folder / n).is_symlink())})
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {"stormfold_manifest": None}
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or "stormfold_manifest" not in data:
+        foreign.append(MANIFEST)
+    return foreign
+
+
+def mark_incomplete(folder: Path | str, command: Optional[str] = None,
+                    names: tuple[str, ...] = ()) -> None:
+    """Remove ``folder``'s manifest before a file of it is changed in place (a training's
+    history) or replaced (a commit): from then on the folder is incomplete until a new
+    manifest is written.
+
+    What the old manifest listed, and ``names`` (the new set's), are first recorded in
+    :data:`PENDING`, so that the next run of the same command recognises these files as
+    its own (:func:`written_by`) and does not take them for the user's.
+    """
+    folder = Path(folder)
+    old = read_manifest(folder) or {}
+    command = command or old.get("command")
+    if command is None:
+        return
+    mine = written_by(folder, command) | {n.split("/")[0] for n in names}
+    if mine:
+        from stormfold.io.atomic import write_text
+
+        write_text(folder / PENDING, json.dumps({"command": command,
+                                                 "names": sorted(mine)}) + "\n")
     if (folder / MANIFEST).exists():
         (folder / MANIFEST).unlink()
-        fsync_dir(folder)
+    fsync_dir(folder)
+
+
+def clear_pending(folder: Path | str) -> None:
+    """Remove :data:`PENDING` once a new manifest lists the set."""
+    (Path(folder) / PENDING).unlink(missing_ok=True)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

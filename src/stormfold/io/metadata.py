@@ -343,6 +343,31 @@ def geometry_near(path: str | Path, pixel_size_nm: float | None = None) -> dict:
     return {}
 
 
+def recorded_geometry(path: str | Path) -> dict:
+    """The geometry one record (``simulation.yaml``, ``run.yaml``) states, as
+    :func:`geometry_near` reads it, plus ``movie_frames``: the movie's whole length when the
+    record states it (a simulation's ``n_frames``, the ``movie`` section of ``stormfold
+    run``'s), where ``n_frames`` may only be the end of the frames localized. Empty when the
+    file is absent, unreadable or holds no pixel size."""
+    path = Path(path)
+    document = load_yaml_mapping(path)
+    if document is None:
+        return {}
+    found = _recorded(document, _GEOMETRY_KEYS)
+    if "pixel_size_nm" not in found:
+        return {}
+    try:
+        geometry = _geometry(found, path)
+    except UserError:
+        return {}
+    movie = document.get("movie")
+    length = movie.get("n_frames") if isinstance(movie, Mapping) else (
+        None if "frames" in document else document.get("n_frames"))
+    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+        geometry["movie_frames"] = length
+    return geometry
+
+
 def _geometry(found: dict, source: Path) -> dict:
     geometry: dict[str, Any] = {"pixel_size_nm": check_pixel_size(found["pixel_size_nm"],
                                                                    str(source)),

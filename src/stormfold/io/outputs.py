@@ -49,9 +49,9 @@ from typing import Any, Iterable, Iterator, Optional
 from stormfold import __version__
 from stormfold.errors import UserError
 from stormfold.io.atomic import give_usual_mode
-from stormfold.io.manifest import (MANIFEST, MANIFEST_FORMAT, STAGING_PREFIX, fingerprint,
-                                   fsync_dir, inventory, is_member_path, read_manifest,
-                                   sha256_file)
+from stormfold.io.manifest import (MANIFEST, MANIFEST_FORMAT, STAGING_PREFIX, clear_pending,
+                                   fingerprint, foreign_names, fsync_dir, inventory, is_member_path,
+                                   mark_incomplete, read_manifest, sha256_file)
 
 
 #: errno values that are the environment's doing, not the program's.
@@ -424,16 +424,24 @@ class OutputFolder(OutputSet):
         return [self.home / n for n in self.subfolders]
 
     def check(self) -> "OutputFolder":
-        """As :meth:`OutputSet.check`, and refuse a folder that holds the complete outputs
-        of another command: replacing its manifest would leave them unlisted, and its files
-        that the new set lacks would be removed as stale."""
+        """As :meth:`OutputSet.check`; refuse another command's complete outputs (they would
+        be unlisted, some removed as stale) and files this command did not write (the user's)."""
         super().check()
         old = read_manifest(self.home)
         if old is not None and old.get("command") != self.command:
             raise UserError(f"{self.home} holds the complete outputs of another command "
                             f"({old.get('command')}, listed in its {MANIFEST}): choose "
                             f"another output folder, e.g. a sub-folder")
+        self._refuse_foreign(n.split("/")[0] for n in [*self.names, *self.subfolders])
         return self
+
+    def _refuse_foreign(self, names: Iterable[str]) -> None:
+        """No manifest of this command lists such a file: the user's own, never replaced."""
+        foreign = foreign_names(self.home, self.command, names)
+        if foreign:
+            raise UserError(f"{self.home} holds file(s) that stormfold {self.command} would "
+                            f"replace and did not write: {', '.join(foreign)}; choose "
+                            f"another output folder (--out) or remove them")
 
     def commit(self, parameters: Any = None, command_line: Optional[list[str]] = None,
                adopt: Iterable[str] = ()) -> dict:
@@ -464,6 +472,8 @@ class OutputFolder(OutputSet):
 
     def _commit(self, staging: Path, parameters: Any, command_line: Optional[list[str]],
                 adopt: list[str]) -> dict:
+        # Also here: the names given before the work need not list every staged file.
+        self._refuse_foreign(p.name for p in staging.iterdir())
         files = inventory(staging)
         for name in adopt:  # already in place
             path = self.home / name
@@ -486,8 +496,8 @@ class OutputFolder(OutputSet):
 
         marker = self.home / MANIFEST
         with deferred_signals():  # Ctrl-C or SIGTERM now would leave a mix of two sets
-            marker.unlink(missing_ok=True)  # from here until the end the folder is incomplete
-            fsync_dir(self.home)
+            # Incomplete from here; PENDING lets the next run tell both sets from the user's.
+            mark_incomplete(self.home, self.command, tuple(new_names))
             for entry in entries:
                 target = self.home / entry.name
                 if self._protected(target):  # refused by check(); never replace an input
@@ -505,6 +515,7 @@ class OutputFolder(OutputSet):
                         continue  # a leftover that cannot go must not stop the new manifest
             fsync_dir(self.home)
             write_text(marker, json.dumps(manifest, indent=1) + "\n")
+            clear_pending(self.home)
             fsync_dir(self.home)
             staging.rmdir()
             self.staging = None

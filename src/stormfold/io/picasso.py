@@ -229,7 +229,7 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
         columns["uncertainty_nm"] = np.sqrt(sum(v ** 2 for v in lp) / len(lp))
     if len(lp) == 2 and np.any(lp[0] != lp[1]):
         columns.update(zip(AXIS_COLUMNS, lp))
-    extras = []
+    extras, renamed = [], []
     for name in fields:
         values = locs[name]
         if name in BASE_FIELDS or values.ndim != 1:
@@ -239,8 +239,19 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
             values = values.astype(np.float64)
         elif kind in "iu":
             values = values.astype(np.int64)
-        columns[name] = values
-        extras.append(name)
+        column = name
+        if name in _MAPPED_COLUMNS or name in columns:
+            # A field named like a column computed from the base fields (x_nm, ...) would
+            # replace the positions; it is kept under a numbered name, as the CSV reader does.
+            column = next(f"{name}_{i}" for i in range(1, len(fields) + 2)
+                          if f"{name}_{i}" not in columns and f"{name}_{i}" not in fields)
+            renamed.append(f"{name} as {column}")
+        columns[column] = values
+        extras.append(column)
+    if renamed:
+        warnings.warn(f"{source}: field(s) named like stormfold's own columns kept under "
+                      f"another name ({', '.join(renamed)}); positions and uncertainties "
+                      f"come from x, y, lpx, lpy", UserWarning, stacklevel=3)
     return validate_table(pd.DataFrame(columns), source=source), extras
 
 

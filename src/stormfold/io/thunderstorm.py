@@ -293,7 +293,10 @@ def read_thunderstorm_csv(path: str | Path, pixel_size_nm: float | None = None,
     table["frame"] = table["frame"] - base
     if "last_frame" in table.columns:  # written by linking; same base as frame in the file
         table["last_frame"] = _numeric(table["last_frame"], path, "last_frame") - base
-    return validate_table(table, source=str(path), names={v: k for k, v in columns.items()})
+    table = validate_table(table, source=str(path), names={v: k for k, v in columns.items()})
+    # The numbering the user reads in the file: a filter expression over frames uses it.
+    table.attrs["frame_base"] = int(base)
+    return table
 
 
 def _pixel_size_for(path: Path, layout: Layout, pixel_size_nm: float | None) -> float:
@@ -316,13 +319,21 @@ def _read_csv(path: Path) -> pd.DataFrame:
         # In blocks of rows: the parser's working memory is then bounded by the block, not
         # the file, which halves the peak when a long run's table is read back.
         blocks = list(pd.read_csv(path, sep=",", chunksize=_CSV_BLOCK_ROWS))
-        if len(blocks) == 1:
-            return blocks[0]
-        return pd.concat(blocks, ignore_index=True)
+        # pandas renames a repeated header ("x [nm]" twice → "x [nm].1"): the raw header
+        # tells which of two columns the user meant, and neither may pass silently.
+        header = pd.read_csv(path, sep=",", header=None, nrows=1, dtype=str).iloc[0]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
             ValueError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable CSV file ({detail})") from None
+    names = [str(name).strip() for name in header if isinstance(name, str) and name.strip()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UserError(f"{path}: the header repeats the column(s) "
+                        f"{', '.join(repr(n) for n in repeated)}: each column must be named once")
+    if len(blocks) == 1:
+        return blocks[0]
+    return pd.concat(blocks, ignore_index=True)
 
 
 def _header_of(columns: dict[str, str], name: str) -> str:

@@ -192,9 +192,14 @@ def plan(config: RunConfig, resume: bool = False, protect: tuple = ()) -> RunPla
         geometry = resolve_geometry(movie, engine)
         truth = true_drift = None
         if config.evaluation.truth is not None:
+            from stormfold.evaluate.report import check_truth_movie
             from stormfold.io.tables import read_table
 
             truth = read_table(config.evaluation.truth)
+            check_truth_movie(config.evaluation.truth,
+                              {"pixel_size_nm": geometry.pixel_size_nm, "height_px": geometry.rows,
+                               "width_px": geometry.cols, "movie_frames": movie.n_frames},
+                              "the movie")
         if config.evaluation.truth_drift is not None:
             from stormfold.postprocess.drift import read_drift_csv
 
@@ -357,8 +362,9 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
     config = p.config
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
+        # frame_base 1: a filter's "frame" is that of localizations.csv, the table users read.
         pp = run_chain(s.raw, config.postprocess, geometry=p.geometry, n_frames=p.stop,
-                       progress=not quiet)
+                       progress=not quiet, frame_base=1)
     for w in said:  # e.g. a drift estimate the data do not support: into run.yaml and the report
         if issubclass(w.category, UserWarning):
             p.warn(f"post-processing: {w.message}")
@@ -375,7 +381,7 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
         p.log.info(f"post-processing drift vs truth: {pp.log['drift vs truth']}")
     if p.truth is not None:
         from stormfold.evaluate import evaluate, format_table
-        from stormfold.evaluate.metrics import frames_warning
+        from stormfold.evaluate.metrics import empty_truth_warning, frames_warning
 
         ev = config.evaluation
         frames = (p.start, p.stop)
@@ -384,6 +390,9 @@ def finish(p: RunPlan, s: Streamed, quiet: bool, label: str, t0: float) -> RunRe
             p.warn(f"evaluation: {note}")
         evaluation = evaluate(truth, pp.table, tolerances_nm=ev.tolerances_nm, method=ev.matching,
                               border_nm=ev.border_nm, fov_nm=p.geometry.fov_nm, frames=frames)
+        note = empty_truth_warning(evaluation)
+        if note:
+            p.warn(f"evaluation: {note}")
         p.log.info(f"evaluation against {ev.truth}, frames {p.start}:{p.stop}\n"
                    + format_table(evaluation))
     image, factor, image_title = final_image(pp, p.geometry)

@@ -81,10 +81,12 @@ class StepOutput:
 
 @dataclass
 class Context:
-    """What the steps know about the camera: movie length and field of view (nm)."""
+    """What the steps know about the camera: movie length and field of view (nm); and the
+    first frame number of the file the user reads (``frame`` in a filter expression)."""
 
     n_frames: Optional[int] = None
     fov_nm: Optional[tuple[float, float]] = None
+    frame_base: int = 0
 
 
 # --------------------------------------------------------------------------- steps
@@ -130,7 +132,8 @@ def _filter(table: pd.DataFrame, p: FilterParams, ctx: Context) -> StepOutput:
     if p.expr is None and p.roi is None and p.min_neighbours is None:
         raise UserError("filter: give an expression, an ROI or a density filter "
                         "(--expr, --roi, --min-neighbours)")
-    out, s = filter_table(table, p.expr, p.roi, p.min_neighbours, p.radius_nm)
+    out, s = filter_table(table, p.expr, p.roi, p.min_neighbours, p.radius_nm,
+                          frame_base=ctx.frame_base)
     return StepOutput("filter", out, s, [], f"filter: kept {s['n_out']} of {s['n_in']}")
 
 
@@ -252,7 +255,7 @@ def check_chain(config: Optional[str | Path | dict] = None,
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise UserError(f"{config}: expected a mapping with one section per step")
-    unknown = sorted(set(data) - set(STEPS) - {"steps"})
+    unknown = sorted(set(data) - set(STEPS) - {"steps"}, key=str)
     if unknown:
         raise UserError(f"unknown post-processing key '{unknown[0]}' (valid keys: steps, "
                         f"{', '.join(STEPS)})")
@@ -336,7 +339,7 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
               pixel_size_nm: Optional[float] = None,
               fov_nm: Optional[Sequence[float]] = None,
               n_frames: Optional[int] = None, progress: bool = False,
-              geometry: Optional[FrameGeometry] = None) -> ChainResult:
+              geometry: Optional[FrameGeometry] = None, frame_base: int = 0) -> ChainResult:
     """Run a chain of steps on a table in memory (files: :meth:`ChainResult.write`).
 
     Parameters
@@ -357,6 +360,9 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
         A progress bar over the steps (each step of 10⁷ localizations takes seconds).
     geometry : FrameGeometry, optional
         The movie's frames: gives ``fov_nm``.
+    frame_base : {0, 1}
+        First frame number of the file the user reads: ``frame`` in a filter expression
+        counts from it (1 for a ThunderSTORM CSV, 0 for Picasso HDF5 or a table in memory).
 
     Returns
     -------
@@ -372,7 +378,8 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
         check_camera_pixel_size(pixel_size_nm, "run_chain: pixel_size_nm")
 
     names, params = check_chain(config, steps)
-    ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])))
+    ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])),
+                  frame_base)
     outputs: list[StepOutput] = []
     bar = tqdm(names, unit="step", desc="post-processing", disable=not progress or not names,
                leave=False)

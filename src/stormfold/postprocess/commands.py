@@ -106,7 +106,7 @@ def run_command(step: str, source: str | Path, out: str | Path, params: Any = No
     files.check_outputs(src, planned)
     target.check()
 
-    result = run_step(step, src.table, params, Context(src.n_frames, src.fov_nm))
+    result = run_step(step, src.table, params, Context(src.n_frames, src.fov_nm, src.frame_base))
 
     with target:
         for artefact in result.artefacts:
@@ -178,7 +178,8 @@ def postprocess_file(source: str | Path, out_dir: str | Path,
                           _table_bytes(src)).check()
 
     result = run_chain(src.table, {n: to_dict(p) for n, p in params.items()}, names,
-                       src.pixel_size_nm, src.fov_nm, src.n_frames, progress=progress)
+                       src.pixel_size_nm, src.fov_nm, src.n_frames, progress=progress,
+                       frame_base=src.frame_base)
 
     with target:
         staging = target.open()

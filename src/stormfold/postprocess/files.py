@@ -56,6 +56,8 @@ class InputTable:
     columns_estimated : dict
         Columns that are estimates, not measurements (column → how), from the Picasso
         sidecar or the ``run.yaml`` next to a CSV; carried to the outputs.
+    frame_base : int
+        First frame number in the file (1 for ThunderSTORM CSV, 0 for Picasso HDF5).
     """
 
     path: Path
@@ -67,6 +69,7 @@ class InputTable:
     documents: list = field(default_factory=list)
     geometry_source: Optional[str] = None
     columns_estimated: dict = field(default_factory=dict)
+    frame_base: int = 0
 
     @property
     def fov_nm(self) -> Optional[tuple[float, float]]:
@@ -120,7 +123,8 @@ def read_input(path: str | Path, pixel_size_nm: Optional[float] = None) -> Input
                             geometry.get("width_px"), geometry.get("height_px"),
                             geometry.get("n_frames"),
                             geometry_source=str(geometry["source"]) if geometry else None,
-                            columns_estimated=estimated_near(path))
+                            columns_estimated=estimated_near(path),
+                            frame_base=int(table.attrs.get("frame_base", 1)))
     if result.n_frames is not None and result.n_frames < n_frames_of(result.table):
         result.n_frames = None
     return result

@@ -99,8 +99,11 @@ def _check_powers(expr: str) -> None:
                             f"raise a power again (write large numbers as 1e9)")
 
 
-def expression_mask(table: pd.DataFrame, expr: str) -> np.ndarray:
+def expression_mask(table: pd.DataFrame, expr: str, frame_base: int = 0) -> np.ndarray:
     """Boolean mask of the rows satisfying ``expr`` (see the module docstring).
+
+    ``frame`` and ``last_frame`` in ``expr`` count from ``frame_base``: the numbering of
+    the file the user reads (1 for a ThunderSTORM CSV), not the 0-based one in memory.
 
     Raises
     ------
@@ -115,6 +118,9 @@ def expression_mask(table: pd.DataFrame, expr: str) -> np.ndarray:
                         f"allowed (no assignments, '@', '__' or backquotes)")
     _check_powers(expr)
     columns = ", ".join(map(str, table.columns))
+    if frame_base:
+        shifted = {c: table[c] + int(frame_base) for c in ("frame", "last_frame") if c in table}
+        table = table.assign(**shifted)
     try:
         result = table.eval(expr, local_dict={}, global_dict={}, resolvers=())
     except pd.errors.UndefinedVariableError as exc:
@@ -171,8 +177,11 @@ def local_density(table: pd.DataFrame, radius_nm: float) -> np.ndarray:
 
 def filter_table(table: pd.DataFrame, expr: Optional[str] = None,
                  roi: Optional[Sequence[float]] = None, min_neighbours: Optional[int] = None,
-                 radius_nm: float = 50.0) -> tuple[pd.DataFrame, dict]:
+                 radius_nm: float = 50.0, frame_base: int = 0) -> tuple[pd.DataFrame, dict]:
     """Apply the expression, ROI and density filters (those given), in that order.
+
+    ``frame_base``: first frame number of the file the user reads, for ``frame`` in
+    ``expr`` (:func:`expression_mask`).
 
     The density is counted among the localizations that passed the expression and ROI.
 
@@ -187,8 +196,9 @@ def filter_table(table: pd.DataFrame, expr: Optional[str] = None,
     stats: dict = {"n_in": int(len(table))}
     keep = np.ones(len(table), bool)
     if expr is not None:
-        keep &= expression_mask(table, expr)
+        keep &= expression_mask(table, expr, frame_base)
         stats["after_expr"] = int(keep.sum())
+        stats["expr_frame_base"] = int(frame_base)
     if roi is not None:
         keep &= roi_mask(table, roi)
         stats["after_roi"] = int(keep.sum())

@@ -93,6 +93,10 @@ class ActivationConfig:
             raise UserError("activation.t_bleach_frames must be > 0 (or null for no bleaching)")
 
 
+#: Largest photon count of an emitter or background pixel per frame: 1000 × a bright dye's.
+MAX_PHOTONS = 1e9
+
+
 @dataclass
 class EmitterConfig:
     """Brightness and PSF width of each emitter.
@@ -130,6 +134,12 @@ class EmitterConfig:
             raise UserError("emitters: need 0 ≤ photons_min ≤ photons_max for a uniform distribution")
         if not (self.sigma_nm > 0 and self.sigma_spread_nm >= 0):
             raise UserError("emitters: sigma_nm must be > 0 and sigma_std_nm ≥ 0")
+        for key in ("photons_mean", "photons_std", "photons_min", "photons_max"):
+            value = getattr(self, key)
+            # Far above any dye; larger means overflow numpy's Poisson draw (an internal error).
+            if value is not None and value > MAX_PHOTONS:
+                raise UserError(f"emitters.{key} must be ≤ {MAX_PHOTONS:.0e} photons, "
+                                f"got {value:g}")
 
     @property
     def photons_spread(self) -> float:
@@ -158,6 +168,9 @@ class BackgroundConfig:
     def validate(self) -> None:
         if not self.photons >= 0:
             raise UserError(f"background.photons must be ≥ 0, got {self.photons}")
+        if self.photons > MAX_PHOTONS:
+            raise UserError(f"background.photons must be ≤ {MAX_PHOTONS:.0e} photons, "
+                            f"got {self.photons:g}")
 
 
 @dataclass
@@ -301,6 +314,9 @@ def build_config(preset: str | None = None, config_file: str | Path | None = Non
         # Files written by stormfold carry provenance next to the parameters.
         file_data = {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}
         file_data = file_data.get("simulation", file_data) if "simulation" in file_data else file_data
+        if not isinstance(file_data, dict):
+            raise UserError(f"{config_file}: simulation: expected a mapping of simulation "
+                            f"parameters, got {type(file_data).__name__}")
     name = preset or file_data.get("preset") or "zerocost"
     data = preset_dict(name)
     data = merge(data, file_data)
@@ -322,7 +338,11 @@ def read_training_yaml(config_file: str | Path | None,
 
     Training configurations have sections of their own (``training_sections``); a
     ``simulation.yaml`` of ``stormfold simulate``/``calibrate`` has simulation keys only, and
-    then describes the training data.
+    then describes the training data. ``seed`` is both a simulation and a training key: a
+    file holding ``seed`` and no simulation-only key (``seed: 7``) is a training
+    configuration, its seed the training seed (read as a simulation, the seed would seed
+    the data and the run turn into a fine-tune). ``seed`` with ``preset`` alone is refused
+    as ambiguous; ``preset`` alone names the training data.
 
     Returns
     -------
@@ -338,6 +358,12 @@ def read_training_yaml(config_file: str | Path | None,
         raise UserError(f"{config_file}: expected a mapping of training parameters")
     sim_keys = {f.name for f in dataclasses.fields(SimulationConfig)}
     keys = set(loaded) - set(PROVENANCE_KEYS)
+    if "seed" in keys and keys <= {"seed", "preset"}:
+        if "preset" in keys:
+            raise UserError(f"{config_file}: 'seed' and 'preset' alone are ambiguous (the "
+                            f"training's seed or the simulation's?): give the preset with "
+                            f"--preset, or put it in a simulation section")
+        return loaded, False
     if keys and keys <= sim_keys and not keys & set(training_sections):
         return {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}, True
     return loaded, False

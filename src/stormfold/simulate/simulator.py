@@ -127,7 +127,8 @@ def background_image(config: SimulationConfig) -> np.ndarray:
     bg = config.background
     if bg.map is None:
         return np.full((config.n_rows, config.n_cols), bg.photons, dtype=np.float64)
-    prob = load_mask(bg.map)  # same reader: a non-negative image; rescale to mean 1
+    # The same reader: a non-negative image; rescaled to mean 1 below.
+    prob = load_mask(bg.map, "background.map")
     from scipy.ndimage import zoom
 
     image = zoom(prob, (config.n_rows / prob.shape[0], config.n_cols / prob.shape[1]), order=1)
@@ -233,6 +234,8 @@ def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
     mask = config.structure.mask if config.structure.kind == "mask" else None
     if mask is not None:
         load_mask(mask)  # fail before writing anything
+    if config.background.map is not None:
+        load_mask(config.background.map, "background.map")
     check_simulation_memory(config)
     movie_bytes = 2.0 * config.n_frames * config.n_rows * config.n_cols
     out = OutputFolder(out_dir, "simulate", ["movie.tif", "truth.csv", "simulation.yaml",

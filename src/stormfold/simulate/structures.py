@@ -103,11 +103,12 @@ def make_filaments(n_filaments: int, width_nm: float, height_nm: float,
     return curves
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """Read a mask image as a 2-D array of probabilities (non-negative, sums to 1)."""
+def load_mask(path: str | Path, key: str = "structure.mask") -> np.ndarray:
+    """Read a mask image as a 2-D array of probabilities (non-negative, sums to 1); ``key``
+    is the configuration key that named it (``background.map`` uses the same reader)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"structure.mask: file not found: {path}")
+        raise UserError(f"{key}: file not found: {path}")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -118,12 +119,12 @@ def load_mask(path: str | Path) -> np.ndarray:
 
             image = matplotlib.image.imread(path)
     except Exception as exc:  # any decoder failure is a bad user file
-        raise UserError(f"structure.mask: cannot read {path} as an image ({exc})") from None
+        raise UserError(f"{key}: cannot read {path} as an image ({exc})") from None
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 3:  # colour or stack: average to one plane
         image = image.mean(axis=-1 if image.shape[-1] in (3, 4) else 0)
     if image.ndim != 2 or not np.all(np.isfinite(image)) or image.min() < 0 or image.sum() <= 0:
-        raise UserError(f"structure.mask: {path} must be a non-negative 2-D image with some signal")
+        raise UserError(f"{key}: {path} must be a non-negative 2-D image with some signal")
     return image / image.sum()
 
 

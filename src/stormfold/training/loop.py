@@ -239,6 +239,11 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
     -------
     int
         The number of steps done.
+
+    Raises
+    ------
+    UserError
+        When no step at all was done (e.g. a time budget shorter than one step).
     """
     t0 = time.perf_counter()
     i = int(first)
@@ -250,6 +255,11 @@ def run_loop(step: Callable[[int], dict], first: int, budget: Budget,
             after(i, record)
         if converged is not None and converged(record):
             break
+    if i == 0:
+        # Writing the untouched initial weights as a trained model would be silent nonsense.
+        what = f"{budget.minutes:g} min" if budget.minutes is not None else "the budget"
+        raise UserError(f"no training {unit} finished within {what}: nothing written; give "
+                        f"more time (--minutes) or a number of {unit}s")
     return i
 
 

@@ -297,7 +297,7 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
 
     options = dict(options or {})
     user_threshold = threshold is not None
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(OPTIONS), key=str)
     if unknown:
         raise UserError(f"unknown option {unknown[0]!r} for the unrolled engine "
                         f"(known: {', '.join(OPTIONS)})")
