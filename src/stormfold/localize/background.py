@@ -54,6 +54,19 @@ def _interpolation_matrix(n: int, tile_px: int) -> np.ndarray:
         if n_tiles > 1 else np.ones((n, 1))
 
 
+def _tile_percentile10(values: np.ndarray) -> np.ndarray:
+    """``np.nanpercentile(values, 10, axis=-1)`` (linear interpolation) from one sort, which
+    puts the NaN padding of partial tiles last: 30× faster on 256 × 256 frames."""
+    ordered = np.sort(values, axis=-1)
+    count = np.isfinite(values).sum(axis=-1)
+    pos = 0.1 * (count - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.ceil(pos).astype(np.int64)
+    v_lo = np.take_along_axis(ordered, lo[..., None], -1)[..., 0]
+    v_hi = np.take_along_axis(ordered, hi[..., None], -1)[..., 0]
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
 def background_map(frames: np.ndarray, tile_px: int = TILE_PX) -> np.ndarray:
     """Per-pixel background (photons) of each frame, from :func:`background_level` on tiles.
 
@@ -75,10 +88,10 @@ def background_map(frames: np.ndarray, tile_px: int = TILE_PX) -> np.ndarray:
     pad = np.full((n, tr * tile_px, tc * tile_px), np.nan, np.float32)
     pad[:, :rows, :cols] = frames
     tiles = pad.reshape(n, tr, tile_px, tc, tile_px).transpose(0, 1, 3, 2, 4)
-    p10 = np.nanpercentile(tiles.reshape(n, tr, tc, -1), 10, axis=-1)
+    p10 = _tile_percentile10(tiles.reshape(n, tr, tc, -1))
     level = np.maximum(p10 + Z10 * np.sqrt(np.maximum(p10, 0.0) + 1.0), 0.0)
     wr, wc = _interpolation_matrix(rows, tile_px), _interpolation_matrix(cols, tile_px)
-    return np.einsum("ra,nab,cb->nrc", wr, level, wc).astype(np.float32)
+    return ((wr @ level) @ wc.T).astype(np.float32)  # einsum is 80× slower here
 
 
 @dataclass(frozen=True)
@@ -140,11 +153,11 @@ def training_reference(simulation: dict, n_frames: int = 8, seed: int = 0,
 
 #: Tile side (camera pixels) of :func:`flatten_structure`: a cell-sized blob (σ 20 px) is
 #: followed at 16 px and not at 32 (gridnet on a blob of 400 on 30 photons/px: JI@100 0.977
-#: and 0.185, 0.078 unflattened; `experiments/background_flatten.py`).
+#: and 0.188, 0.081 unflattened; `experiments/background_flatten.py`).
 FLATTEN_TILE_PX = 16
 #: Excess left in place, in standard deviations of Poisson noise at the frame's level: crowded
 #: frames vary the tile levels by a few of them (same record: zerocost at 6 and 10/µm² and
-#: the demo movie change by +0.0017, −0.0016 and +0.0002 in JI@100).
+#: the demo movie change by +0.0017, −0.0018 and +0.0002 in JI@100).
 FLATTEN_TOLERANCE_SD = 3.0
 
 
