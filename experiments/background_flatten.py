@@ -15,10 +15,8 @@ Writes experiments/results/background_flatten.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, rows_markdown, run_header, scores, write_record  # noqa: E402
+from gridnet_accuracy import DATA, rows_experiment, scores  # noqa: E402
 
 MODEL = "builtin:gridnet-generalist"
 _SPOTS = ["n_rows=128", "n_cols=128", "activation.density_per_um2=0.5",
@@ -113,22 +111,11 @@ _KEYS = ["case", "mode", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--frames", type=int, default=12)
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    result = {**run_header("background_flatten.py", args.threads), "frames": args.frames}
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = rows_for(args.frames, Path(tmp))
-    result["rows"] = rows
-    result["sum_ji_100"] = {label: round(sum(r["ji_100"] for r in rows if r["mode"] == label), 4)
-                            for label, _, _ in MODES}
-    write_record("background_flatten", result, rows_markdown(
-        f"gridnet on structured backgrounds (model {MODEL}, {args.frames} frames per movie)",
-        result, _KEYS))
+    rows_experiment(__doc__, "background_flatten.py",
+                    lambda a: f"gridnet on structured backgrounds (model {MODEL}, {a.frames} "
+                              f"frames per movie)", _KEYS,
+                    lambda a, work: rows_for(a.frames, work), lambda r: r["mode"],
+                    options=(("--frames", int, 12),))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ Writes experiments/results/background_match.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, rows_markdown, run_header, scores, write_record  # noqa: E402
+from gridnet_accuracy import DATA, rows_experiment, scores  # noqa: E402
 
 MODEL = "builtin:deepstorm-zerocost"
 #: (case, simulation overrides); the gradient case gets its map file added.
@@ -96,23 +94,11 @@ _KEYS = ["case", "background", "ji_50", "ji_100", "precision", "recall", "rmse_n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--frames", type=int, default=8)
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    result = {**run_header("background_match.py", args.threads), "frames": args.frames}
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = rows_for(args.frames, Path(tmp))
-    result["rows"] = rows
-    result["sum_ji_100"] = {label: round(sum(r["ji_100"] for r in rows
-                                             if r["background"] == label), 4)
-                            for label, _ in MODES}
-    write_record("background_match", result, rows_markdown(
-        f"Deep-STORM background matching (model {MODEL}, {args.frames} frames per simulation)",
-        result, _KEYS))
+    rows_experiment(__doc__, "background_match.py",
+                    lambda a: f"Deep-STORM background matching (model {MODEL}, {a.frames} "
+                              f"frames per simulation)", _KEYS,
+                    lambda a, work: rows_for(a.frames, work), lambda r: r["background"],
+                    options=(("--frames", int, 8),))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ Writes experiments/results/binning.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import (run_header, rows_markdown, scores, simulate,  # noqa: E402
-                              write_record)
+from gridnet_accuracy import rows_experiment, scores, simulate  # noqa: E402
 
 _SCENE = ["n_rows=128", "n_cols=128", "pixel_size_nm=65", "emitters.sigma_std_nm=0"]
 _PHOTONS = ["emitters.photons_distribution=uniform", "emitters.photons_min=1500",
@@ -96,22 +93,11 @@ _KEYS = ["case", "engine", "bin", "ji_50", "ji_100", "precision", "recall", "rms
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:gridnet-generalist")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(args.threads)
-    result = {**run_header("binning.py", args.threads), "model": args.model}
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = rows_for(args.model, Path(tmp))
-    result["rows"] = rows
-    result["sum_ji_100"] = {f"{e} bin {b}": round(sum(r["ji_100"] for r in rows
-                                                      if r["engine"] == e and r["bin"] == b), 4)
-                            for e in ("gridnet", "classic") for b in (1, 2)}
-    write_record("binning", result, rows_markdown(
-        f"Pixel binning for wide PSFs (model {args.model})", result, _KEYS))
+    rows_experiment(__doc__, "binning.py",
+                    lambda a: f"Pixel binning for wide PSFs (model {a.model})", _KEYS,
+                    lambda a, work: rows_for(a.model, work),
+                    lambda r: f"{r['engine']} bin {r['bin']}",
+                    options=(("--model", str, "builtin:gridnet-generalist"),))
 
 
 if __name__ == "__main__":

@@ -328,6 +328,34 @@ def rows_markdown(title: str, result: dict, keys: list[str], sums: str = "sum_ji
     return "\n".join(lines)
 
 
+def rows_experiment(doc: str, script: str, title, keys: list[str], rows_for, group,
+                    options: tuple = ()) -> None:
+    """The ``main`` of a row-per-run experiment: parse ``--threads`` and ``options``
+    ((flag, type, default), ...), run ``rows_for(args, work_dir)`` in a temporary folder, sum
+    JI@100 per ``group(row)`` and write ``results/<script stem>.{json,md}`` with ``title(args)``.
+    """
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    for flag, kind, default in options:
+        parser.add_argument(flag, type=kind, default=default)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = {**run_header(script, args.threads),
+              **{k: v for k, v in vars(args).items() if k != "threads"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = rows_for(args, Path(tmp))
+    result["rows"] = rows
+    labels = list(dict.fromkeys(group(r) for r in rows))
+    result["sum_ji_100"] = {label: round(sum(r["ji_100"] for r in rows if group(r) == label), 4)
+                            for label in labels}
+    write_record(Path(script).stem, result, rows_markdown(title(args), result, keys))
+
+
 def _cpu() -> str:
     from stormfold.device import cpu_model
 
