@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, rows_experiment, scores  # noqa: E402
+from gridnet_accuracy import demo_movie, rows_experiment, scores  # noqa: E402
 
 MODEL = "builtin:gridnet-generalist"
 _SPOTS = ["n_rows=128", "n_cols=128", "activation.density_per_um2=0.5",
@@ -78,8 +78,6 @@ def _score_modes(case: str, photons, truth, camera, pixel_size_nm: float) -> lis
 def rows_for(n_frames: int, work: Path) -> list[dict]:
     import tifffile
 
-    from stormfold.io.tables import read_table
-    from stormfold.physics.camera import Camera
     from stormfold.simulate import build_config, simulate
 
     rows = []
@@ -97,12 +95,10 @@ def rows_for(n_frames: int, work: Path) -> list[dict]:
         sim = simulate(cfg)
         rows += _score_modes(f"zerocost {d}/µm², background {bg}", cfg.camera.backward(sim.movie),
                              sim.truth, cfg.camera, cfg.pixel_size_nm)
-    demo = DATA / "deepstorm-demo1-train"
-    if demo.is_dir():
-        camera = Camera(baseline_adu=100.0, e_per_adu=0.446)
-        movie = tifffile.imread(demo / "ArtificialDataset_demo1.tif")
-        rows += _score_modes("real demo movie", camera.backward(movie),
-                             read_table(demo / "positions_demo1.csv"), camera, 100.0)
+    demo = demo_movie()
+    if demo is not None:
+        photons, truth, camera = demo
+        rows += _score_modes("real demo movie", photons, truth, camera, 100.0)
     return rows
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import DATA, rows_experiment, scores  # noqa: E402
+from gridnet_accuracy import demo_movie, rows_experiment, scores  # noqa: E402
 
 MODEL = "builtin:deepstorm-zerocost"
 #: (case, simulation overrides); the gradient case gets its map file added.
@@ -67,8 +67,6 @@ def _score_modes(case: str, photons: np.ndarray, truth, pixel_size_nm: float) ->
 def rows_for(n_frames: int, work: Path) -> list[dict]:
     import tifffile
 
-    from stormfold.io.tables import read_table
-    from stormfold.physics.camera import Camera
     from stormfold.simulate import build_config, simulate
 
     gradient = work / "gradient.tif"
@@ -80,12 +78,10 @@ def rows_for(n_frames: int, work: Path) -> list[dict]:
                            overrides=[*over, *extra])
         sim = simulate(cfg)
         rows += _score_modes(case, cfg.camera.backward(sim.movie), sim.truth, cfg.pixel_size_nm)
-    demo = DATA / "deepstorm-demo1-train"
-    if demo.is_dir():
-        movie = tifffile.imread(demo / "ArtificialDataset_demo1.tif")
-        photons = Camera(baseline_adu=100.0, e_per_adu=0.446).backward(movie)
-        rows += _score_modes("real demo movie", photons, read_table(demo / "positions_demo1.csv"),
-                             100.0)
+    demo = demo_movie()
+    if demo is not None:
+        photons, truth, _ = demo
+        rows += _score_modes("real demo movie", photons, truth, 100.0)
     return rows
 
 

@@ -328,6 +328,22 @@ def rows_markdown(title: str, result: dict, keys: list[str], sums: str = "sum_ji
     return "\n".join(lines)
 
 
+def demo_movie():
+    """The real demo movie in photons (its camera: baseline 100 ADU, 0.446 e⁻/ADU), its truth
+    and the camera; None when ../shared/data is absent."""
+    import tifffile
+
+    from stormfold.io.tables import read_table
+    from stormfold.physics.camera import Camera
+
+    demo = DATA / "deepstorm-demo1-train"
+    if not demo.is_dir():
+        return None
+    camera = Camera(baseline_adu=100.0, e_per_adu=0.446)
+    photons = camera.backward(tifffile.imread(demo / "ArtificialDataset_demo1.tif"))
+    return photons, read_table(demo / "positions_demo1.csv"), camera
+
+
 def rows_experiment(doc: str, script: str, title, keys: list[str], rows_for, group,
                     options: tuple = ()) -> None:
     """The ``main`` of a row-per-run experiment: parse ``--threads`` and ``options``
