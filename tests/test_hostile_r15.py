@@ -399,3 +399,20 @@ def test_evaluate_against_an_empty_truth_warns_in_one_line(tmp_path, run_cli, mo
         warnings.simplefilter("always")
         code, out, err = run_cli("evaluate", "--truth", "l.csv", "--locs", "l.csv")
     assert code == 0 and not [w for w in said if "truth has no emitter" in str(w.message)]
+
+
+def test_simulation_config_mistakes_left_by_review_15(tmp_path, refused):
+    """D12: a negative simulated baseline clipped half the movie; D10: keys beside a
+    ``simulation:`` section were dropped without a word."""
+    refused("simulate", "--set", "camera.baseline_adu=-100", "--frames", "2", "--out", "o",
+            match="camera.baseline_adu must be in [0")
+    _yaml_file(tmp_path / "s.yaml", {"preset": "sofi", "n_rows": 16,
+                                     "simulation": {"n_frames": 2}})
+    refused("simulate", "--config", "s.yaml", "--out", "o", match="beside the 'simulation' section (n_rows, preset)")
+    _yaml_file(tmp_path / "t.yaml", {"simulation": {"n_frames": 2, "n_rows": 16, "n_cols": 16}})
+    from stormfold.simulate import build_config
+
+    assert build_config(config_file=tmp_path / "t.yaml").n_rows == 16
+    # A training file's own keys beside its simulation section stay the training's.
+    _yaml_file(tmp_path / "u.yaml", {"steps": 10, "simulation": {"n_rows": 16, "n_cols": 16}})
+    assert build_config(config_file=tmp_path / "u.yaml").n_rows == 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -226,8 +226,9 @@ class SimulationConfig:
             raise UserError(f"image size must be 1 to {MAX_COUNT} pixels a side, got "
                             f"{self.n_rows}×{self.n_cols}")
         check_camera_pixel_size(self.pixel_size_nm, "pixel_size_nm")
-        if not self.camera.baseline_adu < ADU_MAX:
-            raise UserError(f"camera.baseline_adu must be below {ADU_MAX} ADU (the largest value of "
+        if not 0 <= self.camera.baseline_adu < ADU_MAX:
+            # A uint16 movie clips below 0: a negative offset would cut off half the noise.
+            raise UserError(f"camera.baseline_adu must be in [0, {ADU_MAX}) ADU (the range of "
                             f"the uint16 movie), got {self.camera.baseline_adu:g}")
         if self.seed < 0:
             raise UserError(f"seed must be ≥ 0, got {self.seed}")
@@ -313,7 +314,16 @@ def build_config(preset: str | None = None, config_file: str | Path | None = Non
             raise UserError(f"{config_file}: expected a mapping of simulation parameters")
         # Files written by stormfold carry provenance next to the parameters.
         file_data = {k: v for k, v in loaded.items() if k not in PROVENANCE_KEYS}
-        file_data = file_data.get("simulation", file_data) if "simulation" in file_data else file_data
+        if "simulation" in file_data:
+            # A training file's section: its training keys stay with the training, but a
+            # simulation key beside the section would be silently ignored here.
+            names = {f.name for f in fields(SimulationConfig)} | {"preset"}
+            beside = sorted(str(k) for k in file_data if k != "simulation" and k in names)
+            if beside and isinstance(file_data["simulation"], dict):
+                raise UserError(f"{config_file}: simulation key(s) beside the 'simulation' "
+                                f"section ({', '.join(beside)}) would be ignored: move them "
+                                f"into it")
+            file_data = file_data["simulation"]
         if not isinstance(file_data, dict):
             raise UserError(f"{config_file}: simulation: expected a mapping of simulation "
                             f"parameters, got {type(file_data).__name__}")
