@@ -416,3 +416,16 @@ def test_simulation_config_mistakes_left_by_review_15(tmp_path, refused):
     # A training file's own keys beside its simulation section stay the training's.
     _yaml_file(tmp_path / "u.yaml", {"steps": 10, "simulation": {"n_rows": 16, "n_cols": 16}})
     assert build_config(config_file=tmp_path / "u.yaml").n_rows == 16
+
+
+def test_a_rendering_of_one_pixel_warns():
+    """D17: ``render --pixel-nm 1e9`` wrote a 1 × 1 image without a word."""
+    from stormfold.postprocess.render import render
+    from stormfold.table import make_table
+
+    table = make_table(np.array([0, 1]), np.array([500.0, 4000.0]), np.array([800.0, 3000.0]))
+    with pytest.warns(UserWarning, match="is the pixel size in nm"):
+        assert render(table, pixel_nm=1e9).shape == (1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        render(table, pixel_nm=20.0)

@@ -91,6 +91,11 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
     if rows * cols > MAX_PIXELS:
         raise UserError(f"rendering {width:.0f} × {height:.0f} nm at {pixel_nm:g} nm would "
                         f"make a {cols} × {rows} image: choose a larger pixel size")
+    if len(table) and max(rows, cols) < 4 and pixel_nm > max(width, height) / 4:
+        # A pixel size in the wrong unit (µm given as nm × 1000) gives an image of one pixel.
+        warnings.warn(f"rendering {width:.0f} × {height:.0f} nm at {pixel_nm:g} nm makes a "
+                      f"{cols} × {rows} image: is the pixel size in nm?", UserWarning,
+                      stacklevel=3)
     return rows, cols
 
 
