@@ -429,3 +429,20 @@ def test_a_rendering_of_one_pixel_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         render(table, pixel_nm=20.0)
+
+
+def test_manifests_record_the_command_line(tmp_path, run_cli):
+    """D16: simulate, postprocess and frc wrote ``command_line: null``."""
+    import json
+
+    code, _, err = run_cli("simulate", "--frames", "2", "--set", "n_rows=16", "--set",
+                           "n_cols=16", "--out", tmp_path / "sim", "--quiet")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "sim" / "manifest.json").read_text())
+    # In-process the command line is pytest's own argv; the CLI records sys.argv.
+    assert manifest["command_line"][0] == "stormfold" and len(manifest["command_line"]) > 1
+    code, _, err = run_cli("postprocess", tmp_path / "sim" / "truth.csv", "--steps", "render",
+                           "--out", tmp_path / "pp")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "pp" / "manifest.json").read_text())
+    assert manifest["command_line"][0] == "stormfold" and len(manifest["command_line"]) > 1

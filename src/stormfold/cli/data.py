@@ -33,7 +33,8 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     config = build_config(preset=args.preset, config_file=args.config,
                           overrides=args.overrides, n_frames=args.frames, seed=args.seed)
     out = simulate_to_folder(config, args.out, progress=not args.quiet,
-                             protect=tuple(p for p in (args.config,) if p is not None))
+                             protect=tuple(p for p in (args.config,) if p is not None),
+                             command=command_line())
     print(f"wrote {out / 'movie.tif'}, {out / 'truth.csv'}, {out / 'simulation.yaml'}")
 
 

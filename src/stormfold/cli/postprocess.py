@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from stormfold.cli.common import (camera_pixel_size, float_list, nonneg_int, output_path,
-                                  positive_float, positive_int)
+from stormfold.cli.common import (camera_pixel_size, command_line, float_list, nonneg_int,
+                                  output_path, positive_float, positive_int)
 from stormfold.errors import UserError
 
 
@@ -29,7 +29,8 @@ def _pp_params(args: argparse.Namespace, names: Sequence[str]) -> dict:
 def _pp_run(step: str, args: argparse.Namespace, params: dict) -> None:
     from stormfold.postprocess.commands import run_command
 
-    result, written = run_command(step, args.input, args.out, params, args.pixel_size)
+    result, written = run_command(step, args.input, args.out, params, args.pixel_size,
+                                  command=command_line())
     print(f"{result.summary}; wrote {', '.join(str(p) for p in written)}")
 
 
@@ -179,7 +180,8 @@ def _cmd_postprocess(args: argparse.Namespace) -> None:
     from stormfold.postprocess.commands import postprocess_file
 
     result, written = postprocess_file(args.input, args.out, args.steps, args.config,
-                                       args.pixel_size, progress=not args.quiet)
+                                       args.pixel_size, progress=not args.quiet,
+                                       command=command_line())
     for line in result.log.values():
         print(line)
     print(f"wrote {len(written)} files to {args.out}/")

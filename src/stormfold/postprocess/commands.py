@@ -54,7 +54,8 @@ def _table_bytes(src: files.InputTable, copies: int = 2) -> float:
 
 
 def run_command(step: str, source: str | Path, out: str | Path, params: Any = None,
-                pixel_size_nm: Optional[float] = None) -> tuple[StepOutput, list[Path]]:
+                pixel_size_nm: Optional[float] = None,
+                command: Optional[list[str]] = None) -> tuple[StepOutput, list[Path]]:
     """One step from file to files (``stormfold drift|link|filter|cluster|render|frc``).
 
     Parameters
@@ -70,6 +71,8 @@ def run_command(step: str, source: str | Path, out: str | Path, params: Any = No
         The step's parameters.
     pixel_size_nm : float, optional
         Camera pixel size (nm) for Picasso files without one.
+    command : list of str, optional
+        The command line, recorded in the ``frc`` folder's manifest.
 
     Returns
     -------
@@ -120,7 +123,7 @@ def run_command(step: str, source: str | Path, out: str | Path, params: Any = No
             files.write_output_table(target.path(out.name), result.table, src, rec,
                                      pixel_size_nm)
         if step == "frc":
-            target.commit(to_dict(params))
+            target.commit(to_dict(params), command)
             written = [*finals, record]
         else:
             written = target.commit()
@@ -130,8 +133,8 @@ def run_command(step: str, source: str | Path, out: str | Path, params: Any = No
 def postprocess_file(source: str | Path, out_dir: str | Path,
                      steps: Optional[str | Sequence[str]] = None,
                      config: Optional[str | Path | dict] = None,
-                     pixel_size_nm: Optional[float] = None,
-                     progress: bool = False) -> tuple[ChainResult, list[Path]]:
+                     pixel_size_nm: Optional[float] = None, progress: bool = False,
+                     command: Optional[list[str]] = None) -> tuple[ChainResult, list[Path]]:
     """``stormfold postprocess``: run a chain on a table file and write ``out_dir``.
 
     Parameters
@@ -149,6 +152,8 @@ def postprocess_file(source: str | Path, out_dir: str | Path,
         Camera pixel size (nm) for Picasso files without one.
     progress : bool
         A progress bar over the steps.
+    command : list of str, optional
+        The command line, recorded in the folder's manifest.
 
     Returns
     -------
@@ -196,6 +201,6 @@ def postprocess_file(source: str | Path, out_dir: str | Path,
         tables = files.write_output_table(staging / table_path.name, result.table, src, record,
                                           pixel_size_nm, write_csv_record=False)
         files.write_record(staging / record_path.name, record)
-        target.commit({"steps": names, "chain": result.record()})
+        target.commit({"steps": names, "chain": result.record()}, command)
     written = [out_dir / p.name for p in tables] + written + [record_path]
     return result, written

@@ -214,14 +214,16 @@ def simulation_metadata(config: SimulationConfig, **provenance) -> dict:
 
 
 def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
-                       progress: bool = True, protect: tuple = ()) -> Path:
+                       progress: bool = True, protect: tuple = (),
+                       command: list[str] | None = None) -> Path:
     """Simulate and write ``movie.tif``, ``truth.csv``, ``simulation.yaml`` (and ``drift.csv``).
 
     The movie is streamed to disk chunk by chunk (memory independent of its length). The
     files are one set (:class:`stormfold.io.outputs.OutputFolder`): written into a staging
     folder and moved in with ``manifest.json`` last, nothing left on an error. ``protect``:
     inputs that no output may replace (the ``--config`` file); the mask image is protected
-    too, and the free disk space is checked before anything is simulated.
+    too, and the free disk space is checked before anything is simulated. ``command``: the
+    command line, recorded in ``manifest.json``.
     """
     from tqdm import tqdm
 
@@ -264,5 +266,5 @@ def simulate_to_folder(config: SimulationConfig, out_dir: str | Path,
         meta = simulation_metadata(config, outputs=outputs, n_emitters=int(len(truth)),
                                    seconds=round(time.perf_counter() - t0, 3))
         write_text(out.path("simulation.yaml"), dump_yaml(meta))
-        out.commit(to_dict(config))
+        out.commit(to_dict(config), command)
     return out_dir
