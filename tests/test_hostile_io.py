@@ -390,7 +390,7 @@ def test_thread_counts_are_bounded(threads):
 
 
 @pytest.mark.parametrize("settings,match", [
-    (["camera.baseline_adu=65535"], "camera.baseline_adu must be below 65535 ADU"),
+    (["camera.baseline_adu=65535"], "camera.baseline_adu must be in [0, 65535) ADU"),
     (["camera.baseline_adu=1e6"], "uint16 movie), got 1e+06"),
     (["pixel_size_nm=5"], "pixel_size_nm: camera pixel size 5 nm is outside 10–2000 nm"),
     (["pixel_size_nm=5000"], "camera pixel size 5000 nm is outside 10–2000 nm"),

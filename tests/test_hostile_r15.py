@@ -408,7 +408,8 @@ def test_simulation_config_mistakes_left_by_review_15(tmp_path, refused):
             match="camera.baseline_adu must be in [0")
     _yaml_file(tmp_path / "s.yaml", {"preset": "sofi", "n_rows": 16,
                                      "simulation": {"n_frames": 2}})
-    refused("simulate", "--config", "s.yaml", "--out", "o", match="beside the 'simulation' section (n_rows, preset)")
+    refused("simulate", "--config", "s.yaml", "--out", "o",
+            match="beside the 'simulation' section (n_rows, preset)")
     _yaml_file(tmp_path / "t.yaml", {"simulation": {"n_frames": 2, "n_rows": 16, "n_cols": 16}})
     from stormfold.simulate import build_config
 
@@ -446,3 +447,26 @@ def test_manifests_record_the_command_line(tmp_path, run_cli):
     assert code == 0, err
     manifest = json.loads((tmp_path / "pp" / "manifest.json").read_text())
     assert manifest["command_line"][0] == "stormfold" and len(manifest["command_line"]) > 1
+
+
+def test_picasso_fields_that_are_no_column_or_a_negative_precision(tmp_path):
+    """D14: a negative lpx was read as a negative uncertainty; shaped and text fields were
+    dropped or written as b'...' without a word."""
+    from stormfold.io.picasso import read_picasso_hdf5
+
+    def write(path, dtype, rows):
+        with h5py.File(path, "w") as f:
+            f.create_dataset("locs", data=np.array(rows, dtype=dtype))
+        path.with_suffix(".yaml").write_text("Pixelsize: 100\nWidth: 64\nHeight: 64\n")
+        return path
+
+    base = [("frame", "u4"), ("x", "f4"), ("y", "f4"), ("lpx", "f4"), ("lpy", "f4")]
+    bad = write(tmp_path / "neg.hdf5", base, [(0, 1.0, 2.0, -0.1, 0.1), (1, 3.0, 4.0, 0.1, 0.1)])
+    with pytest.raises(UserError, match="negative lpx"):
+        read_picasso_hdf5(bad)
+    odd = write(tmp_path / "odd.hdf5", [*base, ("v", "f4", (3,)), ("s", "S4")],
+                [(0, 1.0, 2.0, 0.1, 0.1, (1, 2, 3), b"ab"),
+                 (1, 3.0, 4.0, 0.1, 0.1, (4, 5, 6), b"c")])
+    with pytest.warns(UserWarning, match="v, s left out"):
+        table, _ = read_picasso_hdf5(odd)
+    assert "v" not in table.columns and "s" not in table.columns and len(table) == 2

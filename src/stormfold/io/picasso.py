@@ -225,16 +225,23 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
     if "bg" in fields:
         columns["bg"] = locs["bg"].astype(np.float64)
     lp = [locs[n].astype(np.float64) * px for n in ("lpx", "lpy") if n in fields]
+    for name, values in zip(("lpx", "lpy"), lp):
+        if np.any(values < 0):  # a precision cannot be negative: the file is damaged
+            raise UserError(f"{source}: {int((values < 0).sum())} negative {name} value(s); "
+                            f"localization precisions are ≥ 0")
     if lp:
         columns["uncertainty_nm"] = np.sqrt(sum(v ** 2 for v in lp) / len(lp))
     if len(lp) == 2 and np.any(lp[0] != lp[1]):
         columns.update(zip(AXIS_COLUMNS, lp))
-    extras, renamed = [], []
+    extras, renamed, left = [], [], []
     for name in fields:
         values = locs[name]
-        if name in BASE_FIELDS or values.ndim != 1:
+        if name in BASE_FIELDS:
             continue
         kind = values.dtype.kind
+        if values.ndim != 1 or kind not in "fiub":
+            left.append(name)  # an array or text per localization: no table column
+            continue
         if kind == "f":
             values = values.astype(np.float64)
         elif kind in "iu":
@@ -248,6 +255,9 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
             renamed.append(f"{name} as {column}")
         columns[column] = values
         extras.append(column)
+    if left:
+        warnings.warn(f"{source}: field(s) {', '.join(left)} left out (not one number per "
+                      f"localization)", UserWarning, stacklevel=3)
     if renamed:
         warnings.warn(f"{source}: field(s) named like stormfold's own columns kept under "
                       f"another name ({', '.join(renamed)}); positions and uncertainties "
