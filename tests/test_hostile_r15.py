@@ -470,3 +470,20 @@ def test_picasso_fields_that_are_no_column_or_a_negative_precision(tmp_path):
     with pytest.warns(UserWarning, match="v, s left out"):
         table, _ = read_picasso_hdf5(odd)
     assert "v" not in table.columns and "s" not in table.columns and len(table) == 2
+
+
+def test_localize_movie_api_types_are_one_line_errors(tmp_path):
+    """D9: wrong argument types reached deep AttributeErrors."""
+    from stormfold.io.memory import movie_from_array
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+
+    movie = movie_from_array(np.full((2, 16, 16), 100, np.uint16), pixel_size_nm=100.0)
+    engine = load_engine(engine="classic")
+    for kwargs, match in (({"engine": None}, "engine must be an Engine"),
+                          ({"engine": "classic"}, "engine must be an Engine"),
+                          ({"camera": {"baseline_adu": 10}}, "camera must be a Camera"),
+                          ({"batch_frames": "4"}, "whole number"),
+                          ({"batch_frames": 2.5}, "whole number")):
+        with pytest.raises(UserError, match=match):
+            localize_movie(movie, **{"engine": engine, **kwargs}, progress=False)

@@ -184,8 +184,16 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
         Called after every batch with (frames done, localizations so far), e.g. by a GUI
         for its progress bar; an exception it raises stops the run (nothing is written).
     """
-    if batch_frames < 1:
-        raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
+    # API callers get the same one-line errors as the command line, not a deep AttributeError.
+    if not isinstance(engine, Engine):
+        raise UserError(f"engine must be an Engine (stormfold.localize.registry.load_engine), "
+                        f"got {type(engine).__name__}")
+    if camera is not None and not isinstance(camera, (Camera, CameraOverrides)):
+        raise UserError(f"camera must be a Camera or CameraOverrides, got "
+                        f"{type(camera).__name__}")
+    if isinstance(batch_frames, bool) or not isinstance(batch_frames, (int, np.integer)) \
+            or batch_frames < 1:
+        raise UserError(f"--batch-frames must be a whole number ≥ 1, got {batch_frames!r}")
     own_movie = not isinstance(movie, Movie)
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own_movie else movie
     try:
