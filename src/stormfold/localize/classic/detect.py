@@ -140,8 +140,22 @@ def local_maxima(filtered: torch.Tensor, threshold: torch.Tensor) -> Candidates:
     return Candidates(f, r, c, filtered[f, r, c])
 
 
+def local_noise_scale(smooth: torch.Tensor, gamma: float,
+                      dark_fraction: float = 0.1) -> torch.Tensor:
+    """Per-pixel factor on the frame's noise (taken in its darkest pixels) for the local
+    background: √((level + γ) / (dark level + γ)) ≥ 1, with level the wide blur in counts
+    (Poisson variance = mean, plus the read-noise variance γ). Where the background is high
+    (a step, a cell) a spot must stand out of its own noise, not of the darkest region's."""
+    flat = smooth.flatten(1)
+    k = min(flat.shape[1], max(16, int(round(dark_fraction * flat.shape[1]))))
+    dark = flat.topk(k, dim=1, largest=False).values.median(dim=1).values
+    gamma = max(float(gamma), 1.0)  # rounding alone is 1/12 count²; 1 keeps dark frames sane
+    ratio = (smooth.clamp_min(0) + gamma) / (dark.clamp_min(0)[:, None, None] + gamma)
+    return ratio.sqrt().clamp_min(1.0)
+
+
 def detect(frames: torch.Tensor, sigma_px: float, threshold: float, ratio: float = 2.5,
-           noise: torch.Tensor | None = None) -> Candidates:
+           noise: torch.Tensor | None = None, gamma: float | None = None) -> Candidates:
     """Candidate emitters in (B, H, W) frames.
 
     Parameters
@@ -170,9 +184,14 @@ def detect(frames: torch.Tensor, sigma_px: float, threshold: float, ratio: float
     # a zero noise estimate any of it would pass the threshold, so the cut never falls below
     # ROUNDING_FLOOR eps × the frame's mean level (far below any real noise).
     floor = ROUNDING_FLOOR * torch.finfo(frames.dtype).eps * frames.abs().mean(dim=(1, 2))
-    cand = local_maxima(filtered, torch.maximum(threshold * noise, floor))
-    cand.score = cand.score / noise[cand.frame]
-    return cand
+    if gamma is None:
+        cand = local_maxima(filtered, torch.maximum(threshold * noise, floor))
+        cand.score = cand.score / noise[cand.frame]
+        return cand
+    local = noise[:, None, None] * local_noise_scale(smooth, gamma)
+    cand = local_maxima(filtered / local, torch.full_like(noise, float(threshold)))
+    keep = filtered[cand.frame, cand.row, cand.col] > floor[cand.frame]
+    return Candidates(cand.frame[keep], cand.row[keep], cand.col[keep], cand.score[keep])
 
 
 def extract_rois(frames: torch.Tensor, frame: torch.Tensor, row: torch.Tensor, col: torch.Tensor,

@@ -68,7 +68,14 @@ class ClassicOptions:
     ----------
     threshold : float
         Detection threshold in multiples of the robust (MAD) noise of the band-passed frame
-        (``--threshold``).
+        (``--threshold``), scaled per pixel to the local background with ``local_noise``.
+    local_noise : bool
+        Scale the frame's noise (measured in its darkest tenth) per pixel by
+        √((local level + γ) / (dark level + γ))
+        (:func:`stormfold.localize.classic.detect.local_noise_scale`): on a background step or
+        a cell a spot must stand out of its own shot noise. Measured (`experiments/classic_local_noise.py`): a step 10 | 200 photons/px
+        JI@100 0.603 → 0.775, a background blob 0.812 → 0.844, `thunderstorm`, `challenge2016`
+        and `zerocost` at 0.1–0.5/µm² +0.004 to +0.011, 2/µm² −0.0007.
     roi_px : int
         Side of the fitted square region, odd, ≥ 5.
     sigma_init_px : float
@@ -109,6 +116,7 @@ class ClassicOptions:
     read_noise_photons: Optional[float] = None
     upsampling: int = 8
     threads: int = 1
+    local_noise: bool = True
 
     def validate(self) -> None:
         if not self.threshold > 0:
@@ -239,7 +247,8 @@ class ClassicEngine(Engine):
         if h < size or w < size:
             raise UserError(f"frames of {h}×{w} px are smaller than the fit region "
                             f"roi_px={size}")
-        cand = detect(counts, o.sigma_init_px, o.threshold, o.dog_ratio)
+        cand = detect(counts, o.sigma_init_px, o.threshold, o.dog_ratio,
+                      gamma=self.noise.gamma if o.local_noise else None)
         self.stats["candidates"] += len(cand)
         rois, row0, col0 = extract_rois(counts, cand.frame, cand.row, cand.col, size)
         rc, cc = cand.row - row0, cand.col - col0
