@@ -175,3 +175,22 @@ def test_pixel_size_refusal_names_the_bin_that_fits():
     with pytest.raises(UserError) as info:
         resolve_geometry(odd, _Recorder())
     assert "bin" not in str(info.value)  # 70 nm: no whole bin gives 100 nm
+
+
+def test_binned_background_is_per_camera_pixel_and_the_sigma_advice_counts_the_bin():
+    """Review 16: ``offset`` came out per super-pixel (×b²) and a binned run was told to bin
+    by 2 again."""
+    from stormfold.localize.domain import SigmaBoundCheck
+
+    class _Bg(_Recorder):
+        def process(self, photons, first_frame, pixel_size_nm):
+            out = super().process(photons, first_frame, pixel_size_nm)
+            return EngineOutput(out.locs.assign(bg=float(photons.min())), None)
+
+    photons = np.full((1, 12, 12), 20.0, np.float32)
+    assert with_binning(_Bg(), 3).process(photons, 0, 50.0).locs["bg"].iloc[0] == 20.0
+    inner = _Recorder()
+    inner.domain_check = SigmaBoundCheck((0.7, 2.0))
+    with_binning(inner, 2)
+    inner.domain_check(np.full(60, 2.0))
+    assert inner.domain_check.message.endswith("--set bin=4)")

@@ -303,3 +303,25 @@ def test_sigterm_during_the_commit_waits_for_its_end(tmp_path, monkeypatch):
         signal_module.signal(signal_module.SIGTERM, previous)
     assert received and verify_manifest(out) == []
     assert (out / "a.csv").read_text() == (out / "b.csv").read_text() == "new\n"
+
+
+def test_a_set_cut_short_then_a_smaller_set_leaves_no_orphan_refused_later(tmp_path,
+                                                                          monkeypatch):
+    """Review 16: set {a, c}; a commit of {a} cut short; {a} again; then {a, c} was refused
+    because c (written by stormfold) was no longer listed anywhere."""
+    out = tmp_path / "out"
+    _write_set(out, {"a.csv": "1\n", "c.csv": "1\n"})
+    real = os.replace
+
+    def replace_once(src, dst):
+        real(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs_module.os, "replace", replace_once)
+    with pytest.raises(KeyboardInterrupt):
+        _write_set(out, {"a.csv": "2\n"})
+    monkeypatch.setattr(outputs_module.os, "replace", real)
+    _write_set(out, {"a.csv": "2\n"})  # completes; c.csv, the old set's, is stale and goes
+    assert not (out / "c.csv").exists() and verify_manifest(out) == []
+    _write_set(out, {"a.csv": "3\n", "c.csv": "3\n"})  # not refused
+    assert verify_manifest(out) == [] and (out / "c.csv").read_text() == "3\n"

@@ -154,6 +154,30 @@ def written_by(folder: Path | str, command: str) -> set[str]:
     return names
 
 
+def pending_names(folder: Path | str, command: str) -> set[str]:
+    """Top-level names :data:`PENDING` records for ``command``: the sets of a commit that a
+    crash cut short (the old set's files among them are stale once a new set is in)."""
+    try:
+        data = json.loads((Path(folder) / PENDING).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or data.get("command") != command:
+        return set()
+    names = data.get("names")
+    return {n.split("/")[0] for n in names if is_member_path(n)} if isinstance(names, list) \
+        else set()
+
+
+def previous_names(folder: Path | str, command: str) -> set[str]:
+    """Top-level names of ``command``'s previous set in ``folder``: its trusted manifest's,
+    and those a commit cut short left in :data:`PENDING` (stale once a new set is in)."""
+    old = read_manifest(folder) or {}
+    names = pending_names(folder, command)
+    if old.get("command") == command:
+        names |= {f["path"].split("/")[0] for f in old["files"]}
+    return names
+
+
 def foreign_names(folder: Path | str, command: str, names: Iterable[str]) -> list[str]:
     """Those of ``names`` (top-level) present in ``folder`` that no stormfold ``command``
     wrote (:func:`written_by`), and a manifest.json that is not stormfold's."""

@@ -51,7 +51,7 @@ from stormfold.errors import UserError
 from stormfold.io.atomic import give_usual_mode
 from stormfold.io.manifest import (MANIFEST, MANIFEST_FORMAT, STAGING_PREFIX, clear_pending,
                                    fingerprint, foreign_names, fsync_dir, inventory, is_member_path,
-                                   mark_incomplete, read_manifest, sha256_file)
+                                   mark_incomplete, previous_names, read_manifest, sha256_file)
 
 
 #: errno values that are the environment's doing, not the program's.
@@ -481,7 +481,7 @@ class OutputFolder(OutputSet):
                           "sha256": sha256_file(path, sync=True)})
         entries = sorted(staging.iterdir(), key=lambda p: (p.is_dir(), p.name))
         new_names = {p.name for p in entries} | {Path(a).parts[0] for a in adopt}
-        old = read_manifest(self.home)
+        previous = previous_names(self.home, self.command)  # stale unless in the new set
         manifest = {
             "stormfold_manifest": MANIFEST_FORMAT,
             "complete": True,
@@ -503,16 +503,15 @@ class OutputFolder(OutputSet):
                 if self._protected(target):  # refused by check(); never replace an input
                     raise UserError(f"the output {target} would replace an input")
                 self._move(entry, target)
-            if old is not None and old.get("command") == self.command:
-                for name in sorted({f["path"].split("/")[0] for f in old["files"]} - new_names):
-                    stale = self.home / name
-                    if not is_member_path(name) or stale.parent != self.home:
-                        continue  # read_manifest refuses such lists; never leave the folder
-                    try:
-                        if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
-                            _remove(stale)
-                    except OSError:
-                        continue  # a leftover that cannot go must not stop the new manifest
+            for name in sorted(previous - new_names):
+                stale = self.home / name
+                if not is_member_path(name) or stale.parent != self.home:
+                    continue  # read_manifest refuses such lists; never leave the folder
+                try:
+                    if (stale.exists() or stale.is_symlink()) and not self._protected(stale):
+                        _remove(stale)
+                except OSError:
+                    continue  # a leftover that cannot go must not stop the new manifest
             fsync_dir(self.home)
             write_text(marker, json.dumps(manifest, indent=1) + "\n")
             clear_pending(self.home)

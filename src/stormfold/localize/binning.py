@@ -75,6 +75,9 @@ class BinnedEngine(Engine):
     def __init__(self, inner: Engine, bin_factor: int):
         self.inner = inner
         self.bin_factor = check_bin(bin_factor)
+        check = getattr(inner, "domain_check", None)
+        if hasattr(check, "bin_factor"):  # its advice to bin must count this binning in
+            check.bin_factor = self.bin_factor
         self.name = inner.name
         self.upsampling = inner.upsampling
         self.temporal_context = inner.temporal_context
@@ -88,15 +91,21 @@ class BinnedEngine(Engine):
     def _bin(self, photons: np.ndarray | None) -> np.ndarray | None:
         return None if photons is None else bin_frames(photons, self.bin_factor)
 
+    def _per_camera_pixel(self, out: EngineOutput) -> EngineOutput:
+        # The background is per super-pixel; the table's is per camera pixel (review 16).
+        locs = out.locs
+        if "bg" in locs.columns:
+            locs = locs.assign(bg=locs["bg"] / float(self.bin_factor ** 2))
+        return EngineOutput(locs, None)
+
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
-        out = self.inner.process(self._bin(photons), first_frame, pixel_size_nm * self.bin_factor)
-        return EngineOutput(out.locs, None)
+        return self._per_camera_pixel(self.inner.process(
+            self._bin(photons), first_frame, pixel_size_nm * self.bin_factor))
 
     def process_with_context(self, photons, before, after, first_frame, pixel_size_nm):
-        out = self.inner.process_with_context(self._bin(photons), self._bin(before),
-                                              self._bin(after), first_frame,
-                                              pixel_size_nm * self.bin_factor)
-        return EngineOutput(out.locs, None)
+        return self._per_camera_pixel(self.inner.process_with_context(
+            self._bin(photons), self._bin(before), self._bin(after), first_frame,
+            pixel_size_nm * self.bin_factor))
 
     def set_camera(self, camera: Camera) -> None:
         self.inner.set_camera(camera.binned(self.bin_factor))

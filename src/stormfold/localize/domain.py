@@ -332,10 +332,14 @@ class SigmaBoundCheck:
         self.message: str | None = None
         self.warn = warn
 
-    @staticmethod
-    def _bin_hint(side: str) -> str:
-        # A PSF too wide in pixels fits the range once pixels are summed 2 × 2.
-        return ", or bin the pixels: --set bin=2" if side == "above" else ""
+    #: The binning the movie already has (set by :class:`stormfold.localize.binning.
+    #: BinnedEngine`): the advice names twice it.
+    bin_factor: int = 1
+
+    def _bin_hint(self, side: str) -> str:
+        # A PSF too wide in pixels fits the range once pixels are summed 2 × 2 (more).
+        return f", or bin the pixels: --set bin={2 * self.bin_factor}" if side == "above" \
+            else ""
 
     def shares(self) -> tuple[float, float]:
         """Shares of the counted emitters at the lower and the upper bound."""

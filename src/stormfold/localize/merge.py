@@ -210,9 +210,9 @@ def merge_copies(label: torch.Tensor, params, corners, gather, total: torch.Tens
     every emitter's PSF) in place.
 
     Each group is represented by its brightest member (the anchor): its region, with the
-    other emitters' models fixed, is fitted as one emitter (x, y, N, b[, σ]) and compared
-    with the group's refined models (plus the anchor's background); its σ is then clamped
-    to ``sigma_bounds``. Where 2·(NLL₁ − NLL_group)/φ < ``llr_min`` (φ: ``phi`` of the
+    other emitters' models fixed, is fitted as one emitter (x, y, N, b; σ the members'
+    photon-weighted σ, within ``sigma_bounds``) and compared with the group's refined models
+    (plus the anchor's background). Where 2·(NLL₁ − NLL_group)/φ < ``llr_min`` (φ: ``phi`` of the
     anchor), the fit lies inside the frame and within MERGE_MAX_SEPARATION_BRIGHT_PX of its
     start, the anchor takes the single fit and the other members are removed.
 
@@ -261,20 +261,15 @@ def merge_copies(label: torch.Tensor, params, corners, gather, total: torch.Tens
     sx = torch.zeros(anchors.numel()).index_add_(0, g_of_m, N[member] * mx) / weight
     sy = torch.zeros(anchors.numel()).index_add_(0, g_of_m, N[member] * my) / weight
     ss = torch.zeros(anchors.numel()).index_add_(0, g_of_m, N[member] * sig[member]) / weight
-    if fit_sigma:
-        def one(t, jacobian):
-            mu, jac = gaussian_model(t, size, jacobian=jacobian)
-            return mu, (jac[:, :5] if jacobian else None)
-        start = torch.stack([sx, sy, weight, ba, ss], 1)
-    else:
-        def one(t, jacobian):
-            mu, jac = gaussian_model(torch.cat([t, ss[:, None]], 1), size, jacobian=jacobian)
-            return mu, (jac[:, :4] if jacobian else None)
-        start = torch.stack([sx, sy, weight, ba], 1)
+    # σ stays the members' (photon-weighted): copies of one spot share it, while a free σ
+    # would widen until one emitter covers two real ones 0.9 px apart (review 16: bright
+    # pairs merged, recall 0.96 → 0.50).
+    def one(t, jacobian):
+        mu, jac = gaussian_model(torch.cat([t, ss[:, None]], 1), size, jacobian=jacobian)
+        return mu, (jac[:, :4] if jacobian else None)
+    start = torch.stack([sx, sy, weight, ba], 1)
     th, nll1, _ = fit_regions(start, one, others, valid, d, gamma, [2], MERGE_ITERATIONS)
-    # σ is kept in the refinement's range, as the sweeps keep it (a bright spot of σ 0.7 px
-    # fits 0.6996 px).
-    s1 = th[:, 4].clamp(*sigma_bounds) if fit_sigma else ss
+    s1 = ss.clamp(*sigma_bounds) if fit_sigma else ss
     h, w = shape
     xa, ya = c0[anchors].double() + th[:, 0].double(), r0[anchors].double() + th[:, 1].double()
     ok = (2.0 * (nll1 - nll_group) / phi[anchors] < llr_min) & torch.isfinite(th).all(1) & \
