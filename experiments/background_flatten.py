@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import demo_movie, rows_experiment, scores  # noqa: E402
+from gridnet_accuracy import demo_movie, rows_experiment, score_row  # noqa: E402
 
 MODEL = "builtin:gridnet-generalist"
 _SPOTS = ["n_rows=128", "n_cols=128", "activation.density_per_um2=0.5",
@@ -66,11 +66,8 @@ def _score_modes(case: str, photons, truth, camera, pixel_size_nm: float) -> lis
                 locs = engine.process_with_context(photons, None, None, 0, pixel_size_nm).locs
         finally:
             gridnet_engine.flatten_structure = flatten_structure
-        sc = scores(truth, locs)
-        rows.append({"case": case, "mode": label, "ji_50": sc["ji_50"], "ji_100": sc["ji_100"],
-                     "precision": sc["precision"], "recall": sc["recall"],
-                     "rmse_nm": sc["rmse_nm"], "n_locs": sc["n_locs"], "n_truth": sc["n_truth"],
-                     "seconds": round(time.perf_counter() - t0, 2)})
+        rows.append(score_row({"case": case, "mode": label}, truth, locs,
+                              time.perf_counter() - t0))
         print(rows[-1], flush=True)
     return rows
 

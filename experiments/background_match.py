@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import demo_movie, rows_experiment, scores  # noqa: E402
+from gridnet_accuracy import demo_movie, rows_experiment, score_row  # noqa: E402
 
 MODEL = "builtin:deepstorm-zerocost"
 #: (case, simulation overrides); the gradient case gets its map file added.
@@ -55,11 +55,8 @@ def _score_modes(case: str, photons: np.ndarray, truth, pixel_size_nm: float) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             locs = engine.process(photons, 0, pixel_size_nm).locs
-        sc = scores(truth, locs)
-        rows.append({"case": case, "background": label, "ji_50": sc["ji_50"],
-                     "ji_100": sc["ji_100"], "precision": sc["precision"],
-                     "recall": sc["recall"], "rmse_nm": sc["rmse_nm"], "n_locs": sc["n_locs"],
-                     "n_truth": sc["n_truth"], "seconds": round(time.perf_counter() - t0, 2)})
+        rows.append(score_row({"case": case, "background": label}, truth, locs,
+                              time.perf_counter() - t0))
         print(rows[-1], flush=True)
     return rows
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import rows_experiment, scores  # noqa: E402
+from gridnet_accuracy import rows_experiment, score_row  # noqa: E402
 
 _D = "activation.density_per_um2"
 #: (case, preset, overrides, frames); "{step}" and "{blob}" name the background maps.
@@ -62,12 +62,8 @@ def rows_for(work: Path) -> list[dict]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 locs = engine.process(photons, 0, cfg.pixel_size_nm).locs
-            sc = scores(sim.truth, locs)
-            rows.append({"case": case, "local_noise": local, "ji_50": sc["ji_50"],
-                         "ji_100": sc["ji_100"], "precision": sc["precision"],
-                         "recall": sc["recall"], "rmse_nm": sc["rmse_nm"],
-                         "n_locs": sc["n_locs"], "n_truth": sc["n_truth"],
-                         "seconds": round(time.perf_counter() - t0, 2)})
+            rows.append(score_row({"case": case, "local_noise": local}, sim.truth, locs,
+                                  time.perf_counter() - t0))
             print(rows[-1], flush=True)
     return rows
 

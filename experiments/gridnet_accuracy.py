@@ -82,6 +82,13 @@ def scores(truth: pd.DataFrame, locs: pd.DataFrame) -> dict:
     return out
 
 
+def score_row(head: dict, truth: pd.DataFrame, locs: pd.DataFrame, seconds: float) -> dict:
+    """``head`` (the run's labels) with the :func:`scores` of a row-per-run record."""
+    sc = scores(truth, locs)
+    return {**head, **{k: sc[k] for k in ("ji_50", "ji_100", "precision", "recall", "rmse_nm",
+                                          "n_locs", "n_truth")}, "seconds": round(seconds, 2)}
+
+
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     """Mean of the paired differences a − b and its standard error (std of the differences
     / √n; NaN for one pair)."""

@@ -72,3 +72,25 @@ def _picasso_keeps(locs):
 def picasso_keeps():
     """The row filter Picasso applies to a localization file it opens (see _picasso_keeps)."""
     return _picasso_keeps
+
+
+@pytest.fixture()
+def map_simulation(tmp_path):
+    """``make(level, n_frames, seed, overrides)``: a ``zerocost`` simulation whose background
+    (photons/px) follows the 2-D array ``level``; returns (config, simulation, photons)."""
+    import numpy as np
+    import tifffile
+
+    from stormfold.simulate import build_config, simulate
+
+    def make(level, n_frames: int, seed: int, overrides=()):
+        path = tmp_path / f"background_map_{seed}.tif"
+        tifffile.imwrite(path, np.asarray(level, np.float32))
+        rows, cols = np.shape(level)
+        cfg = build_config("zerocost", n_frames=n_frames, seed=seed, overrides=[
+            f"n_rows={rows}", f"n_cols={cols}", *overrides,
+            f"background.photons={float(np.mean(level))}", f"background.map={path}"])
+        sim = simulate(cfg)
+        return cfg, sim, cfg.camera.backward(sim.movie)
+
+    return make

@@ -100,23 +100,14 @@ def test_flatten_structure_takes_away_a_blob_and_leaves_a_flat_frame():
     assert flatten_structure(uniform[0]).shape == (64, 64) and flatten_structure(None) is None
 
 
-def test_gridnet_flattens_a_bright_background_blob(tmp_path):
+def test_gridnet_flattens_a_bright_background_blob(map_simulation):
     """A cell-like blob of 400 on 30 photons/px floods the unflattened network (review 14)."""
-    import tifffile
-
     from stormfold.evaluate import evaluate
     from stormfold.localize.registry import load_engine
-    from stormfold.simulate import build_config, simulate
 
     r, c = np.mgrid[:128, :128]
     level = 30 + 400 * np.exp(-((r - 64) ** 2 + (c - 64) ** 2) / (2 * 20.0 ** 2))
-    tifffile.imwrite(tmp_path / "map.tif", level.astype(np.float32))
-    cfg = build_config("zerocost", n_frames=3, seed=6, overrides=[
-        "n_rows=128", "n_cols=128",
-        "activation.density_per_um2=0.5", f"background.photons={level.mean()}",
-        f"background.map={tmp_path / 'map.tif'}"])
-    sim = simulate(cfg)
-    photons = cfg.camera.backward(sim.movie)
+    cfg, sim, photons = map_simulation(level, 3, 6, ["activation.density_per_um2=0.5"])
     ji = {}
     for flatten in (True, False):
         engine = load_engine(model="builtin:gridnet-generalist", options={"flatten": flatten})

@@ -309,19 +309,11 @@ def test_local_noise_scale_follows_the_background():
     assert torch.all(local_noise_scale(torch.full((2, 16, 16), 30.0), gamma=0.0) == 1.0)
 
 
-def test_local_noise_removes_false_detections_on_a_background_step(tmp_path):
-    import tifffile
-
+def test_local_noise_removes_false_detections_on_a_background_step(map_simulation):
     from stormfold.localize.registry import load_engine
-    from stormfold.simulate import build_config, simulate
 
     step = np.tile((10 + 190 * (np.arange(64) >= 32)).astype(np.float32), (64, 1))
-    tifffile.imwrite(tmp_path / "step.tif", step)
-    cfg = build_config("zerocost", n_frames=20, seed=77, overrides=[
-        "activation.density_per_um2=0.5", "background.photons=105",
-        f"background.map={tmp_path / 'step.tif'}"])
-    sim = simulate(cfg)
-    photons = cfg.camera.backward(sim.movie)
+    cfg, sim, photons = map_simulation(step, 20, 77, ["activation.density_per_um2=0.5"])
     precision = {}
     for local in (False, True):
         engine = load_engine(engine="classic", options={"local_noise": local})
