@@ -194,3 +194,18 @@ def test_binned_background_is_per_camera_pixel_and_the_sigma_advice_counts_the_b
     with_binning(inner, 2)
     inner.domain_check(np.full(60, 2.0))
     assert inner.domain_check.message.endswith("--set bin=4)")
+
+
+def test_errors_under_binning_say_so():
+    """Review 16: errors of the inner engine spoke of the binned frame without saying so, and
+    a binned run's pixel-size refusal named no bin."""
+    from stormfold.io.memory import movie_from_array
+    from stormfold.localize.registry import load_engine
+    from stormfold.localize.runner import resolve_geometry
+
+    classic = load_engine(engine="classic", options={"bin": 2})
+    with pytest.raises(UserError, match=r"roi_px=7 \(in frames binned 2 × 2\)"):
+        classic.process(np.zeros((1, 9, 11), np.float32), 0, 100.0)
+    movie = movie_from_array(np.zeros((1, 30, 30), np.uint16), pixel_size_nm=33.4)
+    with pytest.raises(UserError, match="--set bin=3"):
+        resolve_geometry(movie, with_binning(_Recorder(), 2))  # trained at 100 nm

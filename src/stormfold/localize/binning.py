@@ -98,14 +98,24 @@ class BinnedEngine(Engine):
             locs = locs.assign(bg=locs["bg"] / float(self.bin_factor ** 2))
         return EngineOutput(locs, None)
 
+    def _binned_error(self, exc: UserError) -> UserError:
+        # The inner engine speaks of the binned frame (review 16): say so.
+        return UserError(f"{exc} (in frames binned {self.bin_factor} × {self.bin_factor})")
+
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
-        return self._per_camera_pixel(self.inner.process(
-            self._bin(photons), first_frame, pixel_size_nm * self.bin_factor))
+        try:
+            return self._per_camera_pixel(self.inner.process(
+                self._bin(photons), first_frame, pixel_size_nm * self.bin_factor))
+        except UserError as exc:
+            raise self._binned_error(exc) from None
 
     def process_with_context(self, photons, before, after, first_frame, pixel_size_nm):
-        return self._per_camera_pixel(self.inner.process_with_context(
-            self._bin(photons), self._bin(before), self._bin(after), first_frame,
-            pixel_size_nm * self.bin_factor))
+        try:
+            return self._per_camera_pixel(self.inner.process_with_context(
+                self._bin(photons), self._bin(before), self._bin(after), first_frame,
+                pixel_size_nm * self.bin_factor))
+        except UserError as exc:
+            raise self._binned_error(exc) from None
 
     def set_camera(self, camera: Camera) -> None:
         self.inner.set_camera(camera.binned(self.bin_factor))
@@ -118,7 +128,10 @@ class BinnedEngine(Engine):
         return None if trained is None else trained / self.bin_factor
 
     def check_pixel_size(self, pixel_size_nm: float) -> None:
-        self.inner.check_pixel_size(pixel_size_nm * self.bin_factor)
+        try:
+            self.inner.check_pixel_size(pixel_size_nm * self.bin_factor)
+        except UserError as exc:
+            raise self._binned_error(exc) from None
 
     def estimated_columns(self) -> dict[str, str]:
         return self.inner.estimated_columns()

@@ -50,8 +50,10 @@ def resolve_geometry(movie: Movie, engine: Any = None) -> FrameGeometry:
     if check is not None:
         check(px)
     if trained is not None and abs(px - trained) > PIXEL_SIZE_TOLERANCE * trained:
-        k = round(trained / px)
-        fits = 2 <= k <= 8 and abs(k * px - trained) <= PIXEL_SIZE_TOLERANCE * trained
+        b = int(getattr(engine, "bin_factor", 1))  # a binned engine's size is already / b
+        k = round(trained * b / px)
+        fits = 2 <= k <= 8 and k != b and abs(k * px - trained * b) <= \
+            PIXEL_SIZE_TOLERANCE * trained * b
         hint = f", or bin the pixels: --set bin={k}" if fits else ""
         raise UserError(f"pixel size {px:g} nm of {movie.path} differs from the model's "
                         f"{trained:g} nm by more than {PIXEL_SIZE_TOLERANCE:.0%}: use a model "
