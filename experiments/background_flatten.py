@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import demo_movie, rows_experiment, score_row  # noqa: E402
+from gridnet_accuracy import (SCORE_KEYS, demo_movie, rows_experiment,  # noqa: E402
+                              score_row)
 
 MODEL = "builtin:gridnet-generalist"
 _SPOTS = ["n_rows=128", "n_cols=128", "activation.density_per_um2=0.5",
@@ -99,8 +100,7 @@ def rows_for(n_frames: int, work: Path) -> list[dict]:
     return rows
 
 
-_KEYS = ["case", "mode", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs",
-         "n_truth", "seconds"]
+_KEYS = ["case", "mode", *SCORE_KEYS]
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import demo_movie, rows_experiment, score_row  # noqa: E402
+from gridnet_accuracy import (SCORE_KEYS, demo_movie, rows_experiment,  # noqa: E402
+                              score_row)
 
 MODEL = "builtin:deepstorm-zerocost"
 #: (case, simulation overrides); the gradient case gets its map file added.
@@ -82,8 +83,7 @@ def rows_for(n_frames: int, work: Path) -> list[dict]:
     return rows
 
 
-_KEYS = ["case", "background", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs",
-         "n_truth", "seconds"]
+_KEYS = ["case", "background", *SCORE_KEYS]
 
 
 def main() -> None:

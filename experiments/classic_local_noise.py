@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import rows_experiment, score_row  # noqa: E402
+from gridnet_accuracy import SCORE_KEYS, rows_experiment, score_row  # noqa: E402
 
 _D = "activation.density_per_um2"
 #: (case, preset, overrides, frames); "{step}" and "{blob}" name the background maps.
@@ -68,8 +68,7 @@ def rows_for(work: Path) -> list[dict]:
     return rows
 
 
-_KEYS = ["case", "local_noise", "ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs",
-         "n_truth", "seconds"]
+_KEYS = ["case", "local_noise", *SCORE_KEYS]
 
 
 def main() -> None:

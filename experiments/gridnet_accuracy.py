@@ -82,11 +82,14 @@ def scores(truth: pd.DataFrame, locs: pd.DataFrame) -> dict:
     return out
 
 
+#: The columns :func:`score_row` adds after a row's labels.
+SCORE_KEYS = ["ji_50", "ji_100", "precision", "recall", "rmse_nm", "n_locs", "n_truth", "seconds"]
+
+
 def score_row(head: dict, truth: pd.DataFrame, locs: pd.DataFrame, seconds: float) -> dict:
     """``head`` (the run's labels) with the :func:`scores` of a row-per-run record."""
     sc = scores(truth, locs)
-    return {**head, **{k: sc[k] for k in ("ji_50", "ji_100", "precision", "recall", "rmse_nm",
-                                          "n_locs", "n_truth")}, "seconds": round(seconds, 2)}
+    return {**head, **{k: sc[k] for k in SCORE_KEYS[:-1]}, "seconds": round(seconds, 2)}
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:

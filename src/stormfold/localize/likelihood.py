@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from stormfold.localize.classic.fit import gaussian_model
+
 #: Emitters whose regions are gathered and fitted at once (bounds the per-emitter tensors,
 #: about 10 kB each, whatever the number of emitters in a frame).
 EMITTER_SLICE = 2 ** 14
@@ -112,3 +114,21 @@ def fit_regions(theta, model, others, valid, d, gamma, counts_at, iterations, pr
         cur = torch.where(ok, new, cur)
         lam = torch.where(ok, lam * 0.3, lam * 10.0).clamp(1e-6, 1e6)
     return theta, cur - penalty(theta), region_information(jac, m, valid)[2]
+
+
+def fixed_sigma_model(sigma_px: torch.Tensor, size: int):
+    """The model of :func:`fit_regions` for one emitter per region fitted in (x, y, N, b)
+    with its σ held at ``sigma_px`` (one per region, px)."""
+    def one(t, jacobian):
+        mu, jac = gaussian_model(torch.cat([t, sigma_px[:, None]], 1), size, jacobian=jacobian)
+        return mu, (jac[:, :4] if jacobian else None)
+    return one
+
+
+def deviance_ratio(nll: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
+                   n_par: int) -> torch.Tensor:
+    """Deviance per degree of freedom of regions: 2·(NLL − NLL_saturated)/(pixels − n_par),
+    the saturated model being expected = data (0·log 0 = 0)."""
+    saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
+    dof = (valid.flatten(1).sum(1) - n_par).clamp_min(1)
+    return 2.0 * (nll - saturated) / dof

@@ -30,8 +30,8 @@ import math
 import torch
 
 from stormfold.localize.classic.fit import gaussian_model
-from stormfold.localize.likelihood import (expected_data, fit_regions, group_median,
-                                          poisson_nll)
+from stormfold.localize.likelihood import (expected_data, fit_regions, fixed_sigma_model,
+                                          group_median, poisson_nll)
 
 #: Without a detector's photon range, emitters of a frame closer than MERGE_SEPARATION_SIGMA
 #: PSF σ (the mean of the two), at most MERGE_MAX_SEPARATION_PX, are merge-tested. The split
@@ -82,15 +82,6 @@ def frame_dispersion(ratio: torch.Tensor, frame: torch.Tensor, lone: torch.Tenso
     any_phi = group_median(ratio, frame, usable, n_frames)
     phi = torch.where(torch.isfinite(lone_phi), lone_phi, any_phi)
     return phi.nan_to_num(1.0).clamp_min(1.0)[frame]
-
-
-def deviance_ratio(nll: torch.Tensor, d: torch.Tensor, valid: torch.Tensor,
-                   n_par: int) -> torch.Tensor:
-    """Deviance per degree of freedom of regions: 2·(NLL − NLL_saturated)/(pixels − n_par),
-    the saturated model being expected = data (0·log 0 = 0)."""
-    saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
-    dof = (valid.flatten(1).sum(1) - n_par).clamp_min(1)
-    return 2.0 * (nll - saturated) / dof
 
 
 def spike_statistic(mu: torch.Tensor, others: torch.Tensor, bg: torch.Tensor,
@@ -264,11 +255,9 @@ def merge_copies(label: torch.Tensor, params, corners, gather, total: torch.Tens
     # σ stays the members' (photon-weighted): copies of one spot share it, while a free σ
     # would widen until one emitter covers two real ones 0.9 px apart (review 16: bright
     # pairs merged, recall 0.96 → 0.50).
-    def one(t, jacobian):
-        mu, jac = gaussian_model(torch.cat([t, ss[:, None]], 1), size, jacobian=jacobian)
-        return mu, (jac[:, :4] if jacobian else None)
     start = torch.stack([sx, sy, weight, ba], 1)
-    th, nll1, _ = fit_regions(start, one, others, valid, d, gamma, [2], MERGE_ITERATIONS)
+    th, nll1, _ = fit_regions(start, fixed_sigma_model(ss, size), others, valid, d, gamma, [2],
+                              MERGE_ITERATIONS)
     s1 = ss.clamp(*sigma_bounds) if fit_sigma else ss
     h, w = shape
     xa, ya = c0[anchors].double() + th[:, 0].double(), r0[anchors].double() + th[:, 1].double()
@@ -335,12 +324,7 @@ def narrow_spike(rows: torch.Tensor, params, gather, total: torch.Tensor, gamma:
     own, _ = gaussian_model(torch.stack([x[rows], y[rows], N[rows], zero, sig[rows]], 1), size,
                             jacobian=False)
     others = total[flat] - own
-    narrow = torch.full((rows.numel(),), SPIKE_SIGMA_PX)
-
-    def one(t, jacobian):
-        mu, jac = gaussian_model(torch.cat([t, narrow[:, None]], 1), size, jacobian=jacobian)
-        return mu, (jac[:, :4] if jacobian else None)
-
+    one = fixed_sigma_model(torch.full((rows.numel(),), SPIKE_SIGMA_PX), size)
     th, _, _ = fit_regions(torch.stack([x[rows], y[rows], N[rows], b[rows]], 1), one, others,
                            valid, d, gamma, [2], MERGE_ITERATIONS)
     mu, _ = one(th, False)

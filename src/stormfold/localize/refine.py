@@ -40,11 +40,11 @@ import torch.nn.functional as F
 
 from stormfold.errors import UserError
 from stormfold.localize.classic.fit import gaussian_model
-from stormfold.localize.likelihood import (EMITTER_SLICE, expected_data, group_median,
-                                          poisson_nll, region_information, scoring_step)
-from stormfold.localize.merge import (SPIKE_FRACTION, SPIKE_LLR, deviance_ratio,
-                                     frame_dispersion, merge_rounds, narrow_spike,
-                                     spike_statistic)
+from stormfold.localize.likelihood import (EMITTER_SLICE, deviance_ratio, expected_data,
+                                          group_median, poisson_nll, region_information,
+                                          scoring_step)
+from stormfold.localize.merge import (SPIKE_FRACTION, SPIKE_LLR, frame_dispersion,
+                                     merge_rounds, narrow_spike, spike_statistic)
 from stormfold.localize.split import split_pairs
 
 #: Refinement methods.

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from stormfold.localize.classic.fit import gaussian_model
-from stormfold.localize.likelihood import EMITTER_SLICE, fit_regions, group_median
+from stormfold.localize.likelihood import (EMITTER_SLICE, deviance_ratio, fit_regions,
+                                          fixed_sigma_model, group_median)
 
 if TYPE_CHECKING:
     from stormfold.localize.refine import Refined
@@ -91,12 +92,6 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     def region_of(j):
         return kept if kept is not None else region(slices[j])
 
-    def one_model(sg):
-        def one(t, jacobian):
-            mu, jac = gaussian_model(torch.cat([t, sg[:, None]], 1), size, jacobian=jacobian)
-            return mu, (jac[:, :4] if jacobian else None)
-        return one
-
     # Pass 1: the one-emitter fits, and each group's dispersion.
     th1_all = torch.empty(idx.numel(), 4)
     nll1_all = torch.empty(idx.numel())
@@ -105,12 +100,10 @@ def split_pairs(out: Refined, idx: torch.Tensor, gather, total: torch.Tensor, pa
     for j, sel in enumerate(slices):
         _, valid, d, others, sg, _ = region_of(j)
         th1, nll1, _ = fit_regions(torch.stack([x[sel], y[sel], N[sel], b[sel]], 1),
-                                   one_model(sg), others, valid, d, gamma, [2], SPLIT_ITERATIONS)
-        # Saturated model: expected = data (0·log 0 = 0).
-        saturated = (valid * (d - torch.xlogy(d, d))).flatten(1).sum(1)
-        dof = (valid.flatten(1).sum(1) - 4).clamp_min(1)
+                                   fixed_sigma_model(sg, size), others, valid, d, gamma, [2],
+                                   SPLIT_ITERATIONS)
         th1_all[at:at + sel.numel()], nll1_all[at:at + sel.numel()] = th1, nll1
-        ratio[at:at + sel.numel()] = 2.0 * (nll1 - saturated) / dof
+        ratio[at:at + sel.numel()] = deviance_ratio(nll1, d, valid, 4)
         at += sel.numel()
     every = torch.ones(idx.numel(), dtype=torch.bool)
     phi = group_median(ratio, group[idx], every, n_groups).clamp_min(1.0)[group[idx]]
