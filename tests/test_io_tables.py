@@ -528,3 +528,25 @@ def test_csv_from_other_tools_is_written_in_thunderstorm_layout(tmp_path, run_cl
         code, _, err = run_cli("convert", src, tmp_path / "s.csv", "--frame-base", "0")
     assert code == 0 and err == ""
     assert read_thunderstorm_csv(tmp_path / "s.csv")["frame"].tolist() == [1, 2]
+
+
+def test_cli_convert_refuses_an_image_smaller_than_the_data(tmp_path, run_cli):
+    table = _table()
+    write_thunderstorm_csv(tmp_path / "in.csv", table)
+    reach = int(np.ceil(table["x_nm"].max() / 100.0))
+    code, _, err = run_cli("convert", tmp_path / "in.csv", tmp_path / "out.hdf5",
+                           "--pixel-size", "100", "--width", str(reach - 1), "--height", "500")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"image width of {reach - 1} px" in err and f"give at least {reach}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_convert_grows_a_recorded_image_size_to_the_data(tmp_path):
+    # Drift-corrected positions may reach past the camera frame recorded next to the CSV.
+    table = _table()
+    table.loc[0, "x_nm"] = 8_250.0
+    write_thunderstorm_csv(tmp_path / "in.csv", table)
+    (tmp_path / "run.yaml").write_text("pixel_size_nm: 100\nn_cols: 80\nn_rows: 200\n")
+    convert_table(tmp_path / "in.csv", tmp_path / "out.hdf5")
+    sidecar = yaml.safe_load((tmp_path / "out.yaml").read_text())
+    assert (sidecar["Width"], sidecar["Height"]) == (83, 200)

@@ -89,3 +89,22 @@ def test_damaged_checkpoint_is_one_line_saying_to_train_again(tmp_path, damage):
         tensors.write_bytes(tensors.read_bytes()[:40])
     with pytest.raises(UserError, match=r"damaged checkpoint .*train again without --resume"):
         load_checkpoint(folder, torch.nn.Linear(3, 2))
+
+
+def test_a_model_manifest_records_the_command_that_wrote_it(tmp_path):
+    """A training's manifest.json held ``command_line: null`` (review 15, D16)."""
+    import json
+
+    from stormfold.modelfile import latest_command
+
+    started = ["stormfold", "train", "gridnet", "--out", "m"]
+    resumed = started + ["--resume"]
+    assert latest_command({"training": {"command": started, "resumed_with": []}}) == started
+    assert latest_command({"training": {"command": started, "resumed_with": [resumed]}}) == \
+        resumed
+    assert latest_command({"command": started}) == started  # unrolled, SOFI
+    assert latest_command({"command": []}) is None and latest_command({}) is None
+    save_model(tmp_path / "m", {"w": torch.zeros(2)},
+               {"engine": "gridnet", "training": {"command": started, "resumed_with": [resumed]}})
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["command_line"] == resumed

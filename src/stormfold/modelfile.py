@@ -119,9 +119,20 @@ def save_model(folder: str | Path, tensors: Mapping[str, torch.Tensor],
         weights = out.path(WEIGHTS)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
         write_text(out.path(META), dump_yaml(full))
-        out.commit({k: v for k, v in full.items() if k != "created"},
+        out.commit({k: v for k, v in full.items() if k != "created"}, latest_command(full),
                    adopt=[name for name in adopt if (folder / name).is_file()])
     return folder
+
+
+def latest_command(meta: Mapping[str, Any]) -> list[str] | None:
+    """The command that wrote this model: the last ``--resume`` of its training, else the
+    command that started it (``training.command`` or, for the unrolled and SOFI models,
+    ``command``)."""
+    training = meta.get("training")
+    training = training if isinstance(training, Mapping) else {}
+    resumed = training.get("resumed_with") or []
+    command = resumed[-1] if resumed else training.get("command") or meta.get("command")
+    return list(command) if command else None
 
 
 def check_size(value: Any, what: str, maximum: int, source: str = "model.yaml") -> int:

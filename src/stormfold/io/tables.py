@@ -221,8 +221,8 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     Raises
     ------
     UserError
-        Unknown extension, ``dst`` is ``src``, unreadable input, pixel size unknown.
-        Nothing is written then.
+        Unknown extension, ``dst`` is ``src``, unreadable input, pixel size unknown,
+        an image size too small for the localizations. Nothing is written then.
     """
     src, dst = Path(src), Path(dst)
     in_format, out_format = table_format(src), table_format(dst)
@@ -253,8 +253,16 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     n_frames = geometry.get("n_frames")
     if n_frames is not None and n_frames < n_frames_of(table):
         n_frames = None
-    write_table(dst, table, px,
-                width_px if width_px is not None else geometry.get("width_px"),
-                height_px if height_px is not None else geometry.get("height_px"),
-                n_frames=n_frames, estimated=estimated)
+    size = []
+    for name, given, needed in zip(("width", "height"), (width_px, height_px),
+                                   default_image_size(table, px)):
+        if given is not None and given < needed:
+            raise UserError(f"an image {name} of {given} px leaves localizations of {src} "
+                            f"outside the image (they reach {needed} px at {px:g} nm per pixel): give at "
+                            f"least {needed}")
+        # A recorded camera size can be smaller than drift-corrected positions reach.
+        recorded = geometry.get(f"{name}_px")
+        size.append(given if given is not None else
+                    None if recorded is None else max(int(recorded), needed))
+    write_table(dst, table, px, size[0], size[1], n_frames=n_frames, estimated=estimated)
     return table
