@@ -31,6 +31,20 @@ def as_path(value, what: str = "path"):
                     f"{type(value).__name__} {reprlib.repr(value)}")
 
 
+def whole_number(value, what: str, minimum: int | None = 0) -> int:
+    """``value`` as an ``int`` (≥ ``minimum`` unless that is ``None``); a bool, a fraction, a
+    string or anything else is a one-line :class:`UserError` naming ``what``."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or int(value) != value \
+            or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" ≥ {minimum}"
+        raise UserError(f"{what} must be a whole number{bound}, got {value!r}")
+    return int(value)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception by the command line so that outputs are cleaned
     up as on Ctrl-C (exit code 143 instead of 130)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Optional
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, whole_number
 
 
 def parse_frame_range(text: Optional[str], source: str = "--frames") -> tuple[int, Optional[int]]:
@@ -34,6 +34,9 @@ def check_bounds(first: int, stop: Optional[int], source: str = "--frames",
                  given: Optional[str] = None) -> tuple[int, Optional[int]]:
     """Refuse negative frames and empty ranges (B ≤ A) before the movie is known."""
     given = given if given is not None else f"{first}:{'' if stop is None else stop}"
+    for value in (first, stop):
+        if value is not None:
+            whole_number(value, f"a frame number in {source} {given}", minimum=None)
     if first < 0 or (stop is not None and stop < 0):
         raise UserError(f"{source} {given}: frames are counted from 0 (0-based), so they "
                         f"cannot be negative")

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from stormfold.errors import UserError
 from stormfold.io.atomic import atomic_path
 from stormfold.io.metadata import check_pixel_size
 
@@ -115,8 +116,11 @@ def write_tiff(path: str | Path, array: np.ndarray, pixel_size_nm: float | None 
     Path
     """
     array = np.asarray(array)
-    if array.ndim not in (2, 3):
-        raise ValueError(f"write_tiff needs a 2-D image or 3-D stack, got shape {array.shape}")
+    if array.ndim not in (2, 3) or 0 in array.shape:
+        raise UserError(f"{path}: write_tiff needs a non-empty 2-D image or 3-D stack, got "
+                        f"shape {array.shape}")
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{path}: write_tiff writes real numbers, got {array.dtype} data")
     px = None if pixel_size_nm is None else check_pixel_size(pixel_size_nm, str(path))
     dtype = _stored_dtype(array.dtype)
     options = _tiff_options(array.shape, dtype, px, metadata)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 from stormfold.localize.engine import Engine
 from stormfold.modelfile import read_model_meta
 
@@ -103,6 +103,11 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
         raise UserError("give either --model MODEL_DIR|builtin:NAME or --engine NAME")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    if model is not None:
+        as_path(model, "model")
+    if options is not None and not isinstance(options, Mapping):
+        raise UserError(f"options must be a mapping of option name to value, got "
+                        f"{type(options).__name__} {options!r:.60}")
     options = dict(options or {})
     bin_factor = check_bin(options.pop("bin")) if "bin" in options else None
     if model is not None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from stormfold import __version__
 from stormfold.config import dump_yaml, to_dict
-from stormfold.errors import UserError
+from stormfold.errors import UserError, as_path
 from stormfold.io.atomic import write_text
 from stormfold.io.frame_range import check_frame_range
 from stormfold.io.movie import Movie, open_movie
@@ -196,6 +196,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
     if isinstance(batch_frames, bool) or not isinstance(batch_frames, (int, np.integer)) \
             or batch_frames < 1:
         raise UserError(f"--batch-frames must be a whole number ≥ 1, got {batch_frames!r}")
+    out_dir = None if out_dir is None else as_path(out_dir, "out_dir")
     own_movie = not isinstance(movie, Movie)
     mv = open_movie(movie, pixel_size_nm=pixel_size_nm) if own_movie else movie
     try:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import pandas as pd
 
 from stormfold.config import from_dict, load_yaml, to_dict
-from stormfold.errors import UserError
+from stormfold.errors import UserError, whole_number
 from stormfold.io.tables import write_frames_csv
 from stormfold.postprocess.cluster import ClusterParams, cluster
 from stormfold.postprocess.drift import DriftParams, apply_drift, drift_to_apply, estimate_drift
@@ -281,6 +281,20 @@ def check_chain_frames(config: Optional[str | Path | dict], n_frames: int,
     return [p for ps in paths.values() for p in ps]
 
 
+def check_fov(fov_nm: Any) -> tuple[float, float]:
+    """``(width, height)`` of the field of view (nm): two positive finite numbers."""
+    import math
+
+    try:
+        width, height = (float(v) for v in fov_nm)
+    except (TypeError, ValueError):
+        raise UserError(f"run_chain: fov_nm must be (width, height) in nm, got "
+                        f"{fov_nm!r:.60}") from None
+    if not all(math.isfinite(v) and v > 0 for v in (width, height)):
+        raise UserError(f"run_chain: fov_nm must be two positive numbers of nm, got {fov_nm!r}")
+    return width, height
+
+
 @dataclass
 class ChainResult:
     """Result of :func:`run_chain`.
@@ -378,8 +392,8 @@ def run_chain(table: pd.DataFrame, config: Optional[str | Path | dict] = None,
         check_camera_pixel_size(pixel_size_nm, "run_chain: pixel_size_nm")
 
     names, params = check_chain(config, steps)
-    ctx = Context(n_frames, None if fov_nm is None else (float(fov_nm[0]), float(fov_nm[1])),
-                  frame_base)
+    n_frames = None if n_frames is None else whole_number(n_frames, "run_chain: n_frames", 1)
+    ctx = Context(n_frames, None if fov_nm is None else check_fov(fov_nm), frame_base)
     outputs: list[StepOutput] = []
     bar = tqdm(names, unit="step", desc="post-processing", disable=not progress or not names,
                leave=False)

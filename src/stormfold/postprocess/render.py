@@ -29,6 +29,7 @@ import pandas as pd
 import scipy.fft
 
 from stormfold.errors import UserError
+from stormfold.io.metadata import check_pixel_size
 from stormfold.table import check_length_nm, validate_table
 
 METHODS = ("histogram", "gaussian")
@@ -312,6 +313,7 @@ def render(table: pd.DataFrame, pixel_nm: float = 10.0, method: str = "histogram
            sigma_nm: float | str = 20.0, fov_nm: Optional[Sequence[float]] = None) -> np.ndarray:
     """Render a localization table with ``method`` (see :func:`render_histogram`,
     :func:`render_gaussian`); returns float32 localizations per pixel."""
+    pixel_nm = check_pixel_size(pixel_nm, "render pixel_nm")
     if method == "histogram":
         return render_histogram(table, pixel_nm, fov_nm)
     if method == "gaussian":
