@@ -36,10 +36,14 @@ from stormfold.errors import UserError
 from stormfold.localize.background import BackgroundMatch, training_reference
 from stormfold.localize.domain import DomainCheck, TrainingDomain
 from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.localize.psf_shape import EllipticityCheck
 from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
 from stormfold.physics.camera import Camera
 
 ENGINE = "deepstorm"
+#: What an elongated PSF does to this engine (:mod:`stormfold.localize.psf_shape`).
+ELONGATED = ("the network was trained on round PSFs: its positions lose precision "
+             "and the most elongated spots are reported twice")
 UPSAMPLINGS = (4, 8, 16)
 #: Receptive-field half-width of the faithful network in fine pixels (52 / 2 = 26), rounded
 #: up with one pooling cell (8) for the alignment of the three 2×2 max-pools.
@@ -136,6 +140,7 @@ class DeepStormEngine(Engine):
         self.source = source
         self.estimates = estimates
         self.domain_check = DomainCheck(domain)
+        self.shape_check = EllipticityCheck(ELONGATED)
         self.background = background
 
     # ------------------------------------------------------------------ Engine API
@@ -167,6 +172,7 @@ class DeepStormEngine(Engine):
         maps = self.predict(photons)
         locs = self.extract(maps, first_frame, pixel_size_nm)
         self.domain_check(photons, len(locs), pixel_size_nm)
+        self.shape_check(photons)
         superres = (maps.sum(0) / self.target_scale).cpu().numpy().astype(np.float32)
         return EngineOutput(locs=locs, superres=superres)
 

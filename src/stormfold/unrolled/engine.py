@@ -53,6 +53,7 @@ from stormfold.errors import UserError
 from stormfold.localize.components import components_to_table, find_components
 from stormfold.localize.domain import UNROLLED_MARGINS, DomainCheck, TrainingDomain, emit
 from stormfold.localize.engine import Engine, EngineOutput
+from stormfold.localize.psf_shape import EllipticityCheck
 from stormfold.physics.camera import Camera
 from stormfold.table import INTENSITY_AU, empty_table
 from stormfold.unrolled.model import load_unrolled_model
@@ -68,6 +69,8 @@ INTENSITY_COLUMN = INTENSITY_AU
 LOW_SHARE = 0.25
 #: Localizations needed before the share is judged.
 LOW_CHECK_MIN = 50
+#: What an elongated PSF does to this engine (:mod:`stormfold.localize.psf_shape`).
+ELONGATED = "the solver models a round PSF: its positions lose precision"
 
 
 def extract(x: np.ndarray | torch.Tensor, threshold: float, first_frame: int, fine_pixel_nm: float,
@@ -203,6 +206,7 @@ class UnrolledEngine(Engine):
         self.chunk_frames = int(chunk_frames)
         self.meta = meta or {}
         self.domain_check = DomainCheck(TrainingDomain.from_meta(self.meta), UNROLLED_MARGINS)
+        self.shape_check = EllipticityCheck(ELONGATED)
         self.device = next(iter(solver.parameters())).device
         floor = (self.meta.get("extraction") or {}).get("intensity_p05")
         valid = isinstance(floor, (int, float)) and not isinstance(floor, bool) \
@@ -248,6 +252,7 @@ class UnrolledEngine(Engine):
                        self.method, self.connectivity, self.merge)
         self._check_low(locs[INTENSITY_COLUMN].to_numpy())
         self.domain_check(photons, len(locs), pixel_size_nm)
+        self.shape_check(photons)
         return EngineOutput(locs, x.sum(axis=0))
 
     def _check_low(self, intensity: np.ndarray) -> None:
