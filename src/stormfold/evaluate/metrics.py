@@ -16,6 +16,7 @@ are NaN.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ import pandas as pd
 from stormfold.errors import UserError
 from stormfold.evaluate.matching import (Matching, candidate_pairs, check_method,
                                          check_tolerance, match_arrays, table_arrays)
+from stormfold.evaluate.sanity import input_warnings
 
 COLUMNS = ("tolerance_nm", "n_truth", "n_locs", "tp", "fp", "fn", "jaccard", "precision",
            "recall", "f1", "rmse_x_nm", "rmse_y_nm", "rmse_lateral_nm", "bias_x_nm",
@@ -123,7 +125,8 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
              tolerances_nm: float | Iterable[float] = (50, 100, 250),
              method: str = "hungarian", border_nm: float = 0.0,
              fov_nm: Sequence[float] | None = None,
-             frames: tuple[int, int] | None = None) -> pd.DataFrame:
+             frames: tuple[int, int] | None = None,
+             check_inputs: bool = True) -> pd.DataFrame:
     """Compare a localization table with the ground truth at several tolerances.
 
     Parameters
@@ -145,6 +148,10 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     frames : (int, int), optional
         Score only frames ``[first, stop)`` (0-based) of both tables: the frames that were
         localized (:func:`frames_warning` says when the truth spans more). Default: all.
+    check_inputs : bool
+        Warn (:class:`UserWarning`, one line each) when the tables look mismatched: frame
+        numbers shifted by one, positions in another unit, a truth spanning frames with no
+        localization (:func:`stormfold.evaluate.sanity.input_warnings`).
 
     Returns
     -------
@@ -169,6 +176,9 @@ def evaluate(truth: pd.DataFrame, locs: pd.DataFrame,
     border, fov = _check_fov(border_nm, fov_nm)
     t = table_arrays(truth, "ground truth")
     l = table_arrays(locs, "localizations")
+    if check_inputs:
+        for line in input_warnings(truth, locs, frames_given=frames is not None):
+            warnings.warn(line, UserWarning, stacklevel=2)
     if frames is not None:
         first, stop = check_frames(frames)
         t = tuple(a[(t[0] >= first) & (t[0] < stop)] for a in t)

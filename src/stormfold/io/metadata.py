@@ -234,9 +234,13 @@ def pixel_size_from_documents(documents: Sequence[Mapping],
         return None
     if any(not math.isclose(v, found[0]) for v in found[1:]):
         others = ", ".join(f"{v:g}" for v in found[1:])
+        # Picasso Render reads it from a document with a value "Picasso Localize".
+        render = [d.get("Pixelsize") for d in documents if isinstance(d, Mapping)
+                  and "Picasso Localize" in [str(v) for v in d.values()]]
+        picasso = f"; Picasso Render would use {render[-1]} nm" if render else ""
         warnings.warn(f"{source}: YAML documents give different pixel sizes ({found[0]:g} "
                       f"and {others} nm); using {found[0]:g} nm from the first one "
-                      f"(pass --pixel-size to choose)", UserWarning, stacklevel=3)
+                      f"(pass --pixel-size to choose){picasso}", UserWarning, stacklevel=3)
     return found[0]
 
 
