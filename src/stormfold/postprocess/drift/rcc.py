@@ -17,7 +17,12 @@ empty stretch the drift is interpolated linearly and before the first and after 
 localization it is held, with a warning naming the frames (``stats["empty_frames"]``).
 
 The estimate comes with its :class:`~stormfold.postprocess.drift.reliability.DriftReliability`:
-every bin is also split into two halves whose separate estimates give the precision.
+every bin is also split into two halves whose separate estimates give the noise part of the
+precision, and each interior bin's drift is predicted from the other bins, whose misses give
+its temporal part (what the spline misses between the bins' times). Reported against the true
+error (nm; split-half alone before): random walk 30 nm 4.77 vs 4.61 (0.32), sinusoid 50 nm
+2.71 vs 2.00 (0.43), random walk 100 nm / 20k frames 5.78 vs 6.47 (0.57), 40 bins 3.21 vs
+2.95 (0.52), linear 100 nm 0.32 vs 0.24 (0.32); the README has the table.
 """
 from __future__ import annotations
 
@@ -220,6 +225,11 @@ def _split_halves(frame: np.ndarray, members: list[np.ndarray]) -> list[list[np.
     return halves
 
 
+#: The error of the trajectory is about this fraction of the RMS leave-one-bin-out residual
+#: (the residual spans twice the bin spacing and holds the bin's own error): measured 0.5–0.85
+#: on linear, sinusoidal and random-walk drifts, 10–40 bins (the module docstring).
+LEAVE_ONE_OUT_SCALE = 0.6
+
 #: The split-half estimates correlate each bin with the next few only (their precision
 #: is then slightly pessimistic), keeping their cost linear in the number of bins.
 HALF_PAIR_BAND = 3
@@ -294,6 +304,41 @@ def _trajectory(centres: np.ndarray, bin_drift: np.ndarray, n_frames: int, empty
         w = (np.arange(a, b) - (a - 1)) / (b - (a - 1))
         trajectory[a:b] = before + w[:, None] * (after - before)
     return trajectory
+
+
+def _combined(split_half_nm: Optional[float], temporal_nm: Optional[float]) -> Optional[float]:
+    """The precision (nm) of the trajectory: both errors added in quadrature."""
+    if split_half_nm is None:
+        return None
+    return float(np.hypot(split_half_nm, temporal_nm or 0.0))
+
+
+def _leave_one_out(centres: np.ndarray, bin_drift: np.ndarray,
+                   interpolation: str) -> Optional[float]:
+    """RMS (nm) of each interior bin's drift minus its prediction from the other bins (same
+    interpolation); None with fewer than 3 bins."""
+    residuals = []
+    for k in range(1, len(centres) - 1):
+        rest = np.arange(len(centres)) != k
+        if interpolation == "cubic" and rest.sum() >= 3:
+            guess = CubicSpline(centres[rest], bin_drift[rest], axis=0, bc_type="natural")(
+                centres[k])
+        else:
+            guess = interpolate_linear(centres[rest], bin_drift[rest], centres[k:k + 1])[0]
+        residuals.append(guess - bin_drift[k])
+    if not residuals:
+        return None
+    return float(np.sqrt(np.mean(np.sum(np.square(residuals), axis=1))))
+
+
+def _temporal_error(leave_one_out_nm: Optional[float],
+                    noise_nm: Optional[float]) -> Optional[float]:
+    """The temporal error (nm): the scaled leave-one-bin-out residual, the split-half noise
+    removed in quadrature."""
+    if leave_one_out_nm is None:
+        return None
+    total = LEAVE_ONE_OUT_SCALE * leave_one_out_nm
+    return float(np.sqrt(max(0.0, total ** 2 - (noise_nm or 0.0) ** 2)))
 
 
 def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 20.0,
@@ -385,6 +430,10 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
 
     centres = np.array([frame[m].mean() for m in chosen])
     trajectory = _trajectory(centres, bin_drift, n_frames, empty, interpolation)
+    # The split halves see localization noise only; how well the other bins predict each
+    # bin shows what the spline misses between the bins' times.
+    leave_one_out = _leave_one_out(centres, bin_drift, interpolation)
+    temporal = _temporal_error(leave_one_out, precision)
     # Short stretches (a sparse movie's odd empty frame) are recorded, not worth a warning.
     long_gaps = [(a, b) for a, b in empty if b - a >= 0.5 * np.mean(stops - starts)]
     if long_gaps:
@@ -407,10 +456,13 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
         peak_z_min=float(system.peak_z.min()), peak_z_median=float(np.median(system.peak_z)),
         pairs=int(len(keep)), pairs_rejected=int((~keep).sum()),
         pair_residual_rms_nm=float(np.sqrt(np.mean(system.residual[keep] ** 2))),
-        precision_nm=precision,
+        precision_nm=_combined(precision, temporal), precision_split_half_nm=precision,
+        precision_temporal_nm=temporal,
         drift_rms_nm=float(np.sqrt(np.mean(np.sum(about_mean ** 2, axis=1)))),
         drift_max_nm=float(np.max(np.hypot(trajectory[:, 0], trajectory[:, 1]))),
         field_nm=float(field_nm)), max_drift_fraction)
+    for advice in reliability.advice:
+        warnings.warn(f"drift (RCC): {advice}", UserWarning, stacklevel=2)
     stats = {"method": "rcc", "bins": int(n_bins), "bins_used": nb, "pixel_nm": float(pixel_nm),
              "bin_frames": [[int(a) + 1, int(b)] for a, b in zip(starts, stops)],
              "empty_frames": [[a + 1, b] for a, b in empty],
@@ -418,6 +470,7 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
              "max_residual_nm": max_residual_nm, "interpolation": interpolation,
              "image_shape": list(grid.shape), "pairs": int(len(keep)),
              "pairs_rejected": int((~keep).sum()),
+             "leave_one_out_rms_nm": None if leave_one_out is None else rounded(leave_one_out),
              "pair_residual_rms_nm": rounded(reliability.pair_residual_rms_nm),
              **trajectory_summary(trajectory), "reliability": reliability.to_dict()}
     return DriftResult(drift, points, stats, reliability)
