@@ -2,8 +2,8 @@
 
 :func:`~stormfold.postprocess.drift.rcc.estimate_drift_rcc` measures a
 :class:`DriftReliability` (localizations per bin, correlation-peak prominence, rejected and
-residual pairs, split-half and temporal precision, drift against the field); :func:`assess_rcc` turns the
-figures into a verdict with the criteria below, measured in docs/postprocess.md ("Drift
+residual pairs, split-half and temporal precision, drift against the field);
+:func:`assess_rcc` turns the figures into a verdict with the criteria below, measured in docs/postprocess.md ("Drift
 reliability"). :func:`~stormfold.postprocess.drift.fiducials.estimate_drift_fiducials`
 gives a :class:`FiducialSupport` (:func:`assess_fiducials`): enough frames hold a fiducial
 to follow a drift, or not. :func:`drift_to_apply` gives the trajectory to subtract: the
