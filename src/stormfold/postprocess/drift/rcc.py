@@ -259,7 +259,7 @@ def _time_bins(frame: np.ndarray, n_bins: int,
     localizations, at a mean time far from its frames), and the bins are shared among the
     occupied segments in proportion to their lengths.
     """
-    occupied = np.unique(frame)
+    occupied = np.flatnonzero(np.bincount(frame, minlength=n_frames))
     first, last = int(occupied[0]), int(occupied[-1]) + 1
     if last - first < n_bins:
         raise UserError(f"RCC with {n_bins} time bins needs at least {n_bins} frames, "
