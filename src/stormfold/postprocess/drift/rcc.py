@@ -1,8 +1,10 @@
 """Drift by redundant cross-correlation of time bins (SPEC §8).
 
 Redundant cross-correlation (RCC), without fiducials (Wang et al., Opt. Express
-22:15982, 2014). The movie is cut into ``n_bins`` time bins of equal frame count; the
-localizations of each bin are rendered as a histogram with pixel ``pixel_nm`` (blurred by
+22:15982, 2014). The frames from the first to the last localization are cut into
+``n_bins`` time bins of equal frame count; an empty stretch of half a bin or more (frames
+filtered out, a pause) belongs to no bin, the bins being shared among the occupied segments.
+The localizations of each bin are rendered as a histogram with pixel ``pixel_nm`` (blurred by
 a Gaussian of σ ``blur_nm`` in Fourier space so the correlation peak is smooth) and
 Fourier transformed once. For *every* pair of bins i < j the cross-correlation
 c(τ) = Σ Iᵢ(x) Iⱼ(x + τ) (FFT) peaks at the displacement rᵢⱼ ≈ dⱼ − dᵢ; the peak is
@@ -10,13 +12,21 @@ located to sub-pixel precision with the three-point Gaussian (log-parabola) fit 
 each axis. The over-determined system {dⱼ − dᵢ = rᵢⱼ} is solved by least squares; pairs
 whose residual exceeds ``max_residual_nm`` are dropped (keeping the graph of pairs
 connected) and the system is solved again. The bin drifts, placed at the mean frame of
-each bin, are interpolated to every frame (natural cubic spline, or linear).
+each bin, are interpolated to every frame (natural cubic spline, or linear); across an
+empty stretch the drift is interpolated linearly and before the first and after the last
+localization it is held, with a warning naming the frames (``stats["empty_frames"]``).
 
 The estimate comes with its :class:`~stormfold.postprocess.drift.reliability.DriftReliability`:
-every bin is also split into two halves whose separate estimates give the precision.
+every bin is also split into two halves whose separate estimates give the noise part of the
+precision, and each interior bin's drift is predicted from the other bins, whose misses give
+its temporal part (what the spline misses between the bins' times). Reported against the true
+error (nm; split-half alone before): random walk 30 nm 4.77 vs 4.61 (0.32), sinusoid 50 nm
+2.71 vs 2.00 (0.43), random walk 100 nm / 20k frames 5.78 vs 6.47 (0.57), 40 bins 3.21 vs
+2.95 (0.52), linear 100 nm 0.32 vs 0.24 (0.32); the README has the table.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -215,6 +225,11 @@ def _split_halves(frame: np.ndarray, members: list[np.ndarray]) -> list[list[np.
     return halves
 
 
+#: The error of the trajectory is about this fraction of the RMS leave-one-bin-out residual
+#: (the residual spans twice the bin spacing and holds the bin's own error): measured 0.5–0.85
+#: on linear, sinusoidal and random-walk drifts, 10–40 bins (the module docstring).
+LEAVE_ONE_OUT_SCALE = 0.6
+
 #: The split-half estimates correlate each bin with the next few only (their precision
 #: is then slightly pessimistic), keeping their cost linear in the number of bins.
 HALF_PAIR_BAND = 3
@@ -232,6 +247,98 @@ def _split_half_precision(drift_a: np.ndarray, drift_b: np.ndarray) -> float:
     difference = drift_a - drift_b
     difference -= difference.mean(axis=0)
     return float(np.sqrt(np.mean(np.sum(difference ** 2, axis=1))) / 2)
+
+
+def _time_bins(frame: np.ndarray, n_bins: int,
+               n_frames: int) -> tuple[np.ndarray, np.ndarray, list]:
+    """Time bins over the occupied frames: [start, stop) frames (0-based) of ``n_bins`` bins,
+    and the stretches [start, stop) of the ``n_frames`` frames outside every bin.
+
+    The bins cover the first to the last frame holding a localization; an empty stretch of
+    at least half a bin's length is no bin's part (a bin spanning it would hold few
+    localizations, at a mean time far from its frames), and the bins are shared among the
+    occupied segments in proportion to their lengths.
+    """
+    occupied = np.flatnonzero(np.bincount(frame, minlength=n_frames))
+    first, last = int(occupied[0]), int(occupied[-1]) + 1
+    if last - first < n_bins:
+        raise UserError(f"RCC with {n_bins} time bins needs at least {n_bins} frames, "
+                        f"the localizations span {last - first}")
+    jumps = np.diff(occupied)
+    gaps = np.flatnonzero(jumps - 1 >= 0.5 * (last - first) / n_bins)
+    if len(gaps) > n_bins - 1:
+        gaps = np.sort(gaps[np.argsort(-jumps[gaps], kind="stable")[:n_bins - 1]])
+    seg_start = np.r_[first, occupied[gaps + 1]].astype(np.int64)
+    seg_stop = np.r_[occupied[gaps] + 1, last].astype(np.int64)
+    length = seg_stop - seg_start
+    share = n_bins * length / length.sum()
+    count = np.maximum(1, np.floor(share)).astype(np.int64)
+    while count.sum() < n_bins:
+        count[np.argmax(np.where(count < length, share - count, -np.inf))] += 1
+    while count.sum() > n_bins:
+        count[np.argmax(np.where(count > 1, count - share, -np.inf))] -= 1
+    edges = [np.round(np.linspace(a, b, c + 1)).astype(np.int64)
+             for a, b, c in zip(seg_start, seg_stop, count)]
+    starts = np.concatenate([e[:-1] for e in edges])
+    stops = np.concatenate([e[1:] for e in edges])
+    empty = [(0, first)] + list(zip(seg_stop[:-1].tolist(), seg_start[1:].tolist()))
+    return starts, stops, [(a, b) for a, b in empty + [(last, n_frames)] if b > a]
+
+
+def _trajectory(centres: np.ndarray, bin_drift: np.ndarray, n_frames: int, empty: list,
+                interpolation: str) -> np.ndarray:
+    """The bin drifts interpolated to every frame (nm, (n_frames, 2)): spline (or linear)
+    over the occupied frames; linear across an empty stretch and held outside the first and
+    last localization, as nothing there is measured and an extrapolated spline would invent
+    a drift."""
+    t = np.arange(n_frames, dtype=np.float64)
+    if interpolation == "cubic" and len(centres) >= 3:
+        trajectory = CubicSpline(centres, bin_drift, axis=0, bc_type="natural")(t)
+    else:
+        trajectory = interpolate_linear(centres, bin_drift, t)
+    for a, b in empty:
+        before = trajectory[a - 1] if a > 0 else trajectory[b]
+        after = trajectory[b] if b < n_frames else before
+        if a == 0:
+            before = after
+        w = (np.arange(a, b) - (a - 1)) / (b - (a - 1))
+        trajectory[a:b] = before + w[:, None] * (after - before)
+    return trajectory
+
+
+def _combined(split_half_nm: Optional[float], temporal_nm: Optional[float]) -> Optional[float]:
+    """The precision (nm) of the trajectory: both errors added in quadrature."""
+    if split_half_nm is None:
+        return None
+    return float(np.hypot(split_half_nm, temporal_nm or 0.0))
+
+
+def _leave_one_out(centres: np.ndarray, bin_drift: np.ndarray,
+                   interpolation: str) -> Optional[float]:
+    """RMS (nm) of each interior bin's drift minus its prediction from the other bins (same
+    interpolation); None with fewer than 3 bins."""
+    residuals = []
+    for k in range(1, len(centres) - 1):
+        rest = np.arange(len(centres)) != k
+        if interpolation == "cubic" and rest.sum() >= 3:
+            guess = CubicSpline(centres[rest], bin_drift[rest], axis=0, bc_type="natural")(
+                centres[k])
+        else:
+            guess = interpolate_linear(centres[rest], bin_drift[rest], centres[k:k + 1])[0]
+        residuals.append(guess - bin_drift[k])
+    if not residuals:
+        return None
+    return float(np.sqrt(np.mean(np.sum(np.square(residuals), axis=1))))
+
+
+def _temporal_error(leave_one_out_nm: Optional[float],
+                    noise_nm: Optional[float]) -> Optional[float]:
+    """The temporal error (nm): the scaled leave-one-bin-out residual, the split-half noise
+    removed in quadrature."""
+    if leave_one_out_nm is None:
+        return None
+    total = LEAVE_ONE_OUT_SCALE * leave_one_out_nm
+    return float(np.sqrt(max(0.0, total ** 2 - (noise_nm or 0.0) ** 2)))
 
 
 def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 20.0,
@@ -289,16 +396,13 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
         raise UserError(f"RCC max_drift_fraction must be in (0, 1], got {max_drift_fraction}")
     frame = table["frame"].to_numpy()
     n_frames = frames_spanned(table, n_frames)
-    if n_frames < n_bins:
-        raise UserError(f"RCC with {n_bins} time bins needs at least {n_bins} frames, "
-                        f"the table spans {n_frames}")
     x = table["x_nm"].to_numpy()
     y = table["y_nm"].to_numpy()
     blur_nm = pixel_nm if blur_nm is None else float(blur_nm)
     max_residual_nm = 2.0 * pixel_nm if max_residual_nm is None else float(max_residual_nm)
 
-    edges = np.round(np.linspace(0, n_frames, n_bins + 1)).astype(np.int64)
-    which = np.searchsorted(edges, frame, side="right") - 1
+    starts, stops, empty = _time_bins(frame, int(n_bins), n_frames)
+    which = np.searchsorted(starts, frame, side="right") - 1
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(n_bins + 1))
     members = [order[bounds[k]:bounds[k + 1]] for k in range(n_bins)]
@@ -325,11 +429,19 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
     bin_drift, keep, nb = system.bin_drift, system.keep, len(used)
 
     centres = np.array([frame[m].mean() for m in chosen])
-    t = np.arange(n_frames, dtype=np.float64)
-    if interpolation == "cubic" and nb >= 3:
-        trajectory = CubicSpline(centres, bin_drift, axis=0, bc_type="natural")(t)
-    else:
-        trajectory = interpolate_linear(centres, bin_drift, t)
+    trajectory = _trajectory(centres, bin_drift, n_frames, empty, interpolation)
+    # The split halves see localization noise only; how well the other bins predict each
+    # bin shows what the spline misses between the bins' times.
+    leave_one_out = _leave_one_out(centres, bin_drift, interpolation)
+    temporal = _temporal_error(leave_one_out, precision)
+    # Short stretches (a sparse movie's odd empty frame) are recorded, not worth a warning.
+    long_gaps = [(a, b) for a, b in empty if b - a >= 0.5 * np.mean(stops - starts)]
+    if long_gaps:
+        spans = ", ".join(f"{a + 1}–{b}" if b > a + 1 else f"{b}" for a, b in long_gaps)
+        warnings.warn(f"drift (RCC): no localizations in frames {spans} of {n_frames} "
+                      f"(1-based): the time bins cover the other frames; the drift is "
+                      f"interpolated linearly across an empty stretch and held before the "
+                      f"first and after the last localization", UserWarning, stacklevel=2)
     offset = trajectory[0].copy()
     trajectory -= offset
     bin_drift = bin_drift - offset
@@ -344,15 +456,21 @@ def estimate_drift_rcc(table: pd.DataFrame, n_bins: int = 10, pixel_nm: float = 
         peak_z_min=float(system.peak_z.min()), peak_z_median=float(np.median(system.peak_z)),
         pairs=int(len(keep)), pairs_rejected=int((~keep).sum()),
         pair_residual_rms_nm=float(np.sqrt(np.mean(system.residual[keep] ** 2))),
-        precision_nm=precision,
+        precision_nm=_combined(precision, temporal), precision_split_half_nm=precision,
+        precision_temporal_nm=temporal,
         drift_rms_nm=float(np.sqrt(np.mean(np.sum(about_mean ** 2, axis=1)))),
         drift_max_nm=float(np.max(np.hypot(trajectory[:, 0], trajectory[:, 1]))),
         field_nm=float(field_nm)), max_drift_fraction)
+    for advice in reliability.advice:
+        warnings.warn(f"drift (RCC): {advice}", UserWarning, stacklevel=2)
     stats = {"method": "rcc", "bins": int(n_bins), "bins_used": nb, "pixel_nm": float(pixel_nm),
+             "bin_frames": [[int(a) + 1, int(b)] for a, b in zip(starts, stops)],
+             "empty_frames": [[a + 1, b] for a, b in empty],
              "blur_nm": blur_nm, "max_shift_nm": max_shift_nm,
              "max_residual_nm": max_residual_nm, "interpolation": interpolation,
              "image_shape": list(grid.shape), "pairs": int(len(keep)),
              "pairs_rejected": int((~keep).sum()),
+             "leave_one_out_rms_nm": None if leave_one_out is None else rounded(leave_one_out),
              "pair_residual_rms_nm": rounded(reliability.pair_residual_rms_nm),
              **trajectory_summary(trajectory), "reliability": reliability.to_dict()}
     return DriftResult(drift, points, stats, reliability)

@@ -2,8 +2,8 @@
 
 :func:`~stormfold.postprocess.drift.rcc.estimate_drift_rcc` measures a
 :class:`DriftReliability` (localizations per bin, correlation-peak prominence, rejected and
-residual pairs, split-half precision, drift against the field); :func:`assess_rcc` turns the
-figures into a verdict with the criteria below, measured in docs/postprocess.md ("Drift
+residual pairs, split-half and temporal precision, drift against the field);
+:func:`assess_rcc` turns the figures into a verdict with the criteria below, measured in docs/postprocess.md ("Drift
 reliability"). :func:`~stormfold.postprocess.drift.fiducials.estimate_drift_fiducials`
 gives a :class:`FiducialSupport` (:func:`assess_fiducials`): enough frames hold a fiducial
 to follow a drift, or not. :func:`drift_to_apply` gives the trajectory to subtract: the
@@ -63,10 +63,23 @@ class DriftReliability(_Verdict):
     pair_residual_rms_nm : float
         RMS residual of the kept pairs in the least-squares system.
     precision_nm : float or None
-        Split-half precision of the bin drifts: the data of every bin are split into two
-        halves (interleaved blocks of frames), RCC is run on each, and the RMS difference
-        of the two trajectories (mean removed) / 2 estimates the error of the full
-        estimate. None when a half is too sparse to be estimated.
+        Error (nm) of the trajectory: ``precision_split_half_nm`` and
+        ``precision_temporal_nm`` added in quadrature. None when a half is too sparse.
+    precision_split_half_nm : float or None
+        Localization-noise part (nm): the data of every bin are split into two halves
+        (interleaved blocks of frames), RCC is run on each, and the RMS difference of the
+        two trajectories (mean removed) / 2 estimates the error of the full estimate.
+    precision_temporal_nm : float or None
+        Temporal part (nm): the drift between the bins' times, which the spline through
+        the bins does not see (random walks, fast oscillations). Each interior bin's drift
+        is predicted from the other bins; the RMS of the misses × ``LEAVE_ONE_OUT_SCALE``
+        (0.6, :mod:`~stormfold.postprocess.drift.rcc`), the split-half part removed in
+        quadrature. None with fewer than 3 bins. Measured against the true error (README,
+        "Post-processing"): within 0.7–1.4× where the split-half figure alone was 2.5–15×
+        below.
+    advice : list of str
+        "use more bins" when the temporal part exceeds both twice the split-half part and
+        1 nm (:data:`TEMPORAL_DOMINANCE`, :data:`MIN_TEMPORAL_ADVICE_NM`); also warned.
     drift_rms_nm : float
         RMS of the estimated bin drifts about their mean (what would be corrected).
     drift_max_nm : float
@@ -92,12 +105,18 @@ class DriftReliability(_Verdict):
     drift_rms_nm: float
     drift_max_nm: float
     field_nm: float
+    precision_split_half_nm: Optional[float] = None
+    precision_temporal_nm: Optional[float] = None
     verdict: str = "applied"
     problems: list = field(default_factory=list)
+    advice: list = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: the verdict and its figures."""
         precision = "n/a" if self.precision_nm is None else f"{self.precision_nm:.1f} nm"
+        if self.precision_temporal_nm is not None and self.precision_split_half_nm is not None:
+            precision += (f" (noise {self.precision_split_half_nm:.1f}, temporal "
+                          f"{self.precision_temporal_nm:.1f})")
         figures = (f"RMS {self.drift_rms_nm:.1f} nm, precision {precision}, "
                    f"{self.locs_per_bin_min:.0f} localizations per bin, peak z "
                    f"{self.peak_z_median:.1f}, {self.pairs_rejected}/{self.pairs} pairs rejected")
@@ -105,7 +124,7 @@ class DriftReliability(_Verdict):
             return f"estimate not supported by the data: {'; '.join(self.problems)} ({figures})"
         if self.verdict == "not significant":
             return f"no significant drift, nothing applied ({figures})"
-        return f"corrected ({figures})"
+        return f"corrected ({figures}){''.join('; ' + a for a in self.advice)}"
 
 
 #: Criteria of :func:`assess_rcc` (measured: docs/postprocess.md, "Drift reliability").
@@ -117,13 +136,22 @@ MIN_PEAK_Z = 8.0
 MAX_REJECTED_FRACTION = 1.0 / 3.0
 #: Default: a drift larger than this fraction of the field is taken as a failure.
 MAX_DRIFT_FRACTION = 0.2
-#: A drift whose RMS is below this multiple of its precision is not corrected.
+#: A drift whose RMS is below this multiple of its split-half precision is not corrected
+#: (the temporal error is no noise that could fake a drift: a random walk of 11.7 nm RMS,
+#: estimated to 4.6 nm, is worth correcting although 11.7 < 3 × 4.9).
 SIGNIFICANCE = 3.0
+#: A temporal error above this multiple of the split-half precision (and above
+#: :data:`MIN_TEMPORAL_ADVICE_NM`) earns the advice to use more bins: the bins, not the
+#: localizations, limit the estimate.
+TEMPORAL_DOMINANCE = 2.0
+#: Below this temporal error (nm) more bins gain nothing worth a warning.
+MIN_TEMPORAL_ADVICE_NM = 1.0
 
 
 def assess_rcc(reliability: DriftReliability,
                max_drift_fraction: float = MAX_DRIFT_FRACTION) -> DriftReliability:
-    """Set ``verdict`` and ``problems`` of ``reliability`` from the criteria above."""
+    """Set ``verdict``, ``problems`` and ``advice`` of ``reliability`` from the criteria
+    above."""
     r = reliability
     problems = []
     if r.locs_per_bin_min < MIN_RELIABLE_LOCS_PER_BIN:
@@ -142,10 +170,16 @@ def assess_rcc(reliability: DriftReliability,
     r.problems = problems
     if problems:
         r.verdict = "unsupported"
-    elif r.drift_rms_nm <= SIGNIFICANCE * r.precision_nm:
+    elif r.drift_rms_nm <= SIGNIFICANCE * (r.precision_split_half_nm or r.precision_nm):
         r.verdict = "not significant"
     else:
         r.verdict = "applied"
+    temporal, noise = r.precision_temporal_nm, r.precision_split_half_nm
+    if (r.verdict == "applied" and temporal is not None and noise is not None
+            and temporal > max(TEMPORAL_DOMINANCE * noise, MIN_TEMPORAL_ADVICE_NM)):
+        r.advice = [f"the drift changes faster than the time bins follow (temporal error "
+                    f"{temporal:.1f} nm > {TEMPORAL_DOMINANCE:g} × noise {noise:.1f} nm): "
+                    f"use more bins"]
     return r
 
 
