@@ -441,3 +441,18 @@ def test_calibrate_reports_saturation(tmp_path):
         calibrate(tmp_path / "sat.tif")
     lines = [str(w.message) for w in said if "saturated" in str(w.message)]
     assert len(lines) == 1 and "sit at 4095 ADU, the maximum of a 12-bit camera" in lines[0]
+
+
+def test_nan_policy_median_fills_with_the_frames_median(tmp_path):
+    """Review 17 D9: 0 ADU lies below a camera's baseline (negative photons), a fake hot
+    spot of a SOFI variance; the frame's median is its background."""
+    path, data = _float_movie(tmp_path)
+    with open_movie(path, nan_policy="median") as movie:
+        frames = movie.read(0, N)
+        report = movie.repairs()
+    for t, (r, c) in ((7, (3, 4)), (12, (0, 0)), (12, (0, 1))):
+        finite = data[t][np.isfinite(data[t])]
+        assert frames[t, r, c] == np.float32(np.median(finite))
+    untouched = np.isfinite(data)
+    np.testing.assert_array_equal(frames[untouched], data[untouched])
+    assert report["nan_policy"] == "median" and report["pixels_replaced"] == 3

@@ -357,6 +357,23 @@ def test_cli_sofi_writes_the_cumulant_image(run_cli, sofi_movie, tmp_path):
     assert "lag-1 cumulant of 120 frames" in text
 
 
+def test_cli_sofi_units_follow_the_camera_given(run_cli, tmp_path):
+    """Review 17 D8: a camera given on the command line gave photons² labelled
+    (ADU-equivalent)²; only an assumed (ideal) camera is ADU-equivalent."""
+    import tifffile
+    import yaml
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "m.tif", rng.poisson(120, (20, 16, 16)).astype(np.uint16))
+    for extra, units in ((["--baseline", "100", "--e-per-adu", "0.5"], "photons^2"),
+                         ([], "(ADU-equivalent)^2")):
+        out = tmp_path / f"o{len(extra)}"
+        code, _, err = run_cli("sofi", tmp_path / "m.tif", "--pixel-size", "100", *extra,
+                               "--out", out, "--quiet")
+        assert code == 0, err
+        assert yaml.safe_load((out / "sofi.yaml").read_text())["units"] == units
+
+
 def test_cli_sofi_refuses_bad_input(run_cli, sofi_movie, tmp_path):
     movie, _ = sofi_movie
     code, _, err = run_cli("sofi", movie, "--out", tmp_path / "a", "--order", "3")
@@ -430,6 +447,13 @@ def test_cli_train_sofi_reconstruct_and_resume(run_cli, sofi_movie, tmp_path):
     assert not {"photons", "sx", "sy", "bg"} & set(names)
     assert "Stand-in fields" in yaml.safe_load_all((out / "l.yaml").read_text()).__next__()
 
+    # Review 17 D5: a threshold above every pixel gave "0 localizations" without a word.
+    from stormfold.sofi.run import MAX_THRESHOLD
+
+    with pytest.warns(UserWarning, match="no localization: the reconstruction's largest"):
+        code, _, err = run_cli("sofi", movie, "--out", tmp_path / "high", "--model", model_dir,
+                               "--quiet", "--threshold", str(MAX_THRESHOLD))
+    assert code == 0, err
     code, _, err = run_cli("sofi", movie, "--out", tmp_path / "x", "--model", model_dir,
                            "--lag", "1")
     assert code == 2 and "lag-0" in err

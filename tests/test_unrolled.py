@@ -765,3 +765,62 @@ def test_each_movie_gets_its_own_dim_check_recorded_by_localize(tmp_path):
         assert len(said) == 1, name
         recorded = yaml.safe_load((tmp_path / name / "run.yaml").read_text())["engine_warnings"]
         assert said[0] in recorded and res.run["engine_warnings"] == recorded
+
+
+def test_a_training_that_kills_the_solver_writes_no_model(tmp_path, run_cli):
+    """Review 17 D4: the SGP drove every α_k to 0 (x_K ≡ 0) and the dead model was written
+    with exit 0; now it is refused in one line and the checkpoint is kept."""
+    code, _, err = run_cli("train", "unrolled", "--preset", "zerocost",
+                           "--set", "data.simulation.n_rows=32", "--set",
+                           "data.simulation.n_cols=32", "--iterations", "20",
+                           "--outer-iterations", "6", "--frames", "4", "--seed", "3",
+                           "--out", tmp_path / "u", "--quiet")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "finds almost nothing on its own training frames" in err and "α" in err
+    assert not (tmp_path / "u" / "model.yaml").exists()
+    assert (tmp_path / "u" / "checkpoint").is_dir()
+
+
+@pytest.mark.parametrize("key, value", [("params.alpha_bounds", "[-1,2]"),
+                                        ("params.rho_bounds", "[0,1.5]")])
+def test_parameter_boxes_outside_their_domain_are_refused(tmp_path, run_cli, key, value):
+    code, _, err = run_cli("train", "unrolled", "--preset", "zerocost", "--set",
+                           f"{key}={value}", "--out", tmp_path / "u", "--quiet")
+    assert code == 2 and f"{key.split('.')[1]}" in err and "must lie within" in err
+
+
+def test_background_map_follows_a_gradient_and_leaves_even_frames_alone():
+    """Review 17 D11: one level per frame left an illumination gradient's excess to the
+    solver. The map follows a ramp (linear between and beyond the tile centres); an even
+    frame keeps its single level."""
+    from stormfold.unrolled.solver import estimate_background, estimate_background_map
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(10.0, 60.0, 96)[None, None, :] * np.ones((3, 64, 96))
+    y = torch.tensor(rng.poisson(ramp), dtype=torch.float32)
+    b = estimate_background_map(y)
+    assert b.shape == (3, 64, 96)
+    # The 10 % quantile of a 3 × 3 mean lies 1.28 filtered SDs (√b / 3) below the mean, as
+    # the single level does; the map adds no error of its own along the ramp.
+    error = np.median((b - torch.tensor(ramp, dtype=torch.float32)).numpy(), axis=(0, 1))
+    expected = -1.2816 * np.sqrt(ramp[0, 0]) / 3
+    assert np.abs(error - expected).max() < 0.5
+    even = torch.tensor(rng.poisson(30.0, (3, 64, 96)), dtype=torch.float32)
+    flat = estimate_background_map(even)
+    assert flat.shape == (3, 1, 1)
+    torch.testing.assert_close(flat.view(-1), estimate_background(even))
+
+
+def test_interpolation_weights_match_numpy():
+    from stormfold.unrolled.solver import _interpolation
+
+    w = _interpolation(80, 32).numpy()  # tiles of 32, 32, 16: centres 15.5, 47.5, 71.5
+    centres = np.array([15.5, 47.5, 71.5])
+    values = np.array([3.0, 7.0, 1.0])
+    pixels = np.arange(80.0)
+    inside = np.interp(pixels, centres, values)
+    left = values[0] + (pixels - 15.5) * (values[1] - values[0]) / 32.0
+    right = values[1] + (pixels - 47.5) * (values[2] - values[1]) / 24.0
+    expected = np.where(pixels < 15.5, left, np.where(pixels > 71.5, right, inside))
+    np.testing.assert_allclose(w @ values, expected, atol=1e-12)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)

@@ -136,9 +136,9 @@ def camera_pixel_size(text: str) -> float:
 def add_movie_options(p: argparse.ArgumentParser) -> None:
     """How a movie is read: NaN/Inf pixels and the plane of a stack of more than 3 dimensions."""
     g = p.add_argument_group("movie reading")
-    g.add_argument("--nan-policy", choices=["error", "zero"], default="error",
-                   help="NaN/Inf pixels: an error (default) or replaced by 0 and counted "
-                        "(the count is reported)")
+    g.add_argument("--nan-policy", choices=["error", "zero", "median"], default="error",
+                   help="NaN/Inf pixels: an error (default), or replaced by their frame's "
+                        "median (its background; best for SOFI) or by 0, and counted")
     g.add_argument("--axes", default=None, metavar="AXES",
                    help="dimensions of a TIFF of more than 3, e.g. TZYX (letters T, Z, C, Y, X)")
     g.add_argument("--z", type=nonneg_int, default=None, metavar="I",
@@ -158,8 +158,9 @@ def repairs_line(repairs: dict | None) -> str:
     """The NaN/Inf repair count for stdout ("" when nothing was repaired)."""
     if not repairs:
         return ""
-    return (f"; replaced {repairs['pixels_replaced']} NaN/Inf pixels by 0 in "
-            f"{repairs['frames_repaired']} frames (--nan-policy zero)")
+    how = "their frame's median" if repairs["nan_policy"] == "median" else "0"
+    return (f"; replaced {repairs['pixels_replaced']} NaN/Inf pixels by {how} in "
+            f"{repairs['frames_repaired']} frames (--nan-policy {repairs['nan_policy']})")
 
 
 def command_line() -> list[str]:

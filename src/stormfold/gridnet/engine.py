@@ -29,12 +29,12 @@ from stormfold.localize.background import flatten_structure
 from stormfold.localize.classic.engine import NoiseModel
 from stormfold.localize.domain import GRIDNET_DENSITY_MARGIN, DensityCheck, SigmaBoundCheck
 from stormfold.localize.engine import Engine, EngineOutput
-from stormfold.localize.psf_shape import EllipticityCheck
+from stormfold.localize.spots import SpotCheck
 from stormfold.localize.refine import DEFAULT_SIGMA_RANGE_PX, RefineOptions, refine_localizations
 from stormfold.physics.camera import Camera
 
 ENGINE = "gridnet"
-#: What an elongated PSF does to this engine (:mod:`stormfold.localize.psf_shape`).
+#: What an elongated PSF does to this engine (:mod:`stormfold.localize.spots`).
 ELONGATED = ("the network was trained on round PSFs: it reports elongated spots as "
              "pairs of emitters and its positions lose precision")
 DEFAULT_BATCH_PIXELS = 2 ** 20
@@ -190,7 +190,7 @@ class GridnetEngine(Engine):
         self.domain_check = SigmaBoundCheck(tuple(domain.sigma_px) if domain is not None
                                             else DEFAULT_SIGMA_RANGE_PX)
         self.density_check = _density_check(domain, source)
-        self.shape_check = EllipticityCheck(ELONGATED)
+        self.spot_check = SpotCheck(ELONGATED)
         # Until the runner names the movie's camera: the training camera, else an ideal one.
         self.noise = NoiseModel.from_camera(camera or Camera())
         self.context_frames = model.config.context_frames
@@ -254,7 +254,7 @@ class GridnetEngine(Engine):
         locs = to_table(cand, first_frame, pixel_size_nm)
         if self.density_check is not None:
             self.density_check(np.shape(photons), len(locs), pixel_size_nm)
-        self.shape_check(photons)
+        self.spot_check(photons, pixel_size_nm)
         return EngineOutput(locs=locs, superres=None)
 
     def _refine(self, cand: Candidates, photons, pixel_size_nm: float) -> Candidates:

@@ -48,8 +48,8 @@ def movie_from_array(frames: Any, pixel_size_nm: float | None = None,
         a stormfold-written TIFF does (see :func:`stormfold.localize.runner.resolve_camera`).
     name : str
         What error messages and ``run.yaml`` call the movie.
-    nan_policy : {"error", "zero"}
-        NaN/Inf pixels are an error when read, or replaced by 0 and counted
+    nan_policy : {"error", "zero", "median"}
+        NaN/Inf pixels are an error when read, or replaced (0, the frame's median) and counted
         (:meth:`Movie.repairs`), as for files.
 
     Raises

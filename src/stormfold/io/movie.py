@@ -72,7 +72,7 @@ class Movie:
         Camera and acquisition information found in the file (``format``, ImageJ
         entries, Picasso camera keys, stormfold's own ``info``, the ``axes`` and plane
         ``selection`` used ...).
-    nan_policy : {"error", "zero"}
+    nan_policy : {"error", "zero", "median"}
         What :meth:`read` does with NaN/Inf pixels (see :func:`open_movie`).
     """
 
@@ -161,9 +161,17 @@ class Movie:
             listed = ", ".join(str(start + int(i)) for i in hit[:5])
             more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
             raise UserError(f"{self.path}: {int(per_frame.sum())} NaN/Inf pixels in frame(s) "
-                            f"{listed}{more} (0-based); pass nan_policy='zero' "
-                            f"(--nan-policy zero) to replace them by 0 and count them")
-        frames[bad] = 0
+                            f"{listed}{more} (0-based); pass nan_policy='median' "
+                            f"(--nan-policy median) to replace them by their frame's median "
+                            f"and count them")
+        if self.nan_policy == "median":
+            # The frame's median is its background level: a repaired pixel stands out
+            # neither as dark (0 ADU is below the baseline: negative photons) nor bright.
+            for i in hit:
+                finite = frames[i][~bad[i]]
+                frames[i][bad[i]] = np.median(finite) if finite.size else 0
+        else:
+            frames[bad] = 0
         for i in hit:
             self._repaired[start + int(i)] = int(per_frame[i])
 
@@ -248,7 +256,7 @@ def _reopen(paths: list[Path], options: dict) -> Movie:
 
 
 # --------------------------------------------------------------------------- open_movie
-NAN_POLICIES = ("error", "zero")
+NAN_POLICIES = ("error", "zero", "median")
 
 
 def check_nan_policy(value: str) -> str:
@@ -270,9 +278,10 @@ def open_movie(path: str | Path, pixel_size_nm: float | None = None, *,
         ``.raw`` file (with ``<stem>.yaml`` next to it).
     pixel_size_nm : float, optional
         Camera pixel size in nm (10–2000); overrides whatever the file says.
-    nan_policy : {"error", "zero"}
+    nan_policy : {"error", "zero", "median"}
         NaN/Inf pixels (float movies) are an error naming the frames when they are read
-        (default), or replaced by 0 and counted (:meth:`Movie.repairs`). The check runs on
+        (default), or replaced by 0 or by their frame's median (its background level; 0
+        ADU lies below a camera's baseline) and counted (:meth:`Movie.repairs`). The check runs on
         each batch as it is read, not in an extra pass over the movie.
     axes : str, optional
         TIFF stacks: the image's dimensions in order, e.g. ``"TZYX"`` (letters T, Z, C,

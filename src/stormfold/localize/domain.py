@@ -61,12 +61,15 @@ class TrainingDomain:
         Active emitters per µm² per frame.
     preset : str
         Name of the simulation preset (for the message).
+    sigma_nm : float or None
+        PSF σ, nm.
     """
 
     photons: float
     background: float
     density_per_um2: float
     preset: str = "training"
+    sigma_nm: float | None = None
 
     @classmethod
     def from_simulation(cls, sim) -> "TrainingDomain | None":
@@ -76,7 +79,8 @@ class TrainingDomain:
             domain = cls(photons=float(sim["emitters"]["photons_mean"]),
                          background=float(sim["background"]["photons"] or 0.0),
                          density_per_um2=float(sim["activation"]["density_per_um2"]),
-                         preset=str(sim.get("preset") or "training"))
+                         preset=str(sim.get("preset") or "training"),
+                         sigma_nm=float(sim["emitters"]["sigma_nm"]))
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
         return domain if domain.photons > 0 and domain.density_per_um2 > 0 else None
@@ -163,9 +167,9 @@ def domain_message(stats: MovieStats, domain: TrainingDomain,
                    f"{domain.density_per_um2:g})")
     if not out:
         return None
-    return (f"first frames outside the model's training domain ({domain.preset} "
-            f"simulation): {'; '.join(out)}; the table may be badly wrong (use gridnet or a "
-            f"model trained for this movie)")
+    return (f"first frames outside the model's training domain (its simulation, from the "
+            f"{domain.preset} preset): {'; '.join(out)}; the table may be badly wrong (use "
+            f"gridnet or a model trained for this movie)")
 
 
 class DomainCheck:

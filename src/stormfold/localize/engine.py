@@ -104,8 +104,9 @@ class Engine(abc.ABC):
 
     #: Attributes that may hold a per-movie check (:mod:`stormfold.localize.domain`: an
     #: object with ``reset(warn)`` and ``message``): the training domain or σ bound, the
-    #: localization density, and the PSF's shape (:mod:`stormfold.localize.psf_shape`).
-    movie_checks: tuple[str, ...] = ("domain_check", "density_check", "shape_check")
+    #: localization density, and the spots' shape, width and brightness
+    #: (:mod:`stormfold.localize.spots`).
+    movie_checks: tuple[str, ...] = ("domain_check", "density_check", "spot_check")
 
     def _checks(self) -> list:
         return [c for c in (getattr(self, n, None) for n in self.movie_checks) if c is not None]

@@ -127,7 +127,7 @@ class RunConfig:
     pixel_size_nm: Optional[float] = None
     frames: Optional[list[int]] = None
     #: NaN/Inf pixels: an error, or replaced by 0 and counted (run.yaml ``nan_repairs``).
-    nan_policy: Literal["error", "zero"] = "error"
+    nan_policy: Literal["error", "zero", "median"] = "error"
     #: TIFF stacks of more than 3 dimensions: their axes (e.g. TZYX), the plane to read.
     axes: Optional[str] = None
     z: Optional[int] = None

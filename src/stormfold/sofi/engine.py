@@ -18,5 +18,5 @@ def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: flo
                 options: dict | None = None):
     """Refuse: SOFI models reconstruct whole-movie statistics, not batches of frames."""
     raise UserError(f"{spec} is a SOFI model: it reconstructs the statistics of the whole "
-                    f"movie, not frame batches; run `stormfold sofi MOVIE --model {spec} "
-                    f"--out OUT_DIR` instead of `stormfold localize`")
+                    f"movie, not frame batches (as localize and run do): use `stormfold sofi "
+                    f"MOVIE --model {spec} --out OUT_DIR`")

@@ -157,7 +157,9 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
         t_stats = time.perf_counter() - t0
         n = stats.n_frames
         cumulant = stats.cumulant(lag)
-        known_camera = not cam_source.startswith("default")
+        # Photons when the baseline and the gain were given (file, options, the movie's
+        # own metadata), not assumed from an ideal camera.
+        known_camera = not (cam_source.startswith("default") and choice.assumed)
         units = "photons^2" if known_camera else "(ADU-equivalent)^2"
         record: dict[str, Any] = {
             "input": str(mv.path), "frames": [int(start), int(stop)], "n_frames": int(n),
@@ -182,6 +184,14 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
                 recon = model.reconstruct(cumulant, offset)
                 tau = model.tau if threshold is None else float(threshold)
                 locs = model.localizations(recon, tau)
+                peak = float(np.max(recon)) / model.variance_scale if recon.size else 0.0
+                if len(locs) == 0 and peak > 0:
+                    # τ applies per fine pixel and suits the training structure's density:
+                    # an isolated emitter spreads its cumulant over many fine pixels.
+                    warnings.warn(f"no localization: the reconstruction's largest pixel is "
+                                  f"{peak:.3g} (units of the model's variance scale), below "
+                                  f"the threshold {tau:.3g}; try --threshold {peak / 2:.2g}",
+                                  UserWarning, stacklevel=2)
                 fine_px = model.fine_pixel_nm
                 fine_meta = {**meta, "units": "photons^2 per fine pixel",
                              "upsampling": model.upsampling}

@@ -72,3 +72,19 @@ def check_finite(step: int, record: dict, model: Any = None, unit: str = "step")
         name = _nonfinite_parameter(model)
         if name is not None:
             raise diverged(step, f"weight {name} is not finite", unit)
+
+
+#: A calibrated Jaccard index below this on the training frames: the model finds nothing.
+DEAD_JACCARD = 0.05
+
+
+def check_alive(jaccard: float, detail: str, checkpoint_dir: Any, remedy: str) -> None:
+    """Refuse to write a model whose calibrated Jaccard index on its own training frames is
+    below :data:`DEAD_JACCARD` (review 17: the unrolled SGP can drive every α_k to 0 or ρ to
+    1, the trivial minimiser of loss (14) when the initial τ gives many false detections)."""
+    if jaccard >= DEAD_JACCARD:
+        return
+    raise TrainingDiverged(f"training left a model that finds almost nothing on its own "
+                           f"training frames (calibrated Jaccard {jaccard:.3f}; {detail}): no "
+                           f"model written (the checkpoint in {checkpoint_dir} is kept); "
+                           f"{remedy}")

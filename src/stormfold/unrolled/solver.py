@@ -25,7 +25,9 @@ Design choices (stated here once):
   a scalar/map passed to :meth:`UnrolledAPG.forward`), ``estimate`` (per frame: the
   ``background_quantile`` quantile of the frame after a 3×3 mean filter — the filter cuts
   the shot noise so the low quantile sits close to the mean background instead of
-  1–2 standard deviations below it), or ``learned`` (one scalar, part of θ).
+  1–2 standard deviations below it; the same on 32-px tiles, interpolated, where a frame's
+  tiles differ beyond its shot noise: :func:`estimate_background_map`), or ``learned`` (one
+  scalar, part of θ).
 - **Operator**: any object with ``A``, ``A_adjoint``, ``norm_sq`` and
   ``lambda_max(y, b, fidelity)`` (DeepInverse style), e.g.
   :class:`~stormfold.physics.BlurDownsample` or a variance-domain operator for SOFI. If it is
@@ -147,6 +149,85 @@ def estimate_background(y: torch.Tensor, quantile: float = 0.1, smooth: int = 3)
         p = smooth // 2
         f = F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), smooth, stride=1)
     return torch.quantile(f.reshape(f.shape[0], -1), quantile, dim=1)
+
+
+#: Tiles (camera pixels) on which :func:`estimate_background_map` takes the quantile.
+BACKGROUND_TILE_PX = 32
+#: A frame whose tile levels spread by more than this many standard deviations of the
+#: shot noise of its level (√(b + 1), photons) gets a background map, else one number.
+BACKGROUND_SPREAD_SD = 3.0
+
+
+def estimate_background_map(y: torch.Tensor, quantile: float = 0.1, smooth: int = 3,
+                            tile_px: int = BACKGROUND_TILE_PX) -> torch.Tensor:
+    """Per-frame background (photons per pixel) that follows a gradient across the frame.
+
+    :func:`estimate_background` on each ``tile_px``-square tile, interpolated linearly between
+    tile centres (and extrapolated beyond the outer ones), then the same on the residual
+    (a low quantile of a tile holding a gradient lies below its centre's level), where the tile levels of a frame spread by
+    more than :data:`BACKGROUND_SPREAD_SD` × √(b + 1) photons; elsewhere the frame's single
+    level, as before. One level per frame found false emitters all over the brighter side of
+    an illumination gradient (review 17: 0→20 photons/px across 64 px, 5 localizations per
+    emitter, Jaccard 0.19).
+
+    Returns
+    -------
+    Tensor, shape (B, rows, cols) or (B, 1, 1)
+        (B, 1, 1) when no frame of the batch needs a map.
+    """
+    level = estimate_background(y, quantile, smooth)
+    rows, cols = y.shape[-2], y.shape[-1]
+    tr, tc = -(-rows // tile_px), -(-cols // tile_px)
+    if tr * tc == 1:
+        return level.view(-1, 1, 1)
+    f = y.reshape(-1, 1, rows, cols).to(torch.float32)
+    if smooth > 1:
+        p = smooth // 2
+        f = F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), smooth, stride=1)
+    wr = _interpolation(rows, tile_px).to(f)
+    wc = _interpolation(cols, tile_px).to(f)
+
+    def tile_quantiles(values: torch.Tensor) -> torch.Tensor:
+        padded = torch.full((values.shape[0], tr * tile_px, tc * tile_px), float("nan"),
+                            dtype=values.dtype, device=values.device)
+        padded[:, :rows, :cols] = values
+        tiles = padded.reshape(-1, tr, tile_px, tc, tile_px).permute(0, 1, 3, 2, 4)
+        return torch.nanquantile(tiles.reshape(-1, tr, tc, tile_px * tile_px), quantile,
+                                 dim=-1)
+
+    tile_level = tile_quantiles(f[:, 0])
+    spread = tile_level.flatten(1).amax(1) - tile_level.flatten(1).amin(1)
+    uneven = spread > BACKGROUND_SPREAD_SD * torch.sqrt(level.clamp(min=0) + 1)
+    if not bool(uneven.any()):
+        return level.view(-1, 1, 1)
+    smooth_map = wr @ tile_level @ wc.T
+    # A low quantile of a tile that holds a gradient sits below its centre's level; on the
+    # residual the gradient is gone and the quantile gives the tile's offset.
+    smooth_map = smooth_map + wr @ tile_quantiles(f[:, 0] - smooth_map) @ wc.T
+    flat = level.view(-1, 1, 1).to(smooth_map).expand_as(smooth_map)
+    return torch.where(uneven.view(-1, 1, 1), smooth_map, flat).to(y.dtype)
+
+
+def _interpolation(n: int, tile_px: int) -> torch.Tensor:
+    """(n, n_tiles) weights interpolating tile-centre values linearly onto n pixels, and
+    extrapolating linearly beyond the outer centres (a gradient goes on to the edge)."""
+    n_tiles = -(-n // tile_px)
+    starts = torch.arange(n_tiles, dtype=torch.float64) * tile_px
+    centres = (starts + torch.clamp(starts + tile_px, max=n)) / 2 - 0.5
+    pixels = torch.arange(n, dtype=torch.float64)
+    if n_tiles == 1:
+        return torch.ones(n, 1, dtype=torch.float64)
+    t = (pixels[:, None] - centres[None, :-1]) / (centres[1:] - centres[:-1])[None]
+    low = torch.zeros(n_tiles - 1, dtype=torch.float64)
+    high = torch.ones(n_tiles - 1, dtype=torch.float64)
+    low[0], high[-1] = -float("inf"), float("inf")
+    t = torch.maximum(torch.minimum(t, high), low)
+    w = torch.zeros(n, n_tiles, dtype=torch.float64)
+    w[:, 0] = 1.0
+    for k in range(n_tiles - 1):  # a few tiles: hat functions, summing to 1
+        w[:, k] -= t[:, k]
+        w[:, k + 1] += t[:, k]
+    return w
 
 
 # --------------------------------------------------------------------------- the module
@@ -319,7 +400,7 @@ class UnrolledAPG(nn.Module):
             mode = self.background_mode
         if background is None:
             if mode == "estimate":
-                b = estimate_background(y.detach(), self.background_quantile).view(-1, 1, 1)
+                b = estimate_background_map(y.detach(), self.background_quantile)
             elif mode == "learned":
                 b = self.background
             else:

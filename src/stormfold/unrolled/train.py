@@ -34,6 +34,7 @@ from stormfold.errors import UserError
 from stormfold.training import (CHECKPOINT_DIR, TrainingData, TrainingRun, check_at_most,
                                 check_lr, fine_targets, movie_data, read_config_file,
                                 simulated_data, without)
+from stormfold.training.guards import check_alive
 from stormfold.training import calibrate_threshold as calibrate_by_jaccard
 from stormfold.unrolled.fit import (LOG_CSV, LOG_PNG, RESUME_FIELDS, build_optimizer,
                                     check_fit_memory, default_learn, fit, upper_loss,
@@ -87,7 +88,7 @@ class DataConfig:
     truth: Optional[str] = None
     pixel_size_nm: Optional[float] = None
     camera: Optional[dict] = None
-    nan_policy: Literal["error", "zero"] = "error"
+    nan_policy: Literal["error", "zero", "median"] = "error"
     axes: Optional[str] = None
     z: Optional[int] = None
     channel: Optional[int] = None
@@ -190,6 +191,11 @@ class ParamsConfig:
             box = getattr(self, name)
             if box is not None and not box[0] <= box[1]:
                 raise UserError(f"params.{name}: need lo ≤ hi, got {list(box)}")
+        # A negative step climbs the objective; ρ > 1 is a λ above λ_max (x ≡ 0).
+        for name, (lo, hi), top in (("rho_bounds", self.rho_bounds, 1.0),
+                                    ("alpha_bounds", self.alpha_bounds, float("inf"))):
+            if lo < 0 or hi > top:
+                raise UserError(f"params.{name} {[lo, hi]} must lie within [0, {top:g}]")
         if not self.rho_bounds[0] <= self.rho <= self.rho_bounds[1]:
             raise UserError(f"params.rho={self.rho} is outside rho_bounds {list(self.rho_bounds)}")
         if not self.alpha_bounds[0] <= self.alpha <= self.alpha_bounds[1]:
@@ -462,12 +468,8 @@ def calibrate_threshold(solver: UnrolledAPG, y: torch.Tensor, truth: pd.DataFram
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     kept = decode(cal.threshold)[INTENSITY_COLUMN].to_numpy()
-    rows = []
-    for t, j in cal.curve:
-        row = {"threshold": t, "jaccard": j}
-        if t in factors:
-            row["factor_of_tau"] = factors[t]
-        rows.append(row)
+    rows = [{"threshold": t, "jaccard": j, **({"factor_of_tau": factors[t]} if t in factors
+                                              else {})} for t, j in cal.curve]
     return {"threshold": cal.threshold, "calibrated": True, "jaccard": cal.jaccard,
             "tolerance_nm": extraction.tolerance_nm, "method": extraction.method,
             "intensity_p05": float(np.quantile(kept, 0.05)) if kept.size else None,
@@ -561,6 +563,10 @@ def train_unrolled(config: UnrolledTrainConfig, out_dir: str | Path, resume: boo
     if config.extraction.calibrate:
         cal = calibrate_threshold(solver, y, td.truth, td.pixel_size_nm, config.extraction)
         extra["extraction"].update(cal)
+        check_alive(cal["jaccard"], f"mean α {float(solver.alpha.detach().mean()):.3g}, "
+                    f"ρ {float(solver.rho.detach().mean()):.3g}", run.out_dir / CHECKPOINT_DIR,
+                    "train on more frames (--frames), with --loss reconstruction, or with a "
+                    "smaller optim.step_max")
     # Data simulation, fit and calibration of this call (a resumed run: this part only).
     extra["training"]["wall_seconds"] = round(time.perf_counter() - wall_start, 1)
     save_unrolled_model(run.out_dir, solver, td.pixel_size_nm, extra, (LOG_CSV, LOG_PNG))

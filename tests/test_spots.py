@@ -1,5 +1,5 @@
-"""The elongated-PSF warning (stormfold.localize.psf_shape), on spots from an independent
-pixel-integrated elliptical Gaussian written here."""
+"""The spot checks (stormfold.localize.spots), on spots from an independent pixel-integrated
+elliptical Gaussian written here."""
 import warnings
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from scipy.special import erf
 
-from stormfold.localize.psf_shape import (AXIS_RATIO_ABOVE, MAX_FRAMES, MIN_SPOTS,
-                                          EllipticityCheck, spot_axis_ratios)
+from stormfold.localize.spots import (AXIS_RATIO_ABOVE, MAX_FRAMES, MIN_SPOTS, SpotCheck,
+                                      SpotReference, measure_spots, spot_axis_ratios)
 
 
 def elliptical_frames(q, n_frames=16, density_per_px=0.005, photons=3000.0, bg=20.0,
@@ -48,7 +48,7 @@ def test_one_spot_known_answer():
 
 def test_check_warns_once_on_elongated_spots_and_not_on_round_ones():
     said = []
-    check = EllipticityCheck("it reports pairs")
+    check = SpotCheck("it reports pairs")
     check.reset(warn=said.append)
     check(elliptical_frames(1.3, seed=1))
     check(elliptical_frames(1.3, seed=2))
@@ -61,7 +61,7 @@ def test_check_warns_once_on_elongated_spots_and_not_on_round_ones():
 
 
 def test_check_says_nothing_on_crowded_or_dim_movies():
-    check = EllipticityCheck("x")
+    check = SpotCheck("x")
     check.reset(warn=lambda m: pytest.fail(m))
     crowded = elliptical_frames(1.5, n_frames=16, density_per_px=0.08, seed=4)
     for _ in range(MAX_FRAMES // 16):
@@ -104,8 +104,35 @@ def test_every_learned_engine_has_the_check():
     for model in ("builtin:gridnet-generalist", "builtin:deepstorm-zerocost",
                   "builtin:unrolled-isbi2013"):
         engine = load_engine(model=model)
-        assert isinstance(engine.shape_check, EllipticityCheck)
+        assert isinstance(engine.spot_check, SpotCheck)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             engine.start_movie()
-        assert engine.shape_check.frames == 0
+        assert engine.spot_check.frames == 0
+
+
+def test_width_and_photons_of_isolated_spots():
+    spots = measure_spots(elliptical_frames(1.0, sigma_px=1.5, photons=4000.0, seed=7))
+    assert spots.measured.sum() >= MIN_SPOTS
+    assert np.median(spots.sigma_px[spots.measured]) == pytest.approx(1.5, rel=0.05)
+    assert np.median(spots.photons) == pytest.approx(4000.0, rel=0.08)
+
+
+@pytest.mark.parametrize("sigma_px, photons, said", [
+    (1.2, 3000.0, []), (1.6, 3000.0, ["wider than the model's"]),
+    (0.8, 3000.0, ["narrower than the model's"]), (1.2, 6000.0, ["brighter than the model's"]),
+    (1.2, 1200.0, ["dimmer than the model's"])])
+def test_check_compares_width_and_photons_with_the_training_spots(sigma_px, photons, said):
+    reference = SpotReference(sigma_nm=120.0, sigma_range=(0.8, 1.15), photons=3000.0,
+                              photons_range=(0.5, 1.6), consequence="retrain")
+    check = SpotCheck("x", reference)
+    lines = []
+    check.reset(warn=lines.append)
+    for seed in range(4):
+        check(elliptical_frames(1.0, sigma_px=sigma_px, photons=photons, seed=10 + seed),
+              pixel_size_nm=100.0)
+        if check.done:
+            break
+    assert check.done
+    assert len(lines) == len(said) and all(w in l for w, l in zip(said, lines))
+    assert all(line.endswith("retrain") for line in lines)

@@ -1,9 +1,9 @@
-"""Threshold of the elongated-PSF warning (review 14, D4).
+"""Thresholds of the spot checks (reviews 14 D4 and 17 D1–D3).
 
-The learned engines were trained on round PSFs and report an elongated spot as a pair.
-:class:`stormfold.localize.psf_shape.EllipticityCheck` measures the median axis ratio of
-the bright isolated spots of the first batch and warns above
-:data:`~stormfold.localize.psf_shape.AXIS_RATIO_ABOVE`. This script feeds it batches of 16 frames of
+:class:`stormfold.localize.spots.SpotCheck` measures the bright isolated spots of the first
+batches: their axis ratio (warning above :data:`~stormfold.localize.spots.AXIS_RATIO_ABOVE`,
+every learned engine), and for Deep-STORM and the unrolled solver their width and photons
+against the model's training simulation. This script feeds it batches of 16 frames of
 64 × 64 px, as an engine does, until it has 20 isolated spots (or 128 frames: ``decided``
 is then false and nothing is said), and gives the median axis ratio and the verdict:
 
@@ -17,10 +17,12 @@ is then false and nothing is said), and gives the median axis ratio and the verd
 * the real movies of ../shared/data (first 128 frames).
 
 Then each shipped engine's JI@100 and RMSE on elongated spots (half along x, half along y)
-at 0.5/µm², and whether it warned.
+at 0.5/µm², and whether it warned; and Deep-STORM's and the unrolled model's JI@100 on round
+spots of other widths and brightness (the same generator, 1/µm², background 10), with the
+width and photons the check measured and what it said.
 
-Seeds 9400 + i. Usage: python experiments/psf_shape.py
-Writes experiments/results/psf_shape.{json,md}.
+Seeds 9400 + i, 9500 + i, 9600 + i. Usage: python experiments/spot_checks.py
+Writes experiments/results/spot_checks.{json,md}.
 """
 from __future__ import annotations
 
@@ -40,21 +42,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def measure(photons: np.ndarray) -> dict:
     """Feed the check batches of 16 frames, as an engine does, until it decides."""
-    from stormfold.localize.psf_shape import MAX_FRAMES, MIN_SPOTS, EllipticityCheck
+    from stormfold.localize.spots import MAX_FRAMES, MIN_SPOTS, SpotCheck
 
-    check = EllipticityCheck("gridnet")
+    check = SpotCheck("gridnet")
     said: list[str] = []
     check.reset(warn=said.append)
     for start in range(0, photons.shape[0], 16):
-        check(photons[start:start + 16])
+        check(photons[start:start + 16], 100.0)
         if check.done:
             break
-    median = check.median_ratio
-    return {"frames_seen": check.frames, "spots": sum(r.size for r in check.ratios),
+    median, spots = check.median_ratio, check.spots
+    return {"frames_seen": check.frames, "spots": int(spots.measured.sum()),
             "median_ratio": None if median is None else round(median, 3),
-            "candidates": check.candidates,
-            "decided": check.done and (check.frames < MAX_FRAMES or bool(said)) and
-            sum(r.size for r in check.ratios) >= MIN_SPOTS, "warns": bool(said)}
+            "candidates": int(spots.snr.size), "decided": check.shape_done,
+            "warns": bool(said)}
 
 
 def round_case(label: str, preset: str, seed: int, overrides: list[str]) -> dict:
@@ -67,13 +68,14 @@ def round_case(label: str, preset: str, seed: int, overrides: list[str]) -> dict
 
 
 def elongated_movie(q: float, density: float, astigmatic: bool, seed: int,
-                    frames_n: int = FRAMES):
+                    frames_n: int = FRAMES, sigma: float = 1.1, photons: float = 2000.0,
+                    bg: float = 20.0):
     """Photons per pixel of ``frames_n`` frames of an independent elliptical-Gaussian movie
-    (100 nm pixels), and its truth table."""
+    (100 nm pixels; σ in px, photons ± 15 %, background in photons/px), and its truth."""
     from stormfold.table import make_table
 
     rng = np.random.default_rng(seed)
-    sigma, px_um = 1.1, 0.1
+    px_um = 0.1
     frames = np.empty((frames_n, SIZE, SIZE))
     edges = np.arange(SIZE + 1, dtype=np.float64)
     truth = []
@@ -83,10 +85,10 @@ def elongated_movie(q: float, density: float, astigmatic: bool, seed: int,
         flip = rng.random(n) < 0.5 if astigmatic else np.zeros(n, bool)
         sx = np.where(flip, sigma / np.sqrt(q), sigma * np.sqrt(q))
         sy = np.where(flip, sigma * np.sqrt(q), sigma / np.sqrt(q))
-        counts = rng.normal(2000, 300, n).clip(200)
+        counts = rng.normal(photons, 0.15 * photons, n).clip(0.1 * photons)
         ex = np.diff(0.5 * (1 + erf((edges[None] - x[:, None]) / (np.sqrt(2) * sx[:, None]))))
         ey = np.diff(0.5 * (1 + erf((edges[None] - y[:, None]) / (np.sqrt(2) * sy[:, None]))))
-        mean = 20.0 + np.einsum("n,nr,nc->rc", counts, ey, ex)
+        mean = bg + np.einsum("n,nr,nc->rc", counts, ey, ex)
         frames[t] = rng.poisson(mean) + rng.normal(0, 2.0, mean.shape)
         truth.append((np.full(n, t), x * 100.0, y * 100.0, counts))
     f, x, y, c = (np.concatenate(a) for a in zip(*truth))
@@ -122,6 +124,47 @@ def engine_rows(engines: tuple[str, ...]) -> list[dict]:
                          round(len(locs) / max(len(truth), 1), 3),
                          "warned": any("elongated" in m for m in said)})
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def domain_rows() -> list[dict]:
+    """Deep-STORM and the unrolled model on round spots of other widths and brightness."""
+    from gridnet_accuracy import scores
+
+    from stormfold.localize.camera import Camera
+    from stormfold.localize.registry import load_engine
+
+    cases = [("deepstorm-zerocost", 110.0, p) for p in
+             (500, 700, 1000, 1500, 2250, 3000, 3600, 4000, 5000, 8000)]
+    cases += [("deepstorm-zerocost", s, 2250.0) for s in (70, 80, 90, 130, 140, 150, 180)]
+    cases += [("unrolled-isbi2013", s, 2000.0) for s in
+              (70, 80, 90, 100, 110, 120, 125, 130, 135, 150, 180)]
+    cases += [("unrolled-isbi2013", 110.0, p) for p in (300, 350, 400, 500, 700, 8000)]
+    rows = []
+    for i, (model, sigma_nm, photons) in enumerate(cases):
+        deepstorm = model.startswith("deepstorm")
+        frames, truth = elongated_movie(1.0, 1.0, False, 9600 + i, 16 if deepstorm else 24,
+                                        sigma=sigma_nm / 100.0, photons=photons, bg=10.0)
+        engine = load_engine(model=f"builtin:{model}")
+        engine.set_camera(Camera())
+        said: list[str] = []
+        engine.start_movie(warn=said.append)
+        locs = engine.process_with_context(frames.astype(np.float32), None, None, 0,
+                                           100.0).locs
+        spots = engine.spot_check.spots
+        width = np.median(spots.sigma_px[spots.measured]) * 100 if spots.measured.any() \
+            else float("nan")
+        sc = scores(truth, locs)
+        rows.append({"model": model, "sigma_nm": sigma_nm, "photons": photons,
+                     "ji_100": sc["ji_100"], "localizations_per_emitter":
+                     round(len(locs) / max(len(truth), 1), 3),
+                     "measured_sigma_nm": round(float(width), 1),
+                     "measured_photons": round(float(np.median(spots.photons)), 0)
+                     if spots.photons.size else None,
+                     "spot_warning": "; ".join(m.split(":")[0] for m in engine.spot_check.messages)
+                     or "-",
+                     "domain_warning": bool(engine.domain_check.message)})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -173,20 +216,26 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     rows += real_cases()
     engines = engine_rows(("gridnet", "deepstorm", "unrolled", "classic"))
+    domain = domain_rows()
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "psf_shape.json").write_text(json.dumps({"check": rows, "engines": engines},
-                                                   indent=1))
-    text = ["# Elongated-PSF warning: median spot axis ratio", "",
-            "`python experiments/psf_shape.py` (see its docstring). `spots`: bright isolated",
+    (out / "spot_checks.json").write_text(json.dumps(
+        {"check": rows, "engines": engines, "domain": domain}, indent=1))
+    text = ["# Spot checks: elongation, width, brightness", "",
+            "`python experiments/spot_checks.py` (see its docstring). `spots`: bright isolated",
             "spots measured before the check decided (20 needed) or gave up (128 frames here);",
             "`candidates`: isolated spots with SNR ≥ 10 (half must be measurable).", "",
             *markdown_table(rows), "",
             "## What an elongated PSF costs each engine", "",
             "Half the spots elongated along x, half along y (σ 1.1 px, 2,000 photons, 0.5/µm²,",
             "background 20), 32 frames of 64 × 64 px (Deep-STORM 16); shipped models; JI@100.",
-            "", *markdown_table(engines)]
-    (out / "psf_shape.md").write_text("\n".join(text) + "\n")
+            "", *markdown_table(engines), "",
+            "## Width and brightness: Deep-STORM and the unrolled model", "",
+            "Round spots, 1/µm², background 10, ±15 % photons, 64 × 64 px of 100 nm; 16 frames",
+            "(Deep-STORM) or 24. `spot_warning`: the start of each spot-check line;",
+            "`domain_warning`: the engine's training-domain check.", "",
+            *markdown_table(domain)]
+    (out / "spot_checks.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
 
