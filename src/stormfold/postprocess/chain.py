@@ -42,7 +42,7 @@ from stormfold.postprocess.drift import DriftParams, apply_drift, drift_to_apply
 from stormfold.postprocess.filters import FilterParams, filter_table
 from stormfold.postprocess.frc import FrcParams, frc
 from stormfold.postprocess.link import LinkParams, link
-from stormfold.postprocess.render import RenderParams, render, write_image
+from stormfold.postprocess.render import RenderParams, count_inside, render, write_image
 from stormfold.physics.geometry import FrameGeometry
 
 PARAMS: dict[str, type] = {"drift": DriftParams, "link": LinkParams, "filter": FilterParams,
@@ -148,11 +148,13 @@ def _cluster(table: pd.DataFrame, p: ClusterParams, ctx: Context) -> StepOutput:
 def _render(table: pd.DataFrame, p: RenderParams, ctx: Context) -> StepOutput:
     sigma: Any = "uncertainty" if p.sigma == "uncertainty" else p.sigma_nm
     image = render(table, p.pixel_nm, p.method, sigma, ctx.fov_nm)
+    drawn = count_inside(table, p.pixel_nm, image.shape)
     meta = {"kind": "render", "method": p.method, "pixel_nm": p.pixel_nm,
             "sigma": sigma if p.method == "gaussian" else None,
-            "n_localizations": int(len(table))}
+            "n_localizations": int(len(table)), "n_rendered": drawn}
     s = {"shape": list(image.shape), "pixel_nm": p.pixel_nm, "method": p.method,
-         "n_localizations": int(len(table)), "max_per_pixel": float(image.max())}
+         "n_localizations": int(len(table)), "n_rendered": drawn,
+         "max_per_pixel": float(image.max())}
     summary = f"render: {image.shape[1]} × {image.shape[0]} pixels of {p.pixel_nm:g} nm"
     return StepOutput("render", table, s,
                       [Artefact("image", "image", image, p.pixel_nm, meta)], summary)

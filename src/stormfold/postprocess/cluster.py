@@ -13,6 +13,8 @@ and last frame.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,13 +69,20 @@ def dbscan_labels(table: pd.DataFrame, eps_nm: float, min_samples: int) -> np.nd
     """
     if not np.isfinite(eps_nm) or eps_nm <= 0:
         raise UserError(f"DBSCAN eps must be > 0 nm, got {eps_nm}")
+    if eps_nm < 1.0:
+        # A radius in µm given as nm finds no cluster, silently (review 18).
+        warnings.warn(f"DBSCAN eps {eps_nm:g} nm is below 1 nm: is it in nm (e.g. 50)?",
+                      UserWarning, stacklevel=2)
     if int(min_samples) != min_samples or min_samples < 1:
         raise UserError(f"DBSCAN min_samples must be a positive integer, got {min_samples}")
     if not len(table):
         return np.zeros(0, np.int64)
     points = np.column_stack([table["x_nm"].to_numpy(np.float64),
                               table["y_nm"].to_numpy(np.float64)])
-    model = DBSCAN(eps=float(eps_nm), min_samples=int(min_samples), n_jobs=-1)
+    # The neighbour queries run on every core unless OMP_NUM_THREADS limits them (review 18).
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    n_jobs = int(limit) if limit.isdigit() and int(limit) > 0 else -1
+    model = DBSCAN(eps=float(eps_nm), min_samples=int(min_samples), n_jobs=n_jobs)
     return model.fit_predict(points).astype(np.int64)
 
 

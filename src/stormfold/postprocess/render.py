@@ -83,8 +83,10 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
         width = check_length_nm(fov_nm[0], "render field-of-view width")
         height = check_length_nm(fov_nm[1], "render field-of-view height")
     elif len(table):
-        width = max(float(table["x_nm"].max()), pixel_nm)
-        height = max(float(table["y_nm"].max()), pixel_nm)
+        # Every localization inside, also one exactly at a multiple of the pixel (pixel c
+        # covers [c, c + 1)·pixel_nm).
+        width = (math.floor(max(float(table["x_nm"].max()), 0.0) / pixel_nm) + 1) * pixel_nm
+        height = (math.floor(max(float(table["y_nm"].max()), 0.0) / pixel_nm) + 1) * pixel_nm
     else:
         width = height = pixel_nm
     cols = max(1, math.ceil(width / pixel_nm - 1e-9))
@@ -100,6 +102,10 @@ def grid_shape(table: pd.DataFrame, pixel_nm: float,
     return rows, cols
 
 
+#: Warn when more than this share of the localizations falls outside the rendered field.
+OUTSIDE_WARN = 0.01
+
+
 def _warn_outside(table: pd.DataFrame, pixel_nm: float, shape: tuple[int, int]) -> None:
     """One warning when the table is empty or has no localization inside the rendered field
     (the image is still written: an empty result, e.g. after a filter, is a result)."""
@@ -107,13 +113,25 @@ def _warn_outside(table: pd.DataFrame, pixel_nm: float, shape: tuple[int, int]) 
         warnings.warn(f"the table holds no localization: the {shape[1]} × {shape[0]} image is "
                       f"empty", UserWarning, stacklevel=3)
         return
-    x, y = table["x_nm"].to_numpy(), table["y_nm"].to_numpy()
-    inside = (x >= 0) & (x < shape[1] * pixel_nm) & (y >= 0) & (y < shape[0] * pixel_nm)
-    if not inside.any():
+    inside = int(count_inside(table, pixel_nm, shape))
+    if not inside:
         warnings.warn(f"none of the {len(table)} localizations lies inside the rendered field "
                       f"(0–{shape[1] * pixel_nm:g} × 0–{shape[0] * pixel_nm:g} nm): the image is "
                       f"empty; check the pixel size and the field of view", UserWarning,
                       stacklevel=3)
+    elif len(table) - inside > OUTSIDE_WARN * len(table):
+        # Drift correction moves a few past the camera's field: recorded (n_rendered), and
+        # said when they are more (review 18).
+        warnings.warn(f"{len(table) - inside} of {len(table)} localizations lie outside the "
+                      f"rendered field (0–{shape[1] * pixel_nm:g} × 0–{shape[0] * pixel_nm:g} "
+                      f"nm) and are not drawn", UserWarning, stacklevel=3)
+
+
+def count_inside(table: pd.DataFrame, pixel_nm: float, shape: tuple[int, int]) -> int:
+    """Localizations inside a rendering of ``shape`` (rows, cols) pixels of ``pixel_nm``."""
+    x, y = table["x_nm"].to_numpy(), table["y_nm"].to_numpy()
+    return int(np.count_nonzero((x >= 0) & (x < shape[1] * pixel_nm) & (y >= 0)
+                                & (y < shape[0] * pixel_nm)))
 
 
 def _check_pixel(pixel_nm: float) -> float:

@@ -76,7 +76,7 @@ LOW_CHECK_MIN = 50
 #: 400 / 350 / 300, where false emitters come in: 1.4 localizations per emitter at 400,
 #: 2.2 at 300). The solver is linear in the photons: brighter emitters are no harm.
 SPOT_SIGMA_RANGE = (0.6, 1.12)
-SPOT_PHOTONS_RANGE = (0.9, float("inf"))
+SPOT_PHOTONS_RANGE = (1.0, float("inf"))
 OFF_MODEL = ("the solver's PSF is fixed, and a wider PSF or dimmer emitters give too many "
              "localizations: use gridnet or a model trained for this movie")
 #: What an elongated PSF does to this engine (:mod:`stormfold.localize.spots`).
