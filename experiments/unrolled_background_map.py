@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gridnet_accuracy import demo_movie, markdown_table, scores  # noqa: E402
+from gridnet_accuracy import (demo_movie, markdown_table, run_header, scores,  # noqa: E402
+                              write_record)
 from spot_checks import elongated_movie  # noqa: E402
 
 RAMPS = (0, 20, 40, 60, 100, 200, 300)
@@ -84,15 +85,12 @@ def main() -> None:
         rows.append({"case": name, **{f"scalar_{k}": v for k, v in one.items()},
                      **{f"map_{k}": v for k, v in both.items()}})
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(__file__).resolve().parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "unrolled_background_map.json").write_text(json.dumps(rows, indent=1))
     text = ["# Unrolled solver: one background per frame (scalar) or a map where uneven", "",
             "`python experiments/unrolled_background_map.py` (see its docstring); shipped",
             "`unrolled-isbi2013`; JI@100, RMSE (nm), localizations per true emitter.", "",
             *markdown_table(rows)]
-    (out / "unrolled_background_map.md").write_text("\n".join(text) + "\n")
-    print("\n".join(text))
+    write_record("unrolled_background_map", {**run_header("unrolled_background_map.py", 1),
+                                             "rows": rows}, "\n".join(text) + "\n")
 
 
 if __name__ == "__main__":

@@ -602,3 +602,20 @@ def test_two_pixel_sizes_name_the_one_picasso_render_uses(tmp_path):
                                                    "Pixelsize": 130}]
     with pytest.warns(UserWarning, match="using 160 nm.*Picasso Render would use 130 nm"):
         assert pixel_size_from_documents(documents, "t.yaml") == 160
+
+
+def test_chained_steps_keep_one_picasso_localize_document(tmp_path, run_cli):
+    """Review 19 D3: each post-processing step appended the previous sidecar, whose
+    "Picasso Localize" document (an older pixel size) Picasso Render then read last."""
+    from stormfold.io.picasso import write_picasso_hdf5
+
+    write_picasso_hdf5(tmp_path / "a.hdf5", _table(), 100.0, 64, 64)
+    code, _, err = run_cli("filter", tmp_path / "a.hdf5", "--out", tmp_path / "b.hdf5",
+                           "--expr", "photons > 0", "--pixel-size", "160")
+    assert code == 0, err
+    code, _, err = run_cli("filter", tmp_path / "b.hdf5", "--out", tmp_path / "c.hdf5",
+                           "--expr", "photons > 0")
+    assert code == 0, err
+    documents = list(yaml.safe_load_all((tmp_path / "c.yaml").read_text()))
+    localize = [d for d in documents if "Picasso Localize" in d.values()]
+    assert len(localize) == 1 and localize[0]["Pixelsize"] == 160

@@ -824,3 +824,23 @@ def test_interpolation_weights_match_numpy():
     expected = np.where(pixels < 15.5, left, np.where(pixels > 71.5, right, inside))
     np.testing.assert_allclose(w @ values, expected, atol=1e-12)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(33, 33), (65, 66), (97, 100)])
+def test_background_map_stays_off_on_uniform_frames_of_any_size(shape):
+    """Review 19 D1: a 1–4 px remainder tile read its quantile off a few pixels, switched
+    the map on in uniform frames and extrapolated it to ±1,000 photons."""
+    from stormfold.unrolled.solver import estimate_background_map
+
+    rng = np.random.default_rng(7)
+    rows, cols = shape
+    yy, xx = np.mgrid[:rows, :cols]
+    frames = np.empty((16, rows, cols))
+    for t in range(16):
+        mean = np.full(shape, 10.0)
+        for r, c in rng.uniform(0, 1, (8, 2)) * (rows, cols):
+            mean += 5000.0 / (2 * np.pi * 1.2 ** 2) * np.exp(
+                -((yy - r) ** 2 + (xx - c) ** 2) / (2 * 1.2 ** 2))
+        frames[t] = rng.poisson(mean)
+    b = estimate_background_map(torch.tensor(frames, dtype=torch.float32))
+    assert b.shape == (16, 1, 1) and float(b.min()) >= 0

@@ -109,7 +109,9 @@ def _outside_frames(truth_frames: np.ndarray, locs_frames: np.ndarray) -> str | 
     n = int(outside.sum())
     if n < OUTSIDE_SHARE * truth_frames.size or np.unique(truth_frames[outside]).size < 2:
         return None
+    # The table cannot tell unlocalized frames from frames where nothing was found: both
+    # readings are named, and the choice left to the user (review 19).
     return (f"the truth spans frames {int(truth_frames.min())}:{int(truth_frames.max()) + 1} "
             f"but the localizations only {first}:{last + 1} (0-based): {n} truth rows outside "
-            f"them count as missed; if only those frames were localized, give --frames "
-            f"{first}:{last + 1}")
+            f"them count as missed — right if the engine found nothing there; if those frames "
+            f"were not localized, give --frames {first}:{last + 1}")

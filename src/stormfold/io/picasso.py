@@ -69,6 +69,10 @@ LP_STANDIN_PX = 1.0 / math.sqrt(12.0)
 #: Sidecar keys (first document) naming estimated fields and stand-in fields.
 ESTIMATED_KEY = "Estimated fields"
 STANDIN_KEY = "Stand-in fields"
+#: The value Picasso Render and SPINNA look for in a document to take its Pixelsize, and
+#: what an earlier step's such value becomes in a file stormfold writes.
+LOCALIZE = "Picasso Localize"
+EARLIER_LOCALIZE = "Picasso Localize (an earlier step; the pixel size is the first one's)"
 #: Sidecar key counting the rows Picasso's loader leaves out (:func:`picasso_drops`).
 DROPPED_KEY = "Rows Picasso drops on loading"
 #: Warn when more than this share of the rows would be dropped (or any has a NaN).
@@ -340,12 +344,15 @@ def write_picasso_hdf5(path: str | Path, table: pd.DataFrame, pixel_size_nm: flo
         document[STANDIN_KEY] = {"lpx": what, "lpy": what}
     # Picasso Render and SPINNA take the pixel size only from a document with a value
     # "Picasso Localize" (else 130 nm): one says so, in its own words.
-    documents = [document, {"Pixel size for": "Picasso Localize", "Pixelsize": _plain(px),
+    documents = [document, {"Pixel size for": LOCALIZE, "Pixelsize": _plain(px),
                             "Written by": f"stormfold {__version__}"}]
     if isinstance(info, Mapping):
         document.update({str(k): _plain(v) for k, v in info.items() if k not in document})
     elif info is not None:
-        documents += [{str(k): _plain(v) for k, v in doc.items()} for doc in info]
+        # Render takes the pixel size of the last document naming Picasso Localize, SPINNA
+        # of the first: earlier steps' such documents are renamed, so both read this one.
+        documents += [{str(k): EARLIER_LOCALIZE if v == LOCALIZE else _plain(v)
+                       for k, v in doc.items()} for doc in info]
     text = dump_yaml_all(documents)
     with atomic_path(path) as tmp_h5, atomic_path(sidecar_path(path)) as tmp_yaml:
         with h5py.File(tmp_h5, "w") as fh:

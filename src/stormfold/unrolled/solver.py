@@ -162,10 +162,11 @@ def estimate_background_map(y: torch.Tensor, quantile: float = 0.1, smooth: int 
                             tile_px: int = BACKGROUND_TILE_PX) -> torch.Tensor:
     """Per-frame background (photons per pixel) that follows a gradient across the frame.
 
-    :func:`estimate_background` on each ``tile_px``-square tile, interpolated linearly between
-    tile centres (and extrapolated beyond the outer ones), then the same on the residual
-    (a low quantile of a tile holding a gradient lies below its centre's level), where the tile levels of a frame spread by
-    more than :data:`BACKGROUND_SPREAD_SD` × √(b + 1) photons; elsewhere the frame's single
+    :func:`estimate_background` on tiles of about ``tile_px`` (the frame shared evenly),
+    interpolated linearly between tile centres and extrapolated beyond the outer ones (by at
+    most half the tiles' spread, never below 0), then the same on the residual (a low
+    quantile of a tile holding a gradient lies below its centre's level), where the tile
+    levels of a frame spread by more than :data:`BACKGROUND_SPREAD_SD` × √(b + 1) photons; elsewhere the frame's single
     level, as before. One level per frame found false emitters all over the brighter side of
     an illumination gradient (review 17: 0→20 photons/px across 64 px, 5 localizations per
     emitter, Jaccard 0.19).
@@ -177,33 +178,39 @@ def estimate_background_map(y: torch.Tensor, quantile: float = 0.1, smooth: int 
     """
     level = estimate_background(y, quantile, smooth)
     rows, cols = y.shape[-2], y.shape[-1]
-    tr, tc = -(-rows // tile_px), -(-cols // tile_px)
+    # Tiles of about tile_px, shared evenly: a 1–4 px remainder tile read its quantile off a
+    # few pixels and switched the map on in uniform frames (review 19).
+    tr, tc = max(1, round(rows / tile_px)), max(1, round(cols / tile_px))
+    th, tw = -(-rows // tr), -(-cols // tc)
     if tr * tc == 1:
         return level.view(-1, 1, 1)
     f = y.reshape(-1, 1, rows, cols).to(torch.float32)
     if smooth > 1:
         p = smooth // 2
         f = F.avg_pool2d(F.pad(f, (p, p, p, p), mode="replicate"), smooth, stride=1)
-    wr = _interpolation(rows, tile_px).to(f)
-    wc = _interpolation(cols, tile_px).to(f)
+    wr = _interpolation(rows, th).to(f)
+    wc = _interpolation(cols, tw).to(f)
 
     def tile_quantiles(values: torch.Tensor) -> torch.Tensor:
-        padded = torch.full((values.shape[0], tr * tile_px, tc * tile_px), float("nan"),
+        padded = torch.full((values.shape[0], tr * th, tc * tw), float("nan"),
                             dtype=values.dtype, device=values.device)
         padded[:, :rows, :cols] = values
-        tiles = padded.reshape(-1, tr, tile_px, tc, tile_px).permute(0, 1, 3, 2, 4)
-        return torch.nanquantile(tiles.reshape(-1, tr, tc, tile_px * tile_px), quantile,
-                                 dim=-1)
+        tiles = padded.reshape(-1, tr, th, tc, tw).permute(0, 1, 3, 2, 4)
+        return torch.nanquantile(tiles.reshape(-1, tr, tc, th * tw), quantile, dim=-1)
 
     tile_level = tile_quantiles(f[:, 0])
-    spread = tile_level.flatten(1).amax(1) - tile_level.flatten(1).amin(1)
-    uneven = spread > BACKGROUND_SPREAD_SD * torch.sqrt(level.clamp(min=0) + 1)
+    low, high = tile_level.flatten(1).amin(1), tile_level.flatten(1).amax(1)
+    uneven = high - low > BACKGROUND_SPREAD_SD * torch.sqrt(level.clamp(min=0) + 1)
     if not bool(uneven.any()):
         return level.view(-1, 1, 1)
     smooth_map = wr @ tile_level @ wc.T
     # A low quantile of a tile that holds a gradient sits below its centre's level; on the
     # residual the gradient is gone and the quantile gives the tile's offset.
     smooth_map = smooth_map + wr @ tile_quantiles(f[:, 0] - smooth_map) @ wc.T
+    # Extrapolated to the edges by at most the tiles' spread, never below 0.
+    margin = (high - low).view(-1, 1, 1)
+    smooth_map = torch.maximum(torch.minimum(smooth_map, high.view(-1, 1, 1) + margin),
+                               (low.view(-1, 1, 1) - margin).clamp(min=0))
     flat = level.view(-1, 1, 1).to(smooth_map).expand_as(smooth_map)
     return torch.where(uneven.view(-1, 1, 1), smooth_map, flat).to(y.dtype)
 

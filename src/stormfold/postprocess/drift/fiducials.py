@@ -158,6 +158,14 @@ MIN_FRAGMENT = 10
 #: Only this many of the longest fragments are considered (the chaining is quadratic in
 #: their number; beads give a few, a dense table thousands of short molecule tracks).
 MAX_FRAGMENTS = 5000
+#: A piece continues a chain only after a miss of at most this many frames, and when the
+#: mean of its first :data:`REJOIN_DETECTIONS` positions lies within :data:`REJOIN_SD` times
+#: the two ends' combined scatter (at least :data:`REJOIN_MIN_NM`, at most the linking
+#: radius) of the mean of the chain's last ones.
+REJOIN_MAX_GAP = 50
+REJOIN_DETECTIONS = 20
+REJOIN_SD = 4.0
+REJOIN_MIN_NM = 5.0
 
 
 def _rejoin_fragments(labels: np.ndarray, frame: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -168,9 +176,10 @@ def _rejoin_fragments(labels: np.ndarray, frame: np.ndarray, x: np.ndarray, y: n
     frames: linking splits it, and no piece alone reaches ``min_fraction`` (review 18: 4
     beads gave 3 fiducials). A fragment (≥ ``min_detections`` detections) starting after
     another ended, within ``radius_nm`` (nm) of where that one was last seen, continues it
-    (the nearest such end); over a few missed frames the drift moves far less than the
-    radius, so the positions need no drift correction. Fragments overlapping in time (two
-    beads) are never joined.
+    (the nearest such end) when the miss lasted at most :data:`REJOIN_MAX_GAP` frames and
+    its first positions agree with the chain's last ones within their scatter; over a few
+    missed frames the drift moves far less than that, so the positions need no drift
+    correction. Fragments overlapping in time (two beads) are never joined.
 
     Returns
     -------
@@ -192,22 +201,39 @@ def _rejoin_fragments(labels: np.ndarray, frame: np.ndarray, x: np.ndarray, y: n
     first_row = order[np.searchsorted(ordered, pieces, side="left")]
     last_row = order[np.searchsorted(ordered, pieces, side="right") - 1]
     start = frame[first_row]
-    start_xy = np.column_stack([x[first_row], y[first_row]])
-    # Open chains: the frame and position where each was last seen.
+    # Each piece's position and scatter over its first and its last few detections: a bead
+    # that comes back sits where it was, within its own scatter; another bead or a binding
+    # site 40 nm away does not (review 19: joined, 9 nm drift error).
+    lo = np.searchsorted(ordered, pieces, side="left")
+    hi = np.searchsorted(ordered, pieces, side="right")
+    ends = [(_spot(order[a:a + REJOIN_DETECTIONS], x, y),
+             _spot(order[max(a, b - REJOIN_DETECTIONS):b], x, y)) for a, b in zip(lo, hi)]
+    # Open chains: the frame, position and scatter where each was last seen.
     end = np.full(len(pieces), -1, np.int64)
     end_xy = np.zeros((len(pieces), 2))
+    end_sd = np.zeros(len(pieces))
     head = np.arange(len(pieces))
     rename = np.arange(len(counts))
     chains = 0
     for i in np.argsort(start, kind="stable"):
-        distance = np.hypot(*(end_xy[:chains] - start_xy[i]).T)
-        ok = (end[:chains] < start[i]) & (distance <= radius_nm)
+        (xy, sd), _ = ends[i]
+        distance = np.hypot(*(end_xy[:chains] - xy).T)
+        allowed = np.minimum(radius_nm, np.maximum(REJOIN_SD * np.hypot(end_sd[:chains], sd),
+                                                   REJOIN_MIN_NM))
+        ok = (end[:chains] < start[i]) & (start[i] - end[:chains] <= REJOIN_MAX_GAP) & \
+            (distance <= allowed)
         if ok.any():
             c = int(np.flatnonzero(ok)[np.argmin(distance[ok])])
         else:
             c, chains = chains, chains + 1
             head[c] = i
         end[c] = frame[last_row[i]]
-        end_xy[c] = x[last_row[i]], y[last_row[i]]
+        end_xy[c], end_sd[c] = ends[i][1]
         rename[pieces[i]] = pieces[head[c]]
     return rename[labels], int(len(pieces) - chains)
+
+
+def _spot(rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean position (nm) of ``rows`` and their RMS scatter about it (nm, per axis)."""
+    xy = np.column_stack([x[rows], y[rows]])
+    return xy.mean(axis=0), float(np.sqrt(np.mean(np.var(xy, axis=0))))

@@ -267,7 +267,14 @@ def _time_bins(frame: np.ndarray, n_bins: int,
     jumps = np.diff(occupied)
     gaps = np.flatnonzero(jumps - 1 >= 0.5 * (last - first) / n_bins)
     if len(gaps) > n_bins - 1:
-        gaps = np.sort(gaps[np.argsort(-jumps[gaps], kind="stable")[:n_bins - 1]])
+        # More empty stretches than bins can separate (bursts of activation): keeping the
+        # longest left the rest of the movie one bin (review 19: 18 nm error reported as
+        # 1.4). The bins share the occupied frames evenly instead, across the stretches.
+        groups = np.array_split(occupied, n_bins)
+        starts = np.array([g[0] for g in groups], dtype=np.int64)
+        stops = np.array([g[-1] + 1 for g in groups], dtype=np.int64)
+        empty = [(0, first)] + [(int(a), int(b)) for a, b in zip(stops[:-1], starts[1:])]
+        return starts, stops, [(a, b) for a, b in empty + [(last, n_frames)] if b > a]
     seg_start = np.r_[first, occupied[gaps + 1]].astype(np.int64)
     seg_stop = np.r_[occupied[gaps] + 1, last].astype(np.int64)
     length = seg_stop - seg_start
