@@ -135,7 +135,8 @@ def engine_rows(engines: tuple[str, ...]) -> list[dict]:
                 said = []
                 locs = engine.process_with_context(frames[:scored].astype(np.float32), None,
                                                    None, 0, 100.0).locs
-            sc = scores(truth[truth["frame"] < scored], locs)
+            truth = truth[truth["frame"] < scored]
+            sc = scores(truth, locs)
             rows.append({"engine": name, "σx/σy": q, "ji_100": sc["ji_100"],
                          "rmse_nm": sc["rmse_nm"], "localizations_per_emitter":
                          round(len(locs) / max(len(truth), 1), 3),

@@ -59,9 +59,11 @@ NOISE_PEAKS = 4.0
 #: Warn only once this many spots were measured (over the first batches).
 MIN_SPOTS = 30
 #: Decide only where isolated spots are common: at least this many per frame and 1,000 px²
-#: (1/µm² of σ 1.1 px emitters gives about 1; 3/µm², where most are blends, 0.05; wide
-#: PSFs, σ 1.8 px at 1/µm², about 0.2: undecided).
-MIN_SPOT_RATE = 0.25
+#: (`experiments/spot_checks.md`: 0.5–2/µm² of σ 1.1 px emitters give 0.4–1.3; 6–10/µm²,
+#: where most are blends, 0.06–0.27; wide PSFs, σ 2 px at 2/µm², 0.04: undecided) ...
+MIN_SPOT_RATE = 0.35
+#: ... over at least this many measured frames (the rate of a crowded movie fluctuates).
+MIN_MEASURED_FRAMES = 16
 #: Frames of each batch measured (the first ones).
 FRAMES_PER_BATCH = 4
 #: Spots narrower than this (median σ, px) are too undersampled to judge their shape.
@@ -326,7 +328,8 @@ class SpotCheck:
         # measure, the bright ones that pass are such pairs: nothing can be said then.
         # Not relaxed for wide spots: blends look wide, and would relax it themselves (a
         # round PSF at 8/µm² then read as elongated).
-        common = s.snr.size >= MIN_SPOT_RATE * self.area_px / 1000.0
+        common = s.snr.size >= MIN_SPOT_RATE * self.area_px / 1000.0 and \
+            self.frames >= MIN_MEASURED_FRAMES
         if not self.shape_done and common and n >= MIN_SPOTS \
                 and n >= MIN_MEASURED_SHARE * s.snr.size:
             self.shape_done = True
