@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from stormfold.errors import UserError
-from stormfold.localize.background import (BackgroundMatch, _interpolation_matrix,
+from stormfold.localize.background import (BackgroundMatch, interpolation_matrix,
                                            background_level, background_map,
                                            training_reference)
 
@@ -17,11 +17,11 @@ def test_background_level_of_poisson_frames():
 
 
 def test_interpolation_weights():
-    w = _interpolation_matrix(80, 32)  # tiles 0–31, 32–63, 64–79: centres 15.5, 47.5, 71.5
+    w = interpolation_matrix(80, 32)  # tiles 0–31, 32–63, 64–79: centres 15.5, 47.5, 71.5
     assert w.shape == (80, 3) and np.allclose(w.sum(1), 1.0)
     assert np.allclose(w[:16, 0], 1.0) and np.allclose(w[72:, 2], 1.0)
     assert w[31, 0] == pytest.approx((47.5 - 31) / 32) and w[47, 1] == pytest.approx(1 - 0.5 / 32)
-    assert np.allclose(_interpolation_matrix(20, 32), 1.0)
+    assert np.allclose(interpolation_matrix(20, 32), 1.0)
 
 
 def test_background_map_follows_a_gradient():
@@ -55,7 +55,7 @@ def test_background_map_follows_a_gradient_to_the_edges():
     uniform = rng.poisson(40.0, (2, 64, 96)).astype(np.float32)
     np.testing.assert_allclose(background_map(uniform, follow_gradient=True),
                                background_map(uniform), atol=1.5)
-    w = _interpolation_matrix(80, 32, extrapolate=True)
+    w = interpolation_matrix(80, 32, extrapolate=True)
     values = np.array([3.0, 7.0, 1.0])  # centres 15.5, 47.5, 71.5
     assert w[0] @ values == pytest.approx(3.0 - 15.5 * 4.0 / 32)
     assert w[79] @ values == pytest.approx(1.0 + 7.5 * (1.0 - 7.0) / 24)

@@ -43,7 +43,7 @@ def background_level(frames: np.ndarray) -> np.ndarray:
     return np.maximum(p10 + Z10 * np.sqrt(np.maximum(p10, 0.0) + 1.0), 0.0)
 
 
-def _interpolation_matrix(n: int, tile_px: int, extrapolate: bool = False) -> np.ndarray:
+def interpolation_matrix(n: int, tile_px: int, extrapolate: bool = False) -> np.ndarray:
     """(n, n_tiles) weights interpolating tile-centre values linearly onto n pixels (constant
     beyond the first and last centres, or ``extrapolate``-d linearly there)."""
     n_tiles = -(-n // tile_px)
@@ -100,8 +100,8 @@ def background_map(frames: np.ndarray, tile_px: int = TILE_PX,
     frames = np.asarray(frames, dtype=np.float32)
     n, rows, cols = frames.shape
     tr, tc = -(-rows // tile_px), -(-cols // tile_px)
-    wr = _interpolation_matrix(rows, tile_px, follow_gradient)
-    wc = _interpolation_matrix(cols, tile_px, follow_gradient)
+    wr = interpolation_matrix(rows, tile_px, follow_gradient)
+    wc = interpolation_matrix(cols, tile_px, follow_gradient)
 
     def tile_levels(values: np.ndarray) -> np.ndarray:
         pad = np.full((n, tr * tile_px, tc * tile_px), np.nan, np.float32)

@@ -218,23 +218,9 @@ def estimate_background_map(y: torch.Tensor, quantile: float = 0.1, smooth: int 
 def _interpolation(n: int, tile_px: int) -> torch.Tensor:
     """(n, n_tiles) weights interpolating tile-centre values linearly onto n pixels, and
     extrapolating linearly beyond the outer centres (a gradient goes on to the edge)."""
-    n_tiles = -(-n // tile_px)
-    starts = torch.arange(n_tiles, dtype=torch.float64) * tile_px
-    centres = (starts + torch.clamp(starts + tile_px, max=n)) / 2 - 0.5
-    pixels = torch.arange(n, dtype=torch.float64)
-    if n_tiles == 1:
-        return torch.ones(n, 1, dtype=torch.float64)
-    t = (pixels[:, None] - centres[None, :-1]) / (centres[1:] - centres[:-1])[None]
-    low = torch.zeros(n_tiles - 1, dtype=torch.float64)
-    high = torch.ones(n_tiles - 1, dtype=torch.float64)
-    low[0], high[-1] = -float("inf"), float("inf")
-    t = torch.maximum(torch.minimum(t, high), low)
-    w = torch.zeros(n, n_tiles, dtype=torch.float64)
-    w[:, 0] = 1.0
-    for k in range(n_tiles - 1):  # a few tiles: hat functions, summing to 1
-        w[:, k] -= t[:, k]
-        w[:, k + 1] += t[:, k]
-    return w
+    from stormfold.localize.background import interpolation_matrix
+
+    return torch.from_numpy(interpolation_matrix(n, tile_px, extrapolate=True))
 
 
 # --------------------------------------------------------------------------- the module
