@@ -8,7 +8,7 @@ import tifffile
 from scipy.special import erf
 
 from stormfold.localize.spots import (AXIS_RATIO_ABOVE, MAX_FRAMES, MIN_SPOTS, SpotCheck,
-                                      SpotReference, measure_spots, spot_axis_ratios)
+                                      SpotReference, measure_spots)
 
 
 def elliptical_frames(q, n_frames=16, density_per_px=0.005, photons=3000.0, bg=20.0,
@@ -31,7 +31,8 @@ def elliptical_frames(q, n_frames=16, density_per_px=0.005, photons=3000.0, bg=2
 
 @pytest.mark.parametrize("q", [1.0, 1.3, 1.6])
 def test_axis_ratio_of_isolated_spots(q):
-    ratios, candidates = spot_axis_ratios(elliptical_frames(q, seed=int(q * 10)))
+    spots = measure_spots(elliptical_frames(q, seed=int(q * 10)))
+    ratios, candidates = spots.axis_ratio[spots.measured], spots.photons.size
     assert ratios.size >= MIN_SPOTS and candidates >= ratios.size
     assert np.median(ratios) == pytest.approx(q, abs=0.06)
 
@@ -42,7 +43,8 @@ def test_one_spot_known_answer():
     ex = np.diff(0.5 * (1 + erf((edges - 16.3) / (np.sqrt(2) * 1.8))))
     ey = np.diff(0.5 * (1 + erf((edges - 15.6) / (np.sqrt(2) * 1.2))))
     frame = 10.0 + 5000.0 * np.outer(ey, ex)
-    ratios, _ = spot_axis_ratios(frame)
+    spots = measure_spots(frame)
+    ratios = spots.axis_ratio[spots.measured]
     assert ratios.shape == (1,) and ratios[0] == pytest.approx(1.5, abs=0.03)
 
 

@@ -131,13 +131,6 @@ def measure_spots(frames: np.ndarray) -> Spots:
     return _measure(frames, float(np.clip(np.median(widths), 0.7, 2.5)))
 
 
-def spot_axis_ratios(frames: np.ndarray) -> tuple[np.ndarray, int]:
-    """Axis ratios of the bright isolated spots of ``frames`` (photons), and the number of
-    isolated spots with SNR ≥ :data:`CANDIDATE_SNR`."""
-    spots = measure_spots(frames)
-    return spots.axis_ratio[spots.measured], int(spots.photons.size)
-
-
 def _measure(frames: np.ndarray, weight_px: float) -> Spots:
     """:class:`Spots` of ``frames`` with moments weighted by a round Gaussian of σ
     ``weight_px`` in ``(2·half + 1)``² windows, half = 3·``weight_px`` (3–8 px)."""
