@@ -209,6 +209,14 @@ def test_invalid_arguments():
         match(truth, truth, 50, method="nearest")
     with pytest.raises(UserError, match="x_nm"):
         match(truth.drop(columns="x_nm"), truth, 50)
+    # A frame range is whole frames: a fraction is refused, not truncated.
+    for frames, message in (((0.5, 2), "first frame must be a whole number"),
+                            ((0, 1.5), "end frame must be a whole number"),
+                            ((0, "2"), "end frame must be a whole number"),
+                            ((2, 1), "is empty"), ((0,), "two numbers")):
+        with pytest.raises(UserError, match=message):
+            evaluate(truth, truth, frames=frames)
+    assert evaluate(truth, truth, frames=(np.int64(0), np.int64(1))).jaccard.min() == 1.0
 
 
 # --------------------------------------------------------------------------- border

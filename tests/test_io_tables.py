@@ -168,6 +168,31 @@ def test_picasso_round_trip(tmp_path):
         np.testing.assert_allclose(back[column], table[column], rtol=1e-6)
 
 
+def test_picasso_linked_events_use_picassos_len_and_n(tmp_path):
+    """A linked table's detections and last frame are written as Picasso's own linking
+    writes them, ``n`` and ``len`` = last − first + 1 (its dark-time and qPAINT analyses
+    read ``len``), and read back as the table's columns."""
+    from stormfold.postprocess.link import link
+
+    frames = [0, 1, 2, 5, 9, 10]
+    x = [100.0, 102.0, 101.0, 900.0, 400.0, 401.0]
+    linked = link(make_table(frames, x, [300.0] * 6, photons=[1000.0] * 6),
+                  radius_nm=50.0, max_dark=1).table
+    assert linked["detections"].tolist() == [3, 1, 2]
+    assert linked["last_frame"].tolist() == [2, 5, 10]
+    path = tmp_path / "linked.hdf5"
+    write_picasso_hdf5(path, linked, 100.0, 16, 16)
+    with h5py.File(path) as fh:
+        locs = fh["locs"][()]
+    assert "detections" not in locs.dtype.names and "last_frame" not in locs.dtype.names
+    assert locs["n"].tolist() == [3, 1, 2] and locs["len"].tolist() == [3, 1, 2]
+    assert locs.dtype["len"] == np.int32 and locs.dtype["n"] == np.int32
+    back, _ = read_picasso_hdf5(path)
+    assert back["detections"].tolist() == [3, 1, 2]
+    assert back["last_frame"].tolist() == [2, 5, 10]
+    assert "n" not in back.columns and "len" not in back.columns
+
+
 def test_real_picasso_file(shared_data, tmp_path, picasso_keeps):
     path = shared_data / "picasso-testdata" / "testdata_locs.hdf5"
     with _picasso_warning():  # Camera.Pixelsize 160 (simulation) vs Localize's 130
@@ -539,6 +564,21 @@ def test_cli_convert_refuses_an_image_smaller_than_the_data(tmp_path, run_cli):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"image width of {reach - 1} px" in err and f"give at least {reach}" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    # A size beyond any camera (a mistyped number) is refused too.
+    code, _, err = run_cli("convert", tmp_path / "in.csv", tmp_path / "out.hdf5",
+                           "--pixel-size", "100", "--width", "500", "--height", "2000000")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "image height of 2000000 px" in err and "at most 100000" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_convert_to_csv_says_an_image_size_is_not_used(tmp_path):
+    table = _table()
+    write_thunderstorm_csv(tmp_path / "in.csv", table)
+    with pytest.warns(UserWarning, match="has no image size: the width and height given"):
+        convert_table(tmp_path / "in.csv", tmp_path / "out.csv", width_px=64)
+    pd.testing.assert_frame_equal(read_thunderstorm_csv(tmp_path / "out.csv"),
+                                  read_thunderstorm_csv(tmp_path / "in.csv"))
 
 
 def test_convert_grows_a_recorded_image_size_to_the_data(tmp_path):

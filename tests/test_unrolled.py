@@ -192,9 +192,16 @@ def test_finite_difference_gradient_wrt_learned_background(fidelity):
     with torch.no_grad():
         a = s(y, background=torch.full((6, 6), 4.5, dtype=D))
         c = s(y, background=torch.tensor([4.5, 4.5], dtype=D))
+        # (B, 1, 1): what get_background itself makes of per-frame values.
+        e = s(y, background=torch.full((2, 1, 1), 4.5, dtype=D))
+        g = s(y, background=torch.full((2, 6, 6), 4.5, dtype=D))
     torch.testing.assert_close(a, c)
-    with pytest.raises(UserError, match="does not match"):
-        s(y, background=torch.ones(5, 5, dtype=D))
+    torch.testing.assert_close(a, e)
+    torch.testing.assert_close(a, g)
+    for wrong in (torch.ones(5, 5, dtype=D), torch.ones(3, 1, 1, dtype=D),
+                  torch.ones(2, 6, 5, dtype=D)):
+        with pytest.raises(UserError, match="does not fit frames"):
+            s(y, background=wrong)
 
 
 # --------------------------------------------------------------------------- λ bound

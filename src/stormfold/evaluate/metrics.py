@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from stormfold.errors import UserError
+from stormfold.errors import UserError, whole_number
 from stormfold.evaluate.matching import (Matching, candidate_pairs, check_method,
                                          check_tolerance, match_arrays, table_arrays)
 from stormfold.evaluate.sanity import input_warnings
@@ -207,9 +207,10 @@ def empty_truth_warning(metrics: pd.DataFrame) -> str | None:
 def check_frames(frames: Sequence[int]) -> tuple[int, int]:
     """``(first, stop)`` as ints with 0 ≤ first < stop, else :class:`UserError`."""
     try:
-        first, stop = (int(v) for v in frames)
+        first, stop = frames
     except (TypeError, ValueError):
         raise UserError(f"frames must be two numbers A:B, got {frames!r}") from None
+    first, stop = whole_number(first, "first frame"), whole_number(stop, "end frame")
     if not 0 <= first < stop:
         raise UserError(f"frame range {first}:{stop} is empty (0-based, end exclusive)")
     return first, stop

@@ -11,8 +11,9 @@ Format (SPEC §1): dataset ``/locs`` of records ``frame`` (uint32, 0-based), ``x
 multi-document YAML file; the first document has ``Width``, ``Height``, ``Frames``.
 
 Column mapping: ``photons`` ↔ photons; mean of ``sx``, ``sy`` (px) × px ↔ ``sigma_nm``
-(written as sx = sy = sigma_nm / px); ``bg`` ↔ bg; extra fields pass through under their
-own names. Localization precision, per axis (px × px = nm):
+(written as sx = sy = sigma_nm / px); ``bg`` ↔ bg; a linked table's ``detections`` ↔ ``n``
+and ``last_frame`` ↔ ``len`` = last_frame − frame + 1 (Picasso's linked events,
+:data:`LINKED_FIELDS`); other extra fields pass through under their own names. Localization precision, per axis (px × px = nm):
 
 * written: ``lpx`` = ``uncertainty_x_nm`` / px and ``lpy`` = ``uncertainty_y_nm`` / px where
   the table has these per-axis columns (gridnet), else both = ``uncertainty_nm`` / px;
@@ -77,6 +78,11 @@ EARLIER_LOCALIZE = "Picasso Localize (an earlier step; the pixel size is the fir
 DROPPED_KEY = "Rows Picasso drops on loading"
 #: Warn when more than this share of the rows would be dropped (or any has a NaN).
 PICASSO_DROP_WARN = 0.05
+#: Columns of a linked table (:mod:`stormfold.postprocess.link`) → the fields Picasso's own
+#: linking writes: ``n``, the localizations of the event, and ``len``, its length in frames
+#: (``last_frame`` = ``frame`` + ``len`` − 1), which Picasso's kinetics (dark times, qPAINT)
+#: read.
+LINKED_FIELDS = {"detections": "n", "last_frame": "len"}
 #: Table column → Picasso fields.
 COLUMN_FIELDS = {"photons": ("photons",), "sigma_nm": ("sx", "sy"), "bg": ("bg",),
                  "uncertainty_nm": ("lpx", "lpy")}
@@ -242,6 +248,9 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
     if len(lp) == 2 and np.any(lp[0] != lp[1]):
         columns.update(zip(AXIS_COLUMNS, lp))
     extras, renamed, left = [], [], []
+    linked = {field: column for column, field in LINKED_FIELDS.items()
+              if field in fields and column not in fields and locs[field].ndim == 1
+              and locs[field].dtype.kind in "iu"}
     for name in fields:
         values = locs[name]
         if name in BASE_FIELDS:
@@ -254,6 +263,11 @@ def _locs_to_table(locs: np.ndarray, px: float, source: str,
             values = values.astype(np.float64)
         elif kind in "iu":
             values = values.astype(np.int64)
+        if name in linked:
+            # Picasso's linked events: back to the linked table's own columns.
+            columns[linked[name]] = values + columns["frame"] - 1 if name == "len" else values
+            extras.append(linked[name])
+            continue
         column = name
         if name in _MAPPED_COLUMNS or name in columns:
             # A field named like a column computed from the base fields (x_nm, ...) would
@@ -386,14 +400,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _extra_columns(table: pd.DataFrame, path: Path) -> list[tuple[str, np.dtype]]:
+def _extra_columns(table: pd.DataFrame, path: Path) -> list[tuple[str, str, np.dtype]]:
+    """(column, field, dtype) of the fields written beyond the base ones: a linked table's
+    columns under Picasso's names (:data:`LINKED_FIELDS`), the other numeric columns under
+    their own."""
     extras, skipped = [], []
+    linked = {c: f for c, f in LINKED_FIELDS.items()
+              if c in table.columns and pd.api.types.is_integer_dtype(table[c])}
     for name in table.columns:
         if name in _MAPPED_COLUMNS:
             continue
         column = table[name]
-        if name in BASE_FIELDS or not (pd.api.types.is_numeric_dtype(column)
-                                       or pd.api.types.is_bool_dtype(column)):
+        if name in linked:
+            extras.append((str(name), linked[name], np.dtype(np.int32)))
+            continue
+        if name in BASE_FIELDS or name in linked.values() or not (
+                pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
             skipped.append(str(name))
             continue
         kind = column.dtype.kind
@@ -405,7 +427,7 @@ def _extra_columns(table: pd.DataFrame, path: Path) -> list[tuple[str, np.dtype]
             dtype = np.dtype(np.int32 if small else np.int64)
         else:
             dtype = np.dtype(np.float32)
-        extras.append((str(name), dtype))
+        extras.append((str(name), str(name), dtype))
     if skipped:
         warnings.warn(f"{path}: column(s) {', '.join(skipped)} not written (Picasso fields "
                       f"must be numeric and not clash with its own names)", UserWarning,
@@ -420,7 +442,8 @@ def _table_to_locs(table: pd.DataFrame, px: float, path: Path) -> tuple[np.ndarr
                if name in ("x", "y", "lpx", "lpy")
                or any(name in fields and _has_values(table, column)
                       for column, fields in COLUMN_FIELDS.items())]
-    dtype = np.dtype([("frame", np.uint32)] + [(n, np.float32) for n in present] + extras)
+    dtype = np.dtype([("frame", np.uint32)] + [(n, np.float32) for n in present]
+                     + [(field, kind) for _, field, kind in extras])
     records = np.zeros(len(table), dtype=dtype)
     records["frame"] = table["frame"].to_numpy()
     records["x"] = table["x_nm"].to_numpy() / px - 0.5
@@ -441,8 +464,11 @@ def _table_to_locs(table: pd.DataFrame, px: float, path: Path) -> tuple[np.ndarr
         lp_px[missing] = LP_STANDIN_PX
         standin |= missing
         records[name] = lp_px
-    for name, field_dtype in extras:
-        records[name] = table[name].to_numpy().astype(field_dtype)
+    for column, field, field_dtype in extras:
+        values = table[column].to_numpy()
+        if field == "len":
+            values = values - table["frame"].to_numpy() + 1
+        records[field] = values.astype(field_dtype)
     return records, int(standin.sum())
 
 

@@ -20,6 +20,7 @@ Which columns are estimates rather than measurements travels with the table: fro
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +36,9 @@ from stormfold.io.thunderstorm import read_thunderstorm_csv, write_thunderstorm_
 from stormfold.table import n_frames_of, validate_table
 
 FORMATS = {".csv": "thunderstorm", ".hdf5": "picasso", ".h5": "picasso"}
+#: Largest image width or height (camera pixels) a Picasso output may be given: beyond any
+#: camera chip, so a mistyped size is refused rather than making Render allocate it.
+MAX_IMAGE_PX = 100_000
 
 
 def table_format(path: str | Path) -> str:
@@ -244,6 +248,9 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
                 geometry = {}  # image size in another pixel size does not apply
     px = pixel_size_nm if pixel_size_nm is not None else geometry.get("pixel_size_nm")
     if out_format == "thunderstorm":
+        if width_px is not None or height_px is not None:
+            warnings.warn(f"{dst}: a ThunderSTORM CSV has no image size: the width and height "
+                          "given are not used", UserWarning, stacklevel=2)
         write_thunderstorm_csv(dst, table)
         return table
     if px is None:
@@ -256,6 +263,9 @@ def convert_table(src: str | Path, dst: str | Path, pixel_size_nm: float | None 
     size = []
     for name, given, needed in zip(("width", "height"), (width_px, height_px),
                                    default_image_size(table, px)):
+        if given is not None and given > MAX_IMAGE_PX:
+            raise UserError(f"an image {name} of {given} px is more than any camera has: give "
+                            f"at most {MAX_IMAGE_PX}")
         if given is not None and given < needed:
             raise UserError(f"an image {name} of {given} px leaves localizations of {src} "
                             f"outside the image (they reach {needed} px at {px:g} nm per pixel): give at "

@@ -215,6 +215,14 @@ def estimate_background_map(y: torch.Tensor, quantile: float = 0.1, smooth: int 
     return torch.where(uneven.view(-1, 1, 1), smooth_map, flat).to(y.dtype)
 
 
+def _broadcast(a: torch.Size, b: torch.Size) -> tuple | None:
+    """The shape ``a`` and ``b`` broadcast to, or None when they do not."""
+    try:
+        return tuple(torch.broadcast_shapes(a, b))
+    except RuntimeError:
+        return None
+
+
 def _interpolation(n: int, tile_px: int) -> torch.Tensor:
     """(n, n_tiles) weights interpolating tile-centre values linearly onto n pixels, and
     extrapolating linearly beyond the outer centres (a gradient goes on to the edge)."""
@@ -405,9 +413,10 @@ class UnrolledAPG(nn.Module):
                     raise UserError(f"per-frame background has {b.numel()} values for "
                                     f"{y.shape[0]} frames")
                 b = b.view(-1, 1, 1)
-            elif b.ndim >= 2 and tuple(b.shape[-2:]) != tuple(y.shape[-2:]):
-                raise UserError(f"background map of shape {tuple(b.shape[-2:])} does not match "
-                                f"frames of shape {tuple(y.shape[-2:])}")
+            elif b.ndim >= 2 and _broadcast(b.shape, y.shape) != tuple(y.shape):
+                raise UserError(f"background of shape {tuple(b.shape)} does not fit frames of "
+                                f"shape {tuple(y.shape)}: give a number, one value per frame, "
+                                "a (rows, cols) map or one per frame")
         b = b.to(dtype=y.dtype, device=y.device)
         if self.fidelity == "kl":
             if background is not None and bool(torch.any(b <= 0)):
