@@ -3,6 +3,7 @@
 Each algorithm is checked against an independent computation: simulations with a known
 drift or known emitter identities, brute-force references, analytic FRC predictions.
 """
+import importlib
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from stormfold.postprocess import (apply_drift, check_chain, cluster_summary, co
                                    pair_precision_recall, render_gaussian, render_histogram,
                                    run_chain)
 from stormfold.postprocess.drift import read_drift_csv, residual_rms_nm, write_drift_csv
+from stormfold.postprocess.cluster import dbscan_labels
 from stormfold.postprocess.frc import frc_curve, split_halves
 from stormfold.figures import scale_bar_nm
 from stormfold.simulate import build_config, simulate_to_folder, simulate_truth
@@ -452,6 +454,59 @@ def test_dbscan_agrees_with_sklearn_and_brute_force():
     near_core = (cdist(points, points[core]) <= 50).any(1)
     np.testing.assert_array_equal(labels >= 0, near_core)
     assert len(np.unique(labels[labels >= 0])) >= 8
+
+
+@pytest.mark.parametrize("budget", [3, 200, 4_000_000])
+def test_dbscan_equals_sklearn_on_varied_scenes(monkeypatch, budget):
+    """Labels identical to sklearn's DBSCAN (numbering, shared border points, distances of
+    exactly eps on a lattice), whatever the chunking of the neighbour lists."""
+    from sklearn.cluster import dbscan as sk_dbscan
+
+    cluster_mod = importlib.import_module("stormfold.postprocess.cluster")
+
+    monkeypatch.setattr(cluster_mod, "NEIGHBOUR_BUDGET", budget)
+    rng = np.random.default_rng(budget)
+    g = np.arange(0, 200, 10.0)
+    lattice = np.column_stack([np.repeat(g, g.size), np.tile(g, g.size)])
+    scenes = [(lattice, 10.0, 5), (lattice, 10.0, 6), (lattice[:1], 50.0, 1)]
+    for _ in range(12):
+        centres = rng.uniform(0, rng.choice([500, 5000]), (rng.integers(1, 20), 2))
+        spread = rng.uniform(5, 80)
+        scenes.append((np.vstack([c + rng.normal(0, spread, (rng.integers(1, 50), 2))
+                                  for c in centres] + [rng.uniform(0, 5000, (200, 2))]),
+                       float(rng.choice([20.0, 50.0, 100.0])), int(rng.integers(1, 9))))
+    for points, eps, min_samples in scenes:
+        table = make_table(np.zeros(len(points), int), points[:, 0], points[:, 1])
+        _, expected = sk_dbscan(points, eps=eps, min_samples=min_samples)
+        np.testing.assert_array_equal(dbscan_labels(table, eps, min_samples), expected)
+
+
+def test_dbscan_holds_a_bounded_share_of_the_neighbour_lists(monkeypatch):
+    """Dense sites (every point within eps of 300 others): the neighbour lists are taken
+    in chunks of at most NEIGHBOUR_BUDGET indices (plus one point's), never all at once as
+    sklearn's DBSCAN holds them."""
+    from sklearn.neighbors import KDTree
+
+    cluster_mod = importlib.import_module("stormfold.postprocess.cluster")
+
+    held = []
+    query = KDTree.query_radius
+
+    class Counting(KDTree):
+        def query_radius(self, X, r, **kw):
+            out = query(self, X, r, **kw)
+            if not kw.get("count_only"):
+                held.append(sum(map(len, out)))
+            return out
+
+    monkeypatch.setattr(cluster_mod, "KDTree", Counting)
+    monkeypatch.setattr(cluster_mod, "NEIGHBOUR_BUDGET", 5_000)
+    rng = np.random.default_rng(5)
+    points = np.vstack([c + rng.normal(0, 5, (300, 2)) for c in rng.uniform(0, 9000, (20, 2))])
+    table = make_table(np.zeros(len(points), int), points[:, 0], points[:, 1])
+    labels = dbscan_labels(table, 50.0, 5)
+    assert len(np.unique(labels)) == 20 and labels.min() == 0
+    assert sum(held) >= 20 * 300 * 300 and max(held) <= 5_000 + 300
 
 
 def test_cluster_summary_against_geometry():
