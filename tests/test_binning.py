@@ -26,7 +26,7 @@ def test_bin_frames_sums_blocks_and_drops_the_remainder():
 
 @pytest.mark.parametrize("value", [0, -1, 9, 2.5, "two", True, float("nan"), None])
 def test_bad_bin_is_refused(value):
-    with pytest.raises(UserError, match="bin must be a whole number"):
+    with pytest.raises(UserError, match="bin must be auto or a whole number"):
         check_bin(value)
 
 
@@ -119,6 +119,18 @@ def test_gridnet_with_wide_psf_localizes_better_binned(tmp_path, run_cli):
         if b == 2:
             assert abs(row["bias_x_nm"]) < 10 and abs(row["bias_y_nm"]) < 10
     assert ji[2] > 0.75 and ji[2] > ji[1] + 0.1, ji
+    # Without --set bin the generalist sees the σ at its bound on the first batch and bins
+    # by itself: the same table as bin=2, and run.yaml says why.
+    import yaml
+
+    code, _, err = run_cli("localize", sim / "movie.tif", "--model",
+                           "builtin:gridnet-generalist", "--out", tmp_path / "auto", "--quiet")
+    assert code == 0, err
+    pd.testing.assert_frame_equal(read_table(tmp_path / "auto" / "localizations.csv"),
+                                  read_table(tmp_path / "loc2" / "localizations.csv"))
+    record = yaml.safe_load((tmp_path / "auto" / "run.yaml").read_text())
+    assert record["engine"]["bin"] == 2 and record["engine"]["bin_chosen"] == "auto"
+    assert any("binned 2 × 2" in w for w in record["engine_warnings"])
 
 
 def test_bin_from_the_command_line_is_checked(tmp_path, run_cli):
@@ -209,3 +221,124 @@ def test_errors_under_binning_say_so():
     movie = movie_from_array(np.zeros((1, 30, 30), np.uint16), pixel_size_nm=33.4)
     with pytest.raises(UserError, match="--set bin=3"):
         resolve_geometry(movie, with_binning(_Recorder(), 2))  # trained at 100 nm
+
+
+class _FitsWidth(Engine):
+    """Fits one σ per emitter within 0.7–2.0 px as gridnet does (clipped at the bounds):
+    ``per_frame`` emitters of PSF σ ``sigma_nm`` per frame, counted by its σ-bound check."""
+
+    name = "fits-width"
+
+    def __init__(self, sigma_nm, per_frame=20):
+        from stormfold.localize.domain import SigmaBoundCheck
+
+        self.sigma_nm_true, self.per_frame = sigma_nm, per_frame
+        self.domain_check = SigmaBoundCheck((0.7, 2.0))
+        self.sigma_nm = None  # not given: fitted, so the width can be judged
+        self.seen = []
+
+    def process(self, photons, first_frame, pixel_size_nm):
+        self.seen.append((photons.shape, pixel_size_nm))
+        n = len(photons) * self.per_frame
+        self.domain_check(np.full(n, np.clip(self.sigma_nm_true / pixel_size_nm, 0.7, 2.0)))
+        return EngineOutput(pd.DataFrame({"frame": np.repeat(first_frame, n),
+                                          "x_nm": np.full(n, 10.0), "y_nm": np.full(n, 10.0)}))
+
+
+@pytest.mark.parametrize("sigma_nm, per_frame, expected", [
+    (100.0, 20, 1),   # 1.5 px at 65 nm: in the range
+    (160.0, 20, 2),   # 2.5 px: 1.2 px binned 2 × 2
+    (300.0, 20, 3),   # 4.6 px: still at the bound binned 2 × 2, 1.5 px binned 3 × 3
+    (900.0, 20, 4),   # the largest bin tried
+    (160.0, 2, 1),    # 8 emitters in the first batch: too few to judge
+])
+def test_auto_bin_chooses_the_smallest_bin_that_leaves_the_bound(sigma_nm, per_frame, expected):
+    from stormfold.localize.binning import AutoBinEngine
+
+    inner = _FitsWidth(sigma_nm, per_frame)
+    engine = with_binning(inner, None)  # not given: auto for an engine that fits σ
+    assert isinstance(engine, AutoBinEngine) and with_binning(inner, "auto").inner is inner
+    said = []
+    engine.start_movie(said.append)
+    photons = np.zeros((4, 64, 64), np.float32)
+    out = engine.process(photons, 0, 65.0)
+    assert engine.chosen == expected
+    # The probes went b = 1, 2, ... up to the choice; the kept pass ran at the choice.
+    assert [px for _, px in inner.seen] == [65.0 * b for b in range(1, expected + 1)] \
+        + [65.0 * expected]
+    assert inner.seen[-1][0] == (4, 64 // expected, 64 // expected)
+    # The σ check counts the real pass only, and nothing but the choice was said.
+    assert inner.domain_check.counts[0] == 4 * per_frame
+    assert len(out.locs) == 4 * per_frame
+    if expected > 1:
+        assert f"binned {expected} × {expected}" in said[0]
+        assert engine.movie_warnings()[0] == said[0] and engine.describe()["bin"] == expected
+        # Still too wide at the largest bin: the σ warning of the real pass says so.
+        assert len(said) == (2 if sigma_nm == 900.0 else 1)
+        assert sigma_nm != 900.0 or "--set bin=8" in said[1]
+    else:
+        assert said == [] and engine.movie_warnings() == []
+    # Later batches keep the choice; a new movie chooses again.
+    engine.process(photons, 4, 65.0)
+    assert len(inner.seen) == expected + 2 and inner.seen[-1][1] == 65.0 * expected
+    engine.start_movie(said.append)
+    assert engine.chosen is None and inner.domain_check.bin_factor == 1
+
+
+def test_auto_bin_only_where_the_width_is_fitted():
+    inner = _Recorder()  # no σ-bound check
+    assert with_binning(inner, None) is inner
+    with pytest.raises(UserError, match="bin=auto needs an engine that fits"):
+        with_binning(inner, "auto")
+    given = _FitsWidth(160.0)
+    given.sigma_nm = 160.0  # a σ given is fixed: nothing to judge
+    assert with_binning(given, None) is given
+
+
+def _wide_psf_movie(folder, frames=16):
+    """σ 2.5 px (162 nm at 65 nm pixels), above the generalist's range."""
+    from stormfold.simulate import build_config, simulate_to_folder
+
+    cfg = build_config("thunderstorm", n_frames=frames, seed=4, overrides=[
+        "n_rows=64", "n_cols=64", "pixel_size_nm=65", "emitters.sigma_nm=162",
+        "emitters.sigma_std_nm=0", "activation.density_per_um2=3", "emitters.photons_min=1500",
+        "emitters.photons_max=3000"])
+    simulate_to_folder(cfg, folder, progress=False)
+    return folder / "movie.tif"
+
+
+def test_run_bins_a_wide_psf_by_itself_and_resumes_alike(tmp_path, monkeypatch):
+    """The default engine (the generalist, ``bin`` not given: auto) bins σ 2.5 px 2 × 2 as
+    ``bin=2`` does; the choice is made on the run's first batch, also when a crashed run
+    resumes later in the movie, and run.yaml records it."""
+    import yaml
+
+    import stormfold.localize.runner as runner
+    from stormfold.pipeline import load_run_config, run
+
+    movie = _wide_psf_movie(tmp_path / "sim")
+
+    def config(out, **engine):
+        return load_run_config(overrides={
+            "movie": str(movie), "output": str(tmp_path / out), "chunk_frames": 8,
+            "engine": {"batch_frames": 4, **engine}, "postprocess": {}, "report": False})
+
+    reference = run(config("auto"), quiet=True)
+    fixed = run(config("two", options={"bin": 2}), quiet=True)
+    pd.testing.assert_frame_equal(reference.locs, fixed.locs)
+    record = yaml.safe_load((tmp_path / "auto" / "run.yaml").read_text())
+    assert record["engine"]["bin"] == 2
+    assert any("binned 2 × 2" in w for w in record["warnings"])
+    real, crashed = runner.localize_range, []
+
+    def crashing(movie_, engine, camera, geometry, start, stop, batch):
+        if start == 8 and not crashed:
+            crashed.append(start)
+            raise KeyboardInterrupt("simulated crash in the second chunk")
+        return real(movie_, engine, camera, geometry, start, stop, batch)
+
+    monkeypatch.setattr(runner, "localize_range", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(config("crashed"), quiet=True)
+    resumed = run(config("crashed"), resume=True, quiet=True)
+    pd.testing.assert_frame_equal(resumed.locs, reference.locs)

@@ -95,7 +95,9 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
         Extraction threshold overriding the model's calibrated one (engine-specific meaning).
     options : dict, optional
         Engine-specific options (``--set key=value``). ``bin`` (every localization engine):
-        localize b × b binned frames (:mod:`stormfold.localize.binning`).
+        localize b × b binned frames (:mod:`stormfold.localize.binning`); ``auto``, the
+        default of engines that fit the PSF width (gridnet), bins when the movie's PSF is
+        wider than the model's range.
     """
     from stormfold.localize.binning import check_bin, with_binning
 
@@ -109,7 +111,9 @@ def load_engine(model: str | Path | None = None, engine: str | None = None, devi
         raise UserError(f"options must be a mapping of option name to value, got "
                         f"{type(options).__name__} {options!r:.60}")
     options = dict(options or {})
-    bin_factor = check_bin(options.pop("bin")) if "bin" in options else None
+    bin_factor = options.pop("bin", None)
+    if bin_factor is not None and bin_factor != "auto":
+        bin_factor = check_bin(bin_factor)
     if model is not None:
         meta = read_model_meta(model)
         name = meta["engine"]
