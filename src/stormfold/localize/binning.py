@@ -124,6 +124,12 @@ class BinnedEngine(Engine):
     def set_camera(self, camera: Camera) -> None:
         self.inner.set_camera(camera.binned(self.bin_factor))
 
+    def decide(self, run) -> dict[str, Any]:
+        """The wrapped engine's choice on the movie's first batch (see
+        :meth:`AutoBinEngine.decide`), made on the binned frames; none when it has none."""
+        inner = getattr(self.inner, "decide", None)
+        return {} if inner is None else inner(lambda _: run(self))
+
     def training_camera(self) -> Camera | None:
         return self.inner.training_camera()  # converts the movie's own pixels, before binning
 
@@ -223,10 +229,10 @@ class AutoBinEngine(Engine):
             engine.set_camera(self._camera)
         return engine
 
-    def decide(self, run) -> int:
+    def decide(self, run) -> dict[str, Any]:
         """Choose the bin: ``run(engine)`` localizes the movie's first batch with a candidate
         engine (its result is not kept). The per-movie checks are then reset, so the real
-        pass starts from zero. Returns the bin chosen."""
+        pass starts from zero. Returns the option that pins the choice."""
         check = self.inner.domain_check
         b, seen = 1, None
         while True:
@@ -247,7 +253,7 @@ class AutoBinEngine(Engine):
                             f"at its upper bound {check.hi:g} px, so the pixels are binned "
                             f"{b} × {b} (--set bin=1 keeps them)")
             emit(self.message, self._warn)
-        return b
+        return {"bin": b}
 
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
         if self.chosen is None:

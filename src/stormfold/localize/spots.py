@@ -131,6 +131,23 @@ def measure_spots(frames: np.ndarray) -> Spots:
     return _measure(frames, float(np.clip(np.median(widths), 0.7, 2.5)))
 
 
+def psf_sigma_px(frames: np.ndarray) -> tuple[float | None, int]:
+    """The movie's PSF σ (px) from the isolated spots of ``frames`` (photons): the median
+    width of the measured spots, and their number; None where :class:`SpotCheck` would not
+    decide either (fewer than :data:`MIN_MEASURED_FRAMES` frames or :data:`MIN_SPOTS`
+    measured spots, isolated spots rarer than :data:`MIN_SPOT_RATE`, or fewer than
+    :data:`MIN_MEASURED_SHARE` of the candidates measurable: blends)."""
+    frames = np.asarray(frames)
+    frames = frames[None] if frames.ndim == 2 else frames
+    s = measure_spots(frames)
+    n = int(s.measured.sum())
+    common = s.snr.size >= MIN_SPOT_RATE * frames.size / 1000.0 and \
+        frames.shape[0] >= MIN_MEASURED_FRAMES
+    if not common or n < MIN_SPOTS or n < MIN_MEASURED_SHARE * s.snr.size:
+        return None, n
+    return float(np.median(s.sigma_px[s.measured])), n
+
+
 def _measure(frames: np.ndarray, weight_px: float) -> Spots:
     """:class:`Spots` of ``frames`` with moments weighted by a round Gaussian of σ
     ``weight_px`` in ``(2·half + 1)``² windows, half = 3·``weight_px`` (3–8 px)."""

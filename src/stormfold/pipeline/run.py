@@ -315,7 +315,7 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
                desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
     # The engine's per-movie checks warn through the run: also run.log, run.yaml, report.
     p.engine.start_movie(p.warn)
-    _choose_bin(p)
+    _decide_on_first_batch(p)
     t0 = time.perf_counter()
     for result in _chunk_results(p, bounds[state.chunks_done:]):
         writer.append(result.locs)
@@ -340,21 +340,22 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
     return Streamed(raw, superres, widefield, seconds)
 
 
-def _choose_bin(p: RunPlan) -> None:
-    """An engine that bins when the PSF is too wide (``bin: auto``) decides on the run's
-    first batch, also when the run resumes later in the movie, and the Dask workers are
-    given its choice: every chunk is localized alike."""
+def _decide_on_first_batch(p: RunPlan) -> None:
+    """An engine that adapts to the movie (``decide``: gridnet's ``bin: auto``, the unrolled
+    solver's ``sigma_nm: auto``) decides on the run's first batch, also when the run resumes
+    later in the movie, and the Dask workers are given its choice: every chunk is localized
+    alike."""
     from dataclasses import replace
 
     from stormfold.localize import runner
-    from stormfold.localize.binning import AutoBinEngine
 
-    if not isinstance(p.engine, AutoBinEngine):
+    decide = getattr(p.engine, "decide", None)
+    if decide is None:
         return
     first = (p.start, min(p.start + p.spec.batch_frames, p.stop))
-    chosen = p.engine.decide(lambda engine: runner.localize_range(
+    pinned = decide(lambda engine: runner.localize_range(
         p.movie, engine, p.camera, p.geometry, *first, p.spec.batch_frames))
-    p.spec = replace(p.spec, options={**(p.spec.options or {}), "bin": chosen})
+    p.spec = replace(p.spec, options={**(p.spec.options or {}), **pinned})
 
 
 def _chunk_results(p: RunPlan, todo: list[tuple[int, int]]):
