@@ -181,7 +181,8 @@ def _gridnet_movie(sigma_px):
 
 @pytest.mark.parametrize("sigma_px,warns", [(1.1, False), (2.5, True)])
 def test_gridnet_warns_when_fitted_sigmas_sit_at_a_bound(sigma_px, warns):
-    engine = load_engine(model="builtin:gridnet-generalist")
+    # bin=1: the pixels as they are (by default the generalist bins such a movie itself).
+    engine = load_engine(model="builtin:gridnet-generalist", options={"bin": 1})
     photons, px = _gridnet_movie(sigma_px)
     said = _domain_warnings(engine, photons, px)
     # Measured: 0 of 154 refined emitters at a bound at 1.1 px, 61 of 109 (56 %) at 2.5 px.
@@ -190,6 +191,15 @@ def test_gridnet_warns_when_fitted_sigmas_sit_at_a_bound(sigma_px, warns):
         assert "above the range 0.7–2 px" in said[0]
     else:
         assert engine.domain_check.counts[0] >= 50
+    # By default the wide PSF is binned 2 × 2 instead, and that is what is said.
+    default = load_engine(model="builtin:gridnet-generalist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        default.process_with_context(photons, None, None, 0, px)
+    said = [str(w.message) for w in caught if "sigma" in str(w.message)]
+    assert len(said) == (1 if warns else 0), said
+    if warns:
+        assert "binned 2 × 2" in said[0] and default.chosen == 2
 
 
 def test_gridnet_skips_the_sigma_check_when_sigma_is_given():
