@@ -234,6 +234,35 @@ def test_localize_bad_camera_value_is_a_notification(viewer, qtbot, demo):
     assert "'lots' is not a number" in _errors()[-1]
 
 
+def _warnings():
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [n.message for n in notification_manager.records
+            if n.severity == NotificationSeverity.WARNING]
+
+
+def test_localize_refuses_a_colour_layer_and_shows_what_the_cli_warns(viewer, qtbot, demo):
+    """Review 21: an RGB layer was read as frames of 3 columns; the camera and engine
+    warnings of ``stormfold localize`` never reached the widget."""
+    layer = viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True, name="colour")
+    widget = _localize_widget(viewer, qtbot, layer, "classic")
+    n_layers = len(viewer.layers)
+    widget._on_run()
+    _wait(qtbot, widget)
+    assert len(viewer.layers) == n_layers
+    assert any("colour (RGB) image" in e and "\n" not in e for e in _errors())
+    # Blank camera fields on a movie without a camera: the ideal camera is used, and said.
+    sim, _ = demo
+    import tifffile
+
+    plain = viewer.add_image(tifffile.imread(sim / "movie.tif"), name="no camera")
+    widget = _localize_widget(viewer, qtbot, plain, "classic")
+    widget.pixel_size_nm.value = 100.0
+    widget._on_run()
+    _wait(qtbot, widget)
+    assert any("camera baseline_adu and e_per_adu not given" in w for w in _warnings())
+
+
 def test_localize_cancel_adds_no_layer(viewer, qtbot, demo):
     sim, _ = demo
     movie = viewer.open(sim / "movie.tif", plugin="napari")[0]
@@ -437,6 +466,7 @@ def test_engine_choices_follow_the_package():
     choices = engine_choices()
     assert {f"builtin:{n}" for n in list_builtin()} <= set(choices)
     assert "builtin:deepstorm-zerocost" in choices and "classic" in choices
+    assert choices[0] == "builtin:gridnet-generalist"  # the default of stormfold run
     assert choices[-1] == MODEL_FOLDER and "sofi" not in choices  # sofi needs a model file
     # an engine registered later appears by itself
     register_engine("toy-model-free", builder="stormfold.localize.classic.engine:build_engine")

@@ -158,6 +158,14 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
         if tuple(tensors[name].shape) != tuple(value.shape):
             raise UserError(f"{source}: weight {name} has shape {tuple(tensors[name].shape)}, "
                             f"the architecture needs {tuple(value.shape)}")
+        # load_state_dict would cast an int32 tensor silently (review 21: 0 localizations).
+        if tensors[name].dtype != value.dtype and value.dtype.is_floating_point and \
+                not tensors[name].dtype.is_floating_point:
+            raise UserError(f"{source}: weight {name} holds {tensors[name].dtype} values, the "
+                            f"architecture needs {value.dtype} (a damaged or converted file)")
+        if value.dtype.is_floating_point and tensors[name].dtype.is_floating_point and \
+                not bool(torch.isfinite(tensors[name]).all()):
+            raise UserError(f"{source}: weight {name} holds NaN or infinite values")
 
 
 def stored_threshold(value: Any, source: str, maximum: float = math.inf,

@@ -104,6 +104,9 @@ def add_camera_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--em-gain", type=positive_float, default=None, metavar="G",
                    help="EM gain (1 for sCMOS/CCD)")
     g.add_argument("--qe", type=positive_float, default=None, metavar="Q", help="quantum efficiency")
+    g.add_argument("--read-noise", type=nonneg_float, default=None, metavar="E",
+                   help="read noise, e⁻ rms (readout_e; the noise model of the classic fit and "
+                        "gridnet's refinement; default 0 unless a camera file gives it)")
 
 
 def camera_overrides(args: argparse.Namespace):
@@ -111,7 +114,7 @@ def camera_overrides(args: argparse.Namespace):
     from stormfold.localize.camera import CameraOverrides
 
     return CameraOverrides(args.camera, args.baseline, args.e_per_adu, args.em_gain,
-                           args.qe).check()
+                           args.qe, getattr(args, "read_noise", None)).check()
 
 
 def frame_range(text: str | None) -> tuple[int, int | None]:

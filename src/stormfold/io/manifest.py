@@ -25,6 +25,13 @@ STAGING_PREFIX = ".stormfold-staging."
 PENDING = ".stormfold-pending.json"
 
 
+def shown_path(path: Path | str) -> Path:
+    """``path`` as the user will find it: a file written in an output folder's staging
+    folder (:data:`STAGING_PREFIX`) is named where it is moved in (messages name it so)."""
+    path = Path(path)
+    return Path(*[p for p in path.parts if not p.startswith(STAGING_PREFIX)])
+
+
 def sha256_file(path: Path, sync: bool = False) -> str:
     """SHA-256 of a file (hex); with ``sync``, also flushed to the disk (before a manifest
     says the file is there)."""

@@ -161,7 +161,8 @@ class Movie:
             listed = ", ".join(str(start + int(i)) for i in hit[:5])
             more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
             raise UserError(f"{self.path}: {int(per_frame.sum())} NaN/Inf pixels in frame(s) "
-                            f"{listed}{more} (0-based); pass nan_policy='median' "
+                            f"{listed}{more} (0-based; of the frames read so far, others may "
+                            f"hold some too); pass nan_policy='median' "
                             f"(--nan-policy median) to replace them by their frame's median "
                             f"and count them")
         if self.nan_policy == "median":

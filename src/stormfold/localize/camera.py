@@ -16,13 +16,16 @@ from stormfold.physics.camera import Camera
 
 @dataclass
 class CameraOverrides:
-    """Camera parameters given on the command line (None = not given)."""
+    """Camera parameters given by the user (None = not given): on the command line, or
+    (``origin``) in a run configuration or a widget."""
 
     camera_file: Path | None = None
     baseline_adu: float | None = None
     e_per_adu: float | None = None
     em_gain: float | None = None
     qe: float | None = None
+    readout_e: float | None = None
+    origin: str = "command-line"
 
     def check(self) -> "CameraOverrides":
         """Refuse a camera file that does not exist (before any work starts)."""
@@ -32,7 +35,8 @@ class CameraOverrides:
 
     def fields(self) -> dict[str, float]:
         return {k: v for k, v in (("baseline_adu", self.baseline_adu), ("e_per_adu", self.e_per_adu),
-                                  ("em_gain", self.em_gain), ("qe", self.qe)) if v is not None}
+                                  ("em_gain", self.em_gain), ("qe", self.qe),
+                                  ("readout_e", self.readout_e)) if v is not None}
 
 
 #: The camera fields that set the photon scale: when one of them comes from a default or from
@@ -124,7 +128,10 @@ def choose_camera(overrides: CameraOverrides | None, movie=None, engine=None,
     fields = overrides.fields()
     if fields:
         camera = from_dict(Camera, {**to_dict(camera), **fields}, where="camera")
-        source += " + command-line " + ", ".join(fields)
+        if source == SOURCE_DEFAULT and all(k in fields for k in KEY_FIELDS):
+            source = f"{overrides.origin} " + ", ".join(fields)  # the default set nothing
+        else:
+            source += f" + {overrides.origin} " + ", ".join(fields)
     assumed = tuple(k for k in KEY_FIELDS if k not in given and k not in fields)
     return CameraChoice(camera, source, assumed)
 

@@ -27,8 +27,12 @@ def engine_choices() -> list[str]:
     """Engines offered by the Localize widget: every shipped model, every model-free engine,
     and a model folder. Models and engines added to the package later appear by themselves."""
     from stormfold.modelfile import BUILTIN_PREFIX, list_builtin
+    from stormfold.pipeline.config import DEFAULT_MODEL
 
-    return [BUILTIN_PREFIX + name for name in list_builtin()] + model_free_engines() + [MODEL_FOLDER]
+    # The default of stormfold run first: the widget starts with it.
+    models = sorted((BUILTIN_PREFIX + name for name in list_builtin()),
+                    key=lambda m: m != DEFAULT_MODEL)
+    return models + model_free_engines() + [MODEL_FOLDER]
 
 
 def model_free_engines() -> list[str]:
@@ -81,6 +85,9 @@ def movie_source_of_layer(layer: Any) -> MovieSource:
     from stormfold.io.movie import open_movie
     from stormfold.napari._layers import stormfold_metadata
 
+    if getattr(layer, "rgb", False):  # (rows, cols, 3) would read as frames of 3 columns
+        raise UserError(f"layer {layer.name!r} is a colour (RGB) image: localization needs a "
+                        f"grayscale movie (save one channel as grayscale)")
     meta = stormfold_metadata(layer)
     shape = tuple(int(n) for n in layer.data.shape)
     for candidate in (getattr(getattr(layer, "source", None), "path", None), meta.get("source")):

@@ -177,6 +177,11 @@ class LocalizeWidget(MovieJobWidget):
             self.drift_plot.show(outcome.drift)
         if outcome.drift_error:
             notify_warning(f"{self.title}: drift not corrected ({outcome.drift_error})")
+        # What stormfold localize prints as warnings: an assumed camera, the engine's checks.
+        for line in [outcome.run.get("camera_warning")] + \
+                list(outcome.run.get("engine_warnings") or []):
+            if line:
+                notify_warning(f"{self.title}: {line}")
 
 
 class _DriftPlot:

@@ -23,6 +23,7 @@ class CameraSpec:
     e_per_adu: Optional[float] = None
     em_gain: Optional[float] = None
     qe: Optional[float] = None
+    readout_e: Optional[float] = None
 
     def overrides(self):
         """As :class:`~stormfold.localize.camera.CameraOverrides` (the one merge of camera
@@ -30,7 +31,8 @@ class CameraSpec:
         from stormfold.localize.camera import CameraOverrides
 
         return CameraOverrides(Path(self.file) if self.file else None, self.baseline_adu,
-                               self.e_per_adu, self.em_gain, self.qe)
+                               self.e_per_adu, self.em_gain, self.qe, self.readout_e,
+                               origin="run configuration")
 
 
 #: The model of a run whose configuration names no engine.

@@ -189,7 +189,12 @@ def plan(config: RunConfig, resume: bool = False, protect: tuple = ()) -> RunPla
         if spec.train is None:
             engine = load_engine(model=spec.model, engine=spec.engine, device=device,
                                  threshold=spec.threshold, options=spec.options)
-        geometry = resolve_geometry(movie, engine)
+        try:
+            geometry = resolve_geometry(movie, engine)
+        except UserError as exc:  # run has no --pixel-size: its configuration has the key
+            raise UserError(str(exc).replace(
+                "pass --pixel-size NM", "set pixel_size_nm: NM in the run configuration (or "
+                "--set pixel_size_nm=NM)")) from None
         truth = true_drift = None
         if config.evaluation.truth is not None:
             from stormfold.evaluate.report import check_truth_movie

@@ -138,4 +138,11 @@ def load_unrolled_model(spec: str | Path, device: torch.device | str = "cpu"
     solver = solver_from_meta(meta, str(spec))
     check_state_dict(solver, tensors, str(spec))
     solver.load_state_dict(tensors)
+    # Training keeps every parameter in its box; weights outside it were edited or damaged
+    # (review 21: ρ = −1 and negative steps loaded silently).
+    for name, p, lo, hi in solver.bounded_parameters():
+        if bool((p < lo).any() or (p > hi).any()):
+            raise UserError(f"{spec}: weight {name} lies outside its box [{lo:g}, {hi:g}] "
+                            f"(min {float(p.min()):g}, max {float(p.max()):g}): not a model "
+                            f"stormfold trained")
     return solver.to(device).eval(), meta
