@@ -163,9 +163,6 @@ def check_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor
                 not tensors[name].dtype.is_floating_point:
             raise UserError(f"{source}: weight {name} holds {tensors[name].dtype} values, the "
                             f"architecture needs {value.dtype} (a damaged or converted file)")
-        if value.dtype.is_floating_point and tensors[name].dtype.is_floating_point and \
-                not bool(torch.isfinite(tensors[name]).all()):
-            raise UserError(f"{source}: weight {name} holds NaN or infinite values")
 
 
 def stored_threshold(value: Any, source: str, maximum: float = math.inf,
