@@ -140,6 +140,27 @@ def test_round_trip_coarse_adu_without_read_noise(tmp_path):
     assert em.sigma_nm == pytest.approx(cfg.emitters.sigma_nm, rel=0.011)
 
 
+def test_read_noise_is_not_taken_for_a_lattice(tmp_path):
+    """Review 20 (D0): a CCD of 4 e⁻/ADU and 8 e⁻ read noise. Its smooth background
+    histogram also fits a rounded Poisson lattice without read noise, but only with 2.5×
+    its third moment: the lattice made the background 112 photons (50) and the read noise
+    1.2 e⁻. The slope is used instead, and a note says why."""
+    cfg, movie = _sim(tmp_path, "thunderstorm", 300, [
+        "n_rows=64", "n_cols=64", "camera.e_per_adu=4", "camera.readout_e=8",
+        "camera.baseline_adu=400", "background.photons=50", "emitters.sigma_nm=150",
+        "emitters.sigma_std_nm=0", "activation.density_per_um2=0.5",
+        "emitters.photons_min=1800", "emitters.photons_max=2200"], seed=44)
+    r = calibrate(movie)
+    cam = r.camera
+    assert not cam.split_source.startswith("maximum likelihood")
+    assert any("read noise, not a lattice" in n for n in cam.notes)
+    # Measured: baseline 402.1 ADU, read noise 2.10 ADU (8.1 e⁻), background 40 photons
+    # (the slope's −4 % gain, review 20 D1, is still in it).
+    assert cam.baseline_adu == pytest.approx(400, abs=4)
+    assert cam.read_noise_adu * 4 == pytest.approx(8, rel=0.15)
+    assert 30 < r.simulation["background"]["photons"] < 60
+
+
 def test_round_trip_emccd(tmp_path):
     """challenge2016 camera (EMCCD): baseline and gain from the background's skewness."""
     cfg, movie = _sim(tmp_path, "challenge2016", 800,

@@ -58,6 +58,9 @@ LATTICE_MAX_STD_ADU = 4.0
 LATTICE_MIN_GAIN = 0.1
 #: Log-likelihood by which the best g must beat every g more than 1 % away.
 LATTICE_MIN_MARGIN = 25.0
+#: Largest third moment of the lattice model (g³λ) over the background's measured one: the
+#: rounding lowers a true lattice's by up to ~25 % (module notes), read noise lowers it more.
+LATTICE_MAX_SKEW_RATIO = 1.6
 
 
 @dataclass
@@ -393,8 +396,19 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
             and math.sqrt(k2) < LATTICE_MAX_STD_ADU and g >= LATTICE_MIN_GAIN):
         # Coarse ADU over a few-electron lattice: the moments are biased (module doc).
         fit = lattice_scan(stats.background_hist, g, rel_range=0.0 if adu_per_e is not None else 0.06)
-        sharp = lattice_is_sharp(fit, bg["n"])
-        if not sharp and adu_per_e is None and abs(fit.adu_per_e / g - 1.0) > 0.01:
+        # A lattice without read noise has the skewness of its Poisson counts (less up to a
+        # quarter from the rounding); a smooth histogram whose variance is mostly read noise
+        # fits it only with a larger λ and too much skewness (review 20: 8 e⁻ read noise at
+        # 4 e⁻/ADU read as background 112 for 50, read noise 1.2 e⁻).
+        model_k3 = fit.adu_per_e ** 3 * fit.background_e
+        skew_fits = k3 > 0 and model_k3 <= LATTICE_MAX_SKEW_RATIO * k3
+        shaped = lattice_is_sharp(fit, bg["n"])
+        sharp = shaped and skew_fits
+        if shaped and not skew_fits and adu_per_e is None:
+            notes.append(f"the background histogram fits a rounded Poisson lattice only with "
+                         f"{model_k3 / max(k3, 1e-12):.1f}× its measured third moment: it is "
+                         f"read noise, not a lattice, so the {gain_source} is used")
+        elif not sharp and adu_per_e is None and abs(fit.adu_per_e / g - 1.0) > 0.01:
             notes.append(f"the lattice fit of the background histogram gives {1 / fit.adu_per_e:.4g} "
                          f"e⁻/ADU, {100 * (g / fit.adu_per_e - 1):+.1f} % from the {gain_source}; "
                          f"read noise blurs the lattice (deviance {fit.deviance:.0f} for "
