@@ -71,7 +71,8 @@ def calibrate_model(model: str | Path, n_frames: int = 100, seed: int | None = N
     sim.seed, sim.n_frames = int(seed), int(n_frames)
     tol = float(tolerance_nm if tolerance_nm is not None
                 else (meta.get("calibration") or {}).get("tolerance_nm", 100.0))
-    engine = engine_from_meta(meta, tensors, device=device or "cpu", source=str(model))
+    engine = engine_from_meta(meta, tensors, device=device or "cpu", source=str(model),
+                              options={"brightness": "none"})
     data = simulated_data(sim)
     record = calibrate_estimates(engine, data.photons, data.truth, data.pixel_size_nm, tol,
                                  window_fine_px)

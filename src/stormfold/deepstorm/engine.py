@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stormfold.deepstorm.brightness import BrightnessMatch
 from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
 from stormfold.deepstorm.estimates import DeepStormEstimates
 from stormfold.deepstorm.model import (MAX_CHANNELS, SIZE_MULTIPLE, DeepSTORM, build_model,
@@ -34,7 +35,7 @@ from stormfold.deepstorm.normalization import Normalization, upsample
 from stormfold.device import resolve_precision
 from stormfold.errors import UserError
 from stormfold.localize.background import BackgroundMatch, training_reference
-from stormfold.localize.domain import DomainCheck, TrainingDomain
+from stormfold.localize.domain import DomainCheck, TrainingDomain, emit
 from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.localize.spots import SpotCheck, SpotReference
 from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
@@ -117,7 +118,8 @@ class DeepStormEngine(Engine):
                  batch_pixels: int = DEFAULT_BATCH_PIXELS, precision: str = "float32",
                  pixel_size_nm: float | None = None, camera: Camera | None = None,
                  source: str | None = None, estimates: DeepStormEstimates | None = None,
-                 domain: TrainingDomain | None = None, background: BackgroundMatch | None = None):
+                 domain: TrainingDomain | None = None, background: BackgroundMatch | None = None,
+                 brightness: BrightnessMatch | None = None):
         if upsampling not in UPSAMPLINGS:
             raise UserError(f"upsampling must be one of {UPSAMPLINGS}, got {upsampling}")
         if not threshold > 0:
@@ -153,8 +155,52 @@ class DeepStormEngine(Engine):
             sigma_nm=domain.sigma_nm, sigma_range=SPOT_SIGMA_RANGE, photons=domain.photons,
             photons_range=SPOT_PHOTONS_RANGE, consequence=OFF_DOMAIN))
         self.background = background
+        self.brightness = brightness
+        self.brightness_message: str | None = None
+        self.warn = None
 
     # ------------------------------------------------------------------ Engine API
+    def start_movie(self, warn=None) -> None:
+        super().start_movie(warn)
+        self.warn = warn
+        self.brightness_message = None
+        if self.brightness is not None:
+            self.brightness.reset()
+
+    def movie_warnings(self) -> list[str]:
+        return ([self.brightness_message] if self.brightness_message else []) + \
+            super().movie_warnings()
+
+    def decide(self, run) -> dict[str, Any]:
+        """Measure the brightness on the batch that ``run(self)`` localizes (its result is
+        not kept), then start the movie's checks again with it kept: ``stormfold run`` does
+        this on the run's first batch, also when it resumes, and gives the ratio to its Dask
+        workers. Returns the option that pins the choice."""
+        if self.brightness is None:
+            return {}
+        run(self)
+        keep = (self.brightness.ratio, self.brightness.measured, self.brightness.steps,
+                self.brightness_message)
+        self.start_movie(self.warn)
+        (self.brightness.ratio, self.brightness.measured, self.brightness.steps,
+         self.brightness_message) = keep
+        return {"brightness": float(keep[0])}
+
+    def _choose_brightness(self, photons: np.ndarray) -> None:
+        def detect(frames: np.ndarray) -> tuple:
+            locs = self.extract(self.predict(frames), 0, 1.0)  # positions in camera pixels
+            return (locs["frame"].to_numpy(np.int64), np.floor(locs["y_nm"]).to_numpy(np.int64),
+                    np.floor(locs["x_nm"]).to_numpy(np.int64))
+
+        b = self.brightness
+        ratio = b.choose(np.asarray(photons, np.float32), detect, self.background)
+        if ratio != 1.0 and b.given is None:
+            self.brightness_message = (
+                f"Deep-STORM: the movie's emitters are {ratio:.2f}× as bright as the model's "
+                f"training ones (signal per localization on its first frames): the frames "
+                f"are divided by {ratio:.2f} before the network (--set brightness=none keeps "
+                f"them)")
+            emit(self.brightness_message, self.warn)
     def training_camera(self) -> Camera | None:
         return self._camera
 
@@ -171,6 +217,10 @@ class DeepStormEngine(Engine):
                 {"match": "excess over the training level subtracted",
                  "reference_photons": round(self.background.reference_photons, 3),
                  "tolerance_photons": round(self.background.tolerance_photons, 3)},
+                "brightness": "none" if self.brightness is None else
+                {"ratio": self.brightness.ratio, "measured": self.brightness.measured,
+                 "given": self.brightness.given, "steps": self.brightness.steps,
+                 "reference_signal_photons": self.brightness.reference},
                 "superres_unit": "sum of predictions / target_scale",
                 "columns_estimated": self.estimated_columns()}
 
@@ -180,8 +230,17 @@ class DeepStormEngine(Engine):
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
         if self.background is not None:  # the network knows only its training background
             photons = self.background(photons)
+        ratio = 1.0
+        if self.brightness is not None:  # ... and its training emitters' brightness
+            if self.brightness.ratio is None:
+                self._choose_brightness(photons)
+            ratio = self.brightness.ratio
+            if ratio != 1.0:
+                photons = np.asarray(photons, np.float32) / np.float32(ratio)
         maps = self.predict(photons)
         locs = self.extract(maps, first_frame, pixel_size_nm)
+        if ratio != 1.0 and "photons" in locs.columns:
+            locs["photons"] = locs["photons"] * ratio  # the movie's photons, not the network's
         self.domain_check(photons, len(locs), pixel_size_nm)
         self.spot_check(photons, pixel_size_nm)
         superres = (maps.sum(0) / self.target_scale).cpu().numpy().astype(np.float32)
@@ -302,6 +361,32 @@ def background_match(meta: dict, mode: str, source: str) -> BackgroundMatch | No
     return BackgroundMatch(reference, BACKGROUND_TOLERANCE * domain.photons)
 
 
+def brightness_match(meta: dict, mode: Any) -> BrightnessMatch | None:
+    """The brightness matching of ``--set brightness=match|none|R`` (R: the movie's emitters
+    over the training ones, > 0) for a model; None: off, or a model trained on a movie,
+    whose training brightness is not known."""
+    if isinstance(mode, (int, float)) and not isinstance(mode, bool):
+        if not (np.isfinite(mode) and mode > 0):
+            raise UserError(f"Deep-STORM option brightness must be match, none or a ratio "
+                            f"> 0, got {mode!r}")
+        return BrightnessMatch({}, given=float(mode))
+    if mode not in ("match", "none"):
+        raise UserError(f"Deep-STORM option brightness must be match, none or a ratio > 0, "
+                        f"got {mode!r}")
+    data = meta.get("training_data")
+    sim = data.get("simulation") if isinstance(data, dict) else None
+    if mode == "none" or not isinstance(sim, dict):
+        return None
+    stored = meta.get("brightness_reference")
+    reference = None
+    if isinstance(stored, dict):
+        values = (stored.get("signal_photons"), stored.get("height_photons"))
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+               and v > 0 for v in values):
+            reference = tuple(float(v) for v in values)
+    return BrightnessMatch(sim, reference=reference)
+
+
 def _require(meta: dict, key: str, source: str) -> Any:
     if key not in meta or meta[key] is None:
         raise UserError(f"{source}: model.yaml has no {key!r} (not a complete Deep-STORM model)")
@@ -352,7 +437,9 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
     thr = threshold if threshold is not None else stored_threshold(
         _require(meta, "threshold", source), source, meaning=" (a fraction of target_scale)")
     opts = {}
-    for key, value in (options or {}).items():
+    options = dict(options or {})
+    brightness = brightness_match(meta, options.pop("brightness", "match"))
+    for key, value in options.items():
         if key not in _OPTIONS:
             raise UserError(f"unknown Deep-STORM option {key!r} (valid: {', '.join(_OPTIONS)})")
         if not isinstance(value, _OPTIONS[key]) or isinstance(value, bool):
@@ -366,7 +453,8 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
     return DeepStormEngine(model, int(upsampling), target_scale, normalization, float(thr),
                            device=device if device is not None else "cpu", pixel_size_nm=px,
                            camera=camera, source=source, estimates=estimates,
-                           domain=TrainingDomain.from_meta(meta), **opts)
+                           domain=TrainingDomain.from_meta(meta), brightness=brightness,
+                           **opts)
 
 
 def load_engine(spec: str | Path, meta: dict, device: Any = None, threshold: float | None = None,
