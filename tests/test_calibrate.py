@@ -161,6 +161,13 @@ def test_read_noise_is_not_taken_for_a_lattice(tmp_path):
     assert 30 < r.simulation["background"]["photons"] < 60
 
 
+def test_an_emccd_calibrated_without_emccd_is_a_warning(tmp_path):
+    """Review 20 (D4): it was a note on stdout, while the opposite mistake warns."""
+    cfg, movie = _sim(tmp_path, "challenge2016", 300)
+    with pytest.warns(UserWarning, match="may be an EMCCD .* try --emccd"):
+        calibrate(movie)
+
+
 def test_round_trip_emccd(tmp_path):
     """challenge2016 camera (EMCCD): baseline and gain from the background's skewness."""
     cfg, movie = _sim(tmp_path, "challenge2016", 800,

@@ -60,3 +60,11 @@ def test_the_command_line_says_it_in_one_line(tmp_path, run_cli):
                            "--out", tmp_path / "out")
     assert code == 2 and err.count("\n") == 1 and "outside its box" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pickle_named_safetensors_is_named_for_what_it_is(tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(MODELS / "unrolled-isbi2013", folder)
+    torch.save({"rho": torch.zeros(3)}, folder / "weights.safetensors")  # zip + pickle
+    with pytest.raises(UserError, match="PyTorch/pickle file, which stormfold never loads"):
+        load_engine(model=folder)

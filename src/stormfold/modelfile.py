@@ -72,6 +72,21 @@ def read_model_meta(spec: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _not_safetensors(path: Path) -> str:
+    """What a weights file that is not safetensors seems to be (review 21: a pickle said
+    only "header too large")."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return ""
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or \
+            head[:4] == b"PK\x03\x04":
+        return ": it is a PyTorch/pickle file, which stormfold never loads (pickles can run " \
+               "code); save the weights as safetensors"
+    return ""
+
+
 def load_model(spec: str | Path, engine: str | None = None,
                device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a model's tensors and metadata, checking that it is made for ``engine``.
@@ -91,7 +106,8 @@ def load_model(spec: str | Path, engine: str | None = None,
     try:
         tensors = load_file(str(folder / WEIGHTS), device=str(device))
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{folder / WEIGHTS}: cannot read weights ({exc})") from None
+        raise UserError(f"{folder / WEIGHTS}: cannot read weights ({exc})"
+                        f"{_not_safetensors(folder / WEIGHTS)}") from None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{spec}: weight tensor {name!r} holds NaN or infinite values "

@@ -376,9 +376,12 @@ def estimate_camera(stats: ScanStats, emccd: bool = False, baseline_adu: float |
         notes.append(f"baseline = mean of the background pixels and read noise = their std "
                      f"(background light included), because {why}; give --baseline if known")
     else:
-        if lam_skew > 1.2 * lam_max and not emccd and lam_max > 0:
-            notes.append("the background is more skewed than Poisson noise allows: the camera "
-                         "may be an EMCCD (try --emccd)")
+        if lam_skew > 1.2 * lam_max and not emccd and lam_max > 0 and not mismatch:
+            # A warning, as --emccd on a camera without EM gain is (review 20): photons and
+            # gain come out about half.
+            mismatch = ("the background is more skewed than Poisson noise allows: the camera "
+                        "may be an EMCCD (photons and e_per_adu would come out about half): "
+                        "try --emccd")
         if lam_skew >= lam_max:
             split = "no read noise (background skewness at or above the shot-noise limit)"
         elif lam_skew <= 0:
