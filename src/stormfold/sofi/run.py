@@ -41,6 +41,10 @@ MAX_THRESHOLD = 1e6
 #: Fewer frames than this give a cumulant dominated by its sampling noise (relative error
 #: ≈ √(2/T) for a variance): a warning, not a refusal (a quick look is still a look).
 MIN_USEFUL_FRAMES = 100
+#: The cumulant must exceed the camera noise's somewhere by this many standard errors
+#: (99.9th percentile of the pixels; static emitters give about 3, blinking ones 10²–10³),
+#: else a warning.
+BLINK_MIN_SE = 8.0
 
 #: The record's entries that make two SOFI runs the same (their fingerprint).
 FINGERPRINT_KEYS = ("input", "frames", "order", "lag", "pixel_size_nm", "camera", "model")
@@ -102,7 +106,7 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
     from stormfold.localize.runner import resolve_pixel_size
     from stormfold.physics.camera import Camera
     from stormfold.sofi.model import SofiModel, load_sofi_model
-    from stormfold.sofi.theory import noise_offset
+    from stormfold.sofi.theory import noise_offset, noise_variance
 
     if int(batch_frames) < 1:
         raise UserError(f"--batch-frames must be ≥ 1, got {batch_frames}")
@@ -173,6 +177,22 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
         meta = {"source": f"stormfold {__version__} sofi", "order": int(order), "lag": int(lag),
                 "units": units, "n_frames": int(n)}
         record["nan_repairs"] = mv.repairs()
+        blinking = True
+        if known_camera:
+            # The cumulant of a movie whose emitters do not blink is the camera noise's
+            # (review 21: static emitters, 0.1 of a blinking movie's, no word said).
+            v = noise_variance(cam, stats.mean)
+            se = v * np.sqrt(2.0 / n) if lag == 0 else v / np.sqrt(n)
+            excess = (cumulant - noise_offset(cam, stats.mean, n, lag)) / np.maximum(se, 1e-12)
+            strongest = float(np.percentile(excess, 99.9))
+            record["blinking_excess_se"] = round(strongest, 2)
+            blinking = strongest >= BLINK_MIN_SE
+            if not blinking:
+                warnings.warn(f"no blinking found: the cumulant exceeds the camera noise's by at "
+                              f"most {strongest:.1f} standard errors (99.9th percentile of the "
+                              f"pixels; a blinking movie gives tens to hundreds): SOFI needs "
+                              f"emitters that switch on and off between frames", UserWarning,
+                              stacklevel=2)
         with out:
             paths = {k: out.path(OUTPUTS[k]) for k in names}
             write_tiff(paths["cumulant"], cumulant.astype(np.float32), px, meta)
@@ -185,7 +205,7 @@ def run_sofi(movie: Any, out_dir: str | Path, order: int = 2, lag: int | None = 
                 tau = model.tau if threshold is None else float(threshold)
                 locs = model.localizations(recon, tau)
                 peak = float(np.max(recon)) / model.variance_scale if recon.size else 0.0
-                if len(locs) == 0 and peak > 0:
+                if len(locs) == 0 and peak > 0 and blinking:
                     # τ applies per fine pixel and suits the training structure's density:
                     # an isolated emitter spreads its cumulant over many fine pixels.
                     warnings.warn(f"no localization: the reconstruction's largest pixel is "
