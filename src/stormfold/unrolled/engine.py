@@ -261,6 +261,7 @@ class UnrolledEngine(Engine):
         self.sigma_source = "model"
         self.sigma_message: str | None = None
         self.sigma_decided = False
+        self._fine_nm: float | None = None  # the movie's fine pixel (nm), once seen
 
     def movie_warnings(self) -> list[str]:
         return ([self.sigma_message] if self.sigma_message else []) + \
@@ -268,8 +269,10 @@ class UnrolledEngine(Engine):
 
     @property
     def sigma_nm(self) -> float:
-        """The PSF σ the solver uses, in nm at the model's pixel size."""
-        return float(self.solver.op.sigma_fine_px) / self.upsampling * self.pixel_size_nm
+        """The PSF σ the solver uses, in nm (at the movie's pixel size once it was seen, else
+        at the model's)."""
+        fine_nm = self._fine_nm or self.pixel_size_nm / self.upsampling
+        return float(self.solver.op.sigma_fine_px) * fine_nm
 
     def _set_sigma(self, sigma_fine_px: float) -> None:
         op = self.solver.op
@@ -284,7 +287,7 @@ class UnrolledEngine(Engine):
     def _choose_sigma(self, photons: np.ndarray, pixel_size_nm: float) -> None:
         """The operator's σ for this movie, on its first batch (see the module notes)."""
         self.sigma_decided = True
-        fine_nm = pixel_size_nm / self.upsampling
+        fine_nm = self._fine_nm = pixel_size_nm / self.upsampling
         if self.sigma_option == "model":
             return
         if self.sigma_option != "auto":
@@ -312,10 +315,12 @@ class UnrolledEngine(Engine):
         this on the run's first batch, also when it resumes, and gives the σ to its Dask
         workers. Returns the option that pins the choice."""
         run(self)
-        keep = (float(self.solver.op.sigma_fine_px), self.sigma_source, self.sigma_message)
+        keep = (float(self.solver.op.sigma_fine_px), self.sigma_source, self.sigma_message,
+                self._fine_nm)
         self.start_movie(self.warn)
         self._set_sigma(keep[0])
-        self.sigma_source, self.sigma_message, self.sigma_decided = keep[1], keep[2], True
+        self.sigma_source, self.sigma_message, self._fine_nm = keep[1:]
+        self.sigma_decided = True
         return {"sigma_nm": "model" if keep[1] == "model" else round(self.sigma_nm, 6)}
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
