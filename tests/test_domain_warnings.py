@@ -108,7 +108,10 @@ def test_domain_check_warns_once_through_the_given_channel():
 # ---------------------------------------------------------------------- Deep-STORM
 @pytest.mark.parametrize("overrides,options,words", [
     ([], {}, None),
-    (["emitters.photons_mean=300", "emitters.photons_std=50"], {}, "signal per localization"),
+    (["emitters.photons_mean=300", "emitters.photons_std=50"], {"brightness": "none"},
+     "signal per localization"),
+    # Matched to the training brightness (the default), the emitters are in its domain.
+    (["emitters.photons_mean=300", "emitters.photons_std=50"], {}, None),
     (["background.photons=300"], {"background": "none"}, "photons/px (trained at 0)"),
     # Matched to the training level (the default), the background is no longer outside it.
     (["background.photons=300"], {}, None),

@@ -447,6 +447,9 @@ def engine_from_meta(meta: dict, tensors: dict[str, torch.Tensor], device: Any =
                             f"got {value!r}")
         opts[key] = value
     opts["background"] = background_match(meta, opts.pop("background", "match"), source)
+    if opts["background"] is None and brightness is not None and brightness.given is None:
+        # The measure assumes frames at the training background: off with its matching.
+        brightness = None
     estimates = None
     if isinstance(meta.get("estimates"), dict) and "photons" in meta["estimates"]:
         estimates = DeepStormEstimates.from_meta(meta["estimates"], source)
