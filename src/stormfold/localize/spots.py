@@ -131,9 +131,10 @@ def measure_spots(frames: np.ndarray) -> Spots:
     return _measure(frames, float(np.clip(np.median(widths), 0.7, 2.5)))
 
 
-def psf_sigma_px(frames: np.ndarray) -> tuple[float | None, int]:
-    """The movie's PSF σ (px) from the isolated spots of ``frames`` (photons): the median
-    width of the measured spots, and their number; None where :class:`SpotCheck` would not
+def psf_sigma_px(frames: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """The movie's PSF σ (px) from the isolated spots of ``frames`` (photons): the lower
+    quartile, median and upper quartile of the measured spots' widths, and their number;
+    None where :class:`SpotCheck` would not
     decide either (fewer than :data:`MIN_MEASURED_FRAMES` frames or :data:`MIN_SPOTS`
     measured spots, isolated spots rarer than :data:`MIN_SPOT_RATE`, or fewer than
     :data:`MIN_MEASURED_SHARE` of the candidates measurable: blends)."""
@@ -145,7 +146,7 @@ def psf_sigma_px(frames: np.ndarray) -> tuple[float | None, int]:
         frames.shape[0] >= MIN_MEASURED_FRAMES
     if not common or n < MIN_SPOTS or n < MIN_MEASURED_SHARE * s.snr.size:
         return None, n
-    return float(np.median(s.sigma_px[s.measured])), n
+    return np.percentile(s.sigma_px[s.measured], [25, 50, 75]), n
 
 
 def _measure(frames: np.ndarray, weight_px: float) -> Spots:
