@@ -108,3 +108,56 @@ def test_a_model_manifest_records_the_command_that_wrote_it(tmp_path):
                {"engine": "gridnet", "training": {"command": started, "resumed_with": [resumed]}})
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["command_line"] == resumed
+
+
+def test_a_hand_edited_model_yaml_is_refused_where_the_weights_depend_on_it(tmp_path):
+    """Review 21: Deep-STORM's upsampling edited 8 → 4 halved every position silently."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stormfold.modelfile import BOUND_HEADER, BOUND_KEYS, builtin_root, list_builtin
+
+    meta = {"engine": "deepstorm", "upsampling": 8, "threshold": 0.01,
+            "architecture": {"arch": "deepstorm", "channels": (4, 8, 16, 32)},
+            "normalization": {"scale_photons": 914.914}}
+    save_model(tmp_path / "m", {"w": torch.ones(3)}, meta)
+    path = tmp_path / "m" / "model.yaml"
+    trained = yaml.safe_load(path.read_text())
+
+    def edited(**changes):
+        data = yaml.safe_load(yaml.safe_dump(trained))
+        for key, value in changes.items():
+            section, _, name = key.partition("__")
+            if name:
+                data[section][name] = value
+            else:
+                data[key] = value
+        path.write_text(yaml.safe_dump(data))
+
+    edited(threshold=0.02, estimates={"n_truth": 5})  # calibration records stay editable
+    assert load_model(tmp_path / "m")[1]["threshold"] == 0.02
+    for change, shown in [({"upsampling": 4}, "upsampling = 4 but the weights were trained "
+                                              "with 8"),
+                          ({"normalization__scale_photons": 100.0},
+                           "normalization.scale_photons = 100.0 but"),
+                          ({"architecture__channels": [4, 8, 16, 64]},
+                           r"architecture.channels = \[4, 8, 16, 64\] but"),
+                          ({"pixel_size_nm": 160.0}, "pixel_size_nm = 160.0 but the weights "
+                                                     "were trained with missing")]:
+        edited(**change)
+        with pytest.raises(UserError, match=str(tmp_path / "m") + ": model.yaml gives " + shown):
+            load_model(tmp_path / "m")
+    # Weights written before the header existed are not checked (nothing to compare with).
+    edited(upsampling=4)
+    weights = tmp_path / "m" / "weights.safetensors"
+    save_file(load_file(str(weights)), str(weights))
+    assert load_model(tmp_path / "m")[1]["upsampling"] == 4
+    save_file(load_file(str(weights)), str(weights), metadata={BOUND_HEADER: "{broken"})
+    with pytest.raises(UserError, match="damaged"):
+        load_model(tmp_path / "m")
+    # Every shipped model carries the header, and it agrees with its model.yaml.
+    assert list_builtin()
+    for name in list_builtin():
+        with safe_open(str(builtin_root() / name / "weights.safetensors"), "pt") as fh:
+            assert BOUND_HEADER in (fh.metadata() or {})
+        assert load_model(f"builtin:{name}")[1]["engine"] in BOUND_KEYS

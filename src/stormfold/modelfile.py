@@ -8,13 +8,14 @@ training command, the seed and the stormfold version).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from stormfold import __version__
@@ -26,6 +27,20 @@ WEIGHTS = "weights.safetensors"
 META = "model.yaml"
 BUILTIN_PREFIX = "builtin:"
 FORMAT_VERSION = 1
+#: The model.yaml entries the weights were trained with, per engine: a copy is kept in the
+#: weights file's header (:data:`BOUND_HEADER`) and an edited model.yaml is refused where
+#: they differ (review 21: Deep-STORM's ``upsampling`` edited 8 → 4 scaled every position
+#: by half without a word). Thresholds, decoders, refinement settings and the records
+#: written after training stay free to edit.
+BOUND_KEYS = {
+    "deepstorm": ("architecture", "upsampling", "target_scale", "pixel_size_nm",
+                  "normalization"),
+    "gridnet": ("architecture", "normalization"),
+    "unrolled": ("upsampling", "pixel_size_nm", "sigma_fine_px", "solver", "bounds"),
+    "sofi": ("upsampling", "pixel_size_nm", "sigma_fine_px", "solver", "bounds", "lag",
+             "variance_scale"),
+}
+BOUND_HEADER = "stormfold.model_yaml_bound"
 
 
 def builtin_root() -> Path:
@@ -108,6 +123,7 @@ def load_model(spec: str | Path, engine: str | None = None,
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{folder / WEIGHTS}: cannot read weights ({exc})"
                         f"{_not_safetensors(folder / WEIGHTS)}") from None
+    check_bound(meta, folder / WEIGHTS, str(spec))
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"{spec}: weight tensor {name!r} holds NaN or infinite values "
@@ -133,11 +149,71 @@ def save_model(folder: str | Path, tensors: Mapping[str, torch.Tensor],
     out = OutputFolder(folder, "model", [WEIGHTS, META])
     with out:
         weights = out.path(WEIGHTS)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights),
+                  metadata=bound_header(full))
         write_text(out.path(META), dump_yaml(full))
         out.commit({k: v for k, v in full.items() if k != "created"}, latest_command(full),
                    adopt=[name for name in adopt if (folder / name).is_file()])
     return folder
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples → lists, numpy scalars → Python)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=float))
+
+
+def bound_header(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The weights file's header entry holding ``meta``'s :data:`BOUND_KEYS` (empty for an
+    engine without them)."""
+    keys = BOUND_KEYS.get(str(meta.get("engine")), ())
+    if not keys:
+        return {}
+    return {BOUND_HEADER: json.dumps(_plain({k: meta.get(k) for k in keys}), sort_keys=True)}
+
+
+def _differences(stored: Any, current: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """(dotted name, stored, current) of the entries where ``stored`` and ``current``
+    differ."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        found = []
+        for key in sorted(set(stored) | set(current)):
+            found += _differences(stored.get(key), current.get(key), f"{where}.{key}")
+        return found
+    return [] if stored == current else [(where, stored, current)]
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "missing" if value is None else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def check_bound(meta: Mapping[str, Any], weights: Path, source: str) -> None:
+    """Refuse a model.yaml whose :data:`BOUND_KEYS` differ from those the weights were
+    saved with. Weights written before the header existed (no entry) are not checked."""
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError):  # load_file has read it: nothing more to learn
+        return
+    text = header.get(BOUND_HEADER)
+    if text is None:
+        return
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        raise UserError(f"{source}: the weights file's record of its model.yaml is damaged; "
+                        f"re-save the model") from None
+    if not isinstance(stored, dict):
+        return
+    current = _plain({k: meta.get(k) for k in stored})
+    changed = [d for key in sorted(stored)
+               for d in _differences(stored[key], current[key], key)]
+    if changed:
+        name, trained, now = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise UserError(f"{source}: model.yaml gives {name} = {_short(now)}{more} but the weights "
+                        f"were trained with {_short(trained)} (model.yaml edited?): restore it "
+                        f"or retrain")
 
 
 def latest_command(meta: Mapping[str, Any]) -> list[str] | None:
