@@ -239,11 +239,20 @@ def _copy_model(name: str, dest: Path) -> Path:
 def test_absurd_architectures_refused_at_load(tmp_path, name, edit, words):
     from stormfold.localize import load_engine
 
+    from safetensors.torch import load_file, save_file
+
     folder = _copy_model(name, tmp_path / "m")
     meta = yaml.safe_load((folder / "model.yaml").read_text())
     section, key, value = edit
     (meta[section] if section else meta)[key] = value
     (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    # The weights remember the model.yaml they were trained with: the edit is named.
+    with pytest.raises(UserError, match=f"model.yaml gives {section + '.' if section else ''}"
+                                        f"{key} = "):
+        load_engine(model=str(folder))
+    # Weights saved before that record existed: the size bound refuses it in one line.
+    weights = folder / "weights.safetensors"
+    save_file(load_file(str(weights)), str(weights))
     with pytest.raises(UserError, match=words):
         load_engine(model=str(folder))
 
