@@ -20,6 +20,16 @@ CASES = [
     ("low density (zerocost camera, 0.5/µm²)", "zerocost", 1000,
      ["activation.density_per_um2=0.5"], {}),
     ("thunderstorm (0.1/µm², no read noise)", "thunderstorm", 2000, [], {}),
+    # Review 20 D1: wide PSFs with background read the gain 15–40 % low before the
+    # deviance cut took its spread from the lower quartile.
+    ("wide PSF, background 100 (σ 180 nm, 2 e⁻/ADU, 0.5/µm²)", "zerocost", 1000,
+     ["emitters.sigma_nm=180", "emitters.sigma_std_nm=0", "background.photons=100",
+      "camera.e_per_adu=2", "camera.readout_e=2", "camera.baseline_adu=100",
+      "activation.density_per_um2=0.5"], {}),
+    ("wide PSF, background 200 (σ 150 nm, 0.5 e⁻/ADU, 1/µm²)", "zerocost", 1000,
+     ["emitters.sigma_nm=150", "emitters.sigma_std_nm=0", "background.photons=200",
+      "camera.e_per_adu=0.5", "camera.readout_e=2", "camera.baseline_adu=100",
+      "activation.density_per_um2=1"], {}),
 ]
 
 
