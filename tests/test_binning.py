@@ -340,5 +340,45 @@ def test_run_bins_a_wide_psf_by_itself_and_resumes_alike(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "localize_range", crashing)
     with pytest.raises(KeyboardInterrupt):
         run(config("crashed"), quiet=True)
+    # The warnings of the chunks done before the crash are kept for the resumed run's
+    # run.yaml (review 22: a warning of the first chunk was lost).
+    import json
+
+    state_file = next((tmp_path / "crashed").rglob("state.json"))
+    saved = json.loads(state_file.read_text())
+    assert any("binned 2 × 2" in w for w in saved["warnings"])
+    saved["warnings"].append("a warning found on the first chunk")
+    state_file.write_text(json.dumps(saved))
     resumed = run(config("crashed"), resume=True, quiet=True)
     pd.testing.assert_frame_equal(resumed.locs, reference.locs)
+    record = yaml.safe_load((tmp_path / "crashed" / "run.yaml").read_text())
+    assert "a warning found on the first chunk" in record["warnings"]
+    assert sum("binned 2 × 2" in w for w in record["warnings"]) == 1
+
+
+def test_decision_frames_are_spread_over_the_movie():
+    from stormfold.localize.runner import decision_ranges
+
+    assert decision_ranges(0, 100) == [(0, 8), (31, 39), (61, 69), (92, 100)]
+    assert decision_ranges(5, 20) == [(5, 20)]  # short: all of it
+    assert decision_ranges(10, 43) == [(10, 18), (18, 26), (27, 35), (35, 43)]
+
+
+def test_auto_bin_does_not_depend_on_the_batch_size(tmp_path):
+    """Review 22: with --batch-frames 2 the first batch held fewer than 50 refined emitters
+    and the pixels were kept (JI 0.86 instead of 0.95); the decision frames are the same
+    whatever the batch. A movie too short to decide says so in run.yaml."""
+    from stormfold.localize import localize_movie
+    from stormfold.localize.registry import load_engine
+
+    movie = _wide_psf_movie(tmp_path / "sim")
+    engine = load_engine(model="builtin:gridnet-generalist")
+    localize_movie(movie, engine, batch_frames=1, progress=False)
+    assert engine.chosen == 2 and engine.describe()["bin"] == 2
+    one = tmp_path / "one.tif"
+    import tifffile
+
+    tifffile.imwrite(one, tifffile.imread(movie)[:1])
+    engine = load_engine(model="builtin:gridnet-generalist")
+    localize_movie(one, engine, pixel_size_nm=65.0, progress=False)
+    assert engine.describe()["bin"].startswith("auto: 1 (undecided: ")

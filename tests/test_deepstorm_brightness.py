@@ -111,3 +111,64 @@ def test_run_records_the_ratio(bright, tmp_path, run_cli):
     record = yaml.safe_load((out / "run.yaml").read_text())
     assert record["engine"]["brightness"]["ratio"] == pytest.approx(5000 / 2250, rel=0.15)
     assert any("as bright as" in w for w in record["engine_warnings"])
+
+
+def test_nothing_found_leaves_the_ratio_unmeasured():
+    """Review 22: frames without emitters (a dark start) were 'measured' at the floor 1/8
+    by halving s until something was found; now a few halvings at most, then NaN."""
+    frames = np.random.default_rng(0).poisson(2.0, (4, 32, 32)).astype(np.float32)
+    seen = []
+
+    def nothing(given):
+        seen.append(float(given.mean()))
+        return (np.zeros(0, np.int64),) * 3
+
+    ratio, steps = signal_ratio(frames, nothing, (2000.0, 2400.0))
+    assert np.isnan(ratio) and steps == 3
+    assert seen[-1] == pytest.approx(4 * seen[1], rel=1e-5)  # looked at up to 4× brighter
+
+    def few(given):  # fewer than MIN_DETECTIONS detections is no measure either
+        return (np.zeros(3, np.int64), np.full(3, 5), np.full(3, 5))
+
+    assert np.isnan(signal_ratio(frames, few, (2000.0, 2400.0))[0])
+    from stormfold.deepstorm.brightness import BrightnessMatch
+
+    match = BrightnessMatch({}, reference=(2000.0, 2400.0))
+    assert match.choose(frames, nothing, None) == 1.0 and match.measured is None
+
+
+def test_a_dark_start_does_not_decide_the_brightness(tmp_path):
+    """12 background-only frames, then emitters of the training brightness: the ratio is
+    measured on frames spread over the movie (it was 0.125 from the dark first frames, and
+    the movie scored JI 0.16)."""
+    import tifffile
+
+    from stormfold.simulate import simulate
+
+    cfg = build_config("zerocost", n_frames=24, seed=8911, overrides=[
+        "activation.density_per_um2=2", "n_rows=32", "n_cols=32"])
+    sim = simulate(cfg)
+    movie = sim.movie.copy()
+    rng = np.random.default_rng(1)
+    movie[:12] = rng.poisson(2.0, movie[:12].shape) + cfg.camera.baseline_adu
+    tifffile.imwrite(tmp_path / "dark_start.tif", movie.astype(np.uint16))
+    engine = load_engine(model=MODEL)
+    locs = localize_movie(tmp_path / "dark_start.tif", engine, camera=cfg.camera,
+                          pixel_size_nm=100.0, batch_frames=4, progress=False).locs
+    assert engine.brightness.measured is not None and engine.brightness.ratio == 1.0
+    truth = sim.truth[sim.truth["frame"] >= 12]
+    row = evaluate(truth, locs[locs["frame"] >= 12], [100.0]).iloc[0]
+    assert row["jaccard"] > 0.85
+    # All dark: nothing to measure, said in one line, frames used as they are.
+    tifffile.imwrite(tmp_path / "dark.tif", movie[:12].astype(np.uint16))
+    engine = load_engine(model=MODEL)
+    with pytest.warns(UserWarning, match="the brightness could not be measured"):
+        localize_movie(tmp_path / "dark.tif", engine, camera=cfg.camera, pixel_size_nm=100.0,
+                       progress=False)
+    assert engine.brightness.ratio == 1.0 and engine.brightness.measured is None
+
+
+@pytest.mark.parametrize("bad", [1e30, 1e-30, 1e300, 1e-300, 9.0, 0.1])
+def test_a_given_ratio_outside_the_measured_range_is_refused(bad):
+    with pytest.raises(UserError, match="a ratio from 0.125 to 8"):
+        load_engine(model=MODEL, options={"brightness": bad})

@@ -90,3 +90,24 @@ def test_run_records_the_width_it_solved_with(movies, tmp_path, run_cli):
     code, _, err = run_cli("localize", movie, "--model", MODEL, "--set", "sigma_nm=wide",
                            "--out", tmp_path / "bad")
     assert code == 2 and err.count("\n") == 1 and "sigma_nm must be" in err
+
+
+def test_the_width_is_decided_on_frames_spread_over_the_movie_not_the_first_batch(movies):
+    """Review 22: with --batch-frames 8 (a memory setting) the first batch was too short to
+    decide and the model's σ stayed (JI 0.37); the decision frames do not depend on it."""
+    movie, camera, truth = movies[150]
+    engine = load_engine(model=MODEL)
+    locs = localize_movie(movie, engine, camera=camera, batch_frames=4, progress=False).locs
+    assert engine.sigma_source == "movie spots"
+    assert engine.sigma_nm == pytest.approx(150, rel=0.05) and _ji(truth, locs) > 0.85
+
+
+def test_a_given_width_far_from_the_models_is_refused(movies):
+    movie, camera, _ = movies[150]
+    for bad in (1e300, 1e-300, 4.0, 6000.0):  # outside 5–5000 nm
+        with pytest.raises(UserError, match="sigma_nm must be auto, model or a PSF sigma "
+                                            "from 5 to 5000 nm"):
+            load_engine(model=MODEL, options={"sigma_nm": bad})
+    engine = load_engine(model=MODEL, options={"sigma_nm": 1000.0})  # > 4× the model's 110
+    with pytest.raises(UserError, match="sigma_nm 1000 is outside 27–439 nm"):
+        localize_movie(movie, engine, camera=camera, progress=False)

@@ -7,7 +7,8 @@ become two or more detections each, emitters 3× dimmer are mostly lost (review 
 its 2,250). Dividing the frames by the movie's brightness relative to the training one
 restores it (0.99 and 0.98 on the same movies; `experiments/deepstorm_brightness.py`).
 
-The ratio is measured on the first frames of a movie, after the background matching, with
+The ratio is measured on a few frames spread over a movie (on its first frames where the
+frames come one batch at a time), after the background matching, with
 no need of isolated spots (so also at the network's own density), in two steps, each
 against the same measure on frames of the training simulation (:func:`training_signal`):
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from stormfold.localize.background import background_level
 
-#: The ratio is measured on the first batch's first frames, at most this many and no more
+#: The ratio is measured on at most this many of the frames given (evenly spaced), no more
 #: than it takes to hold PROBE_PIXELS pixels (64 × 64: 8 frames; 256 × 256: 1).
 PROBE_FRAMES = 8
 PROBE_PIXELS = 8 * 64 * 64
@@ -49,6 +50,12 @@ CONVERGED = 0.03
 KEEP = (0.6, 1.25)
 #: The ratio is kept within these bounds.
 RANGE = (1 / 8, 8.0)
+#: A measure needs at least this many detections; with fewer, the frames are looked at
+#: brighter (s halved) at most MAX_HALVINGS times, then the ratio is left unmeasured (1).
+#: Halving until something is found made frames without emitters (a dark start) "measure"
+#: the floor 1/8 and every frame of the movie was multiplied by 8 (review 22: JI 0.99 → 0.16).
+MIN_DETECTIONS = 10
+MAX_HALVINGS = 2
 
 
 def flux(frames: np.ndarray) -> float:
@@ -80,14 +87,15 @@ def measure(frames: np.ndarray, detect: Callable[[np.ndarray], tuple]) -> tuple[
     index, rows, cols = detect(frames)
     total = flux(frames)
     n = int(np.size(index))
-    return (total / n if n and total > 0 else float("nan"),
+    return (total / n if n >= MIN_DETECTIONS and total > 0 else float("nan"),
             spot_height(frames, rows, cols, index))
 
 
 def signal_ratio(frames: np.ndarray, detect: Callable[[np.ndarray], tuple],
                  reference: tuple[float, float]) -> tuple[float, int]:
     """The brightness ratio s of ``frames`` (photons, background matched) and the number of
-    fixed-point steps it took (see the module notes).
+    fixed-point steps it took (see the module notes); NaN when it cannot be measured (fewer
+    than :data:`MIN_DETECTIONS` detections, also at the start's s / 2**MAX_HALVINGS).
 
     Parameters
     ----------
@@ -101,14 +109,23 @@ def signal_ratio(frames: np.ndarray, detect: Callable[[np.ndarray], tuple],
     """
     total = flux(frames)
     signal0, height0 = reference
-    if not (total > 0 and signal0 > 0 and height0 > 0):
+    if not (signal0 > 0 and height0 > 0):
         return 1.0, 0
+    if not total > 0:
+        return float("nan"), 0
     height = measure(frames, detect)[1]
     s = float(np.clip(height / height0, *RANGE)) if np.isfinite(height) and height > 0 else 1.0
+    halvings = 0
     for step in range(1, MAX_STEPS + 1):
         signal = measure(frames / s, detect)[0]
-        # Nothing found: look at them brighter.
-        new = s / 2 if not np.isfinite(signal) else signal * s / signal0  # S = F/n(s)
+        if not np.isfinite(signal):
+            # Too little found: dim emitters? Look at them brighter, but not without end.
+            if halvings == MAX_HALVINGS or s <= RANGE[0]:
+                return float("nan"), step
+            halvings += 1
+            new = s / 2
+        else:
+            new = signal * s / signal0  # S = F/n(s)
         new = float(np.clip(new, *RANGE))
         if abs(new / s - 1) < CONVERGED:
             return new, step
@@ -160,22 +177,28 @@ class BrightnessMatch:
     ratio: float | None = None
     steps: int = 0
     measured: float | None = None
+    probe_frames: int = 0
 
     def reset(self) -> None:
         """A new movie: measure again (the training reference is kept)."""
-        self.ratio, self.steps, self.measured = None, 0, None
+        self.ratio, self.steps, self.measured, self.probe_frames = None, 0, None, 0
 
     def choose(self, frames: np.ndarray, detect: Callable[[np.ndarray], tuple],
                background: Callable[[np.ndarray], np.ndarray] | None) -> float:
-        """The ratio for the movie whose first frames (photons, background matched) are
-        ``frames``."""
+        """The ratio for the movie whose frames (photons, background matched; its first, or
+        frames spread over it) are ``frames``: measured on up to :data:`PROBE_FRAMES` of
+        them, evenly spaced; 1 with ``measured`` None when it cannot be measured."""
         if self.given is not None:
             self.ratio = self.given
             return self.ratio
         if self.reference is None:
             self.reference = training_signal(self.simulation, detect, background) or (0.0, 0.0)
         per_frame = frames.shape[-1] * frames.shape[-2]
-        probe = frames[:max(1, min(PROBE_FRAMES, -(-PROBE_PIXELS // per_frame)))]
-        self.measured, self.steps = signal_ratio(probe, detect, self.reference)
-        self.ratio = 1.0 if KEEP[0] <= self.measured <= KEEP[1] else self.measured
+        k = max(1, min(PROBE_FRAMES, -(-PROBE_PIXELS // per_frame), len(frames)))
+        probe = frames[np.unique(np.linspace(0, len(frames) - 1, k).round().astype(int))]
+        self.probe_frames = len(probe)
+        measured, self.steps = signal_ratio(probe, detect, self.reference)
+        self.measured = measured if np.isfinite(measured) else None
+        self.ratio = measured if self.measured is not None and \
+            not KEEP[0] <= measured <= KEEP[1] else 1.0
         return self.ratio

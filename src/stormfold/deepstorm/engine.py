@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stormfold.deepstorm.brightness import BrightnessMatch
+from stormfold.deepstorm.brightness import MIN_DETECTIONS, BrightnessMatch
+from stormfold.deepstorm.brightness import RANGE as BRIGHTNESS_RANGE
 from stormfold.deepstorm.estimates import COLUMNS as ESTIMATED_COLUMNS
 from stormfold.deepstorm.estimates import DeepStormEstimates
 from stormfold.deepstorm.model import (MAX_CHANNELS, SIZE_MULTIPLE, DeepSTORM, build_model,
@@ -40,6 +41,7 @@ from stormfold.localize.engine import Engine, EngineOutput
 from stormfold.localize.spots import SpotCheck, SpotReference
 from stormfold.localize.peaks import find_peaks, peaks_to_table, window_sum
 from stormfold.physics.camera import Camera
+from stormfold.table import empty_table
 
 ENGINE = "deepstorm"
 #: Measured spot width and photons over the training simulation's outside which the
@@ -55,6 +57,9 @@ OFF_DOMAIN = ("the table may be badly wrong (Deep-STORM splits bright emitters a
 ELONGATED = ("the network was trained on round PSFs: its positions lose precision "
              "and the most elongated spots are reported twice")
 UPSAMPLINGS = (4, 8, 16)
+#: decide() keeps at most this many pixels of the frames it is given (32 frames of 1024²),
+#: of which the brightness measure takes a few frames spread over them.
+PROBE_COLLECT_PIXELS = 32 * 1024 * 1024
 #: Receptive-field half-width of the faithful network in fine pixels (52 / 2 = 26), rounded
 #: up with one pooling cell (8) for the alignment of the three 2×2 max-pools.
 RECEPTIVE_MARGIN_FINE = 40
@@ -158,6 +163,7 @@ class DeepStormEngine(Engine):
         self.brightness = brightness
         self.brightness_message: str | None = None
         self.warn = None
+        self._probe: list[np.ndarray] | None = None  # decide(): the frames collected
 
     # ------------------------------------------------------------------ Engine API
     def start_movie(self, warn=None) -> None:
@@ -172,19 +178,23 @@ class DeepStormEngine(Engine):
             super().movie_warnings()
 
     def decide(self, run) -> dict[str, Any]:
-        """Measure the brightness on the batch that ``run(self)`` localizes (its result is
-        not kept), then start the movie's checks again with it kept: ``stormfold run`` does
-        this on the run's first batch, also when it resumes, and gives the ratio to its Dask
-        workers. Returns the option that pins the choice."""
+        """Measure the brightness on the frames that ``run(self)`` gives (``localize`` and
+        ``run``: :func:`~stormfold.localize.runner.decision_ranges`, frames spread over the
+        movie; they are only collected, not localized), then start the movie's checks
+        again with the ratio kept: ``stormfold run`` does this also when it resumes, and
+        gives the ratio to its Dask workers. Returns the option that pins the choice."""
         if self.brightness is None:
             return {}
-        run(self)
-        keep = (self.brightness.ratio, self.brightness.measured, self.brightness.steps,
-                self.brightness_message)
+        self._probe = []
+        try:
+            run(self)
+        finally:
+            frames, self._probe = self._probe, None
         self.start_movie(self.warn)
-        (self.brightness.ratio, self.brightness.measured, self.brightness.steps,
-         self.brightness_message) = keep
-        return {"brightness": float(keep[0])}
+        if not frames:
+            return {}
+        self._choose_brightness(np.concatenate(frames))
+        return {"brightness": float(self.brightness.ratio)}
 
     def _choose_brightness(self, photons: np.ndarray) -> None:
         def detect(frames: np.ndarray) -> tuple:
@@ -194,13 +204,24 @@ class DeepStormEngine(Engine):
 
         b = self.brightness
         ratio = b.choose(np.asarray(photons, np.float32), detect, self.background)
-        if ratio != 1.0 and b.given is None:
+        if b.given is not None:
+            return
+        if b.measured is None:
+            self.brightness_message = (
+                f"Deep-STORM: the brightness could not be measured (fewer than "
+                f"{MIN_DETECTIONS} emitters found in the frames it is measured on, also when "
+                f"looked at up to 4× brighter): the frames are used as they are; if the "
+                f"emitters are much brighter or dimmer than the model's training ones, give "
+                f"--set brightness=R")
+            emit(self.brightness_message, self.warn)
+        elif ratio != 1.0:
             self.brightness_message = (
                 f"Deep-STORM: the movie's emitters are {ratio:.2f}× as bright as the model's "
-                f"training ones (signal per localization on its first frames): the frames "
-                f"are divided by {ratio:.2f} before the network (--set brightness=none keeps "
-                f"them)")
+                f"training ones (signal per localization on {b.probe_frames} frames spread "
+                f"over the movie): the frames are divided by {ratio:.2f} before the network "
+                f"(--set brightness=none keeps them)")
             emit(self.brightness_message, self.warn)
+
     def training_camera(self) -> Camera | None:
         return self._camera
 
@@ -231,6 +252,10 @@ class DeepStormEngine(Engine):
         if self.background is not None:  # the network knows only its training background
             photons = self.background(photons)
         ratio = 1.0
+        if self._probe is not None:  # decide(): the frames are only collected
+            if sum(len(f) for f in self._probe) * photons[0].size < PROBE_COLLECT_PIXELS:
+                self._probe.append(np.asarray(photons, np.float32))
+            return EngineOutput(locs=empty_table(), superres=None)
         if self.brightness is not None:  # ... and its training emitters' brightness
             if self.brightness.ratio is None:
                 self._choose_brightness(photons)
@@ -366,9 +391,10 @@ def brightness_match(meta: dict, mode: Any) -> BrightnessMatch | None:
     over the training ones, > 0) for a model; None: off, or a model trained on a movie,
     whose training brightness is not known."""
     if isinstance(mode, (int, float)) and not isinstance(mode, bool):
-        if not (np.isfinite(mode) and mode > 0):
+        lo, hi = BRIGHTNESS_RANGE
+        if not (np.isfinite(mode) and lo <= mode <= hi):  # review 22: 1e30 ran, found nothing
             raise UserError(f"Deep-STORM option brightness must be match, none or a ratio "
-                            f"> 0, got {mode!r}")
+                            f"from {lo:g} to {hi:g}, got {mode!r}")
         return BrightnessMatch({}, given=float(mode))
     if mode not in ("match", "none"):
         raise UserError(f"Deep-STORM option brightness must be match, none or a ratio > 0, "

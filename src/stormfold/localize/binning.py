@@ -190,8 +190,9 @@ def supports_auto_bin(engine: Any) -> bool:
 class AutoBinEngine(Engine):
     """An engine that bins the movie's pixels when its PSF is wider than the model's range.
 
-    On the first batch of each movie (after :meth:`start_movie`; :meth:`decide` for a
-    batch chosen by the caller) the wrapped engine localizes the batch as it is, silently; when at least
+    On the first batch of each movie (after :meth:`start_movie`; :meth:`decide` for the
+    frames chosen by the caller, :func:`stormfold.localize.runner.decision_ranges` in
+    ``localize`` and ``run``) the wrapped engine localizes the batch as it is, silently; when at least
     :data:`~stormfold.localize.domain.SIGMA_MIN_EMITTERS` emitters were refined and
     :data:`~stormfold.localize.domain.SIGMA_BOUND_SHARE_ABOVE` of them or more have their
     fitted σ at the range's upper bound (the rule of the σ warning,
@@ -213,6 +214,7 @@ class AutoBinEngine(Engine):
         self.upsampling = inner.upsampling
         self.temporal_context = inner.temporal_context
         self.chosen: int | None = None
+        self.probed = 0  # emitters refined on the decision sample
         self.message: str | None = None
         self._camera: Camera | None = None
         self._warn = None
@@ -230,7 +232,7 @@ class AutoBinEngine(Engine):
         return engine
 
     def decide(self, run) -> dict[str, Any]:
-        """Choose the bin: ``run(engine)`` localizes the movie's first batch with a candidate
+        """Choose the bin: ``run(engine)`` localizes the decision frames with a candidate
         engine (its result is not kept). The per-movie checks are then reset, so the real
         pass starts from zero. Returns the option that pins the choice."""
         check = self.inner.domain_check
@@ -242,6 +244,7 @@ class AutoBinEngine(Engine):
                 check.shares()[1] >= SIGMA_BOUND_SHARE_ABOVE
             if seen is None:
                 seen = check.shares()[1], int(check.counts[0])
+                self.probed = seen[1]
             if not wide or b == AUTO_BIN_MAX:
                 break
             b += 1
@@ -287,7 +290,7 @@ class AutoBinEngine(Engine):
         return self.inner.estimated_columns()
 
     def start_movie(self, warn=None) -> None:
-        self.chosen, self.message, self._warn = None, None, warn
+        self.chosen, self.message, self._warn, self.probed = None, None, warn, 0
         self.inner.domain_check.bin_factor = 1
         self.inner.start_movie(warn)
 
@@ -296,5 +299,8 @@ class AutoBinEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         if self.chosen is None or self.chosen == 1:
-            return {**self.inner.describe(), "bin": "auto: 1 (kept)" if self.chosen else "auto"}
+            kept = "auto: 1 (kept)" if self.probed >= SIGMA_MIN_EMITTERS else \
+                f"auto: 1 (undecided: {self.probed} refined emitters in the frames it " \
+                f"decides on, fewer than {SIGMA_MIN_EMITTERS})"
+            return {**self.inner.describe(), "bin": kept if self.chosen else "auto"}
         return {**self.current.describe(), "bin": self.chosen, "bin_chosen": "auto"}

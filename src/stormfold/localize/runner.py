@@ -134,6 +134,42 @@ def localize_range(movie: Movie, engine: Engine, camera: Camera, geometry: Frame
                        sum(p.engine_s for p in parts))
 
 
+#: An adaptive engine (``decide``: gridnet's ``bin: auto``, the unrolled solver's
+#: ``sigma_nm: auto``, Deep-STORM's ``brightness: match``) decides on this many frames,
+#: taken as DECISION_WINDOWS runs of consecutive frames spread evenly over the frames
+#: localized: not on the first batch alone, whose frames may hold no emitter yet (a dark
+#: start) or a brightness the rest of the movie does not keep, and whose size is a memory
+#: setting (review 22: a first batch of 2 frames or 8 empty frames decided wrongly).
+DECISION_FRAMES = 32
+DECISION_WINDOWS = 4
+
+
+def decision_ranges(start: int, stop: int, frames: int = DECISION_FRAMES,
+                    windows: int = DECISION_WINDOWS) -> list[tuple[int, int]]:
+    """Frame ranges [a, b) of the sample an adaptive engine decides on: all of [start,
+    stop) when it holds at most ``frames`` frames, else ``windows`` runs of
+    ``frames // windows`` consecutive frames, the first at ``start``, the last ending at
+    ``stop``, the others evenly between."""
+    if stop - start <= frames:
+        return [(start, stop)]
+    width = max(1, frames // windows)
+    firsts = np.linspace(start, stop - width, windows).round().astype(int)
+    return [(int(a), int(a) + width) for a in firsts]
+
+
+def decide_on_sample(movie: Movie, engine: Any, camera: Camera, geometry: FrameGeometry,
+                     start: int, stop: int, batch_frames: int) -> dict[str, Any]:
+    """Let an adaptive engine decide on the frames of :func:`decision_ranges` (its probe
+    results are not kept); returns the options that pin its choice ({} for an engine that
+    does not adapt)."""
+    decide = getattr(engine, "decide", None)
+    if decide is None:
+        return {}
+    ranges = decision_ranges(start, stop)
+    return decide(lambda e: [localize_range(movie, e, camera, geometry, a, b, batch_frames)
+                             for a, b in ranges])
+
+
 @dataclass
 class LocalizeResult:
     """What :func:`localize_movie` produced (the table only when kept in memory)."""
@@ -215,6 +251,7 @@ def localize_movie(movie: str | Path | Movie, engine: Engine, out_dir: str | Pat
                                expected_bytes=expected_bytes(geometry, stop - start)).check()
         keep = keep_table if keep_table is not None else out_dir is None
         engine.start_movie()  # a new movie: its own checks (training domain, dim movie)
+        decide_on_sample(mv, engine, cam, geometry, start, stop, batch_frames)
         with out if out is not None else nullcontext():
             result = _localize_streaming(mv, engine, cam, geometry, start, stop, batch_frames,
                                          out, keep, progress, callback)

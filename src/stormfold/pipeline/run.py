@@ -309,6 +309,8 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
             fh.truncate(state.csv_bytes)
         p.log.info(f"resuming after {state.chunks_done} of {len(bounds)} chunks "
                    f"({state.n_locs} localizations)")
+        for text in state.warnings:
+            p.warn(text)
     else:
         state = RunState(config_fingerprint(p.config))
         superres = np.zeros(p.geometry.fine_shape, np.float64)
@@ -320,7 +322,7 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
                desc=f"localize ({p.engine.name})", disable=quiet, leave=False)
     # The engine's per-movie checks warn through the run: also run.log, run.yaml, report.
     p.engine.start_movie(p.warn)
-    _decide_on_first_batch(p)
+    _decide_on_sample(p)
     t0 = time.perf_counter()
     for result in _chunk_results(p, bounds[state.chunks_done:]):
         writer.append(result.locs)
@@ -330,6 +332,7 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
         state.n_locs += len(result.locs)
         state.engine_s += result.engine_s
         state.csv_bytes = os.path.getsize(partial)
+        state.warnings = list(p.warnings)
         state.save(state_dir, superres, widefield)
         bar.update(result.n_frames)
         bar.set_postfix(locs=state.n_locs)
@@ -345,22 +348,20 @@ def stream(p: RunPlan, resume: bool, quiet: bool) -> Streamed:
     return Streamed(raw, superres, widefield, seconds)
 
 
-def _decide_on_first_batch(p: RunPlan) -> None:
+def _decide_on_sample(p: RunPlan) -> None:
     """An engine that adapts to the movie (``decide``: gridnet's ``bin: auto``, the unrolled
-    solver's ``sigma_nm: auto``) decides on the run's first batch, also when the run resumes
-    later in the movie, and the Dask workers are given its choice: every chunk is localized
-    alike."""
+    solver's ``sigma_nm: auto``, Deep-STORM's ``brightness: match``) decides on frames spread
+    over the run's whole frame range (:func:`stormfold.localize.runner.decision_ranges`),
+    the same when the run resumes, and the Dask workers are given its choice: every chunk
+    is localized alike."""
     from dataclasses import replace
 
     from stormfold.localize import runner
 
-    decide = getattr(p.engine, "decide", None)
-    if decide is None:
-        return
-    first = (p.start, min(p.start + p.spec.batch_frames, p.stop))
-    pinned = decide(lambda engine: runner.localize_range(
-        p.movie, engine, p.camera, p.geometry, *first, p.spec.batch_frames))
-    p.spec = replace(p.spec, options={**(p.spec.options or {}), **pinned})
+    pinned = runner.decide_on_sample(p.movie, p.engine, p.camera, p.geometry, p.start, p.stop,
+                                     p.spec.batch_frames)
+    if pinned:
+        p.spec = replace(p.spec, options={**(p.spec.options or {}), **pinned})
 
 
 def _chunk_results(p: RunPlan, todo: list[tuple[int, int]]):

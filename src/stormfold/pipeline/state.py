@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ class RunState:
     csv_bytes: int = 0
     n_locs: int = 0
     engine_s: float = 0.0
+    #: The run's warnings so far: a resumed run's run.yaml and report keep those of the
+    #: chunks done before the interruption (review 22: they were lost).
+    warnings: list = field(default_factory=list)
 
     def save(self, folder: Path, superres: np.ndarray, widefield: np.ndarray) -> None:
         """The sums into a file of their own chunk count, then the state that names it, then

@@ -79,6 +79,12 @@ OPTIONS = ("background", "connectivity", "merge", "chunk_frames", "method", "sig
 SIGMA_TOLERANCE = 0.10
 #: ... and keeps it within this range of the model's σ.
 SIGMA_FACTOR_RANGE = (0.5, 2.0)
+#: A given σ (nm) must lie in this range, and within GIVEN_SIGMA_FACTOR of the model's
+#: (review 22: 1e300 crashed, 1e-300 ran and gave 170 localizations per emitter).
+GIVEN_SIGMA_NM = (5.0, 5000.0)
+GIVEN_SIGMA_FACTOR = (0.25, 4.0)
+#: decide() keeps at most this many pixels of the frames it is given (32 frames of 1024²).
+PROBE_COLLECT_PIXELS = 32 * 1024 * 1024
 METHODS = ("components", "peaks")
 #: Table column of the summed reconstruction (ThunderSTORM ``intensity [a.u.]``).
 INTENSITY_COLUMN = INTENSITY_AU
@@ -96,8 +102,9 @@ LOW_CHECK_MIN = 50
 #: 2.2 at 300). The solver is linear in the photons: brighter emitters are no harm.
 SPOT_SIGMA_RANGE = (0.6, 1.12)
 SPOT_PHOTONS_RANGE = (1.0, float("inf"))
-OFF_MODEL = ("the solver's PSF is fixed, and a wider PSF or dimmer emitters give too many "
-             "localizations: use gridnet or a model trained for this movie")
+OFF_MODEL = ("a PSF wider than the solver's or dimmer emitters give too many "
+             "localizations: give the movie's PSF sigma (--set sigma_nm=S, in nm), use "
+             "gridnet or a model trained for this movie")
 #: What an elongated PSF does to this engine (:mod:`stormfold.localize.spots`).
 ELONGATED = "the solver models a round PSF: its positions lose precision"
 
@@ -235,6 +242,7 @@ class UnrolledEngine(Engine):
             raise UserError(f"chunk_frames must be ≥ 1, got {chunk_frames}")
         self.chunk_frames = int(chunk_frames)
         self.sigma_option = _parse_sigma(sigma_nm)
+        self._probe: list | None = None  # decide(): the frames collected
         self.model_sigma_fine_px = float(solver.op.sigma_fine_px)
         self.model_radius = int(solver.op.radius)
         self.meta = meta or {}
@@ -294,11 +302,20 @@ class UnrolledEngine(Engine):
         if self.sigma_option == "model":
             return
         if self.sigma_option != "auto":
+            model_nm = self.model_sigma_fine_px * fine_nm
+            lo, hi = (f * model_nm for f in GIVEN_SIGMA_FACTOR)
+            if not lo <= self.sigma_option <= hi:
+                raise UserError(f"sigma_nm {self.sigma_option:g} is outside {lo:.0f}–{hi:.0f} "
+                                f"nm, ×{GIVEN_SIGMA_FACTOR[0]:g}–{GIVEN_SIGMA_FACTOR[1]:g} the "
+                                f"model's {model_nm:.0f} nm at this pixel size: the model's "
+                                f"parameters were not learned for such a PSF")
             self._set_sigma(float(self.sigma_option) / fine_nm)
             self.sigma_source = "given"
             return
         widths, n = psf_sigma_px(photons)
         if widths is None:
+            self.sigma_source = (f"model (undecided: too few isolated spots in the "
+                                 f"{len(photons)} frames it decides on)")
             return
         model_nm = self.model_sigma_fine_px * fine_nm
         low, movie_nm, high = (float(w) * pixel_size_nm for w in widths)
@@ -316,18 +333,22 @@ class UnrolledEngine(Engine):
         emit(self.sigma_message, self.warn)
 
     def decide(self, run) -> dict[str, Any]:
-        """Choose the PSF σ on the batch that ``run(self)`` localizes (its result is not
-        kept), then start the movie's checks again with that σ kept: ``stormfold run`` does
-        this on the run's first batch, also when it resumes, and gives the σ to its Dask
-        workers. Returns the option that pins the choice."""
-        run(self)
-        keep = (float(self.solver.op.sigma_fine_px), self.sigma_source, self.sigma_message,
-                self._fine_nm)
+        """Choose the PSF σ on the frames that ``run(self)`` gives (``localize`` and
+        ``run``: :func:`~stormfold.localize.runner.decision_ranges`, frames spread over the
+        movie; they are only collected, not solved), then start the movie's checks again
+        with that σ kept: ``stormfold run`` does this also when it resumes, and gives the σ
+        to its Dask workers. Returns the option that pins the choice."""
+        self._probe = []
+        try:
+            run(self)
+        finally:
+            frames, self._probe = self._probe, None
         self.start_movie(self.warn)
-        self._set_sigma(keep[0])
-        self.sigma_source, self.sigma_message, self._fine_nm = keep[1:]
-        self.sigma_decided = True
-        return {"sigma_nm": "model" if keep[1] == "model" else round(self.sigma_nm, 6)}
+        if not frames:
+            return {}
+        self._choose_sigma(np.concatenate([f for f, _ in frames]), frames[0][1])
+        return {"sigma_nm": "model" if self.sigma_source.startswith("model")
+                else round(self.sigma_nm, 6)}
 
     def reconstruct(self, photons: np.ndarray) -> np.ndarray:
         """x_K for frames (B, rows, cols) in photons → (B, rows·L, cols·L) float32."""
@@ -350,6 +371,10 @@ class UnrolledEngine(Engine):
         return self.background
 
     def process(self, photons: np.ndarray, first_frame: int, pixel_size_nm: float) -> EngineOutput:
+        if self._probe is not None:  # decide(): the frames are only collected
+            if sum(len(f) for f, _ in self._probe) * photons[0].size < PROBE_COLLECT_PIXELS:
+                self._probe.append((np.asarray(photons, np.float32), pixel_size_nm))
+            return EngineOutput(locs=empty_table(), superres=None)
         if not self.sigma_decided:
             self._choose_sigma(np.asarray(photons), pixel_size_nm)
         x = self.reconstruct(photons)
@@ -393,10 +418,13 @@ class UnrolledEngine(Engine):
 def _parse_sigma(value: Any) -> str | float:
     if value in ("auto", "model"):
         return value
+    lo, hi = GIVEN_SIGMA_NM
     if isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and np.isfinite(value) and value > 0:
+            and np.isfinite(value) and lo <= value <= hi:
         return float(value)
-    raise UserError(f"sigma_nm must be auto, model or a PSF sigma in nm > 0, got {value!r}")
+    shown = f"{value:.3g}" if isinstance(value, float) else repr(value)
+    raise UserError(f"sigma_nm must be auto, model or a PSF sigma from {lo:g} to {hi:g} nm, "
+                    f"got {shown}")
 
 
 def _parse_background(value: Any) -> str | float | None:
