@@ -111,3 +111,22 @@ def test_a_given_width_far_from_the_models_is_refused(movies):
     engine = load_engine(model=MODEL, options={"sigma_nm": 1000.0})  # > 4× the model's 110
     with pytest.raises(UserError, match="sigma_nm 1000 is outside 27–439 nm"):
         localize_movie(movie, engine, camera=camera, progress=False)
+
+
+@pytest.mark.parametrize("quartiles_nm, adopted", [
+    ((115.0, 129.0, 140.0), False),  # make demo: blends widen the median, not the quartile
+    ((125.0, 140.0, 155.0), True),   # three in four more than 10 % wider
+    ((60.0, 70.0, 95.0), True),      # three in four more than 10 % narrower
+    ((80.0, 95.0, 105.0), False),
+])
+def test_the_lower_quartile_decides_a_wider_psf(monkeypatch, quartiles_nm, adopted):
+    import stormfold.unrolled.engine as unrolled_engine
+
+    engine = load_engine(model=MODEL)
+    widths = np.array(quartiles_nm) / 100.0  # px at 100 nm
+    monkeypatch.setattr(unrolled_engine, "psf_sigma_px", lambda frames: (widths, 40))
+    engine.start_movie(lambda line: None)
+    engine._choose_sigma(np.zeros((16, 8, 8), np.float32), 100.0)
+    assert (engine.sigma_source == "movie spots") == adopted
+    if adopted:
+        assert engine.sigma_nm == pytest.approx(quartiles_nm[1], rel=1e-4)
