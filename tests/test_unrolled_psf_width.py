@@ -130,3 +130,24 @@ def test_the_lower_quartile_decides_a_wider_psf(monkeypatch, quartiles_nm, adopt
     assert (engine.sigma_source == "movie spots") == adopted
     if adopted:
         assert engine.sigma_nm == pytest.approx(quartiles_nm[1], rel=1e-4)
+
+
+def test_dark_frames_do_not_make_a_sparse_movie_look_crowded(movies):
+    """The rate of isolated spots is that of the lit frames: 48 dark frames beside the 16
+    of the movie left the width undecided (review 22, a dark start)."""
+    import tifffile
+
+    from stormfold.localize.spots import lit_frames, psf_sigma_px
+
+    movie, camera, _ = movies[150]
+    photons = camera.backward(tifffile.imread(movie)).astype(np.float32)
+    rng = np.random.default_rng(2)
+    dark = rng.poisson(2.0, (48, *photons.shape[1:])).astype(np.float32)
+    assert lit_frames(photons).all() and not lit_frames(dark).any()
+    one = dark[:1].copy()
+    one[0, 10:13, 10:13] += 60.0  # a faint spot: 540 photons in 3 × 3
+    assert lit_frames(one).all()
+    widths, n = psf_sigma_px(photons)
+    with_dark, n_dark = psf_sigma_px(np.concatenate([dark, photons]))
+    assert widths is not None and with_dark is not None and n_dark == n
+    np.testing.assert_allclose(with_dark, widths)
